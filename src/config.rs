@@ -1,0 +1,618 @@
+//! The TOML configuration.
+//!
+//! Owns every key operators write. [`Config::load`] reads a file and reports
+//! every problem at once, each naming the file and the dotted key, so an
+//! operator fixes a config in one pass. Unknown keys are errors: a typo must
+//! never silently fall back to a default.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::ids::ServiceId;
+use crate::time::duration_ms;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub influxdb: InfluxConfig,
+    pub tracking: TrackingConfig,
+    pub sla: SlaConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    /// As written, `mqtt://host:port`.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub topics: Vec<String>,
+    pub max_payload_bytes: usize,
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InfluxApi {
+    /// `/write`, InfluxDB 1.x.
+    V1,
+    /// `/api/v2/write`, InfluxDB 1.8+, 2.x, 3.x and compatible servers.
+    V2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfluxConfig {
+    pub api: InfluxApi,
+    pub url: String,
+    // v2
+    pub org: String,
+    pub bucket: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+    // v1
+    pub database: String,
+    pub retention_policy: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    // both
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    pub request_timeout: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrackingConfig {
+    pub reorder_window: Duration,
+    pub max_ticket_age: Duration,
+    pub dedup_horizon: Duration,
+    pub max_future_skew: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlaConfig {
+    pub wait_target: Duration,
+    pub service_target: Duration,
+    pub services: BTreeMap<ServiceId, ServiceSla>,
+}
+
+/// Per-service overrides; `None` falls back to the `[sla]` default.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ServiceSla {
+    pub wait_target: Option<Duration>,
+    pub service_target: Option<Duration>,
+}
+
+/// The targets in force for one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    pub wait_ms: i64,
+    pub service_ms: i64,
+}
+
+impl SlaConfig {
+    pub fn targets_for(&self, service: &ServiceId) -> Targets {
+        let overrides = self.services.get(service).copied().unwrap_or_default();
+        Targets {
+            wait_ms: duration_ms(overrides.wait_target.unwrap_or(self.wait_target)),
+            service_ms: duration_ms(overrides.service_target.unwrap_or(self.service_target)),
+        }
+    }
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig {
+            reorder_window: Duration::from_secs(10),
+            max_ticket_age: Duration::from_secs(12 * 3600),
+            dedup_horizon: Duration::from_secs(3600),
+            max_future_skew: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for SlaConfig {
+    fn default() -> Self {
+        SlaConfig {
+            wait_target: Duration::from_secs(15 * 60),
+            service_target: Duration::from_secs(20 * 60),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "queuewatch".into(),
+            topics: vec!["queue/+/events".into()],
+            max_payload_bytes: 16 * 1024,
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for InfluxConfig {
+    fn default() -> Self {
+        InfluxConfig {
+            api: InfluxApi::V2,
+            url: "http://127.0.0.1:8086".into(),
+            org: String::new(),
+            bucket: "queuewatch".into(),
+            token_env: None,
+            token_file: None,
+            database: "queuewatch".into(),
+            retention_policy: None,
+            username: None,
+            password_env: None,
+            batch_size: 5000,
+            flush_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mqtt: MqttConfig::default(),
+            influxdb: InfluxConfig::default(),
+            tracking: TrackingConfig::default(),
+            sla: SlaConfig::default(),
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{}", problems.iter().map(|p| format!("{file}: {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { file: String, problems: Vec<String> },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Config::parse(&text).map_err(|problems| ConfigError::Invalid { file, problems })
+    }
+
+    /// Parses TOML text; on failure returns every problem, each prefixed by its key.
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let root: toml::Table = match text.parse() {
+            Ok(root) => root,
+            Err(error) => return Err(vec![format!("invalid TOML: {}", error.to_string().trim())]),
+        };
+        let mut problems = Vec::new();
+        let mut config = Config::default();
+        let mut top = Section::new(&root, "");
+
+        if let Some(table) = top.table("mqtt", &mut problems) {
+            let mut section = Section::new(table, "mqtt");
+            let defaults = &mut config.mqtt;
+            if let Some(url) = section.string("url", &mut problems) {
+                match parse_mqtt_url(&url) {
+                    Ok((host, port)) => {
+                        defaults.host = host;
+                        defaults.port = port;
+                        defaults.url = url;
+                    }
+                    Err(why) => problems.push(format!("mqtt.url: {why}")),
+                }
+            }
+            if let Some(client_id) = section.string("client_id", &mut problems) {
+                if client_id.is_empty() || client_id.len() > 256 {
+                    problems.push("mqtt.client_id: must be 1-256 bytes".into());
+                } else {
+                    defaults.client_id = client_id;
+                }
+            }
+            if let Some(topics) = section.strings("topics", &mut problems) {
+                if topics.is_empty() {
+                    problems.push("mqtt.topics: at least one topic filter is needed".into());
+                }
+                for topic in &topics {
+                    if let Err(why) = validate_topic_filter(topic) {
+                        problems.push(format!("mqtt.topics: {topic:?}: {why}"));
+                    }
+                }
+                defaults.topics = topics;
+            }
+            if let Some(bytes) = section.positive_integer("max_payload_bytes", &mut problems) {
+                defaults.max_payload_bytes = bytes;
+            }
+            if let Some(keep_alive) = section.duration("keep_alive", &mut problems) {
+                if keep_alive < Duration::from_secs(1) {
+                    problems.push("mqtt.keep_alive: must be at least 1s".into());
+                } else {
+                    defaults.keep_alive = keep_alive;
+                }
+            }
+            section.finish(&mut problems);
+        }
+
+        if let Some(table) = top.table("influxdb", &mut problems) {
+            let mut section = Section::new(table, "influxdb");
+            let influx = &mut config.influxdb;
+            if let Some(api) = section.string("api", &mut problems) {
+                match api.as_str() {
+                    "v1" => influx.api = InfluxApi::V1,
+                    "v2" => influx.api = InfluxApi::V2,
+                    other => problems.push(format!("influxdb.api: {other:?} is neither \"v1\" nor \"v2\"")),
+                }
+            }
+            if let Some(url) = section.string("url", &mut problems) {
+                match reqwest::Url::parse(&url) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+                        influx.url = url
+                    }
+                    _ => problems.push(format!("influxdb.url: {url:?} is not an http:// or https:// URL")),
+                }
+            }
+            for (key, slot) in [("org", &mut influx.org), ("bucket", &mut influx.bucket), ("database", &mut influx.database)] {
+                if let Some(value) = section.string(key, &mut problems) {
+                    if value.is_empty() {
+                        problems.push(format!("influxdb.{key}: must not be empty"));
+                    }
+                    *slot = value;
+                }
+            }
+            influx.token_env = section.string("token_env", &mut problems);
+            influx.token_file = section.string("token_file", &mut problems);
+            influx.retention_policy = section.string("retention_policy", &mut problems);
+            influx.username = section.string("username", &mut problems);
+            influx.password_env = section.string("password_env", &mut problems);
+            if section.has("token") || section.has("password") {
+                problems.push(
+                    "influxdb: secrets are never read from the config file; use token_env, token_file or password_env"
+                        .into(),
+                );
+                section.mark_seen("token");
+                section.mark_seen("password");
+            }
+            if influx.token_env.is_some() && influx.token_file.is_some() {
+                problems.push("influxdb.token_file: give token_env or token_file, not both".into());
+            }
+            if let Some(batch_size) = section.positive_integer("batch_size", &mut problems) {
+                influx.batch_size = batch_size;
+            }
+            for (key, slot) in [
+                ("flush_interval", &mut influx.flush_interval),
+                ("request_timeout", &mut influx.request_timeout),
+                ("max_backoff", &mut influx.max_backoff),
+            ] {
+                if let Some(value) = section.duration(key, &mut problems) {
+                    if value.is_zero() {
+                        problems.push(format!("influxdb.{key}: must be greater than zero"));
+                    }
+                    *slot = value;
+                }
+            }
+            section.finish(&mut problems);
+        }
+
+        if let Some(table) = top.table("tracking", &mut problems) {
+            let mut section = Section::new(table, "tracking");
+            let tracking = &mut config.tracking;
+            for (key, slot) in [
+                ("reorder_window", &mut tracking.reorder_window),
+                ("max_ticket_age", &mut tracking.max_ticket_age),
+                ("dedup_horizon", &mut tracking.dedup_horizon),
+                ("max_future_skew", &mut tracking.max_future_skew),
+            ] {
+                if let Some(value) = section.duration(key, &mut problems) {
+                    *slot = value;
+                }
+            }
+            if tracking.max_ticket_age.is_zero() {
+                problems.push("tracking.max_ticket_age: must be greater than zero".into());
+            }
+            section.finish(&mut problems);
+        }
+
+        if let Some(table) = top.table("sla", &mut problems) {
+            config.sla = parse_sla(table, "sla", &mut problems);
+        }
+
+        top.finish(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn parse_sla(table: &toml::Table, path: &str, problems: &mut Vec<String>) -> SlaConfig {
+    let mut sla = SlaConfig::default();
+    let mut section = Section::new(table, path);
+    for (key, slot) in [("wait_target", &mut sla.wait_target), ("service_target", &mut sla.service_target)] {
+        if let Some(value) = section.duration(key, problems) {
+            if value.is_zero() {
+                problems.push(format!("{path}.{key}: must be greater than zero"));
+            }
+            *slot = value;
+        }
+    }
+    if let Some(services) = section.table("services", problems) {
+        for (name, value) in services {
+            let service_path = format!("{path}.services.{name}");
+            let service = match ServiceId::parse(name) {
+                Ok(service) => service,
+                Err(why) => {
+                    problems.push(format!("{service_path}: service name {why}"));
+                    continue;
+                }
+            };
+            let Some(service_table) = value.as_table() else {
+                problems.push(format!("{service_path}: must be a table"));
+                continue;
+            };
+            let mut service_section = Section::new(service_table, &service_path);
+            let mut overrides = ServiceSla::default();
+            for (key, slot) in
+                [("wait_target", &mut overrides.wait_target), ("service_target", &mut overrides.service_target)]
+            {
+                if let Some(value) = service_section.duration(key, problems) {
+                    if value.is_zero() {
+                        problems.push(format!("{service_path}.{key}: must be greater than zero"));
+                    }
+                    *slot = Some(value);
+                }
+            }
+            service_section.finish(problems);
+            sla.services.insert(service, overrides);
+        }
+    }
+    section.finish(problems);
+    sla
+}
+
+/// `mqtt://host:port`, port defaulting to 1883. TLS (`mqtts://`) is not yet supported.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let Some(rest) = url.strip_prefix("mqtt://") else {
+        return Err(format!("{url:?}: must start with mqtt://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return Err(format!("{url:?}: expected mqtt://host:port"));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => match port.parse::<u16>() {
+            Ok(port) if port > 0 => (host, port),
+            _ => return Err(format!("{url:?}: invalid port {port:?}")),
+        },
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?}: missing host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Subscription filters: `+` matches one level (the office), `#` only last.
+pub fn validate_topic_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.is_empty() {
+        return Err("empty filter");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (index, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || index != levels.len() - 1) {
+            return Err("'#' must be a whole level and the last one");
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("'+' must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+/// A table being read: remembers which keys were consumed so that the rest
+/// can be reported as unknown.
+struct Section<'a> {
+    table: &'a toml::Table,
+    path: String,
+    seen: BTreeSet<String>,
+}
+
+impl<'a> Section<'a> {
+    fn new(table: &'a toml::Table, path: &str) -> Section<'a> {
+        Section { table, path: path.to_string(), seen: BTreeSet::new() }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    fn mark_seen(&mut self, key: &str) {
+        self.seen.insert(key.to_string());
+    }
+
+    fn get(&mut self, key: &str) -> Option<&'a toml::Value> {
+        self.seen.insert(key.to_string());
+        self.table.get(key)
+    }
+
+    fn table(&mut self, key: &str, problems: &mut Vec<String>) -> Option<&'a toml::Table> {
+        match self.get(key)? {
+            toml::Value::Table(table) => Some(table),
+            _ => {
+                problems.push(format!("{}: must be a table", self.key(key)));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, key: &str, problems: &mut Vec<String>) -> Option<String> {
+        match self.get(key)? {
+            toml::Value::String(text) => Some(text.clone()),
+            other => {
+                problems.push(format!("{}: expected a string, found {}", self.key(key), other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, key: &str, problems: &mut Vec<String>) -> Option<Vec<String>> {
+        let full_key = self.key(key);
+        match self.get(key)? {
+            toml::Value::Array(items) => {
+                let mut texts = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.as_str() {
+                        Some(text) => texts.push(text.to_string()),
+                        None => {
+                            problems.push(format!("{full_key}: expected a list of strings"));
+                            return None;
+                        }
+                    }
+                }
+                Some(texts)
+            }
+            _ => {
+                problems.push(format!("{full_key}: expected a list of strings"));
+                None
+            }
+        }
+    }
+
+    fn positive_integer(&mut self, key: &str, problems: &mut Vec<String>) -> Option<usize> {
+        match self.get(key)? {
+            toml::Value::Integer(number) if *number > 0 => usize::try_from(*number).ok(),
+            other => {
+                problems.push(format!("{}: expected a positive integer, found {other}", self.key(key)));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, problems: &mut Vec<String>) -> Option<Duration> {
+        let full_key = self.key(key);
+        match self.get(key)? {
+            toml::Value::String(text) => match humantime::parse_duration(text) {
+                Ok(duration) => Some(duration),
+                Err(_) => {
+                    problems.push(format!("{full_key}: invalid duration {text:?} (write e.g. \"10s\", \"15m\", \"12h\")"));
+                    None
+                }
+            },
+            other => {
+                problems.push(format!("{full_key}: expected a duration string such as \"10s\", found {other}"));
+                None
+            }
+        }
+    }
+
+    fn finish(self, problems: &mut Vec<String>) {
+        for key in self.table.keys() {
+            if !self.seen.contains(key) {
+                problems.push(format!("{}: unknown key", self.key(key)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issue_example_parses() {
+        let config = Config::parse(
+            r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+client_id = "queuewatch"
+topics = ["queue/+/events"]
+[influxdb]
+api = "v1"
+url = "http://127.0.0.1:8086"
+database = "queuewatch"
+flush_interval = "1s"
+[tracking]
+reorder_window = "10s"
+max_ticket_age = "12h"
+[sla]
+wait_target = "15m"
+service_target = "20m"
+[sla.services.ktp]
+wait_target = "10m"
+service_target = "15m"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.influxdb.api, InfluxApi::V1);
+        let ktp = config.sla.targets_for(&ServiceId::parse("ktp").unwrap());
+        assert_eq!(ktp, Targets { wait_ms: 600_000, service_ms: 900_000 });
+        let other = config.sla.targets_for(&ServiceId::parse("sim").unwrap());
+        assert_eq!(other, Targets { wait_ms: 900_000, service_ms: 1_200_000 });
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let problems = Config::parse(
+            r#"
+[mqtt]
+url = "tcp://x"
+colour = "blue"
+[influxdb]
+flush_interval = "1 parsec"
+api = "v9"
+token = "secret"
+[tracking]
+reorder_window = 10
+[sla.services."k t p"]
+wait_target = "1m"
+"#,
+        )
+        .unwrap_err();
+        let joined = problems.join("\n");
+        for expected in [
+            "mqtt.url",
+            "mqtt.colour: unknown key",
+            "influxdb.flush_interval: invalid duration \"1 parsec\"",
+            "influxdb.api",
+            "secrets are never read",
+            "tracking.reorder_window",
+            "sla.services.k t p",
+        ] {
+            assert!(joined.contains(expected), "missing {expected:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn mqtt_urls_need_the_scheme_and_default_the_port() {
+        assert_eq!(parse_mqtt_url("mqtt://broker:1884").unwrap(), ("broker".into(), 1884));
+        assert_eq!(parse_mqtt_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
+        assert!(parse_mqtt_url("http://broker").is_err());
+        assert!(parse_mqtt_url("mqtt://broker:0").is_err());
+    }
+
+    #[test]
+    fn topic_filters_follow_mqtt_rules() {
+        assert!(validate_topic_filter("queue/+/events").is_ok());
+        assert!(validate_topic_filter("queue/#").is_ok());
+        assert!(validate_topic_filter("queue/#/x").is_err());
+        assert!(validate_topic_filter("queue/a+/x").is_err());
+    }
+
+    #[test]
+    fn identifiers_check_is_shared() {
+        assert!(crate::ids::validate_ident("ok").is_ok());
+    }
+}

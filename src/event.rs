@@ -1,0 +1,556 @@
+//! Decoding one MQTT payload into a validated [`Event`].
+//!
+//! Owns the wire format. A payload either becomes an `Event` whose every field
+//! obeys the contract (identifiers valid, required fields present, timestamp
+//! parsed) or a [`Rejection`] with exactly one [`RejectReason`]. Decoding never
+//! panics and never looks at tracker state.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::ids::{CounterId, InvalidId, OfficeId, ServiceId, StaffId, TicketNo};
+use crate::time::Millis;
+
+/// The closed set of event types ticket machines publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    Issued,
+    Called,
+    Recalled,
+    Started,
+    Finished,
+    NoShow,
+    Cancelled,
+    Transferred,
+    CounterOpened,
+    CounterClosed,
+    Feedback,
+    Heartbeat,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 12] = [
+        EventType::Issued,
+        EventType::Called,
+        EventType::Recalled,
+        EventType::Started,
+        EventType::Finished,
+        EventType::NoShow,
+        EventType::Cancelled,
+        EventType::Transferred,
+        EventType::CounterOpened,
+        EventType::CounterClosed,
+        EventType::Feedback,
+        EventType::Heartbeat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Issued => "issued",
+            EventType::Called => "called",
+            EventType::Recalled => "recalled",
+            EventType::Started => "started",
+            EventType::Finished => "finished",
+            EventType::NoShow => "no_show",
+            EventType::Cancelled => "cancelled",
+            EventType::Transferred => "transferred",
+            EventType::CounterOpened => "counter_opened",
+            EventType::CounterClosed => "counter_closed",
+            EventType::Feedback => "feedback",
+            EventType::Heartbeat => "heartbeat",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// Events that belong to a ticket and so require `ticket`.
+    pub fn needs_ticket(self) -> bool {
+        matches!(
+            self,
+            EventType::Issued
+                | EventType::Called
+                | EventType::Recalled
+                | EventType::Started
+                | EventType::Finished
+                | EventType::NoShow
+                | EventType::Cancelled
+                | EventType::Transferred
+        )
+    }
+
+    pub fn needs_counter(self) -> bool {
+        matches!(
+            self,
+            EventType::Called
+                | EventType::Recalled
+                | EventType::Started
+                | EventType::Finished
+                | EventType::NoShow
+                | EventType::Transferred
+                | EventType::CounterOpened
+                | EventType::CounterClosed
+        )
+    }
+
+    /// Events that end a ticket's segment.
+    pub fn is_closing(self) -> bool {
+        matches!(
+            self,
+            EventType::Finished | EventType::NoShow | EventType::Cancelled | EventType::Transferred
+        )
+    }
+
+    /// Position among events of equal timestamp: `issued` < `called` <
+    /// `recalled` < `started` < closing events. Counter and office events are
+    /// placed so that a counter opens before and closes after the tickets it
+    /// handles at the same millisecond.
+    pub fn rank(self) -> u8 {
+        match self {
+            EventType::CounterOpened => 0,
+            EventType::Issued => 1,
+            EventType::Called => 2,
+            EventType::Recalled => 3,
+            EventType::Started => 4,
+            EventType::Finished | EventType::NoShow | EventType::Cancelled | EventType::Transferred => 5,
+            EventType::Feedback | EventType::Heartbeat => 6,
+            EventType::CounterClosed => 7,
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One validated event. Fields required by its type are guaranteed `Some`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub office: OfficeId,
+    pub kind: EventType,
+    pub ts: Millis,
+    pub id: Option<Box<str>>,
+    pub ticket: Option<TicketNo>,
+    pub service: Option<ServiceId>,
+    pub counter: Option<CounterId>,
+    pub to_service: Option<ServiceId>,
+    pub staff: Option<StaffId>,
+    pub rating: Option<u8>,
+}
+
+/// The reasons a message is rejected. Their names are the wire contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    MalformedJson,
+    NotAnObject,
+    UnknownType,
+    MissingField,
+    InvalidTimestamp,
+    FutureTimestamp,
+    InvalidIdentifier,
+    InvalidValue,
+    OfficeMismatch,
+    Oversized,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 10] = [
+        RejectReason::MalformedJson,
+        RejectReason::NotAnObject,
+        RejectReason::UnknownType,
+        RejectReason::MissingField,
+        RejectReason::InvalidTimestamp,
+        RejectReason::FutureTimestamp,
+        RejectReason::InvalidIdentifier,
+        RejectReason::InvalidValue,
+        RejectReason::OfficeMismatch,
+        RejectReason::Oversized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::NotAnObject => "not_an_object",
+            RejectReason::UnknownType => "unknown_type",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::FutureTimestamp => "future_timestamp",
+            RejectReason::InvalidIdentifier => "invalid_identifier",
+            RejectReason::InvalidValue => "invalid_value",
+            RejectReason::OfficeMismatch => "office_mismatch",
+            RejectReason::Oversized => "oversized",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused message: the reason, a human detail, and what could be salvaged
+/// for echoing back to the publisher (its office and `id`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+    pub office: Option<OfficeId>,
+    pub id: Option<String>,
+}
+
+/// Limits the decoder enforces, from `[mqtt]` and `[tracking]`.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_payload_bytes: usize,
+    pub max_future_skew_ms: i64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_payload_bytes: 16 * 1024, max_future_skew_ms: 5 * 60 * 1000 }
+    }
+}
+
+/// Maximum length, in characters, of an event `id`.
+pub const MAX_EVENT_ID_CHARS: usize = 128;
+
+/// Decodes one payload.
+///
+/// `topic_office` is the office named by the topic (`None` when the filter
+/// has no `+`, in which case the payload must carry `office`). `wall_now` is
+/// the receiver's wall clock, used only for the `future_timestamp` guard.
+pub fn decode(
+    payload: &[u8],
+    topic_office: Option<&OfficeId>,
+    wall_now: Millis,
+    limits: &DecodeLimits,
+) -> Result<Event, Rejection> {
+    let office_hint = topic_office.cloned();
+    let reject = |reason: RejectReason, detail: String, id: Option<String>| Rejection {
+        reason,
+        detail,
+        office: office_hint.clone(),
+        id,
+    };
+
+    if payload.len() > limits.max_payload_bytes {
+        return Err(reject(
+            RejectReason::Oversized,
+            format!("{} bytes, limit {}", payload.len(), limits.max_payload_bytes),
+            None,
+        ));
+    }
+    let first_byte = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first_byte != Some(&b'{') {
+        // A valid JSON document that is not an object, or no JSON at all.
+        return Err(match serde_json::from_slice::<de::IgnoredAny>(payload) {
+            Ok(_) => reject(RejectReason::NotAnObject, "payload is not a JSON object".into(), None),
+            Err(error) => reject(RejectReason::MalformedJson, error.to_string(), None),
+        });
+    }
+    let raw: RawEvent = match serde_json::from_slice(payload) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let reason = match error.classify() {
+                serde_json::error::Category::Data => RejectReason::InvalidValue,
+                _ => RejectReason::MalformedJson,
+            };
+            return Err(reject(reason, error.to_string(), None));
+        }
+    };
+
+    // The id is checked first so that every later rejection can echo it.
+    let id = match raw.id {
+        Some(id) if id.chars().count() > MAX_EVENT_ID_CHARS => {
+            return Err(reject(
+                RejectReason::InvalidValue,
+                format!("id: longer than {MAX_EVENT_ID_CHARS} characters"),
+                None,
+            ));
+        }
+        Some(id) => Some(id.into_owned()),
+        None => None,
+    };
+    let reject = |reason: RejectReason, detail: String| reject(reason, detail, id.clone());
+
+    let office = match (raw.office.as_deref(), topic_office) {
+        (Some(text), topic) => {
+            let office = OfficeId::parse(text)
+                .map_err(|e| reject(RejectReason::InvalidIdentifier, format!("office: {e}")))?;
+            if let Some(topic) = topic {
+                if *topic != office {
+                    return Err(reject(
+                        RejectReason::OfficeMismatch,
+                        format!("payload office {office:?} differs from topic office {topic:?}"),
+                    ));
+                }
+            }
+            office
+        }
+        (None, Some(topic)) => topic.clone(),
+        (None, None) => {
+            return Err(reject(RejectReason::MissingField, "office: required by this topic".into()))
+        }
+    };
+    let reject = |reason: RejectReason, detail: String| {
+        let mut rejection = reject(reason, detail);
+        rejection.office = Some(office.clone());
+        rejection
+    };
+
+    let kind_text = raw.kind.ok_or_else(|| reject(RejectReason::MissingField, "type".into()))?;
+    let kind = EventType::parse(&kind_text)
+        .ok_or_else(|| reject(RejectReason::UnknownType, format!("type {kind_text:?}")))?;
+
+    let ts = match raw.ts {
+        None => return Err(reject(RejectReason::MissingField, "ts".into())),
+        Some(RawTs::Invalid(detail)) => return Err(reject(RejectReason::InvalidTimestamp, detail)),
+        Some(RawTs::Millis(ms)) => Millis(ms),
+        Some(RawTs::Text(text)) => parse_rfc3339(&text)
+            .ok_or_else(|| reject(RejectReason::InvalidTimestamp, format!("ts {text:?}")))?,
+    };
+    if ts.since(wall_now) > limits.max_future_skew_ms {
+        return Err(reject(
+            RejectReason::FutureTimestamp,
+            format!("ts {ts} is more than {} ms ahead of {wall_now}", limits.max_future_skew_ms),
+        ));
+    }
+
+    let ident_error = |field: &str, error: InvalidId| reject(RejectReason::InvalidIdentifier, format!("{field}: {error}"));
+    let ticket = match raw.ticket.as_deref() {
+        Some(text) => Some(TicketNo::parse(text).map_err(|e| ident_error("ticket", e))?),
+        None => None,
+    };
+    let service = parse_opt(raw.service.as_deref(), ServiceId::parse).map_err(|e| ident_error("service", e))?;
+    let counter = parse_opt(raw.counter.as_deref(), CounterId::parse).map_err(|e| ident_error("counter", e))?;
+    let to_service =
+        parse_opt(raw.to_service.as_deref(), ServiceId::parse).map_err(|e| ident_error("to_service", e))?;
+    let staff = parse_opt(raw.staff.as_deref(), StaffId::parse).map_err(|e| ident_error("staff", e))?;
+    let rating = match raw.rating {
+        None => None,
+        Some(value) if (1..=5).contains(&value) => Some(value as u8),
+        Some(value) => return Err(reject(RejectReason::InvalidValue, format!("rating {value}: not 1-5"))),
+    };
+
+    let missing = |field: &str| reject(RejectReason::MissingField, format!("{field}: required for {kind}"));
+    if kind.needs_ticket() && ticket.is_none() {
+        return Err(missing("ticket"));
+    }
+    if kind == EventType::Issued && service.is_none() {
+        return Err(missing("service"));
+    }
+    if kind.needs_counter() && counter.is_none() {
+        return Err(missing("counter"));
+    }
+    if kind == EventType::Transferred && to_service.is_none() {
+        return Err(missing("to_service"));
+    }
+    if kind == EventType::Feedback && rating.is_none() {
+        return Err(missing("rating"));
+    }
+
+    Ok(Event {
+        office,
+        kind,
+        ts,
+        id: id.map(String::into_boxed_str),
+        ticket,
+        service,
+        counter,
+        to_service,
+        staff,
+        rating,
+    })
+}
+
+/// Parses RFC 3339 with an offset, truncating below the millisecond.
+pub fn parse_rfc3339(text: &str) -> Option<Millis> {
+    let datetime = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    // timestamp_millis floors, which truncates for instants after 1970; for
+    // earlier ones flooring is the consistent choice too.
+    Some(Millis(datetime.timestamp_millis()))
+}
+
+fn parse_opt<T>(text: Option<&str>, parse: fn(&str) -> Result<T, InvalidId>) -> Result<Option<T>, InvalidId> {
+    text.map(parse).transpose()
+}
+
+/// The payload as JSON gives it, borrowing strings where it can. Unknown
+/// fields are ignored; `null` counts as absent.
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    ts: Option<RawTs<'a>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    office: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ticket: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    service: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    counter: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    to_service: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    staff: Option<Cow<'a, str>>,
+    rating: Option<i64>,
+}
+
+/// `ts` is either RFC 3339 text or integer epoch milliseconds; anything else
+/// is kept as `Invalid` so it is rejected as `invalid_timestamp`, not as a
+/// generic type error.
+enum RawTs<'a> {
+    Millis(i64),
+    Text(Cow<'a, str>),
+    Invalid(String),
+}
+
+/// Epoch milliseconds accepted: 1970 to the year 9999.
+const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TsVisitor;
+        impl<'de> Visitor<'de> for TsVisitor {
+            type Value = RawTs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an RFC 3339 string or integer epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+                if (0..=MAX_EPOCH_MS).contains(&value) {
+                    Ok(RawTs::Millis(value))
+                } else {
+                    Ok(RawTs::Invalid(format!("ts {value}: out of range")))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                match i64::try_from(value) {
+                    Ok(value) => self.visit_i64(value),
+                    Err(_) => Ok(RawTs::Invalid(format!("ts {value}: out of range"))),
+                }
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+                Ok(RawTs::Invalid(format!("ts {value}: not an integer")))
+            }
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                Ok(RawTs::Invalid(format!("ts {value}: not a timestamp")))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+                Ok(RawTs::Text(Cow::Borrowed(value)))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(RawTs::Text(Cow::Owned(value.to_owned())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(RawTs::Invalid("ts: null".into()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(RawTs::Invalid("ts: an array".into()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(RawTs::Invalid("ts: an object".into()))
+            }
+        }
+        deserializer.deserialize_any(TsVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn office() -> OfficeId {
+        OfficeId::parse("mpp-1").unwrap()
+    }
+
+    fn decode_text(text: &str) -> Result<Event, Rejection> {
+        decode(text.as_bytes(), Some(&office()), Millis(1_800_000_000_000), &DecodeLimits::default())
+    }
+
+    fn reason(text: &str) -> RejectReason {
+        decode_text(text).expect_err("should be rejected").reason
+    }
+
+    #[test]
+    fn decodes_a_full_issued_event_with_offset_timestamp() {
+        let event = decode_text(
+            r#"{"type":"issued","ts":"2026-11-27T08:00:00.123456+07:00","ticket":"A-001","service":"ktp","id":"e1","extra":[1,2]}"#,
+        )
+        .unwrap();
+        assert_eq!(event.kind, EventType::Issued);
+        assert_eq!(event.ts, Millis(1_795_741_200_123));
+        assert_eq!(event.ticket.unwrap().as_str(), "A-001");
+        assert_eq!(event.office, office());
+        assert_eq!(event.id.as_deref(), Some("e1"));
+    }
+
+    #[test]
+    fn epoch_milliseconds_and_zulu_agree() {
+        let a = decode_text(r#"{"type":"heartbeat","ts":1795741200123}"#).unwrap();
+        let b = decode_text(r#"{"type":"heartbeat","ts":"2026-11-27T01:00:00.123Z"}"#).unwrap();
+        assert_eq!(a.ts, b.ts);
+    }
+
+    #[test]
+    fn each_reason_is_reported() {
+        assert_eq!(reason("{"), RejectReason::MalformedJson);
+        assert_eq!(reason("\u{1}"), RejectReason::MalformedJson);
+        assert_eq!(reason("[1]"), RejectReason::NotAnObject);
+        assert_eq!(reason("42"), RejectReason::NotAnObject);
+        assert_eq!(reason(r#"{"type":"teleported","ts":1}"#), RejectReason::UnknownType);
+        assert_eq!(reason(r#"{"ts":1}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"type":"heartbeat"}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"type":"called","ts":1,"ticket":"A"}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"type":"issued","ts":1,"ticket":"A"}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"type":"heartbeat","ts":"yesterday"}"#), RejectReason::InvalidTimestamp);
+        assert_eq!(reason(r#"{"type":"heartbeat","ts":"2026-11-27T08:00:00"}"#), RejectReason::InvalidTimestamp);
+        assert_eq!(reason(r#"{"type":"heartbeat","ts":1.5}"#), RejectReason::InvalidTimestamp);
+        assert_eq!(reason(r#"{"type":"heartbeat","ts":-5}"#), RejectReason::InvalidTimestamp);
+        assert_eq!(reason(r#"{"type":"heartbeat","ts":1800000400000}"#), RejectReason::FutureTimestamp);
+        assert_eq!(
+            reason(r#"{"type":"issued","ts":1,"ticket":"A","service":"k t p"}"#),
+            RejectReason::InvalidIdentifier
+        );
+        assert_eq!(reason(r#"{"type":"issued","ts":1,"ticket":"","service":"ktp"}"#), RejectReason::InvalidIdentifier);
+        assert_eq!(reason(r#"{"type":"feedback","ts":1,"rating":6}"#), RejectReason::InvalidValue);
+        assert_eq!(reason(r#"{"type":"issued","ts":1,"ticket":7,"service":"ktp"}"#), RejectReason::InvalidValue);
+        assert_eq!(reason(r#"{"type":"heartbeat","ts":1,"office":"other"}"#), RejectReason::OfficeMismatch);
+        let oversized = format!(r#"{{"type":"heartbeat","ts":1,"pad":"{}"}}"#, "x".repeat(17 * 1024));
+        assert_eq!(reason(&oversized), RejectReason::Oversized);
+    }
+
+    #[test]
+    fn the_id_is_salvaged_for_echoing() {
+        let rejection = decode_text(r#"{"type":"nope","ts":1,"id":"abc"}"#).unwrap_err();
+        assert_eq!(rejection.id.as_deref(), Some("abc"));
+        assert_eq!(rejection.office, Some(office()));
+    }
+
+    #[test]
+    fn a_topic_without_office_needs_the_payload_to_name_it() {
+        let limits = DecodeLimits::default();
+        let missing = decode(br#"{"type":"heartbeat","ts":1}"#, None, Millis(0), &limits).unwrap_err();
+        assert_eq!(missing.reason, RejectReason::MissingField);
+        let named = decode(br#"{"type":"heartbeat","ts":1,"office":"x"}"#, None, Millis(0), &limits).unwrap();
+        assert_eq!(named.office.as_str(), "x");
+    }
+
+    #[test]
+    fn null_fields_count_as_absent() {
+        let event = decode_text(r#"{"type":"heartbeat","ts":1,"staff":null,"id":null}"#).unwrap();
+        assert!(event.staff.is_none() && event.id.is_none());
+    }
+}

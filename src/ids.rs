@@ -1,0 +1,157 @@
+//! Identifiers that can only be built valid.
+//!
+//! Offices, services, counters and staff become InfluxDB tags, so they are
+//! restricted to 1–64 characters of `A-Z a-z 0-9 _ . -`. Ticket numbers are
+//! freer (any Unicode but control characters, 1–64 characters) because they
+//! are only ever written as string fields.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a string is not a valid identifier or ticket number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidId {
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than 64 characters")]
+    TooLong,
+    #[error("contains a character other than A-Z a-z 0-9 _ . -")]
+    BadCharacter,
+    #[error("contains a control character")]
+    ControlCharacter,
+}
+
+/// Maximum length, in characters, of identifiers and ticket numbers.
+pub const MAX_ID_CHARS: usize = 64;
+
+/// Checks the identifier rule shared by offices, services, counters and staff.
+pub fn validate_ident(text: &str) -> Result<(), InvalidId> {
+    if text.is_empty() {
+        return Err(InvalidId::Empty);
+    }
+    // The alphabet is ASCII, so bytes are characters here.
+    if text.len() > MAX_ID_CHARS {
+        return Err(InvalidId::TooLong);
+    }
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    {
+        return Err(InvalidId::BadCharacter);
+    }
+    Ok(())
+}
+
+macro_rules! ident_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            pub fn parse(text: &str) -> Result<Self, InvalidId> {
+                validate_ident(text)?;
+                Ok(Self(Arc::from(text)))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+    };
+}
+
+ident_type!(
+    /// An office (a service hall, a clinic): the unit whose tickets are tracked together.
+    OfficeId
+);
+ident_type!(
+    /// A service offered at an office (`ktp`, `sim`, `poli-umum`).
+    ServiceId
+);
+ident_type!(
+    /// A counter (loket) where tickets are called and served.
+    CounterId
+);
+ident_type!(
+    /// A member of staff at a counter.
+    StaffId
+);
+
+impl ServiceId {
+    /// The service of a ticket no event has named a service for.
+    pub fn unknown() -> ServiceId {
+        ServiceId(Arc::from("unknown"))
+    }
+}
+
+/// A ticket number as printed by the kiosk (`A-017`). Reused daily.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TicketNo(Box<str>);
+
+impl TicketNo {
+    pub fn parse(text: &str) -> Result<Self, InvalidId> {
+        if text.is_empty() {
+            return Err(InvalidId::Empty);
+        }
+        if text.chars().count() > MAX_ID_CHARS {
+            return Err(InvalidId::TooLong);
+        }
+        if text.chars().any(char::is_control) {
+            return Err(InvalidId::ControlCharacter);
+        }
+        Ok(Self(Box::from(text)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TicketNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TicketNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_accept_the_tag_alphabet_only() {
+        assert!(OfficeId::parse("mpp-jakarta_01.a").is_ok());
+        assert_eq!(OfficeId::parse(""), Err(InvalidId::Empty));
+        assert_eq!(OfficeId::parse("a b"), Err(InvalidId::BadCharacter));
+        assert_eq!(OfficeId::parse("a,b"), Err(InvalidId::BadCharacter));
+        assert_eq!(OfficeId::parse(&"x".repeat(65)), Err(InvalidId::TooLong));
+        assert!(OfficeId::parse(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn tickets_allow_unicode_but_not_control_characters() {
+        assert!(TicketNo::parse("A-017 \"é\\").is_ok());
+        assert!(TicketNo::parse(&"é".repeat(64)).is_ok());
+        assert_eq!(TicketNo::parse(&"é".repeat(65)), Err(InvalidId::TooLong));
+        assert_eq!(TicketNo::parse("A\n1"), Err(InvalidId::ControlCharacter));
+        assert_eq!(TicketNo::parse(""), Err(InvalidId::Empty));
+    }
+}

@@ -1,0 +1,29 @@
+//! queuewatch: a service-queue timing monitor.
+//!
+//! Ticket machines and counter callers publish events over MQTT; queuewatch
+//! follows every ticket at every office and writes one exact timing point per
+//! closed ticket segment to InfluxDB.
+//!
+//! Layout (see `ARCHITECTURE.md` for the invariants):
+//! - [`time`], [`ids`]: value types that can only be built valid.
+//! - [`event`]: decoding and validating one MQTT payload into an [`event::Event`].
+//! - [`tracker`]: the pure core. Events and a time in, points and counts out. No IO.
+//! - [`point`]: InfluxDB points and their line-protocol encoding.
+//! - [`config`]: the TOML configuration, validated all at once.
+//! - [`sink`]: batching writer to InfluxDB (v1 `/write`, v2 `/api/v2/write`).
+//! - [`mqtt`]: the MQTT adapter (subscribe, manual acknowledgement, reconnect).
+//! - [`daemon`]: `run`, wiring MQTT, tracker and sink together.
+//! - [`replay`]: the tracker fed from NDJSON files.
+//! - [`stats`]: counts of accepted, rejected and otherwise noted events.
+
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod ids;
+pub mod mqtt;
+pub mod point;
+pub mod replay;
+pub mod sink;
+pub mod stats;
+pub mod time;
+pub mod tracker;

@@ -1,0 +1,160 @@
+//! InfluxDB points and their line-protocol encoding.
+//!
+//! Owns escaping. Every point the tracker produces goes through
+//! [`Point::write_line`]; nothing else formats line protocol. Timestamps are
+//! nanoseconds so that a deterministic sub-millisecond offset can keep two
+//! tickets closing in the same millisecond from overwriting each other.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// A field value. A field name always carries the same variant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Float(f64),
+    Int(i64),
+    Str(String),
+}
+
+/// One point: measurement, tags (already valid identifiers), fields, time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub measurement: &'static str,
+    /// Tag keys in ascending order, the order InfluxDB prefers.
+    pub tags: Vec<(&'static str, Arc<str>)>,
+    pub fields: Vec<(&'static str, FieldValue)>,
+    pub time_ns: i64,
+}
+
+impl Point {
+    pub fn new(measurement: &'static str, time_ns: i64) -> Point {
+        Point { measurement, tags: Vec::with_capacity(4), fields: Vec::with_capacity(14), time_ns }
+    }
+
+    /// Adds a tag, keeping tags sorted by key.
+    pub fn tag(&mut self, key: &'static str, value: Arc<str>) -> &mut Self {
+        let position = self.tags.partition_point(|(existing, _)| *existing < key);
+        self.tags.insert(position, (key, value));
+        self
+    }
+
+    pub fn field(&mut self, key: &'static str, value: FieldValue) -> &mut Self {
+        self.fields.push((key, value));
+        self
+    }
+
+    pub fn tag_value(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|(k, _)| *k == key).map(|(_, v)| &**v)
+    }
+
+    pub fn field_value(&self, key: &str) -> Option<&FieldValue> {
+        self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Appends this point as one line of line protocol, with its newline.
+    pub fn write_line(&self, out: &mut String) {
+        escape_into(out, self.measurement, &[',', ' ']);
+        for (key, value) in &self.tags {
+            if value.is_empty() {
+                continue; // InfluxDB refuses empty tag values; absent is the honest encoding.
+            }
+            out.push(',');
+            escape_into(out, key, &[',', ' ', '=']);
+            out.push('=');
+            escape_into(out, value, &[',', ' ', '=']);
+        }
+        let mut separator = ' ';
+        for (key, value) in &self.fields {
+            out.push(separator);
+            separator = ',';
+            escape_into(out, key, &[',', ' ', '=']);
+            out.push('=');
+            match value {
+                FieldValue::Float(number) => write_float(out, *number),
+                FieldValue::Int(number) => {
+                    let _ = write!(out, "{number}i");
+                }
+                FieldValue::Str(text) => {
+                    out.push('"');
+                    escape_into(out, text, &['"']);
+                    out.push('"');
+                }
+            }
+        }
+        let _ = writeln!(out, " {}", self.time_ns);
+    }
+
+    /// The point as a single line, without the trailing newline.
+    pub fn to_line(&self) -> String {
+        let mut line = String::with_capacity(160);
+        self.write_line(&mut line);
+        line.pop();
+        line
+    }
+}
+
+/// Floats must stay floats in line protocol and must be finite; Rust's
+/// shortest round-trip formatting prints `3.5` as `3.5` and `3.0` as `3`,
+/// which InfluxDB reads as a float because it has no `i` suffix.
+fn write_float(out: &mut String, number: f64) {
+    if number.is_finite() {
+        let _ = write!(out, "{number}");
+    } else {
+        out.push('0');
+    }
+}
+
+/// Escapes `specials` and backslashes with a backslash. Newlines cannot be
+/// represented in line protocol; identifiers and tickets never contain them
+/// (control characters are rejected at decode), so they become spaces here as
+/// a last line of defence.
+fn escape_into(out: &mut String, text: &str, specials: &[char]) {
+    for character in text.chars() {
+        if character == '\\' || specials.contains(&character) {
+            out.push('\\');
+            out.push(character);
+        } else if character == '\n' || character == '\r' {
+            out.push(' ');
+        } else {
+            out.push(character);
+        }
+    }
+}
+
+/// Seconds with millisecond resolution, from a span in milliseconds.
+pub fn seconds(span_ms: i64) -> FieldValue {
+    FieldValue::Float(span_ms as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_every_special_character_in_its_place() {
+        let mut point = Point::new("ticket", 1_000_000_123);
+        point.tag("office", Arc::from("a b,c=d"));
+        point.field("ticket", FieldValue::Str(r#"A "1" \ x"#.into()));
+        point.field("recalls", FieldValue::Int(2));
+        point.field("wait_s", FieldValue::Float(61.5));
+        point.field("zero_s", FieldValue::Float(0.0));
+        assert_eq!(
+            point.to_line(),
+            r#"ticket,office=a\ b\,c\=d ticket="A \"1\" \\ x",recalls=2i,wait_s=61.5,zero_s=0 1000000123"#
+        );
+    }
+
+    #[test]
+    fn tags_are_kept_sorted() {
+        let mut point = Point::new("m", 0);
+        point.tag("service", Arc::from("s")).tag("counter", Arc::from("c")).tag("office", Arc::from("o"));
+        point.field("x", FieldValue::Int(1));
+        assert_eq!(point.to_line(), "m,counter=c,office=o,service=s x=1i 0");
+    }
+
+    #[test]
+    fn seconds_have_millisecond_resolution() {
+        assert_eq!(seconds(1234), FieldValue::Float(1.234));
+        assert_eq!(seconds(-5), FieldValue::Float(-0.005));
+    }
+}
