@@ -1,1 +1,163 @@
-//! (in progress)
+//! `queuewatch run`: MQTT in, tracker in the middle, InfluxDB out.
+//!
+//! Three tasks, each the only owner of its state:
+//! - the MQTT source ([`crate::mqtt::MqttSource`]) owns the connection;
+//! - this module's loop owns the [`Pipeline`] (tracker, counts);
+//! - the sink task ([`crate::sink`]) owns the batch being written.
+//!
+//! They talk over bounded channels; a full channel makes the sender wait
+//! (back-pressure up to the broker, which keeps unacknowledged messages).
+//! A message is acknowledged once the tracker has taken it in.
+//!
+//! Shutdown is a parameter: when the `shutdown` future resolves, the source
+//! stops reading (what it had not handed over stays unacknowledged with the
+//! broker), the tracker applies the events it holds for reordering and
+//! writes the points that completes, and the sink flushes within
+//! `SHUTDOWN_DEADLINE`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::mqtt::{office_from_topic, Incoming, MqttSource};
+use crate::pipeline::Pipeline;
+use crate::sink::{self, Secrets, SinkHandle, SinkReport};
+use crate::stats::Stats;
+use crate::time::Millis;
+
+/// How long the sink may keep retrying after shutdown was asked for.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often held events are released and expiries checked between messages.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Capacity of the source → tracker channel, in messages.
+const MESSAGE_CHANNEL_CAPACITY: usize = 1024;
+
+/// What a run did, for the exit summary.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub stats: Stats,
+    pub sink: SinkReport,
+}
+
+/// Inputs of the tracker loop: a closed set.
+enum Input {
+    Message(Incoming),
+    Tick,
+    Shutdown,
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<RunReport> {
+    let secrets = Secrets::resolve(&config.influxdb).context("InfluxDB credentials")?;
+    let (sink, sink_task) = sink::spawn(&config.influxdb, secrets, SHUTDOWN_DEADLINE).context("InfluxDB writer")?;
+
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_sender.send(true);
+    });
+
+    let source = MqttSource::new(&config.mqtt);
+    let acker = source.acker.clone();
+    let (message_sender, mut messages) = mpsc::channel(MESSAGE_CHANNEL_CAPACITY);
+    let source_task = tokio::spawn(source.run(message_sender, stopped(stop_receiver.clone())));
+    info!(mqtt = %config.mqtt.url, topics = ?config.mqtt.topics, influxdb = %config.influxdb.url, "queuewatch running.");
+
+    let mut pipeline = Pipeline::new(&config);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stats_log = tokio::time::interval(Duration::from_secs(60));
+    stats_log.tick().await;
+    let mut stop = std::pin::pin!(stopped(stop_receiver.clone()));
+    let mut unsent_at_shutdown = 0usize;
+
+    loop {
+        let input = tokio::select! {
+            biased;
+            () = &mut stop => Input::Shutdown,
+            message = messages.recv() => match message {
+                Some(message) => Input::Message(message),
+                None => Input::Shutdown,
+            },
+            _ = tick.tick() => Input::Tick,
+            _ = stats_log.tick() => {
+                info!(stats = %pipeline.stats().one_line(), "Totals so far.");
+                continue;
+            }
+        };
+        match input {
+            Input::Message(message) => {
+                let topic_office = office_from_topic(&config.mqtt.topics, &message.publish.topic);
+                // A rejection is counted and logged inside; it is still acknowledged,
+                // since redelivering a bad message would only repeat the rejection.
+                let _ = pipeline.handle(topic_office, &message.publish.payload, message.received, Millis::now());
+                acker.ack(&message.publish);
+            }
+            Input::Tick => pipeline.advance(Millis::now()),
+            Input::Shutdown => break,
+        }
+        if let Some((lines, count)) = pipeline.take_lines() {
+            tokio::select! {
+                sent = sink.send(lines, count) => if sent.is_err() {
+                    error!(points = count, "The InfluxDB writer has stopped; points lost.");
+                },
+                () = stopped(stop_receiver.clone()) => {
+                    unsent_at_shutdown += count;
+                    break;
+                }
+            }
+        }
+    }
+
+    // Phase 1: stop the source; unprocessed messages stay with the broker.
+    drop(messages);
+    let _ = tokio::time::timeout(Duration::from_secs(2), source_task).await;
+    // Phase 2: apply what the tracker holds, write what that completes.
+    pipeline.drain(Millis::now());
+    if let Some((lines, count)) = pipeline.take_lines() {
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, sink.send(lines, count)).await.is_err() {
+            unsent_at_shutdown += count;
+        }
+    }
+    // Phase 3: the sink flushes within its deadline once the last handle is gone.
+    let sink_report = finish_sink(sink, sink_task).await;
+    if unsent_at_shutdown > 0 {
+        error!(points = unsent_at_shutdown, "Points not handed to the writer before shutdown.");
+    }
+    let mut sink_report = sink_report;
+    sink_report.points_unwritten_at_shutdown += unsent_at_shutdown as u64;
+    let stats = pipeline.stats().clone();
+    info!(stats = %stats.one_line(), written = sink_report.points_written, "queuewatch stopped.");
+    Ok(RunReport { stats, sink: sink_report })
+}
+
+/// Drops the last handle and waits for the writer's report.
+pub async fn finish_sink(sink: SinkHandle, task: tokio::task::JoinHandle<SinkReport>) -> SinkReport {
+    drop(sink);
+    match tokio::time::timeout(SHUTDOWN_DEADLINE + Duration::from_secs(5), task).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(join_error)) => {
+            error!(%join_error, "The InfluxDB writer failed.");
+            SinkReport::default()
+        }
+        Err(_) => {
+            error!("The InfluxDB writer did not finish in time.");
+            SinkReport::default()
+        }
+    }
+}
+
+/// Resolves once the stop flag is set.
+async fn stopped(mut receiver: watch::Receiver<bool>) {
+    while !*receiver.borrow_and_update() {
+        if receiver.changed().await.is_err() {
+            return;
+        }
+    }
+}

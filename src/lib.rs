@@ -8,6 +8,7 @@
 //! - [`time`], [`ids`]: value types that can only be built valid.
 //! - [`event`]: decoding and validating one MQTT payload into an [`event::Event`].
 //! - [`tracker`]: the pure core. Events and a time in, points and counts out. No IO.
+//! - [`pipeline`]: decode + track + encode, shared by `run`, `replay` and benchmarks.
 //! - [`point`]: InfluxDB points and their line-protocol encoding.
 //! - [`config`]: the TOML configuration, validated all at once.
 //! - [`sink`]: batching writer to InfluxDB (v1 `/write`, v2 `/api/v2/write`).
@@ -21,6 +22,7 @@ pub mod daemon;
 pub mod event;
 pub mod ids;
 pub mod mqtt;
+pub mod pipeline;
 pub mod point;
 pub mod replay;
 pub mod sink;

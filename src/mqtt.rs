@@ -1,1 +1,265 @@
-//! (in progress)
+//! The MQTT adapter: subscribes, hands messages to the tracker task, and
+//! acknowledges them only when that task says so.
+//!
+//! Owns the rumqttc event loop. Invariants:
+//! - The poll loop never awaits anything that needs the poll loop itself:
+//!   subscriptions and acknowledgements go through `try_*`, which only queue.
+//! - Messages are acknowledged by the consumer ([`Acker`]) after it has taken
+//!   them into its state, never on receipt (manual acks), so what has not been
+//!   processed is redelivered by the broker's persistent session.
+//! - The hand-off channel is bounded. When it is full the poll loop waits:
+//!   the broker holds the rest (QoS 1, `clean_session = false`), bounded by its
+//!   in-flight window since nothing unprocessed is acknowledged.
+//! - Reconnects back off exponentially (rumqttc's poll does not), capped.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::MqttConfig;
+use crate::event::{RejectReason, Rejection};
+use crate::ids::OfficeId;
+use crate::time::Millis;
+
+/// One message received, with what is needed to acknowledge it.
+#[derive(Debug)]
+pub struct Incoming {
+    pub publish: Publish,
+    /// Wall time of receipt.
+    pub received: Millis,
+}
+
+/// Acknowledges processed messages. Cloneable; never blocks.
+#[derive(Clone)]
+pub struct Acker {
+    client: AsyncClient,
+}
+
+impl Acker {
+    /// Queues the acknowledgement of `publish`. If the request queue is full
+    /// the ack is handed to a task so the caller never waits on the poll loop.
+    pub fn ack(&self, publish: &Publish) {
+        if publish.qos == QoS::AtMostOnce {
+            return;
+        }
+        if self.client.try_ack(publish).is_err() {
+            let client = self.client.clone();
+            let publish = publish.clone();
+            tokio::spawn(async move {
+                if let Err(error) = client.ack(&publish).await {
+                    debug!(%error, "Acknowledgement not sent; the broker will redeliver.");
+                }
+            });
+        }
+    }
+}
+
+/// The client handle used to publish (alerts, later) and to acknowledge.
+pub struct MqttSource {
+    pub acker: Acker,
+    client: AsyncClient,
+    event_loop: EventLoop,
+    topics: Vec<String>,
+}
+
+/// Incoming packet limit: far above the payload limit so that an oversized
+/// payload reaches the decoder and is rejected and acknowledged there. A
+/// packet over rumqttc's own limit drops the connection, and the broker would
+/// redeliver it forever.
+pub fn incoming_packet_limit(max_payload_bytes: usize) -> usize {
+    max_payload_bytes.saturating_mul(64).max(1024 * 1024)
+}
+
+impl MqttSource {
+    pub fn new(config: &MqttConfig) -> MqttSource {
+        let mut options = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(incoming_packet_limit(config.max_payload_bytes), 1024 * 1024)
+            .set_inflight(100);
+        // Room for every in-flight ack plus subscriptions and alert publishes.
+        let (client, event_loop) = AsyncClient::new(options, 4096);
+        MqttSource { acker: Acker { client: client.clone() }, client, event_loop, topics: config.topics.clone() }
+    }
+
+    /// A client that can publish through this connection.
+    pub fn client(&self) -> AsyncClient {
+        self.client.clone()
+    }
+
+    /// Polls until `shutdown` resolves or the receiver is gone. Each message
+    /// goes to `messages`; waiting on it is the back-pressure.
+    pub async fn run(mut self, messages: mpsc::Sender<Incoming>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut failures_logged = 0u32;
+        loop {
+            let polled = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                polled = self.event_loop.poll() => polled,
+            };
+            match polled {
+                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                    let incoming = Incoming { publish, received: Millis::now() };
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        sent = messages.send(incoming) => if sent.is_err() { break },
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::ConnAck(connack))) => {
+                    info!(session_present = connack.session_present, "Connected to the MQTT broker.");
+                    backoff.reset();
+                    failures_logged = 0;
+                    // Subscribing again when the session survived is harmless,
+                    // and covers a broker that lost it or a changed topic list.
+                    for topic in &self.topics {
+                        if let Err(error) = self.client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                            warn!(%error, topic, "Could not queue the subscription.");
+                        }
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::SubAck(suback))) => {
+                    debug!(?suback.return_codes, "Subscribed.");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    // Log the first failures, then only occasionally while the broker stays away.
+                    if failures_logged < 3 || failures_logged % 20 == 0 {
+                        warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed.");
+                    }
+                    failures_logged += 1;
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        // Best effort: a clean DISCONNECT. Unacknowledged messages stay with
+        // the broker's session either way.
+        let _ = self.client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Ok(event) = self.event_loop.poll().await {
+                if matches!(event, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Capped exponential backoff.
+#[derive(Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { initial, max, current: initial }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// Which office a topic names under the configured filters: the level matched
+/// by the first `+` of the first filter that matches. `Ok(None)` when the
+/// matching filter has no `+` (the payload must then name the office).
+pub fn office_from_topic(filters: &[String], topic: &str) -> Result<Option<OfficeId>, Rejection> {
+    for filter in filters {
+        if let Some(level) = matching_office_level(filter, topic) {
+            return match level {
+                None => Ok(None),
+                Some(text) => OfficeId::parse(text).map(Some).map_err(|error| Rejection {
+                    reason: RejectReason::InvalidIdentifier,
+                    detail: format!("office in topic {topic:?}: {error}"),
+                    office: None,
+                    id: None,
+                }),
+            };
+        }
+    }
+    Ok(None)
+}
+
+/// `Some(office level)` if `topic` matches `filter`.
+fn matching_office_level<'t>(filter: &str, topic: &'t str) -> Option<Option<&'t str>> {
+    let mut office = None;
+    let mut topic_levels = topic.split('/');
+    for filter_level in filter.split('/') {
+        if filter_level == "#" {
+            return Some(office);
+        }
+        let topic_level = topic_levels.next()?;
+        match filter_level {
+            "+" => {
+                if office.is_none() {
+                    office = Some(topic_level);
+                }
+            }
+            literal if literal == topic_level => {}
+            _ => return None,
+        }
+    }
+    if topic_levels.next().is_some() {
+        return None;
+    }
+    Some(office)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filters(list: &[&str]) -> Vec<String> {
+        list.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn the_office_is_the_level_under_the_first_plus() {
+        let office = office_from_topic(&filters(&["queue/+/events"]), "queue/mpp-1/events").unwrap();
+        assert_eq!(office.unwrap().as_str(), "mpp-1");
+        let office = office_from_topic(&filters(&["region/+/+/events"]), "region/jabar/bdg-2/events").unwrap();
+        assert_eq!(office.unwrap().as_str(), "jabar");
+    }
+
+    #[test]
+    fn a_filter_without_plus_leaves_the_office_to_the_payload() {
+        assert_eq!(office_from_topic(&filters(&["queue/all/events"]), "queue/all/events").unwrap(), None);
+        assert_eq!(office_from_topic(&filters(&["queue/#"]), "queue/x/events").unwrap(), None);
+    }
+
+    #[test]
+    fn an_office_level_that_is_not_an_identifier_is_rejected() {
+        let rejection = office_from_topic(&filters(&["queue/+/events"]), "queue/bad office/events").unwrap_err();
+        assert_eq!(rejection.reason, RejectReason::InvalidIdentifier);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let delays: Vec<u128> = (0..4).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 350, 350]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay().as_millis(), 100);
+    }
+}

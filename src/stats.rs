@@ -1,1 +1,129 @@
-//! (in progress)
+//! Counts of what happened to incoming messages, and a log that does not flood.
+//!
+//! Owned by the task that owns the tracker; nothing else writes it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::event::RejectReason;
+use crate::tracker::{Note, NoteCounts};
+
+/// Totals since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages that decoded into a valid event (duplicates included).
+    pub accepted: u64,
+    pub rejected: [u64; RejectReason::ALL.len()],
+    pub notes: NoteCounts,
+    /// Points handed to the sink.
+    pub points: u64,
+}
+
+impl Stats {
+    pub fn reject(&mut self, reason: RejectReason) {
+        self.rejected[reason as usize] += 1;
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected[reason as usize]
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    /// A multi-line human summary: totals, then every non-zero reason and note.
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "events accepted: {}\nevents rejected: {}\npoints produced: {}\n",
+            self.accepted,
+            self.rejected_total(),
+            self.points
+        );
+        for reason in RejectReason::ALL {
+            let count = self.rejected(reason);
+            if count > 0 {
+                let _ = writeln!(text, "  rejected {}: {count}", reason.as_str());
+            }
+        }
+        for note in Note::ALL {
+            let count = self.notes.get(note);
+            if count > 0 {
+                let _ = writeln!(text, "  {}: {count}", note.as_str());
+            }
+        }
+        text
+    }
+
+    /// One line for periodic logs.
+    pub fn one_line(&self) -> String {
+        self.summary().trim_end().replace("\n  ", ", ").replace('\n', "; ")
+    }
+}
+
+/// Decides whether a repeating log line (per key) may be written now: the
+/// first occurrence always, then at most once per `every`, reporting how many
+/// were suppressed in between.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    last: HashMap<String, (Instant, u64)>,
+}
+
+impl LogLimiter {
+    pub fn new(every: Duration) -> LogLimiter {
+        LogLimiter { every, last: HashMap::new() }
+    }
+
+    /// `Some(suppressed_since_last)` when the caller should log now.
+    pub fn allow(&mut self, key: &str, now: Instant) -> Option<u64> {
+        match self.last.get_mut(key) {
+            None => {
+                if self.last.len() > 10_000 {
+                    self.last.clear(); // keys come from input; keep the map bounded
+                }
+                self.last.insert(key.to_string(), (now, 0));
+                Some(0)
+            }
+            Some((last, suppressed)) if now.duration_since(*last) >= self.every => {
+                let count = *suppressed;
+                *last = now;
+                *suppressed = 0;
+                Some(count)
+            }
+            Some((_, suppressed)) => {
+                *suppressed += 1;
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_logs_the_first_then_once_per_interval_with_the_suppressed_count() {
+        let mut limiter = LogLimiter::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(limiter.allow("a", start), Some(0));
+        assert_eq!(limiter.allow("a", start + Duration::from_secs(1)), None);
+        assert_eq!(limiter.allow("a", start + Duration::from_secs(2)), None);
+        assert_eq!(limiter.allow("b", start + Duration::from_secs(2)), Some(0));
+        assert_eq!(limiter.allow("a", start + Duration::from_secs(11)), Some(2));
+    }
+
+    #[test]
+    fn summary_lists_non_zero_reasons() {
+        let mut stats = Stats { accepted: 3, ..Stats::default() };
+        stats.reject(RejectReason::MalformedJson);
+        stats.notes.add(Note::Duplicate);
+        let summary = stats.summary();
+        assert!(summary.contains("events rejected: 1"));
+        assert!(summary.contains("rejected malformed_json: 1"));
+        assert!(summary.contains("duplicate: 1"));
+        assert!(!summary.contains("oversized"));
+    }
+}

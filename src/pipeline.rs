@@ -1,0 +1,125 @@
+//! Decode + track + encode, shared by `run`, `replay` and the benchmarks.
+//!
+//! Owns the tracker, the counts and the line-protocol buffer of pending
+//! points. Still no IO: callers feed payloads and wall times in and take
+//! encoded lines out for the sink.
+
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::config::Config;
+use crate::event::{decode, DecodeLimits, Rejection};
+use crate::ids::OfficeId;
+use crate::stats::{LogLimiter, Stats};
+use crate::time::{duration_ms, Millis};
+use crate::tracker::{Output, Tracker, TrackerSettings};
+
+pub struct Pipeline {
+    tracker: Tracker,
+    limits: DecodeLimits,
+    stats: Stats,
+    out: Output,
+    lines: String,
+    pending_lines: usize,
+    reject_log: LogLimiter,
+}
+
+impl Pipeline {
+    pub fn new(config: &Config) -> Pipeline {
+        Pipeline {
+            tracker: Tracker::new(TrackerSettings::new(&config.tracking, &config.sla)),
+            limits: DecodeLimits {
+                max_payload_bytes: config.mqtt.max_payload_bytes,
+                max_future_skew_ms: duration_ms(config.tracking.max_future_skew),
+            },
+            stats: Stats::default(),
+            out: Output::default(),
+            lines: String::new(),
+            pending_lines: 0,
+            reject_log: LogLimiter::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// Takes one message. `topic_office` is what the topic said (or why it
+    /// was refused); `tracker_now` is the wall time the tracker's office
+    /// clocks run on (constant in a replay); `wall_now` guards against
+    /// timestamps from the future. A rejection is counted, logged without
+    /// flooding, and returned so the caller can echo it.
+    pub fn handle(
+        &mut self,
+        topic_office: Result<Option<OfficeId>, Rejection>,
+        payload: &[u8],
+        tracker_now: Millis,
+        wall_now: Millis,
+    ) -> Result<(), Rejection> {
+        let decoded = topic_office.and_then(|office| decode(payload, office.as_ref(), wall_now, &self.limits));
+        match decoded {
+            Ok(event) => {
+                self.stats.accepted += 1;
+                self.tracker.ingest(event, tracker_now, &mut self.out);
+                self.collect();
+                Ok(())
+            }
+            Err(rejection) => {
+                self.stats.reject(rejection.reason);
+                let office = rejection.office.as_ref().map_or("", |office| office.as_str());
+                let key = format!("{}/{}", office, rejection.reason.as_str());
+                if let Some(suppressed) = self.reject_log.allow(&key, Instant::now()) {
+                    warn!(
+                        office,
+                        reason = rejection.reason.as_str(),
+                        detail = %rejection.detail,
+                        id = rejection.id.as_deref().unwrap_or(""),
+                        suppressed,
+                        "Rejected event."
+                    );
+                }
+                Err(rejection)
+            }
+        }
+    }
+
+    /// Lets wall time pass (live runs).
+    pub fn advance(&mut self, tracker_now: Millis) {
+        self.tracker.advance(tracker_now, &mut self.out);
+        self.collect();
+    }
+
+    /// End of input: applies everything held and writes what is due.
+    pub fn drain(&mut self, tracker_now: Millis) {
+        self.tracker.drain(tracker_now, &mut self.out);
+        self.collect();
+    }
+
+    /// Encoded lines not yet taken, and how many.
+    pub fn take_lines(&mut self) -> Option<(String, usize)> {
+        if self.pending_lines == 0 {
+            return None;
+        }
+        let count = std::mem::take(&mut self.pending_lines);
+        Some((std::mem::take(&mut self.lines), count))
+    }
+
+    pub fn pending_lines(&self) -> usize {
+        self.pending_lines
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    fn collect(&mut self) {
+        self.stats.notes.merge(&self.out.notes);
+        self.out.notes = Default::default();
+        for point in self.out.points.drain(..) {
+            point.write_line(&mut self.lines);
+            self.pending_lines += 1;
+            self.stats.points += 1;
+        }
+    }
+}
