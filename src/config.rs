@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::ids::ServiceId;
 use crate::time::duration_ms;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub mqtt: MqttConfig,
     pub influxdb: InfluxConfig,
@@ -156,17 +156,6 @@ impl Default for InfluxConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            mqtt: MqttConfig::default(),
-            influxdb: InfluxConfig::default(),
-            tracking: TrackingConfig::default(),
-            sla: SlaConfig::default(),
-        }
-    }
-}
-
 /// Every problem found in a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -255,7 +244,9 @@ impl Config {
                     _ => problems.push(format!("influxdb.url: {url:?} is not an http:// or https:// URL")),
                 }
             }
-            for (key, slot) in [("org", &mut influx.org), ("bucket", &mut influx.bucket), ("database", &mut influx.database)] {
+            for (key, slot) in
+                [("org", &mut influx.org), ("bucket", &mut influx.bucket), ("database", &mut influx.database)]
+            {
                 if let Some(value) = section.string(key, &mut problems) {
                     if value.is_empty() {
                         problems.push(format!("influxdb.{key}: must not be empty"));
@@ -507,7 +498,8 @@ impl<'a> Section<'a> {
             toml::Value::String(text) => match humantime::parse_duration(text) {
                 Ok(duration) => Some(duration),
                 Err(_) => {
-                    problems.push(format!("{full_key}: invalid duration {text:?} (write e.g. \"10s\", \"15m\", \"12h\")"));
+                    problems
+                        .push(format!("{full_key}: invalid duration {text:?} (write e.g. \"10s\", \"15m\", \"12h\")"));
                     None
                 }
             },

@@ -99,10 +99,7 @@ impl EventType {
 
     /// Events that end a ticket's segment.
     pub fn is_closing(self) -> bool {
-        matches!(
-            self,
-            EventType::Finished | EventType::NoShow | EventType::Cancelled | EventType::Transferred
-        )
+        matches!(self, EventType::Finished | EventType::NoShow | EventType::Cancelled | EventType::Transferred)
     }
 
     /// Position among events of equal timestamp: `issued` < `called` <
@@ -283,8 +280,8 @@ pub fn decode(
 
     let office = match (raw.office.as_deref(), topic_office) {
         (Some(text), topic) => {
-            let office = OfficeId::parse(text)
-                .map_err(|e| reject(RejectReason::InvalidIdentifier, format!("office: {e}")))?;
+            let office =
+                OfficeId::parse(text).map_err(|e| reject(RejectReason::InvalidIdentifier, format!("office: {e}")))?;
             if let Some(topic) = topic {
                 if *topic != office {
                     return Err(reject(
@@ -296,9 +293,7 @@ pub fn decode(
             office
         }
         (None, Some(topic)) => topic.clone(),
-        (None, None) => {
-            return Err(reject(RejectReason::MissingField, "office: required by this topic".into()))
-        }
+        (None, None) => return Err(reject(RejectReason::MissingField, "office: required by this topic".into())),
     };
     let reject = |reason: RejectReason, detail: String| {
         let mut rejection = reject(reason, detail);
@@ -307,15 +302,16 @@ pub fn decode(
     };
 
     let kind_text = raw.kind.ok_or_else(|| reject(RejectReason::MissingField, "type".into()))?;
-    let kind = EventType::parse(&kind_text)
-        .ok_or_else(|| reject(RejectReason::UnknownType, format!("type {kind_text:?}")))?;
+    let kind =
+        EventType::parse(&kind_text).ok_or_else(|| reject(RejectReason::UnknownType, format!("type {kind_text:?}")))?;
 
     let ts = match raw.ts {
         None => return Err(reject(RejectReason::MissingField, "ts".into())),
         Some(RawTs::Invalid(detail)) => return Err(reject(RejectReason::InvalidTimestamp, detail)),
         Some(RawTs::Millis(ms)) => Millis(ms),
-        Some(RawTs::Text(text)) => parse_rfc3339(&text)
-            .ok_or_else(|| reject(RejectReason::InvalidTimestamp, format!("ts {text:?}")))?,
+        Some(RawTs::Text(text)) => {
+            parse_rfc3339(&text).ok_or_else(|| reject(RejectReason::InvalidTimestamp, format!("ts {text:?}")))?
+        }
     };
     if ts.since(wall_now) > limits.max_future_skew_ms {
         return Err(reject(
@@ -324,7 +320,8 @@ pub fn decode(
         ));
     }
 
-    let ident_error = |field: &str, error: InvalidId| reject(RejectReason::InvalidIdentifier, format!("{field}: {error}"));
+    let ident_error =
+        |field: &str, error: InvalidId| reject(RejectReason::InvalidIdentifier, format!("{field}: {error}"));
     let ticket = match raw.ticket.as_deref() {
         Some(text) => Some(TicketNo::parse(text).map_err(|e| ident_error("ticket", e))?),
         None => None,

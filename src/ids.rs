@@ -33,10 +33,7 @@ pub fn validate_ident(text: &str) -> Result<(), InvalidId> {
     if text.len() > MAX_ID_CHARS {
         return Err(InvalidId::TooLong);
     }
-    if !text
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-    {
+    if !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
         return Err(InvalidId::BadCharacter);
     }
     Ok(())

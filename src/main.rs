@@ -9,7 +9,11 @@ use queuewatch::config::Config;
 use queuewatch::replay::{replay, ReplayOutput};
 
 #[derive(Parser)]
-#[command(name = "queuewatch", version, about = "Service-queue timing monitor: ticket-machine events over MQTT become exact timing points in InfluxDB.")]
+#[command(
+    name = "queuewatch",
+    version,
+    about = "Service-queue timing monitor: ticket-machine events over MQTT become exact timing points in InfluxDB."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -13,9 +13,7 @@ pub struct Millis(pub i64);
 impl Millis {
     /// The current wall-clock time. Only adapters call this; the tracker never does.
     pub fn now() -> Millis {
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Millis(since_epoch.as_millis() as i64)
     }
 

@@ -311,7 +311,8 @@ impl OfficeState {
 
     fn ingest(&mut self, settings: &TrackerSettings, event: Event, now: Millis, out: &mut Output) {
         let (id_key, content_key) = dedup_keys(&event);
-        let is_duplicate = id_key.is_some_and(|key| self.seen.contains_key(&key)) || self.seen.contains_key(&content_key);
+        let is_duplicate =
+            id_key.is_some_and(|key| self.seen.contains_key(&key)) || self.seen.contains_key(&content_key);
         if is_duplicate {
             out.notes.add(Note::Duplicate);
             return;
@@ -445,9 +446,7 @@ impl OfficeState {
             // to; an `issued` for a ticket never seen still opens one, so a
             // kiosk's delayed backlog is not lost.
             let belongs = match open {
-                Some(segment) => {
-                    segment.issue.is_none_or(|issue| event.ts >= issue) || event.kind == EventType::Issued
-                }
+                Some(segment) => segment.issue.is_none_or(|issue| event.ts >= issue) || event.kind == EventType::Issued,
                 None => event.kind == EventType::Issued && closed_at.is_none(),
             };
             if !belongs {
@@ -488,7 +487,14 @@ impl OfficeState {
                     self.attach_keys(&ticket, &keys);
                     self.close(settings, &ticket, outcome, event.ts, Some(&event), out);
                     if outcome == Outcome::Transferred {
-                        self.open_segment(settings, &ticket, event.to_service.clone(), Some(event.ts), event.ts, visit_start);
+                        self.open_segment(
+                            settings,
+                            &ticket,
+                            event.to_service.clone(),
+                            Some(event.ts),
+                            event.ts,
+                            visit_start,
+                        );
                     }
                     return;
                 } else if closed_at.is_some() {
@@ -669,9 +675,13 @@ fn segment_point(
 
     point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
     point.field("recalls", FieldValue::Int(i64::from(segment.recalls)));
-    for (name, value) in
-        [("wait_s", wait_ms), ("walk_s", walk_ms), ("service_s", service_ms), ("total_s", total_ms), ("visit_s", visit_ms)]
-    {
+    for (name, value) in [
+        ("wait_s", wait_ms),
+        ("walk_s", walk_ms),
+        ("service_s", service_ms),
+        ("total_s", total_ms),
+        ("visit_s", visit_ms),
+    ] {
         if let Some(span_ms) = value {
             point.field(name, seconds(span_ms));
         }

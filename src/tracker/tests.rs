@@ -407,11 +407,7 @@ fn a_segment_idle_for_the_max_age_expires_at_last_event_plus_max_age() {
 fn expiry_waits_for_the_reorder_window_after_the_deadline() {
     // Clock ends 5 s past the deadline: not yet due (window is 10 s).
     check("08:00 issued A1 service=ktp\n20:00:05 heartbeat", "", "");
-    check(
-        "08:00 issued A1 service=ktp\n20:00:11 heartbeat",
-        "o1 expired ktp @20:00:00 ticket=A1 recalls=0",
-        "",
-    );
+    check("08:00 issued A1 service=ktp\n20:00:11 heartbeat", "o1 expired ktp @20:00:00 ticket=A1 recalls=0", "");
 }
 
 #[test]
@@ -483,8 +479,10 @@ fn targets_come_from_the_service_or_the_defaults() {
         settings(),
         "08:00 issued A1 service=ktp\n08:00:30 cancelled A1\n08:00 issued B1 service=sim\n08:01 cancelled B1",
     );
-    let targets: Vec<_> =
-        points.iter().map(|p| (p.field_value("wait_target_s").cloned(), p.field_value("service_target_s").cloned())).collect();
+    let targets: Vec<_> = points
+        .iter()
+        .map(|p| (p.field_value("wait_target_s").cloned(), p.field_value("service_target_s").cloned()))
+        .collect();
     assert_eq!(
         targets,
         vec![
@@ -528,7 +526,10 @@ fn expiry_in_a_live_run_follows_the_wall_clock() {
     tracker.advance(Millis(12 * 3_600_000 + 10_000), &mut out);
     assert!(out.points.is_empty());
     tracker.advance(Millis(12 * 3_600_000 + 10_001), &mut out);
-    assert_eq!(out.points.iter().map(render_point).collect::<Vec<_>>(), vec!["o1 expired ktp @20:00:00 ticket=A1 recalls=0"]);
+    assert_eq!(
+        out.points.iter().map(render_point).collect::<Vec<_>>(),
+        vec!["o1 expired ktp @20:00:00 ticket=A1 recalls=0"]
+    );
 }
 
 mod properties {

@@ -1,0 +1,194 @@
+//! Lines waiting to be written, and cutting them into batches.
+//!
+//! Pure data: no IO, no clock (arrival times are passed in). Every cut is at a
+//! line boundary, so a batch is always whole lines of line protocol, each
+//! ending with `'\n'`, in the order they arrived.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Whole lines of line protocol, each ending with `'\n'`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Batch {
+    pub text: String,
+    pub lines: usize,
+}
+
+impl Batch {
+    /// Splits into two halves by lines, the first half getting the smaller
+    /// share when the count is odd. Needs at least two lines.
+    pub fn split_in_half(mut self) -> (Batch, Batch) {
+        debug_assert!(self.lines >= 2, "a batch of {} line(s) cannot be split", self.lines);
+        let first_lines = self.lines / 2;
+        let rest = self.text.split_off(offset_after_lines(&self.text, first_lines));
+        let second = Batch { text: rest, lines: self.lines - first_lines };
+        self.lines = first_lines;
+        (self, second)
+    }
+}
+
+/// Lines received but not yet handed to a writer, in arrival order.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    chunks: VecDeque<Chunk>,
+    lines: usize,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    text: String,
+    lines: usize,
+    arrived: Instant,
+}
+
+impl Pending {
+    /// Appends lines. A missing final newline is added, so that two chunks
+    /// can never run together into one corrupt line. Returns the number of
+    /// lines added, counted from the text.
+    pub fn push(&mut self, mut text: String, arrived: Instant) -> usize {
+        if text.is_empty() {
+            return 0;
+        }
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let lines = count_lines(&text);
+        self.lines += lines;
+        self.chunks.push_back(Chunk { text, lines, arrived });
+        lines
+    }
+
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    /// When the oldest unsent line has waited `flush_interval`; `None` when
+    /// nothing is pending.
+    pub fn due_at(&self, flush_interval: Duration) -> Option<Instant> {
+        self.chunks.front().map(|chunk| chunk.arrived + flush_interval)
+    }
+
+    /// Takes up to `max_lines` of the oldest lines; `None` when nothing is
+    /// pending. A chunk cut in two keeps its arrival time for the remainder.
+    pub fn take(&mut self, max_lines: usize) -> Option<Batch> {
+        let max_lines = max_lines.max(1);
+        let mut batch = Batch { text: String::new(), lines: 0 };
+        while batch.lines < max_lines {
+            let Some(mut chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            let room = max_lines - batch.lines;
+            if chunk.lines > room {
+                let rest = chunk.text.split_off(offset_after_lines(&chunk.text, room));
+                self.chunks.push_front(Chunk { text: rest, lines: chunk.lines - room, arrived: chunk.arrived });
+                chunk.lines = room;
+            }
+            if batch.text.is_empty() {
+                batch.text = chunk.text;
+            } else {
+                batch.text.push_str(&chunk.text);
+            }
+            batch.lines += chunk.lines;
+        }
+        self.lines -= batch.lines;
+        (batch.lines > 0).then_some(batch)
+    }
+
+    /// Empties the queue, returning how many lines it held.
+    pub fn discard(&mut self) -> usize {
+        self.chunks.clear();
+        std::mem::take(&mut self.lines)
+    }
+}
+
+pub(crate) fn count_lines(text: &str) -> usize {
+    text.bytes().filter(|byte| *byte == b'\n').count()
+}
+
+/// The byte offset just after the `lines`-th newline, or the end of the text
+/// when it has fewer lines.
+fn offset_after_lines(text: &str, lines: usize) -> usize {
+    if lines == 0 {
+        return 0;
+    }
+    text.bytes()
+        .enumerate()
+        .filter(|(_, byte)| *byte == b'\n')
+        .nth(lines - 1)
+        .map_or(text.len(), |(index, _)| index + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(range: std::ops::Range<usize>) -> String {
+        range.map(|number| format!("m v={number}i {number}\n")).collect()
+    }
+
+    #[test]
+    fn take_cuts_at_line_boundaries_and_keeps_order() {
+        let now = Instant::now();
+        let mut pending = Pending::default();
+        assert_eq!(pending.push(lines(0..3), now), 3);
+        assert_eq!(pending.push(lines(3..10), now), 7);
+        let mut taken = Vec::new();
+        while let Some(batch) = pending.take(4) {
+            assert_eq!(count_lines(&batch.text), batch.lines);
+            taken.push(batch);
+        }
+        assert_eq!(taken.iter().map(|batch| batch.lines).collect::<Vec<_>>(), [4, 4, 2]);
+        assert_eq!(taken.iter().map(|batch| batch.text.as_str()).collect::<String>(), lines(0..10));
+        assert_eq!(pending.lines(), 0);
+        assert_eq!(pending.due_at(Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn a_cut_chunk_keeps_its_arrival_time() {
+        let first = Instant::now();
+        let second = first + Duration::from_millis(500);
+        let mut pending = Pending::default();
+        pending.push(lines(0..2), first);
+        pending.push(lines(2..6), second);
+        assert_eq!(pending.take(3).unwrap().lines, 3);
+        assert_eq!(pending.due_at(Duration::from_secs(1)), Some(second + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_missing_final_newline_is_added_so_chunks_never_merge() {
+        let mut pending = Pending::default();
+        pending.push("a v=1i 1".into(), Instant::now());
+        pending.push("b v=2i 2\n".into(), Instant::now());
+        assert_eq!(pending.take(10).unwrap(), Batch { text: "a v=1i 1\nb v=2i 2\n".into(), lines: 2 });
+    }
+
+    #[test]
+    fn empty_text_adds_nothing() {
+        let mut pending = Pending::default();
+        assert_eq!(pending.push(String::new(), Instant::now()), 0);
+        assert!(pending.take(10).is_none());
+    }
+
+    #[test]
+    fn splitting_in_half_keeps_every_line_once() {
+        for count in 2..9 {
+            let batch = Batch { text: lines(0..count), lines: count };
+            let (first, second) = batch.split_in_half();
+            assert_eq!(first.lines, count / 2);
+            assert_eq!(first.lines + second.lines, count);
+            assert_eq!(count_lines(&first.text), first.lines);
+            assert_eq!(count_lines(&second.text), second.lines);
+            assert_eq!(first.text + &second.text, lines(0..count));
+        }
+    }
+
+    #[test]
+    fn discard_reports_what_was_pending() {
+        let mut pending = Pending::default();
+        pending.push(lines(0..5), Instant::now());
+        assert_eq!(pending.discard(), 5);
+        assert_eq!(pending.lines(), 0);
+    }
+}

@@ -1,0 +1,400 @@
+//! Destinations for batches: InfluxDB v1 and v2 over HTTP, a file, nothing.
+//!
+//! A [`Writer`] sends one batch once and says how it went; it never retries
+//! and never logs. Retrying, splitting and counting belong to the writer task
+//! (`task.rs`), so every destination gets the same rules.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use influxdb2::api::write::TimestampPrecision;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use tokio::io::AsyncWriteExt as _;
+
+use super::{InfluxConfig, Secrets, SinkError};
+
+/// The future a [`Writer`] returns.
+pub type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send + 'a>>;
+
+/// One destination for batches of line protocol.
+pub trait Writer: Send + Sync {
+    /// Sends `body` (whole lines, each ending with `'\n'`) once.
+    fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a>;
+
+    /// Where the lines go, for logs. Never contains a secret.
+    fn describe(&self) -> String;
+}
+
+/// Why one write failed; decides what the writer task does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// Worth retrying as is: 429, 5xx, connection refused, timeout.
+    #[error("transient failure (status {status:?}): {message}")]
+    Transient { status: Option<u16>, retry_after: Option<Duration>, message: String },
+    /// 413: the body must be split and sent again in smaller pieces.
+    #[error("request body too large (413)")]
+    TooLarge,
+    /// Any other 4xx: sending the same body again would fail the same way.
+    #[error("rejected with status {status}: {message}")]
+    Permanent { status: u16, message: String },
+}
+
+/// InfluxDB 1.x: `POST {url}/write?db=..&precision=ns[&rp=..]`, gzipped,
+/// with basic auth when a username is configured.
+pub struct V1Writer {
+    client: reqwest::Client,
+    write_url: Url,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl V1Writer {
+    pub fn new(config: &InfluxConfig, secrets: &Secrets) -> Result<V1Writer, SinkError> {
+        let mut write_url = parse_http_url(&config.url)?;
+        write_url
+            .path_segments_mut()
+            .map_err(|()| SinkError::Config(format!("influxdb.url: {:?} cannot take a path", config.url)))?
+            .pop_if_empty()
+            .push("write");
+        {
+            let mut query = write_url.query_pairs_mut();
+            query.append_pair("db", &config.database).append_pair("precision", "ns");
+            if let Some(retention_policy) = &config.retention_policy {
+                query.append_pair("rp", retention_policy);
+            }
+        }
+        let client = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .default_headers(write_headers())
+            .build()
+            .map_err(|error| SinkError::HttpClient(error.to_string()))?;
+        Ok(V1Writer { client, write_url, username: config.username.clone(), password: secrets.password.clone() })
+    }
+
+    async fn write_gzipped(&self, body: Vec<u8>) -> Result<(), WriteError> {
+        let mut request = self.client.post(self.write_url.clone()).body(body);
+        if let Some(username) = &self.username {
+            request = request.basic_auth(username, self.password.as_ref());
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // Retry-After is honoured in its seconds form only; the HTTP-date form
+        // is rare from InfluxDB and proxies, and falls back to backoff.
+        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(Duration::from_secs)
+        } else {
+            None
+        };
+        // A body that cannot be read leaves the message empty; the status decides.
+        let message = response.text().await.unwrap_or_default();
+        classify(status.as_u16(), &message, retry_after)
+    }
+}
+
+impl Writer for V1Writer {
+    fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a> {
+        Box::pin(async move { self.write_gzipped(gzip(body)).await })
+    }
+
+    fn describe(&self) -> String {
+        format!("InfluxDB v1 {}", without_credentials(&self.write_url))
+    }
+}
+
+/// InfluxDB 2.x (and 1.8+/3.x compatibility endpoints):
+/// `POST /api/v2/write?bucket=..&org=..&precision=ns` through the `influxdb2`
+/// crate, gzipped, with `Authorization: Token ..` when a token is given.
+///
+/// The crate's weak spots and how they are handled here:
+/// - it panics on a URL it cannot parse, so the URL is checked first;
+/// - its gzip applies only to its `DataPoint` stream API, so the body is
+///   gzipped here and `Content-Encoding: gzip` is a default header of the
+///   `reqwest` client it is given (that client only ever writes);
+/// - it replaces the URL's path with `/api/v2/write`, so a URL with a path
+///   (a reverse-proxy prefix) is refused rather than silently ignored;
+/// - it treats every status but 204 as an error, so other 2xx are mapped
+///   back to success;
+/// - its errors drop the response headers, so `Retry-After` is unknown on
+///   this path and retries rely on backoff alone.
+pub struct V2Writer {
+    client: influxdb2::Client,
+    org: String,
+    bucket: String,
+}
+
+impl V2Writer {
+    pub fn new(config: &InfluxConfig, secrets: &Secrets) -> Result<V2Writer, SinkError> {
+        let url = parse_http_url(&config.url)?;
+        if url.path() != "/" || url.query().is_some() {
+            return Err(SinkError::Config(format!(
+                "influxdb.url: {:?}: with api = \"v2\" the URL must not have a path or query \
+                 (writes always go to /api/v2/write at its root)",
+                config.url
+            )));
+        }
+        let builder = reqwest::Client::builder().timeout(config.request_timeout).default_headers(write_headers());
+        let token = secrets.token.clone().unwrap_or_default();
+        let client = influxdb2::ClientBuilder::with_builder(builder, url.as_str(), config.org.as_str(), token)
+            .build()
+            .map_err(|error| SinkError::HttpClient(error.to_string()))?;
+        Ok(V2Writer { client, org: config.org.clone(), bucket: config.bucket.clone() })
+    }
+}
+
+impl Writer for V2Writer {
+    fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a> {
+        Box::pin(async move {
+            let result = self
+                .client
+                .write_line_protocol_with_precision(
+                    &self.org,
+                    &self.bucket,
+                    gzip(body),
+                    TimestampPrecision::Nanoseconds,
+                )
+                .await;
+            match result {
+                Ok(()) => Ok(()),
+                Err(influxdb2::RequestError::Http { status, text }) => classify(status.as_u16(), &text, None),
+                Err(influxdb2::RequestError::ReqwestProcessing { source }) => Err(transport_error(source)),
+                // Serializing and Deserializing belong to other calls of the
+                // crate; should one appear, retrying is the choice that loses nothing.
+                Err(other) => {
+                    Err(WriteError::Transient { status: None, retry_after: None, message: other.to_string() })
+                }
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("InfluxDB v2 {} bucket {:?}", without_credentials(&self.client.base), self.bucket)
+    }
+}
+
+/// Appends every batch to a file, uncompressed (for the demo and debugging).
+pub struct FileWriter {
+    path: PathBuf,
+    file: tokio::sync::Mutex<tokio::fs::File>,
+}
+
+impl FileWriter {
+    /// Opens `path` for appending, creating it when missing.
+    pub fn open(path: &Path) -> std::io::Result<FileWriter> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(FileWriter { path: path.to_path_buf(), file: tokio::sync::Mutex::new(tokio::fs::File::from_std(file)) })
+    }
+}
+
+impl Writer for FileWriter {
+    fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a> {
+        Box::pin(async move {
+            let mut file = self.file.lock().await;
+            let written = async {
+                file.write_all(body.as_bytes()).await?;
+                file.flush().await
+            };
+            // A full disk may free up; retrying loses nothing.
+            written.await.map_err(|error| WriteError::Transient {
+                status: None,
+                retry_after: None,
+                message: format!("{}: {error}", self.path.display()),
+            })
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
+/// Accepts everything and keeps only counts (for benchmarks). Clones share
+/// the counts, so keep one to read them after boxing another.
+#[derive(Debug, Clone, Default)]
+pub struct DiscardWriter {
+    counts: Arc<DiscardCounts>,
+}
+
+#[derive(Debug, Default)]
+struct DiscardCounts {
+    lines: AtomicU64,
+    bytes: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl DiscardWriter {
+    pub fn new() -> DiscardWriter {
+        DiscardWriter::default()
+    }
+
+    pub fn lines(&self) -> u64 {
+        self.counts.lines.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.counts.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.counts.writes.load(Ordering::Relaxed)
+    }
+}
+
+impl Writer for DiscardWriter {
+    fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a> {
+        let lines = super::batch::count_lines(body) as u64;
+        self.counts.lines.fetch_add(lines, Ordering::Relaxed);
+        self.counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        self.counts.writes.fetch_add(1, Ordering::Relaxed);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn describe(&self) -> String {
+        "discard".into()
+    }
+}
+
+/// The status rules shared by both InfluxDB APIs.
+///
+/// InfluxDB 1.x answers 400 to a batch of which only some lines failed
+/// ("partial write: field type conflict"), having stored the others. The
+/// answer does not say reliably which lines failed, so the whole batch is
+/// counted as rejected: resending it would fail the same way.
+pub(crate) fn classify(status: u16, message: &str, retry_after: Option<Duration>) -> Result<(), WriteError> {
+    let message = short_message(message);
+    match status {
+        200..=299 => Ok(()),
+        413 => Err(WriteError::TooLarge),
+        429 | 500..=599 => Err(WriteError::Transient { status: Some(status), retry_after, message }),
+        // Any other 4xx, and statuses a write endpoint never answers with
+        // (1xx, 3xx left after redirects): a misconfiguration that resending
+        // will not cure.
+        _ => Err(WriteError::Permanent { status, message }),
+    }
+}
+
+fn transport_error(error: reqwest::Error) -> WriteError {
+    let message = if error.is_timeout() { format!("timed out: {error}") } else { error.to_string() };
+    WriteError::Transient { status: error.status().map(|status| status.as_u16()), retry_after: None, message }
+}
+
+fn write_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers
+}
+
+pub(crate) fn gzip(body: &str) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    encoder.write_all(body.as_bytes()).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
+}
+
+fn parse_http_url(url: &str) -> Result<Url, SinkError> {
+    match Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => Ok(parsed),
+        Ok(_) => Err(SinkError::Config(format!("influxdb.url: {url:?} is not an http:// or https:// URL"))),
+        Err(error) => Err(SinkError::Config(format!("influxdb.url: {url:?} is not a valid URL: {error}"))),
+    }
+}
+
+fn without_credentials(url: &Url) -> String {
+    let mut url = url.clone();
+    // Only fails for URLs that cannot have credentials in the first place.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// Server messages go into logs; a partial-write answer can list thousands of lines.
+fn short_message(message: &str) -> String {
+    const LIMIT: usize = 512;
+    let message = message.trim();
+    if message.len() <= LIMIT {
+        return message.to_string();
+    }
+    let mut end = LIMIT;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &message[..end], message.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn statuses_map_to_the_product_rules() {
+        assert_eq!(classify(204, "", None), Ok(()));
+        assert_eq!(classify(200, "", None), Ok(()));
+        assert_eq!(classify(413, "too big", None), Err(WriteError::TooLarge));
+        for status in [429, 500, 502, 503, 504] {
+            assert!(matches!(classify(status, "", None), Err(WriteError::Transient { .. })), "{status}");
+        }
+        for status in [400, 401, 403, 404, 422] {
+            assert!(matches!(classify(status, "", None), Err(WriteError::Permanent { .. })), "{status}");
+        }
+        let retry_after = Some(Duration::from_secs(1));
+        assert_eq!(
+            classify(429, " slow down\n", retry_after),
+            Err(WriteError::Transient { status: Some(429), retry_after, message: "slow down".into() })
+        );
+    }
+
+    #[test]
+    fn long_server_messages_are_shortened_at_a_character_boundary() {
+        let message = "é".repeat(600);
+        let short = short_message(&message);
+        assert!(short.len() < 600, "{}", short.len());
+        assert!(short.ends_with("(1200 bytes)"));
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let body = "m v=1i 1\nm v=2i 2\n";
+        let mut decoded = String::new();
+        flate2::read::GzDecoder::new(&gzip(body)[..]).read_to_string(&mut decoded).unwrap();
+        assert_eq!(decoded, body);
+    }
+
+    #[test]
+    fn descriptions_never_show_url_credentials() {
+        let url = Url::parse("http://user:secret@influx:8086/write?db=q").unwrap();
+        assert_eq!(without_credentials(&url), "http://influx:8086/write?db=q");
+    }
+
+    #[test]
+    fn v2_refuses_a_url_path_the_client_would_drop() {
+        let config = InfluxConfig { url: "http://influx:8086/prefix".into(), ..InfluxConfig::default() };
+        let error = V2Writer::new(&config, &Secrets::default()).err().unwrap();
+        assert!(error.to_string().contains("influxdb.url"), "{error}");
+    }
+
+    #[test]
+    fn v1_keeps_a_url_path_prefix() {
+        let config = InfluxConfig {
+            url: "http://influx:8086/prefix/".into(),
+            retention_policy: Some("autogen".into()),
+            ..InfluxConfig::default()
+        };
+        let writer = V1Writer::new(&config, &Secrets::default()).unwrap();
+        assert_eq!(writer.write_url.as_str(), "http://influx:8086/prefix/write?db=queuewatch&precision=ns&rp=autogen");
+    }
+}

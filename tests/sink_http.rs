@@ -1,0 +1,519 @@
+//! The sink against a scripted local HTTP responder: exact requests for both
+//! InfluxDB APIs, and what each answer makes the writer task do.
+//!
+//! The responder is a few lines over `tokio::net::TcpListener` rather than a
+//! crate: it only needs to parse `POST` requests with a `Content-Length`
+//! body, record them exactly, and answer with scripted statuses.
+
+use std::io::Read as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use queuewatch::sink::{
+    self, InfluxApi, InfluxConfig, Secrets, SinkError, SinkReport, V1Writer, V2Writer, WriteError, Writer,
+};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const BOTH_APIS: [InfluxApi; 2] = [InfluxApi::V1, InfluxApi::V2];
+const WAIT_LIMIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn v2_request_carries_org_bucket_precision_token_and_gzip_body() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    let secrets = Secrets { token: Some("xyz".into()), password: None };
+    let report = write_and_shut_down(&config(InfluxApi::V2, &responder.url), secrets, &lines(0..3)).await;
+
+    let requests = responder.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/api/v2/write");
+    assert_eq!(sorted(&request.query), pairs(&[("bucket", "queues"), ("org", "acme"), ("precision", "ns")]));
+    assert_eq!(request.header("authorization"), Some("Token xyz"));
+    assert_eq!(request.header("content-encoding"), Some("gzip"));
+    assert_eq!(request.lines(), lines(0..3));
+    assert_eq!(report, SinkReport { points_written: 3, requests: 1, ..SinkReport::default() });
+}
+
+#[tokio::test]
+async fn v2_without_a_token_sends_no_authorization() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    write_and_shut_down(&config(InfluxApi::V2, &responder.url), Secrets::default(), &lines(0..1)).await;
+    assert_eq!(responder.requests()[0].header("authorization"), None);
+}
+
+#[tokio::test]
+async fn v1_request_carries_db_precision_rp_basic_auth_and_gzip_body() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    let config = InfluxConfig {
+        retention_policy: Some("autogen".into()),
+        username: Some("writer".into()),
+        ..config(InfluxApi::V1, &responder.url)
+    };
+    let secrets = Secrets { token: None, password: Some("s3cret".into()) };
+    let report = write_and_shut_down(&config, secrets, &lines(0..3)).await;
+
+    let requests = responder.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/write");
+    assert_eq!(request.query, pairs(&[("db", "queuewatch"), ("precision", "ns"), ("rp", "autogen")]));
+    // base64("writer:s3cret")
+    assert_eq!(request.header("authorization"), Some("Basic d3JpdGVyOnMzY3JldA=="));
+    assert_eq!(request.header("content-encoding"), Some("gzip"));
+    assert_eq!(request.lines(), lines(0..3));
+    assert_eq!(report, SinkReport { points_written: 3, requests: 1, ..SinkReport::default() });
+}
+
+#[tokio::test]
+async fn v1_without_username_or_retention_policy_sends_neither() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    write_and_shut_down(&config(InfluxApi::V1, &responder.url), Secrets::default(), &lines(0..1)).await;
+    let request = &responder.requests()[0];
+    assert_eq!(request.query, pairs(&[("db", "queuewatch"), ("precision", "ns")]));
+    assert_eq!(request.header("authorization"), None);
+}
+
+#[tokio::test]
+async fn ok_answers_200_and_204_both_count_as_written() {
+    for api in BOTH_APIS {
+        for status in [200, 204] {
+            let responder = Responder::start(move |_| Reply::status(status)).await;
+            let report = write_and_shut_down(&config(api, &responder.url), Secrets::default(), &lines(0..2)).await;
+            assert_eq!(
+                report,
+                SinkReport { points_written: 2, requests: 1, ..SinkReport::default() },
+                "{api:?} {status}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn unauthorized_batch_is_counted_as_rejected_and_not_retried() {
+    for api in BOTH_APIS {
+        let responder = Responder::start(|_| Reply::status(401).body("{\"message\":\"unauthorized access\"}")).await;
+        let report = write_and_shut_down(&config(api, &responder.url), Secrets::default(), &lines(0..5)).await;
+        assert_eq!(responder.requests().len(), 1, "{api:?}");
+        assert_eq!(report, SinkReport { points_rejected: 5, requests: 1, ..SinkReport::default() }, "{api:?}");
+    }
+}
+
+#[tokio::test]
+async fn too_large_batch_is_split_until_every_line_arrives_exactly_once() {
+    for api in BOTH_APIS {
+        let responder = Responder::start(|request| {
+            if request.lines().lines().count() > 2 {
+                Reply::status(413).body("request entity too large")
+            } else {
+                Reply::status(204)
+            }
+        })
+        .await;
+        let report = write_and_shut_down(&config(api, &responder.url), Secrets::default(), &lines(0..7)).await;
+
+        let accepted: String =
+            responder.requests().iter().filter(|request| request.status == 204).map(Recorded::lines).collect();
+        assert_eq!(accepted, lines(0..7), "{api:?}: every line once, in order");
+        assert_eq!(report.points_written, 7, "{api:?}");
+        assert_eq!(report.points_rejected, 0, "{api:?}");
+        assert_eq!(report.retries, 0, "{api:?}");
+        // [7] 413 → [3] 413 → [1] [2]; [4] 413 → [2] [2].
+        assert_eq!(responder.requests().len(), 7, "{api:?}");
+        assert_eq!(report.requests, 7, "{api:?}");
+    }
+}
+
+#[tokio::test]
+async fn v1_reads_retry_after_seconds_from_a_429() {
+    let responder = Responder::start(|_| Reply::status(429).header("Retry-After", "1").body("slow down")).await;
+    let writer = V1Writer::new(&config(InfluxApi::V1, &responder.url), &Secrets::default()).unwrap();
+    let error = writer.write(&lines(0..1)).await.unwrap_err();
+    assert_eq!(
+        error,
+        WriteError::Transient {
+            status: Some(429),
+            retry_after: Some(Duration::from_secs(1)),
+            message: "slow down".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn too_many_requests_with_retry_after_is_retried_then_written() {
+    for api in BOTH_APIS {
+        let responder = Responder::start(|request| match request.index {
+            0 => Reply::status(429).header("Retry-After", "1"),
+            _ => Reply::status(204),
+        })
+        .await;
+        // max_backoff caps Retry-After, which keeps this test fast.
+        let report = write_and_shut_down(&config(api, &responder.url), Secrets::default(), &lines(0..3)).await;
+        assert_eq!(responder.requests().len(), 2, "{api:?}");
+        assert_eq!(responder.requests()[1].lines(), lines(0..3), "{api:?}: the same batch again");
+        assert_eq!(report, SinkReport { points_written: 3, requests: 2, retries: 1, ..SinkReport::default() });
+    }
+}
+
+#[tokio::test]
+async fn service_unavailable_is_retried_until_written() {
+    for api in BOTH_APIS {
+        let responder = Responder::start(|request| match request.index {
+            0 | 1 => Reply::status(503),
+            _ => Reply::status(204),
+        })
+        .await;
+        let report = write_and_shut_down(&config(api, &responder.url), Secrets::default(), &lines(0..3)).await;
+        assert_eq!(responder.requests().len(), 3, "{api:?}");
+        assert_eq!(report, SinkReport { points_written: 3, requests: 3, retries: 2, ..SinkReport::default() });
+    }
+}
+
+#[tokio::test]
+async fn connection_refused_is_retried_as_transient_until_the_shutdown_deadline() {
+    for api in BOTH_APIS {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let (handle, task) = sink::spawn(&config(api, &url), Secrets::default(), Duration::from_millis(200)).unwrap();
+        handle.send(lines(0..3), 3).await.unwrap();
+        drop(handle);
+        let report = within_limit(task).await.unwrap();
+        assert_eq!(report.points_unwritten_at_shutdown, 3, "{api:?}");
+        assert_eq!(report.points_written + report.points_rejected, 0, "{api:?}");
+        assert!(report.requests >= 1, "{api:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_timeout_is_a_transient_failure() {
+    let responder = Responder::start(|_| Reply::never()).await;
+    let config = InfluxConfig { request_timeout: Duration::from_millis(100), ..config(InfluxApi::V1, &responder.url) };
+    for writer in [
+        Box::new(V1Writer::new(&config, &Secrets::default()).unwrap()) as Box<dyn Writer>,
+        Box::new(V2Writer::new(&InfluxConfig { api: InfluxApi::V2, ..config.clone() }, &Secrets::default()).unwrap()),
+    ] {
+        let error = within_limit(writer.write(&lines(0..1))).await.unwrap_err();
+        assert!(matches!(error, WriteError::Transient { status: None, .. }), "{}: {error:?}", writer.describe());
+    }
+}
+
+#[tokio::test]
+async fn batch_size_is_respected() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    let config = InfluxConfig { batch_size: 4, ..config(InfluxApi::V2, &responder.url) };
+    let report = write_and_shut_down(&config, Secrets::default(), &lines(0..10)).await;
+    let requests = responder.requests();
+    let sizes: Vec<usize> = requests.iter().map(|request| request.lines().lines().count()).collect();
+    assert_eq!(sizes, [4, 4, 2]);
+    assert_eq!(requests.iter().map(Recorded::lines).collect::<String>(), lines(0..10));
+    assert_eq!(report, SinkReport { points_written: 10, requests: 3, ..SinkReport::default() });
+}
+
+#[tokio::test]
+async fn lines_sent_in_several_chunks_share_a_batch() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    let (handle, task) = sink::spawn(&config(InfluxApi::V1, &responder.url), Secrets::default(), WAIT_LIMIT).unwrap();
+    for number in 0..5 {
+        handle.send(lines(number..number + 1), 1).await.unwrap();
+    }
+    handle.flush().await.unwrap();
+    assert_eq!(responder.requests().len(), 1, "flush resolves after the write");
+    drop(handle);
+    assert_eq!(within_limit(task).await.unwrap().points_written, 5);
+    assert_eq!(responder.requests()[0].lines(), lines(0..5));
+}
+
+#[tokio::test]
+async fn flush_interval_sends_without_an_explicit_flush() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    let config = InfluxConfig { flush_interval: Duration::from_millis(20), ..config(InfluxApi::V2, &responder.url) };
+    let (handle, task) = sink::spawn(&config, Secrets::default(), WAIT_LIMIT).unwrap();
+    handle.send(lines(0..2), 2).await.unwrap();
+
+    responder.wait_for_requests(1).await;
+    assert_eq!(responder.requests()[0].lines(), lines(0..2));
+    drop(handle);
+    let report = within_limit(task).await.unwrap();
+    assert_eq!(report, SinkReport { points_written: 2, requests: 1, ..SinkReport::default() });
+}
+
+#[tokio::test]
+async fn shutdown_against_a_failing_server_ends_after_the_deadline_counting_unwritten() {
+    for api in BOTH_APIS {
+        let responder = Responder::start(|_| Reply::status(503)).await;
+        let config = InfluxConfig { batch_size: 4, ..config(api, &responder.url) };
+        let (handle, task) = sink::spawn(&config, Secrets::default(), Duration::from_millis(200)).unwrap();
+        handle.send(lines(0..10), 10).await.unwrap();
+        responder.wait_for_requests(2).await;
+        drop(handle);
+
+        let report = within_limit(task).await.unwrap();
+        assert_eq!(report.points_unwritten_at_shutdown, 10, "{api:?}");
+        assert_eq!(report.points_written + report.points_rejected, 0, "{api:?}");
+        // A request in flight at the deadline is cancelled, maybe before the responder read it all.
+        assert!(report.requests >= responder.requests().len() as u64, "{api:?}");
+        assert!(report.retries >= 1, "{api:?}");
+    }
+}
+
+#[tokio::test]
+async fn lines_left_at_shutdown_are_written_when_the_server_answers() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    let (handle, task) = sink::spawn(&config(InfluxApi::V1, &responder.url), Secrets::default(), WAIT_LIMIT).unwrap();
+    handle.send(lines(0..3), 3).await.unwrap();
+    drop(handle);
+    let report = within_limit(task).await.unwrap();
+    assert_eq!(report, SinkReport { points_written: 3, requests: 1, ..SinkReport::default() });
+}
+
+#[tokio::test]
+async fn bad_url_gives_a_config_error_not_a_panic() {
+    for api in BOTH_APIS {
+        for url in ["not a url", "/3242/23", "ftp://influx:8086", "http://"] {
+            match sink::spawn(&config(api, url), Secrets::default(), WAIT_LIMIT) {
+                Err(SinkError::Config(message)) => {
+                    assert!(message.contains("influxdb.url"), "{message}")
+                }
+                Err(other) => panic!("{api:?} {url:?}: expected a config error, got {other:?}"),
+                Ok(_) => panic!("{api:?} {url:?}: accepted"),
+            }
+        }
+    }
+}
+
+// ---- helpers ----
+
+fn config(api: InfluxApi, url: &str) -> InfluxConfig {
+    InfluxConfig {
+        api,
+        url: url.into(),
+        org: "acme".into(),
+        bucket: "queues".into(),
+        database: "queuewatch".into(),
+        batch_size: 100,
+        flush_interval: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(5),
+        max_backoff: Duration::from_millis(5),
+        ..InfluxConfig::default()
+    }
+}
+
+/// Lines with nanosecond timestamps, numbered from `range`.
+fn lines(range: std::ops::Range<usize>) -> String {
+    range
+        .map(|number| {
+            format!("ticket,office=o{number} wait_s={number}.5 {}\n", 1_700_000_000_000_000_000u64 + number as u64)
+        })
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+}
+
+fn sorted(items: &[(String, String)]) -> Vec<(String, String)> {
+    let mut items = items.to_vec();
+    items.sort();
+    items
+}
+
+/// Spawns the sink, sends `text` in one chunk, flushes, drops the handle and
+/// returns the report.
+async fn write_and_shut_down(config: &InfluxConfig, secrets: Secrets, text: &str) -> SinkReport {
+    let (handle, task) = sink::spawn(config, secrets, WAIT_LIMIT).unwrap();
+    handle.send(text.to_string(), text.lines().count()).await.unwrap();
+    within_limit(handle.flush()).await.unwrap();
+    drop(handle);
+    within_limit(task).await.unwrap()
+}
+
+async fn within_limit<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(WAIT_LIMIT, future).await.expect("did not finish within the limit")
+}
+
+/// One request as the responder received it.
+#[derive(Debug, Clone)]
+struct Recorded {
+    /// Arrival order at this responder, from 0.
+    index: usize,
+    method: String,
+    path: String,
+    /// Decoded query pairs in the order sent.
+    query: Vec<(String, String)>,
+    /// Names in lower case.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The status it was answered with.
+    status: u16,
+}
+
+impl Recorded {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// The body, gunzipped; every write must be gzipped.
+    fn lines(&self) -> String {
+        assert_eq!(self.header("content-encoding"), Some("gzip"), "request {} is not gzipped", self.index);
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&self.body[..]).read_to_string(&mut text).expect("a gzip body");
+        text
+    }
+}
+
+struct Reply {
+    /// `None`: never answer.
+    status: Option<u16>,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn status(status: u16) -> Reply {
+        Reply { status: Some(status), headers: Vec::new(), body: String::new() }
+    }
+
+    fn never() -> Reply {
+        Reply { status: None, headers: Vec::new(), body: String::new() }
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    fn body(mut self, body: &str) -> Reply {
+        self.body = body.into();
+        self
+    }
+
+    fn to_bytes(&self, status: u16) -> Vec<u8> {
+        let mut text = format!("HTTP/1.1 {status} Scripted\r\n");
+        for (name, value) in &self.headers {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if status != 204 {
+            text.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        text.push_str("\r\n");
+        text.push_str(&self.body);
+        text.into_bytes()
+    }
+}
+
+type Answer = dyn Fn(&Recorded) -> Reply + Send + Sync;
+
+/// A local HTTP/1.1 server answering each request by a function of it.
+struct Responder {
+    url: String,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    accept_loop: JoinHandle<()>,
+}
+
+impl Responder {
+    async fn start(answer: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Responder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let recorded: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let answer: Arc<Answer> = Arc::new(answer);
+        let accept_loop = tokio::spawn({
+            let recorded = Arc::clone(&recorded);
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, Arc::clone(&recorded), Arc::clone(&answer)));
+                }
+            }
+        });
+        Responder { url, recorded, accept_loop }
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.recorded.lock().unwrap().clone()
+    }
+
+    async fn wait_for_requests(&self, count: usize) {
+        within_limit(async {
+            while self.recorded.lock().unwrap().len() < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+/// Serves one connection, keep-alive included.
+async fn serve(stream: TcpStream, recorded: Arc<Mutex<Vec<Recorded>>>, answer: Arc<Answer>) {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    while let Some(mut request) = read_request(&mut reader).await {
+        let reply = {
+            let mut recorded = recorded.lock().unwrap();
+            request.index = recorded.len();
+            let reply = answer(&request);
+            request.status = reply.status.unwrap_or(0);
+            recorded.push(request);
+            reply
+        };
+        let Some(status) = reply.status else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        if writer.write_all(&reply.to_bytes(status)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one request; `None` at the end of the connection.
+async fn read_request(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<Recorded> {
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).await.ok()? == 0 {
+        return None;
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').expect("a header line");
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    assert!(
+        !headers.iter().any(|(name, _)| name == "transfer-encoding"),
+        "the responder reads Content-Length bodies only"
+    );
+    let length = headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .map_or(0, |(_, value)| value.parse::<usize>().expect("a numeric Content-Length"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.ok()?;
+    let url = reqwest::Url::parse(&format!("http://responder{target}")).expect("a request target");
+    Some(Recorded {
+        index: 0,
+        method,
+        path: url.path().to_string(),
+        query: url.query_pairs().map(|(name, value)| (name.into_owned(), value.into_owned())).collect(),
+        headers,
+        body,
+        status: 0,
+    })
+}
