@@ -468,6 +468,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn office() -> OfficeId {
         OfficeId::parse("mpp-1").unwrap()
@@ -549,5 +550,33 @@ mod tests {
     fn null_fields_count_as_absent() {
         let event = decode_text(r#"{"type":"heartbeat","ts":1,"staff":null,"id":null}"#).unwrap();
         assert!(event.staff.is_none() && event.id.is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = decode(&payload, Some(&office()), Millis(1_800_000_000_000), &DecodeLimits::default());
+        }
+
+        #[test]
+        fn arbitrary_json_objects_are_decoded_or_rejected_with_a_reason(
+            kind in "(issued|called|finished|feedback|nope)",
+            ts in proptest::prop_oneof![proptest::num::i64::ANY.prop_map(|n| n.to_string()), "\"[0-9T:.+Z-]{0,30}\""],
+            ticket in "\\PC{0,70}",
+            counter in "[ -~]{0,70}",
+            rating in proptest::num::i64::ANY,
+        ) {
+            let payload = serde_json::json!({
+                "type": kind, "ticket": ticket, "counter": counter, "service": "ktp", "rating": rating,
+                "to_service": "kk",
+            }).to_string().replacen('{', &format!("{{\"ts\":{ts},"), 1);
+            match decode(payload.as_bytes(), Some(&office()), Millis(1_800_000_000_000), &DecodeLimits::default()) {
+                Ok(event) => {
+                    proptest::prop_assert!(event.ticket.is_some());
+                    proptest::prop_assert!(event.ts.0 >= 0);
+                }
+                Err(rejection) => proptest::prop_assert!(!rejection.detail.is_empty()),
+            }
+        }
     }
 }

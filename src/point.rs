@@ -157,4 +157,33 @@ mod tests {
         assert_eq!(seconds(1234), FieldValue::Float(1.234));
         assert_eq!(seconds(-5), FieldValue::Float(-0.005));
     }
+
+    /// Reads back a string field the way InfluxDB does: `\"` and `\\` unescape.
+    fn read_string_field(line: &str, key: &str) -> Option<String> {
+        let start = line.find(&format!("{key}=\""))? + key.len() + 2;
+        let mut value = String::new();
+        let mut characters = line[start..].chars();
+        while let Some(character) = characters.next() {
+            match character {
+                '\\' => value.push(characters.next()?),
+                '"' => return Some(value),
+                other => value.push(other),
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn string_fields_round_trip_through_line_protocol(ticket in "\\PC{1,64}", staff in "[A-Za-z0-9_.-]{1,64}") {
+            let mut point = Point::new("ticket", 1);
+            point.tag("office", Arc::from("o1"));
+            point.field("ticket", FieldValue::Str(ticket.clone()));
+            point.field("staff", FieldValue::Str(staff.clone()));
+            let line = point.to_line();
+            proptest::prop_assert!(!line.contains('\n'));
+            proptest::prop_assert_eq!(read_string_field(&line, "ticket"), Some(ticket));
+            proptest::prop_assert_eq!(read_string_field(&line, "staff"), Some(staff));
+        }
+    }
 }
