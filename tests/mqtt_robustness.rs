@@ -10,7 +10,7 @@ use common::{Influx1, Mosquitto};
 use queuewatch::config::Config;
 use queuewatch::event::RejectReason;
 use queuewatch::tracker::Note;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio::sync::oneshot;
 
 fn config(mqtt: &Mosquitto, influx: &Influx1, extra_mqtt: &str) -> Config {
@@ -64,25 +64,6 @@ impl Drop for Publisher {
     }
 }
 
-/// Creates the daemon's persistent session before it first runs, so the
-/// broker queues what is published from now on, whether or not the daemon
-/// has connected yet.
-async fn create_session(mqtt: &Mosquitto) {
-    let mut options = MqttOptions::new("robust", "127.0.0.1", mqtt.port);
-    options.set_clean_session(false);
-    let (client, mut event_loop) = AsyncClient::new(options, 16);
-    client.subscribe("queue/+/events", QoS::AtLeastOnce).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "no SUBACK");
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = event_loop.poll().await {
-            break;
-        }
-    }
-    client.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(1), event_loop.poll()).await;
-}
-
 fn ticket_events(office: &str, ticket: &str, base: &str) -> Vec<String> {
     vec![
         format!(r#"{{"type":"issued","ts":"{base}:00+07:00","ticket":"{ticket}","service":"ktp"}}"#),
@@ -96,7 +77,7 @@ async fn bad_messages_are_rejected_counted_and_do_not_stall_what_follows() {
     let mqtt = Mosquitto::start();
     let influx = Influx1::start();
     influx.create_database("qw").await;
-    create_session(&mqtt).await;
+    common::create_session(&mqtt, "robust", "queue/+/events").await;
     let (stop, stopped) = oneshot::channel::<()>();
     let daemon = tokio::spawn(queuewatch::daemon::run(config(&mqtt, &influx, "max_payload_bytes = 1024"), async {
         let _ = stopped.await;
@@ -145,7 +126,7 @@ async fn messages_published_while_the_daemon_is_away_are_not_lost() {
 
     // A first run creates the persistent session, and a SIGTERM-like stop
     // ends it; what is published afterwards waits in the broker.
-    create_session(&mqtt).await;
+    common::create_session(&mqtt, "robust", "queue/+/events").await;
     let (stop, stopped) = oneshot::channel::<()>();
     let daemon = tokio::spawn(queuewatch::daemon::run(config(&mqtt, &influx, ""), async {
         let _ = stopped.await;
@@ -176,7 +157,7 @@ async fn the_daemon_reconnects_and_resubscribes_after_the_broker_restarts() {
     let mut mqtt = Mosquitto::start();
     let influx = Influx1::start();
     influx.create_database("qw").await;
-    create_session(&mqtt).await;
+    common::create_session(&mqtt, "robust", "queue/+/events").await;
     let (stop, stopped) = oneshot::channel::<()>();
     let daemon = tokio::spawn(queuewatch::daemon::run(config(&mqtt, &influx, ""), async {
         let _ = stopped.await;

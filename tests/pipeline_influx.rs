@@ -2,7 +2,8 @@
 //! `tests/scenario` published over a real Mosquitto to `queuewatch run`, and
 //! fed to `queuewatch replay`, must yield exactly the contract's points in a
 //! real InfluxDB 1.x, field by field; the v2 path reaches a real server that
-//! speaks `/api/v2/write` (VictoriaMetrics).
+//! speaks `/api/v2/write` (VictoriaMetrics, which keeps millisecond times and
+//! numbers, so that is what is compared there).
 
 mod common;
 mod scenario;
@@ -126,24 +127,6 @@ async fn publish_lines(mqtt: &Mosquitto, client_id: &str, lines: &[&str]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), event_loop.poll()).await;
 }
 
-/// Creates the daemon's persistent session before it first runs, so the
-/// broker queues what is published while it is away.
-async fn create_session(mqtt: &Mosquitto, client_id: &str) {
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", mqtt.port);
-    options.set_clean_session(false);
-    let (client, mut event_loop) = AsyncClient::new(options, 16);
-    client.subscribe("queue/+/events", QoS::AtLeastOnce).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "no SUBACK");
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = event_loop.poll().await {
-            break;
-        }
-    }
-    client.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(1), event_loop.poll()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_run_of_the_scenario_writes_exactly_the_contract_points_and_stops_cleanly_on_sigterm() {
     let mqtt = Mosquitto::start();
@@ -154,7 +137,7 @@ async fn mqtt_run_of_the_scenario_writes_exactly_the_contract_points_and_stops_c
 
     // The first half is published while the daemon is away (the broker keeps
     // it in the persistent session), the rest while it runs.
-    create_session(&mqtt, "qw-daemon").await;
+    common::create_session(&mqtt, "qw-daemon", "queue/+/events").await;
     let lines: Vec<&str> = scenario::EVENTS.lines().collect();
     let (before, after) = lines.split_at(lines.len() / 2);
     publish_lines(&mqtt, "publisher-1", before).await;
@@ -225,7 +208,7 @@ flush_interval = "200ms"
             Some((point.office, point.outcome, point.time_ms, wait))
         })
         .collect();
-    // VictoriaMetrics keeps numbers only, at millisecond times, as
+    // VictoriaMetrics keeps millisecond times and numeric values, as
     // `{measurement}_{field}` series labelled with the tags.
     let series =
         victoria.wait_for_samples(r#"{__name__="ticket_wait_s"}"#, expected.len(), Duration::from_secs(30)).await;
