@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::ids::ServiceId;
+use crate::ids::{validate_ident, OfficeId, ServiceId};
 use crate::time::duration_ms;
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -18,6 +18,70 @@ pub struct Config {
     pub influxdb: InfluxConfig,
     pub tracking: TrackingConfig,
     pub sla: SlaConfig,
+    pub offices: BTreeMap<OfficeId, OfficeConfig>,
+    pub alerts: AlertsConfig,
+}
+
+/// `[offices.<id>]`: what is known about an office beyond its events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfficeConfig {
+    pub name: Option<String>,
+    /// Tag added to every point of the office, for roll-ups by region.
+    pub region: Option<String>,
+    pub timezone: chrono_tz::Tz,
+    /// Opening hours as minute-of-day ranges `[start, end)`, local time.
+    pub hours: Vec<(u32, u32)>,
+    /// Open weekdays, Monday first.
+    pub days: [bool; 7],
+    pub sla: OfficeSla,
+}
+
+impl Default for OfficeConfig {
+    fn default() -> Self {
+        OfficeConfig {
+            name: None,
+            region: None,
+            timezone: chrono_tz::Asia::Jakarta,
+            hours: Vec::new(),
+            days: [true; 7],
+            sla: OfficeSla::default(),
+        }
+    }
+}
+
+impl OfficeConfig {
+    /// Whether opening hours are configured (only then can an office be `silent`).
+    pub fn has_hours(&self) -> bool {
+        !self.hours.is_empty()
+    }
+
+    /// Whether the office is open at `at`, in its own time zone.
+    pub fn is_open_at(&self, at: crate::time::Millis) -> bool {
+        use chrono::{Datelike, TimeZone, Timelike};
+        let Some(local) = self.timezone.timestamp_millis_opt(at.0).single() else { return false };
+        let weekday = local.weekday().num_days_from_monday() as usize;
+        let minute = local.hour() * 60 + local.minute();
+        self.days[weekday] && self.hours.iter().any(|(start, end)| (*start..*end).contains(&minute))
+    }
+}
+
+/// `[alerts]`: MQTT messages for breaches and rejections (`run` only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsConfig {
+    pub enabled: bool,
+    /// `{office}` is replaced by the office id.
+    pub topic: String,
+    pub rejects_topic: String,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            enabled: true,
+            topic: "queue/{office}/alerts".into(),
+            rejects_topic: "queue/{office}/rejected".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,12 +131,26 @@ pub struct TrackingConfig {
     pub max_ticket_age: Duration,
     pub dedup_horizon: Duration,
     pub max_future_skew: Duration,
+    pub snapshot_interval: Duration,
+    pub gauge_idle_after: Duration,
+    pub silence_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlaConfig {
     pub wait_target: Duration,
     pub service_target: Duration,
+    /// `idle` breaches are off unless set.
+    pub idle_target: Option<Duration>,
+    pub services: BTreeMap<ServiceId, ServiceSla>,
+}
+
+/// `[offices.<id>.sla]`: the same keys as `[sla]`, each overriding it for one office.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OfficeSla {
+    pub wait_target: Option<Duration>,
+    pub service_target: Option<Duration>,
+    pub idle_target: Option<Duration>,
     pub services: BTreeMap<ServiceId, ServiceSla>,
 }
 
@@ -91,12 +169,30 @@ pub struct Targets {
 }
 
 impl SlaConfig {
-    pub fn targets_for(&self, service: &ServiceId) -> Targets {
-        let overrides = self.services.get(service).copied().unwrap_or_default();
-        Targets {
-            wait_ms: duration_ms(overrides.wait_target.unwrap_or(self.wait_target)),
-            service_ms: duration_ms(overrides.service_target.unwrap_or(self.service_target)),
-        }
+    /// The targets for `service`, at an office with `office` overrides if any.
+    /// Most specific first: the office's service table, the office's own
+    /// defaults, the global service table, the global defaults. An office
+    /// that sets `wait_target` thus sets it for all its services unless it
+    /// names a service itself.
+    pub fn targets_for(&self, office: Option<&OfficeSla>, service: &ServiceId) -> Targets {
+        let office_service = office.and_then(|office| office.services.get(service)).copied().unwrap_or_default();
+        let global_service = self.services.get(service).copied().unwrap_or_default();
+        let wait = office_service
+            .wait_target
+            .or(office.and_then(|office| office.wait_target))
+            .or(global_service.wait_target)
+            .unwrap_or(self.wait_target);
+        let service_target = office_service
+            .service_target
+            .or(office.and_then(|office| office.service_target))
+            .or(global_service.service_target)
+            .unwrap_or(self.service_target);
+        Targets { wait_ms: duration_ms(wait), service_ms: duration_ms(service_target) }
+    }
+
+    /// The idle target at an office, if idle breaches are on there.
+    pub fn idle_target_ms(&self, office: Option<&OfficeSla>) -> Option<i64> {
+        office.and_then(|office| office.idle_target).or(self.idle_target).map(duration_ms)
     }
 }
 
@@ -107,6 +203,9 @@ impl Default for TrackingConfig {
             max_ticket_age: Duration::from_secs(12 * 3600),
             dedup_horizon: Duration::from_secs(3600),
             max_future_skew: Duration::from_secs(300),
+            snapshot_interval: Duration::from_secs(10),
+            gauge_idle_after: Duration::from_secs(3600),
+            silence_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -116,6 +215,7 @@ impl Default for SlaConfig {
         SlaConfig {
             wait_target: Duration::from_secs(15 * 60),
             service_target: Duration::from_secs(20 * 60),
+            idle_target: None,
             services: BTreeMap::new(),
         }
     }
@@ -296,19 +396,77 @@ impl Config {
                 ("max_ticket_age", &mut tracking.max_ticket_age),
                 ("dedup_horizon", &mut tracking.dedup_horizon),
                 ("max_future_skew", &mut tracking.max_future_skew),
+                ("snapshot_interval", &mut tracking.snapshot_interval),
+                ("gauge_idle_after", &mut tracking.gauge_idle_after),
+                ("silence_after", &mut tracking.silence_after),
             ] {
                 if let Some(value) = section.duration(key, &mut problems) {
                     *slot = value;
                 }
             }
-            if tracking.max_ticket_age.is_zero() {
-                problems.push("tracking.max_ticket_age: must be greater than zero".into());
+            for (key, value) in [
+                ("max_ticket_age", tracking.max_ticket_age),
+                ("snapshot_interval", tracking.snapshot_interval),
+                ("silence_after", tracking.silence_after),
+            ] {
+                if value.is_zero() {
+                    problems.push(format!("tracking.{key}: must be greater than zero"));
+                }
+            }
+            if tracking.snapshot_interval.subsec_millis() != 0 && tracking.snapshot_interval < Duration::from_secs(1) {
+                problems.push("tracking.snapshot_interval: must be at least 1s".into());
             }
             section.finish(&mut problems);
         }
 
         if let Some(table) = top.table("sla", &mut problems) {
-            config.sla = parse_sla(table, "sla", &mut problems);
+            let rules = parse_sla(table, "sla", &mut problems);
+            let defaults = SlaConfig::default();
+            config.sla = SlaConfig {
+                wait_target: rules.wait_target.unwrap_or(defaults.wait_target),
+                service_target: rules.service_target.unwrap_or(defaults.service_target),
+                idle_target: rules.idle_target,
+                services: rules.services,
+            };
+        }
+
+        if let Some(table) = top.table("offices", &mut problems) {
+            for (name, value) in table {
+                let path = format!("offices.{name}");
+                let office = match OfficeId::parse(name) {
+                    Ok(office) => office,
+                    Err(why) => {
+                        problems.push(format!("{path}: office id {why}"));
+                        continue;
+                    }
+                };
+                let Some(office_table) = value.as_table() else {
+                    problems.push(format!("{path}: must be a table"));
+                    continue;
+                };
+                config.offices.insert(office, parse_office(office_table, &path, &mut problems));
+            }
+        }
+
+        if let Some(table) = top.table("alerts", &mut problems) {
+            let mut section = Section::new(table, "alerts");
+            if let Some(value) = section.get("enabled") {
+                match value.as_bool() {
+                    Some(enabled) => config.alerts.enabled = enabled,
+                    None => problems.push("alerts.enabled: expected true or false".into()),
+                }
+            }
+            for (key, slot) in
+                [("topic", &mut config.alerts.topic), ("rejects_topic", &mut config.alerts.rejects_topic)]
+            {
+                if let Some(topic) = section.string(key, &mut problems) {
+                    if topic.is_empty() || topic.contains('+') || topic.contains('#') {
+                        problems.push(format!("alerts.{key}: {topic:?} must be a topic name without wildcards"));
+                    }
+                    *slot = topic;
+                }
+            }
+            section.finish(&mut problems);
         }
 
         top.finish(&mut problems);
@@ -320,15 +478,19 @@ impl Config {
     }
 }
 
-fn parse_sla(table: &toml::Table, path: &str, problems: &mut Vec<String>) -> SlaConfig {
-    let mut sla = SlaConfig::default();
+fn parse_sla(table: &toml::Table, path: &str, problems: &mut Vec<String>) -> OfficeSla {
+    let mut sla = OfficeSla::default();
     let mut section = Section::new(table, path);
-    for (key, slot) in [("wait_target", &mut sla.wait_target), ("service_target", &mut sla.service_target)] {
+    for (key, slot) in [
+        ("wait_target", &mut sla.wait_target),
+        ("service_target", &mut sla.service_target),
+        ("idle_target", &mut sla.idle_target),
+    ] {
         if let Some(value) = section.duration(key, problems) {
             if value.is_zero() {
                 problems.push(format!("{path}.{key}: must be greater than zero"));
             }
-            *slot = value;
+            *slot = Some(value);
         }
     }
     if let Some(services) = section.table("services", problems) {
@@ -363,6 +525,95 @@ fn parse_sla(table: &toml::Table, path: &str, problems: &mut Vec<String>) -> Sla
     }
     section.finish(problems);
     sla
+}
+
+fn parse_office(table: &toml::Table, path: &str, problems: &mut Vec<String>) -> OfficeConfig {
+    let mut office = OfficeConfig::default();
+    let mut section = Section::new(table, path);
+    office.name = section.string("name", problems);
+    if let Some(region) = section.string("region", problems) {
+        match validate_ident(&region) {
+            Ok(()) => office.region = Some(region),
+            Err(why) => problems.push(format!("{path}.region: {region:?} {why}")),
+        }
+    }
+    if let Some(timezone) = section.string("timezone", problems) {
+        match timezone.parse::<chrono_tz::Tz>() {
+            Ok(zone) => office.timezone = zone,
+            Err(_) => problems.push(format!("{path}.timezone: {timezone:?} is not an IANA time zone")),
+        }
+    }
+    if let Some(hours) = section.string("hours", problems) {
+        match parse_hours(&hours) {
+            Ok(ranges) => office.hours = ranges,
+            Err(why) => problems.push(format!("{path}.hours: {hours:?}: {why}")),
+        }
+    }
+    if let Some(days) = section.string("days", problems) {
+        match parse_days(&days) {
+            Ok(set) => office.days = set,
+            Err(why) => problems.push(format!("{path}.days: {days:?}: {why}")),
+        }
+    }
+    if let Some(sla) = section.table("sla", problems) {
+        office.sla = parse_sla(sla, &format!("{path}.sla"), problems);
+    }
+    section.finish(problems);
+    office
+}
+
+/// `"07:30-12:00,13:00-15:30"` into minute-of-day ranges.
+pub fn parse_hours(text: &str) -> Result<Vec<(u32, u32)>, String> {
+    let mut ranges = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let (start, end) = part.split_once('-').ok_or_else(|| format!("{part:?} is not HH:MM-HH:MM"))?;
+        let (start, end) = (parse_clock(start.trim())?, parse_clock(end.trim())?);
+        if start >= end {
+            return Err(format!("{part:?} ends before it starts"));
+        }
+        ranges.push((start, end));
+    }
+    Ok(ranges)
+}
+
+fn parse_clock(text: &str) -> Result<u32, String> {
+    let (hours, minutes) = text.split_once(':').ok_or_else(|| format!("{text:?} is not HH:MM"))?;
+    let (Ok(hours), Ok(minutes)) = (hours.parse::<u32>(), minutes.parse::<u32>()) else {
+        return Err(format!("{text:?} is not HH:MM"));
+    };
+    if hours > 24 || minutes > 59 || (hours == 24 && minutes != 0) {
+        return Err(format!("{text:?} is not a time of day"));
+    }
+    Ok(hours * 60 + minutes)
+}
+
+/// `"Mon-Fri"`, `"Mon-Sat"`, `"Mon,Wed,Fri"`, `"Sat-Mon"` into a weekday set.
+pub fn parse_days(text: &str) -> Result<[bool; 7], String> {
+    const NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let index = |name: &str| {
+        let lower = name.trim().to_ascii_lowercase();
+        NAMES
+            .iter()
+            .position(|day| lower.starts_with(day) && lower.len() >= 3)
+            .ok_or_else(|| format!("{name:?} is not a weekday"))
+    };
+    let mut days = [false; 7];
+    for part in text.split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (mut day, last) = (index(first)?, index(last)?);
+                loop {
+                    days[day] = true;
+                    if day == last {
+                        break;
+                    }
+                    day = (day + 1) % 7;
+                }
+            }
+            None => days[index(part)?] = true,
+        }
+    }
+    Ok(days)
 }
 
 /// `mqtt://host:port`, port defaulting to 1883. TLS (`mqtts://`) is not yet supported.
@@ -549,9 +800,9 @@ service_target = "15m"
         )
         .unwrap();
         assert_eq!(config.influxdb.api, InfluxApi::V1);
-        let ktp = config.sla.targets_for(&ServiceId::parse("ktp").unwrap());
+        let ktp = config.sla.targets_for(None, &ServiceId::parse("ktp").unwrap());
         assert_eq!(ktp, Targets { wait_ms: 600_000, service_ms: 900_000 });
-        let other = config.sla.targets_for(&ServiceId::parse("sim").unwrap());
+        let other = config.sla.targets_for(None, &ServiceId::parse("sim").unwrap());
         assert_eq!(other, Targets { wait_ms: 900_000, service_ms: 1_200_000 });
     }
 
@@ -604,7 +855,75 @@ wait_target = "1m"
     }
 
     #[test]
-    fn identifiers_check_is_shared() {
-        assert!(crate::ids::validate_ident("ok").is_ok());
+    fn offices_take_hours_days_zone_region_and_their_own_targets() {
+        let config = Config::parse(
+            r#"
+[sla]
+wait_target = "15m"
+[sla.services.ktp]
+wait_target = "10m"
+[offices.mpp-mks]
+name = "MPP Makassar"
+region = "sulsel"
+timezone = "Asia/Makassar"
+hours = "07:30-12:00,13:00-15:30"
+days = "Mon-Fri"
+[offices.mpp-mks.sla]
+wait_target = "20m"
+idle_target = "5m"
+[offices.mpp-mks.sla.services.paspor]
+wait_target = "30m"
+"#,
+        )
+        .unwrap();
+        let office = &config.offices[&OfficeId::parse("mpp-mks").unwrap()];
+        assert_eq!(office.region.as_deref(), Some("sulsel"));
+        assert_eq!(office.hours, vec![(450, 720), (780, 930)]);
+        assert_eq!(office.days, [true, true, true, true, true, false, false]);
+        let targets = |service: &str| config.sla.targets_for(Some(&office.sla), &ServiceId::parse(service).unwrap());
+        assert_eq!(targets("paspor").wait_ms, 1_800_000);
+        assert_eq!(targets("ktp").wait_ms, 1_200_000, "the office's own default beats the global service table");
+        assert_eq!(targets("ktp").service_ms, 1_200_000);
+        assert_eq!(config.sla.idle_target_ms(Some(&office.sla)), Some(300_000));
+        assert_eq!(config.sla.idle_target_ms(None), None);
+        // Friday 2026-11-27 08:00 WITA is 00:00 UTC; 12:30 WITA is the lunch break.
+        let friday_8 = crate::time::Millis(1_795_737_600_000);
+        assert!(office.is_open_at(friday_8));
+        assert!(!office.is_open_at(friday_8.plus_ms(270 * 60_000)));
+        assert!(!office.is_open_at(friday_8.plus_ms(24 * 3_600_000)), "Saturday");
+    }
+
+    #[test]
+    fn bad_office_settings_name_their_keys() {
+        let problems = Config::parse(
+            r#"
+[offices.x]
+timezone = "Mars/Olympus"
+hours = "12:00-08:00"
+days = "Funday"
+region = "a b"
+colour = "red"
+[alerts]
+topic = "queue/+/alerts"
+"#,
+        )
+        .unwrap_err()
+        .join("\n");
+        for expected in [
+            "offices.x.timezone",
+            "offices.x.hours",
+            "offices.x.days",
+            "offices.x.region",
+            "offices.x.colour: unknown key",
+            "alerts.topic",
+        ] {
+            assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+        }
+    }
+
+    #[test]
+    fn day_ranges_may_wrap_the_week() {
+        assert_eq!(parse_days("Sat-Mon").unwrap(), [true, false, false, false, false, true, true]);
+        assert_eq!(parse_days("Mon,Wed").unwrap(), [true, false, true, false, false, false, false]);
     }
 }

@@ -28,6 +28,7 @@ use crate::pipeline::Pipeline;
 use crate::sink::{self, Secrets, SinkHandle, SinkReport};
 use crate::stats::Stats;
 use crate::time::Millis;
+use crate::tracker::Mode;
 
 /// How long the sink may keep retrying after shutdown was asked for.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -69,7 +70,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let source_task = tokio::spawn(source.run(message_sender, stopped(stop_receiver.clone())));
     info!(mqtt = %config.mqtt.url, topics = ?config.mqtt.topics, influxdb = %config.influxdb.url, "queuewatch running.");
 
-    let mut pipeline = Pipeline::new(&config);
+    let mut pipeline = Pipeline::new(&config, Mode::Live);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_log = tokio::time::interval(Duration::from_secs(60));

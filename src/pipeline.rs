@@ -13,7 +13,7 @@ use crate::event::{decode, DecodeLimits, Rejection};
 use crate::ids::OfficeId;
 use crate::stats::{LogLimiter, Stats};
 use crate::time::{duration_ms, Millis};
-use crate::tracker::{Output, Tracker, TrackerSettings};
+use crate::tracker::{Alert, Mode, Output, Tracker, TrackerSettings};
 
 pub struct Pipeline {
     tracker: Tracker,
@@ -22,13 +22,14 @@ pub struct Pipeline {
     out: Output,
     lines: String,
     pending_lines: usize,
+    alerts: Vec<Alert>,
     reject_log: LogLimiter,
 }
 
 impl Pipeline {
-    pub fn new(config: &Config) -> Pipeline {
+    pub fn new(config: &Config, mode: Mode) -> Pipeline {
         Pipeline {
-            tracker: Tracker::new(TrackerSettings::new(&config.tracking, &config.sla)),
+            tracker: Tracker::new(TrackerSettings::new(config, mode)),
             limits: DecodeLimits {
                 max_payload_bytes: config.mqtt.max_payload_bytes,
                 max_future_skew_ms: duration_ms(config.tracking.max_future_skew),
@@ -37,6 +38,7 @@ impl Pipeline {
             out: Output::default(),
             lines: String::new(),
             pending_lines: 0,
+            alerts: Vec::new(),
             reject_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
@@ -63,6 +65,10 @@ impl Pipeline {
             }
             Err(rejection) => {
                 self.stats.reject(rejection.reason);
+                if let Some(office) = &rejection.office {
+                    self.tracker.note_rejection(office, tracker_now, &mut self.out);
+                    self.collect();
+                }
                 let office = rejection.office.as_ref().map_or("", |office| office.as_str());
                 let key = format!("{}/{}", office, rejection.reason.as_str());
                 if let Some(suppressed) = self.reject_log.allow(&key, Instant::now()) {
@@ -101,6 +107,11 @@ impl Pipeline {
         Some((std::mem::take(&mut self.lines), count))
     }
 
+    /// Alert changes since the last call (published by `run`, dropped by `replay`).
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
+    }
+
     pub fn pending_lines(&self) -> usize {
         self.pending_lines
     }
@@ -116,6 +127,7 @@ impl Pipeline {
     fn collect(&mut self) {
         self.stats.notes.merge(&self.out.notes);
         self.out.notes = Default::default();
+        self.alerts.append(&mut self.out.alerts);
         for point in self.out.points.drain(..) {
             point.write_line(&mut self.lines);
             self.pending_lines += 1;

@@ -18,6 +18,7 @@ use crate::pipeline::Pipeline;
 use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport};
 use crate::stats::Stats;
 use crate::time::Millis;
+use crate::tracker::Mode;
 
 /// Where replayed points go.
 #[derive(Debug, Clone)]
@@ -79,7 +80,7 @@ pub async fn replay(config: &Config, inputs: &[String], output: ReplayOutput) ->
         }
     };
 
-    let mut pipeline = Pipeline::new(config);
+    let mut pipeline = Pipeline::new(config, Mode::Replay);
     let mut progress = Progress::new();
     for input in inputs {
         if input == "-" {

@@ -19,17 +19,38 @@
 //! - A dedup key stays known until `dedup_horizon` after the segment it
 //!   belongs to closed (keys of open segments are never forgotten).
 //! - Points are a pure function of the applied events: writing one twice is
-//!   harmless.
+//!   harmless. Every time-driven output (breach deadlines, expiries,
+//!   snapshots) fires from the same ordered loop as the events, once the
+//!   office clock has passed its time plus the reorder window, so a replay
+//!   and a live run write the same points. Only what depends on wall time
+//!   itself (`silent`, and alerts) differs, and only in [`Mode::Live`].
+//!
+//! Layout: this file holds the clock, the reorder buffer, dedup and ticket
+//! segments; `live.rs` the per-office gauges, counters, feedback, breaches
+//! and alerts.
+
+mod live;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use crate::config::{SlaConfig, Targets, TrackingConfig};
+use crate::config::{Config, OfficeConfig, OfficeSla, SlaConfig, Targets};
 use crate::event::{Event, EventType};
 use crate::ids::{CounterId, OfficeId, ServiceId, StaffId, TicketNo};
 use crate::point::{seconds, FieldValue, Point};
 use crate::time::{duration_ms, Millis};
+
+pub use live::{Alert, AlertKind, AlertState};
+
+/// Whether wall time means anything: a live daemon, or a replay of history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `run`: office clocks follow the wall clock between events; offices can be `silent`.
+    Live,
+    /// `replay`: pure event time; no `silent`, and alerts are not published.
+    Replay,
+}
 
 /// Settings the tracker needs, in milliseconds.
 #[derive(Debug, Clone)]
@@ -37,23 +58,38 @@ pub struct TrackerSettings {
     pub reorder_window_ms: i64,
     pub max_ticket_age_ms: i64,
     pub dedup_horizon_ms: i64,
+    pub snapshot_interval_ms: i64,
+    pub gauge_idle_after_ms: i64,
+    pub silence_after_ms: i64,
     pub sla: SlaConfig,
+    pub offices: BTreeMap<OfficeId, OfficeConfig>,
+    pub mode: Mode,
 }
 
 impl TrackerSettings {
-    pub fn new(tracking: &TrackingConfig, sla: &SlaConfig) -> TrackerSettings {
+    pub fn new(config: &Config, mode: Mode) -> TrackerSettings {
+        let tracking = &config.tracking;
         TrackerSettings {
             reorder_window_ms: duration_ms(tracking.reorder_window),
             max_ticket_age_ms: duration_ms(tracking.max_ticket_age).max(1),
             dedup_horizon_ms: duration_ms(tracking.dedup_horizon),
-            sla: sla.clone(),
+            snapshot_interval_ms: duration_ms(tracking.snapshot_interval).max(1),
+            gauge_idle_after_ms: duration_ms(tracking.gauge_idle_after),
+            silence_after_ms: duration_ms(tracking.silence_after).max(1),
+            sla: config.sla.clone(),
+            offices: config.offices.clone(),
+            mode,
         }
+    }
+
+    fn office_sla(&self, office: &OfficeId) -> Option<&OfficeSla> {
+        self.offices.get(office).map(|config| &config.sla)
     }
 }
 
 impl Default for TrackerSettings {
     fn default() -> Self {
-        TrackerSettings::new(&TrackingConfig::default(), &SlaConfig::default())
+        TrackerSettings::new(&Config::default(), Mode::Replay)
     }
 }
 
@@ -115,6 +151,8 @@ impl NoteCounts {
 pub struct Output {
     pub points: Vec<Point>,
     pub notes: NoteCounts,
+    /// Breach alerts raised and resolved (published by `run` only).
+    pub alerts: Vec<Alert>,
 }
 
 /// How a segment ended: the `outcome` tag.
@@ -158,7 +196,14 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(settings: TrackerSettings) -> Tracker {
-        Tracker { settings, offices: HashMap::new() }
+        // Configured offices exist before they are ever heard, so that they
+        // get `office` gauges (live) and can be found silent.
+        let offices = settings
+            .offices
+            .keys()
+            .map(|office| (office.clone(), OfficeState::new(&settings, office.clone())))
+            .collect();
+        Tracker { settings, offices }
     }
 
     pub fn settings(&self) -> &TrackerSettings {
@@ -173,18 +218,35 @@ impl Tracker {
             None => self
                 .offices
                 .entry(event.office.clone())
-                .or_insert_with(|| OfficeState::new(event.office.clone(), event.ts, now)),
+                .or_insert_with(|| OfficeState::new(settings, event.office.clone())),
         };
         office.ingest(settings, event, now, out);
     }
 
-    /// Lets wall time pass: applies held events whose window has passed and
-    /// expires idle segments, in every office.
+    /// Counts a rejected message against its office, if the office is known
+    /// (heard or configured): unknown offices are not created from rejected
+    /// input, which keeps memory bounded against junk topics. A rejected
+    /// message still proves the office is not silent.
+    pub fn note_rejection(&mut self, office: &OfficeId, now: Millis, out: &mut Output) {
+        if let Some(state) = self.offices.get_mut(office) {
+            state.live.rejected_in_interval += 1;
+            state.heard_at(&self.settings, now, out);
+        }
+    }
+
+    /// Lets wall time pass: applies held events whose window has passed,
+    /// fires due deadlines and snapshots, in every office.
     pub fn advance(&mut self, now: Millis, out: &mut Output) {
         for office in self.offices.values_mut() {
-            let watermark = office.clock(now).minus_ms(self.settings.reorder_window_ms);
-            office.release(&self.settings, watermark, watermark, out);
-            office.forget(&self.settings, watermark);
+            match office.clock(now) {
+                Some(clock) => {
+                    let watermark = clock.minus_ms(self.settings.reorder_window_ms);
+                    office.release(&self.settings, watermark, watermark, now, out);
+                    office.forget(&self.settings, watermark);
+                }
+                None => office.unheard_snapshots(&self.settings, now, out),
+            }
+            office.check_silence(&self.settings, now, out);
         }
     }
 
@@ -193,14 +255,16 @@ impl Tracker {
     /// stay open and unwritten.
     pub fn drain(&mut self, now: Millis, out: &mut Output) {
         for office in self.offices.values_mut() {
-            let watermark = office.clock(now).minus_ms(self.settings.reorder_window_ms);
-            office.release(&self.settings, Millis(i64::MAX), watermark, out);
+            if let Some(clock) = office.clock(now) {
+                let watermark = clock.minus_ms(self.settings.reorder_window_ms);
+                office.release(&self.settings, Millis(i64::MAX), watermark, now, out);
+            }
         }
     }
 
     /// The office's clock at wall time `now`, if the office has been heard.
     pub fn office_clock(&self, office: &OfficeId, now: Millis) -> Option<Millis> {
-        self.offices.get(office).map(|state| state.clock(now))
+        self.offices.get(office).and_then(|state| state.clock(now))
     }
 
     /// Open segments across all offices.
@@ -224,24 +288,39 @@ struct HeldKey {
     arrival: u64,
 }
 
+/// What fires at a time in an office's ordered loop, besides events.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    /// The earliest pending deadline of a segment (wait or service target,
+    /// or expiry), lazily validated against `Segment::scheduled`.
+    Segment { generation: u64, ticket: TicketNo },
+    /// A counter idle with people waiting since `since`.
+    Idle { counter: CounterId, since: Millis },
+}
+
 #[derive(Debug)]
 struct OfficeState {
+    office: OfficeId,
     office_tag: Arc<str>,
-    clock_base_ts: Millis,
-    clock_base_wall: Millis,
+    region_tag: Option<Arc<str>>,
+    config: Option<OfficeConfig>,
+    /// `(newest ts, wall time it arrived)`; `None` until the office is heard.
+    clock_base: Option<(Millis, Millis)>,
     released_upto: Millis,
     held: BTreeMap<HeldKey, Event>,
     arrivals: u64,
     tickets: HashMap<TicketNo, TicketState>,
     open_segments: usize,
-    /// (deadline = last event + max age, segment generation, ticket); lazily validated.
-    expiries: BinaryHeap<Reverse<(Millis, u64, TicketNo)>>,
+    /// Open segments not yet called.
+    waiting: usize,
+    timers: BinaryHeap<Reverse<(Millis, TimerKey)>>,
     /// Tickets whose closure is remembered, to forget after the dedup horizon.
     closed_memory: BinaryHeap<Reverse<(Millis, TicketNo)>>,
     /// Dedup keys and when they may be forgotten (`i64::MAX` while their segment is open).
     seen: HashMap<u64, Millis>,
     forget_queue: BinaryHeap<Reverse<(Millis, u64)>>,
     generations: u64,
+    live: live::OfficeLive,
 }
 
 #[derive(Debug, Default)]
@@ -249,6 +328,8 @@ struct TicketState {
     open: Option<Segment>,
     /// When the ticket's last segment closed, if remembered.
     closed_at: Option<Millis>,
+    /// The service of the last closed segment (for feedback after the close).
+    closed_service: Option<ServiceId>,
     /// Dedup keys of the events applied to the open segment.
     keys: Vec<u64>,
 }
@@ -270,12 +351,62 @@ struct Segment {
     staff: Option<StaffId>,
     /// Issue time of the ticket's first segment (across transfers), when known.
     visit_start: Option<Millis>,
+    /// The counter this segment keeps busy (from its call to its close).
+    busy_counter: Option<CounterId>,
+    wait_breach: BreachState,
+    service_breach: BreachState,
+    /// The time of this segment's live timer entry.
+    scheduled: Millis,
+}
+
+/// Whether a breach was raised for a segment, and whether its alert is still firing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum BreachState {
+    #[default]
+    None,
+    Firing {
+        since: Millis,
+    },
+    Resolved,
 }
 
 impl Segment {
-    fn deadline(&self, settings: &TrackerSettings) -> Millis {
+    fn expiry(&self, settings: &TrackerSettings) -> Millis {
         self.last_event.plus_ms(settings.max_ticket_age_ms)
     }
+
+    /// When service started: at `started`, else at the last call (as `service_s`).
+    fn service_start(&self) -> Option<Millis> {
+        self.started.or(self.last_call)
+    }
+
+    fn wait_deadline(&self, targets: &Targets) -> Option<Millis> {
+        if self.wait_breach != BreachState::None || self.first_call.is_some() {
+            return None;
+        }
+        self.issue.map(|issue| issue.plus_ms(targets.wait_ms))
+    }
+
+    fn service_deadline(&self, targets: &Targets) -> Option<Millis> {
+        if self.service_breach != BreachState::None {
+            return None;
+        }
+        self.service_start().map(|start| start.plus_ms(targets.service_ms))
+    }
+
+    /// The earliest of the pending deadlines.
+    fn next_deadline(&self, settings: &TrackerSettings, targets: &Targets) -> Millis {
+        [self.wait_deadline(targets), self.service_deadline(targets)]
+            .into_iter()
+            .flatten()
+            .fold(self.expiry(settings), Millis::min)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheduling {
+    Renew,
+    Update,
 }
 
 /// How an event reaches `apply`: in its place, or after the window had passed.
@@ -286,30 +417,52 @@ enum Arrival {
 }
 
 impl OfficeState {
-    fn new(office: OfficeId, first_ts: Millis, now: Millis) -> OfficeState {
-        let office_tag: Arc<str> = Arc::from(office.as_str());
+    fn new(settings: &TrackerSettings, office: OfficeId) -> OfficeState {
+        let config = settings.offices.get(&office).cloned();
         OfficeState {
-            office_tag,
-            clock_base_ts: first_ts,
-            clock_base_wall: now,
+            office_tag: Arc::from(office.as_str()),
+            region_tag: config.as_ref().and_then(|config| config.region.as_deref()).map(Arc::from),
+            config,
+            office,
+            clock_base: None,
             released_upto: Millis(i64::MIN),
             held: BTreeMap::new(),
             arrivals: 0,
             tickets: HashMap::new(),
             open_segments: 0,
-            expiries: BinaryHeap::new(),
+            waiting: 0,
+            timers: BinaryHeap::new(),
             closed_memory: BinaryHeap::new(),
             seen: HashMap::new(),
             forget_queue: BinaryHeap::new(),
             generations: 0,
+            live: live::OfficeLive::default(),
         }
     }
 
-    fn clock(&self, now: Millis) -> Millis {
-        self.clock_base_ts.plus_ms(now.since(self.clock_base_wall).max(0))
+    /// The office clock: newest ts plus the wall time since it arrived.
+    fn clock(&self, now: Millis) -> Option<Millis> {
+        self.clock_base.map(|(base_ts, base_wall)| base_ts.plus_ms(now.since(base_wall).max(0)))
+    }
+
+    fn targets(&self, settings: &TrackerSettings, service: Option<&ServiceId>) -> Targets {
+        let unknown = ServiceId::unknown();
+        settings.sla.targets_for(settings.office_sla(&self.office), service.unwrap_or(&unknown))
+    }
+
+    /// Tags every point of this office carries.
+    fn point(&self, measurement: &'static str, time_ns: i64) -> Point {
+        let mut point = Point::new(measurement, time_ns);
+        point.tag("office", self.office_tag.clone());
+        if let Some(region) = &self.region_tag {
+            point.tag("region", region.clone());
+        }
+        point
     }
 
     fn ingest(&mut self, settings: &TrackerSettings, event: Event, now: Millis, out: &mut Output) {
+        self.live.accepted_in_interval += 1;
+        self.heard_at(settings, now, out);
         let (id_key, content_key) = dedup_keys(&event);
         let is_duplicate =
             id_key.is_some_and(|key| self.seen.contains_key(&key)) || self.seen.contains_key(&content_key);
@@ -321,10 +474,10 @@ impl OfficeState {
             self.seen.insert(key, Millis(i64::MAX));
         }
 
-        let clock = self.clock(now);
-        if event.ts > clock {
-            self.clock_base_ts = event.ts;
-            self.clock_base_wall = now;
+        match self.clock(now) {
+            Some(clock) if event.ts <= clock => {}
+            Some(_) => self.clock_base = Some((event.ts, now)),
+            None => self.clock_base = Some((event.ts, now)),
         }
 
         if event.ts < self.released_upto {
@@ -335,60 +488,113 @@ impl OfficeState {
             let key = HeldKey { ts: event.ts, rank: event.kind.rank(), content: content_key, arrival: self.arrivals };
             self.held.insert(key, event);
         }
-        let watermark = self.clock(now).minus_ms(settings.reorder_window_ms);
-        self.release(settings, watermark, watermark, out);
-        self.forget(settings, watermark);
+        if let Some(clock) = self.clock(now) {
+            let watermark = clock.minus_ms(settings.reorder_window_ms);
+            self.release(settings, watermark, watermark, now, out);
+            self.forget(settings, watermark);
+        }
     }
 
-    /// Applies held events with `ts < event_limit` and expires segments whose
-    /// deadline is `< expiry_limit`, merged in time order (an event at exactly
-    /// a deadline keeps the segment alive).
-    fn release(&mut self, settings: &TrackerSettings, event_limit: Millis, expiry_limit: Millis, out: &mut Output) {
+    /// Applies held events with `ts < event_limit`, and fires timers (segment
+    /// deadlines, idle deadlines) and snapshots due `< timer_limit`, merged in
+    /// time order: at equal times events first (an event at exactly a
+    /// deadline is in time), then timers, then the snapshot, which so
+    /// reflects every event with `ts <= T`.
+    fn release(
+        &mut self,
+        settings: &TrackerSettings,
+        event_limit: Millis,
+        timer_limit: Millis,
+        now: Millis,
+        out: &mut Output,
+    ) {
         loop {
-            let next_event_ts = self.held.first_key_value().map(|(key, _)| key.ts).filter(|ts| *ts < event_limit);
-            let next_expiry = self.next_expiry(settings).filter(|deadline| *deadline < expiry_limit);
-            match (next_event_ts, next_expiry) {
-                (Some(ts), Some(deadline)) if deadline < ts => self.expire_next(settings, out),
-                (Some(_), _) => {
+            let next_event = self.held.first_key_value().map(|(key, _)| key.ts).filter(|ts| *ts < event_limit);
+            let next_timer = self.next_timer(settings).filter(|at| *at < timer_limit);
+            let next_snapshot = self.live.next_snapshot.filter(|at| *at < timer_limit);
+            let candidates = [(next_event, 0u8), (next_timer, 1), (next_snapshot, 2)];
+            let Some((_, which)) = candidates.into_iter().filter_map(|(at, which)| at.map(|at| (at, which))).min()
+            else {
+                break;
+            };
+            match which {
+                0 => {
                     if let Some((_, event)) = self.held.pop_first() {
                         self.apply(settings, event, Arrival::InOrder, out);
                     }
                 }
-                (None, Some(_)) => self.expire_next(settings, out),
-                (None, None) => break,
+                1 => self.fire_timer(settings, out),
+                _ => self.snapshot(settings, now, out),
             }
         }
-        let applied_upto = if event_limit == Millis(i64::MAX) { expiry_limit } else { event_limit };
+        let applied_upto = if event_limit == Millis(i64::MAX) { timer_limit } else { event_limit };
         self.released_upto = self.released_upto.max(applied_upto);
     }
 
-    /// The earliest valid expiry deadline, discarding stale heap entries.
-    fn next_expiry(&mut self, settings: &TrackerSettings) -> Option<Millis> {
-        while let Some(Reverse((deadline, generation, ticket))) = self.expiries.peek() {
-            let current = self
-                .tickets
-                .get(ticket)
-                .and_then(|state| state.open.as_ref())
-                .filter(|segment| segment.generation == *generation)
-                .map(|segment| segment.deadline(settings));
-            match current {
-                Some(current) if current == *deadline => return Some(current),
-                Some(current) => {
-                    // The segment saw events since: reschedule at its new deadline.
-                    let Reverse((_, generation, ticket)) = self.expiries.pop()?;
-                    self.expiries.push(Reverse((current, generation, ticket)));
-                }
-                None => {
-                    self.expiries.pop();
-                }
+    /// The earliest valid timer, discarding stale entries.
+    fn next_timer(&mut self, settings: &TrackerSettings) -> Option<Millis> {
+        while let Some(Reverse((at, key))) = self.timers.peek() {
+            let valid = match key {
+                TimerKey::Segment { generation, ticket } => self
+                    .tickets
+                    .get(ticket)
+                    .and_then(|state| state.open.as_ref())
+                    .is_some_and(|segment| segment.generation == *generation && segment.scheduled == *at),
+                TimerKey::Idle { counter, since } => self.live.idle_timer_valid(counter, *since),
+            };
+            if valid {
+                return Some(*at);
             }
+            self.timers.pop();
         }
+        let _ = settings;
         None
     }
 
-    fn expire_next(&mut self, settings: &TrackerSettings, out: &mut Output) {
-        let Some(Reverse((deadline, _, ticket))) = self.expiries.pop() else { return };
-        self.close(settings, &ticket, Outcome::Expired, deadline, None, out);
+    fn fire_timer(&mut self, settings: &TrackerSettings, out: &mut Output) {
+        let Some(Reverse((at, key))) = self.timers.pop() else { return };
+        match key {
+            TimerKey::Segment { ticket, .. } => self.segment_deadline(settings, &ticket, at, out),
+            TimerKey::Idle { counter, since } => self.idle_deadline(settings, &counter, since, at, out),
+        }
+    }
+
+    /// A segment's earliest deadline has come: raise what is due, expire it
+    /// if idle for the max age, and schedule its next deadline.
+    fn segment_deadline(&mut self, settings: &TrackerSettings, ticket: &TicketNo, at: Millis, out: &mut Output) {
+        let Some(segment) = self.tickets.get(ticket).and_then(|state| state.open.as_ref()) else { return };
+        let targets = self.targets(settings, segment.service.as_ref());
+        let wait_due = segment.wait_deadline(&targets).is_some_and(|deadline| deadline <= at);
+        let service_due = segment.service_deadline(&targets).is_some_and(|deadline| deadline <= at);
+        let expiry_due = segment.expiry(settings) <= at;
+        if wait_due {
+            self.raise_segment_breach(settings, ticket, AlertKind::Wait, targets.wait_ms, out);
+        }
+        if service_due {
+            self.raise_segment_breach(settings, ticket, AlertKind::Service, targets.service_ms, out);
+        }
+        if expiry_due {
+            self.close(settings, ticket, Outcome::Expired, at, None, out);
+        } else {
+            self.schedule(settings, ticket, Scheduling::Renew);
+        }
+    }
+
+    /// Keeps a segment's timer entry at its earliest deadline. `Renew` after
+    /// its entry fired; `Update` after an event, which only adds an entry
+    /// when the deadline moved earlier (a later one is found when the old
+    /// entry fires).
+    fn schedule(&mut self, settings: &TrackerSettings, ticket: &TicketNo, scheduling: Scheduling) {
+        let office_sla = settings.office_sla(&self.office);
+        let Some(segment) = self.tickets.get_mut(ticket).and_then(|state| state.open.as_mut()) else { return };
+        let unknown = ServiceId::unknown();
+        let targets = settings.sla.targets_for(office_sla, segment.service.as_ref().unwrap_or(&unknown));
+        let next = segment.next_deadline(settings, &targets);
+        if scheduling == Scheduling::Renew || next < segment.scheduled {
+            segment.scheduled = next;
+            let key = TimerKey::Segment { generation: segment.generation, ticket: ticket.clone() };
+            self.timers.push(Reverse((next, key)));
+        }
     }
 
     /// Forgets dedup keys and closed tickets once the horizon has passed.
@@ -431,14 +637,31 @@ impl OfficeState {
     fn apply(&mut self, settings: &TrackerSettings, event: Event, arrival: Arrival, out: &mut Output) {
         let (id_key, content_key) = dedup_keys(&event);
         let keys: Vec<u64> = id_key.into_iter().chain([content_key]).collect();
+        if self.live.last_event_ts.is_none() {
+            // Gauges start with the earliest applied event, which (unlike the
+            // first arrival) does not depend on arrival order.
+            self.first_heard(settings, event.ts);
+        }
+        self.live.last_event_ts = Some(self.live.last_event_ts.map_or(event.ts, |last| last.max(event.ts)));
         let Some(ticket) = event.ticket.clone() else {
-            // Office and counter events carry no ticket: nothing to follow yet.
             self.stamp_keys(settings, &keys, event.ts);
+            match event.kind {
+                EventType::CounterOpened | EventType::CounterClosed => self.apply_counter_event(settings, &event, out),
+                EventType::Feedback => self.apply_feedback(&event, out),
+                _ => {}
+            }
+            self.update_idle(settings, event.ts, out);
             return;
         };
+        if event.kind == EventType::Feedback {
+            self.stamp_keys(settings, &keys, event.ts);
+            self.apply_feedback(&event, out);
+            return;
+        }
 
         let state = self.tickets.get(&ticket);
         let open = state.and_then(|state| state.open.as_ref());
+        let has_open = open.is_some();
         let closed_at = state.and_then(|state| state.closed_at);
 
         if arrival == Arrival::Late {
@@ -458,7 +681,7 @@ impl OfficeState {
         match event.kind {
             EventType::Issued => self.apply_issued(settings, &ticket, &event, out),
             EventType::Called | EventType::Recalled | EventType::Started => {
-                if open.is_none() {
+                if !has_open {
                     if closed_at.is_some() {
                         out.notes.add(Note::AfterClose);
                         self.stamp_keys(settings, &keys, event.ts);
@@ -467,17 +690,15 @@ impl OfficeState {
                     let service = event.service.clone();
                     self.open_segment(settings, &ticket, service, None, event.ts, None);
                 }
-                if let Some(segment) = self.open_mut(&ticket) {
-                    update_segment(segment, &event);
-                }
+                self.apply_progress(settings, &ticket, &event, out);
             }
             kind => {
                 let Some(outcome) = Outcome::of(kind) else { return };
-                if open.is_some() {
+                if has_open {
                     if let Some(segment) = self.open_mut(&ticket) {
                         segment.last_event = segment.last_event.max(event.ts);
-                        if segment.staff.is_none() || event.staff.is_some() {
-                            segment.staff = event.staff.clone().or(segment.staff.take());
+                        if event.staff.is_some() {
+                            segment.staff = event.staff.clone();
                         }
                         if segment.service.is_none() {
                             segment.service = event.service.clone();
@@ -487,21 +708,17 @@ impl OfficeState {
                     self.attach_keys(&ticket, &keys);
                     self.close(settings, &ticket, outcome, event.ts, Some(&event), out);
                     if outcome == Outcome::Transferred {
-                        self.open_segment(
-                            settings,
-                            &ticket,
-                            event.to_service.clone(),
-                            Some(event.ts),
-                            event.ts,
-                            visit_start,
-                        );
+                        let to_service = event.to_service.clone();
+                        self.open_segment(settings, &ticket, to_service, Some(event.ts), event.ts, visit_start);
                     }
+                    self.update_idle(settings, event.ts, out);
                     return;
                 } else if closed_at.is_some() {
                     out.notes.add(Note::AfterClose);
                 } else if outcome == Outcome::Transferred {
                     // The first segment is unknown, so the whole visit is too.
                     self.open_segment(settings, &ticket, event.to_service.clone(), Some(event.ts), event.ts, None);
+                    self.update_idle(settings, event.ts, out);
                 } else {
                     out.notes.add(Note::OrphanClose);
                 }
@@ -510,6 +727,7 @@ impl OfficeState {
             }
         }
         self.attach_keys(&ticket, &keys);
+        self.update_idle(settings, event.ts, out);
     }
 
     fn apply_issued(&mut self, settings: &TrackerSettings, ticket: &TicketNo, event: &Event, out: &mut Output) {
@@ -518,17 +736,63 @@ impl OfficeState {
                 // The missing issue of a segment first seen through a later event.
                 segment.issue = Some(event.ts);
                 segment.first_event = event.ts;
-                segment.service = event.service.clone().or(segment.service.take());
+                if let Some(service) = &event.service {
+                    segment.service = Some(service.clone());
+                }
                 if segment.visit_start.is_none() {
                     segment.visit_start = Some(event.ts);
                 }
+                let service = segment.service.clone();
+                self.live.count_issued(service.as_ref(), event.ts);
+                self.schedule(settings, ticket, Scheduling::Update);
                 return;
             }
             // The number was issued again while still open: the old one expired.
-            let expired_at = segment.deadline(settings).min(event.ts);
+            let expired_at = segment.expiry(settings).min(event.ts);
             self.close(settings, ticket, Outcome::Expired, expired_at, None, out);
         }
         self.open_segment(settings, ticket, event.service.clone(), Some(event.ts), event.ts, Some(event.ts));
+    }
+
+    /// A call, recall or start for an open segment.
+    fn apply_progress(&mut self, settings: &TrackerSettings, ticket: &TicketNo, event: &Event, out: &mut Output) {
+        let Some(segment) = self.open_mut(ticket) else { return };
+        let was_waiting = segment.first_call.is_none();
+        let previous_counter = segment.busy_counter.clone();
+        update_segment(segment, event);
+        let now_called = segment.first_call.is_some();
+        let service = segment.service.clone();
+        let wait_alert = match segment.wait_breach {
+            BreachState::Firing { since } if now_called => {
+                segment.wait_breach = BreachState::Resolved;
+                Some(since)
+            }
+            _ => None,
+        };
+        let moved_to = match &event.counter {
+            Some(counter) if previous_counter.as_ref() != Some(counter) => {
+                segment.busy_counter = Some(counter.clone());
+                Some(counter.clone())
+            }
+            _ => None,
+        };
+        if was_waiting && now_called {
+            self.waiting -= 1;
+            self.live.count_called(service.as_ref(), event.ts);
+        } else {
+            self.live.touch_service(service.as_ref(), event.ts);
+        }
+        if let Some(counter) = moved_to {
+            if let Some(previous) = previous_counter {
+                self.live.release_counter(&previous, event.ts);
+            }
+            self.live.acquire_counter(&counter, event.ts);
+        }
+        if let Some(since) = wait_alert {
+            let targets = self.targets(settings, service.as_ref());
+            self.push_alert_for(ticket, service, None, AlertKind::Wait, since, event.ts, &targets, out);
+        }
+        self.schedule(settings, ticket, Scheduling::Update);
     }
 
     fn open_mut(&mut self, ticket: &TicketNo) -> Option<&mut Segment> {
@@ -565,14 +829,23 @@ impl OfficeState {
             walk_from: None,
             staff: None,
             visit_start,
+            busy_counter: None,
+            wait_breach: BreachState::None,
+            service_breach: BreachState::None,
+            scheduled: Millis(i64::MAX),
         };
-        self.expiries.push(Reverse((segment.deadline(settings), segment.generation, ticket.clone())));
+        if issue.is_some() {
+            self.live.count_issued(segment.service.as_ref(), first_event);
+        }
         let state = self.tickets.entry(ticket.clone()).or_default();
         state.open = Some(segment);
         self.open_segments += 1;
+        self.waiting += 1;
+        self.schedule(settings, ticket, Scheduling::Renew);
     }
 
-    /// Closes the ticket's open segment and writes its point.
+    /// Closes the ticket's open segment and writes its point; resolves its
+    /// alerts and frees its counter.
     fn close(
         &mut self,
         settings: &TrackerSettings,
@@ -585,13 +858,122 @@ impl OfficeState {
         let Some(state) = self.tickets.get_mut(ticket) else { return };
         let Some(segment) = state.open.take() else { return };
         state.closed_at = Some(close_ts);
+        state.closed_service = segment.service.clone();
         let keys = std::mem::take(&mut state.keys);
         self.open_segments -= 1;
+        if segment.first_call.is_none() {
+            self.waiting -= 1;
+        }
         self.closed_memory.push(Reverse((close_ts, ticket.clone())));
         self.stamp_keys(settings, &keys, close_ts);
+        self.live.touch_service(segment.service.as_ref(), close_ts);
 
-        let point = segment_point(settings, &self.office_tag, ticket, &segment, outcome, close_ts, closing, out);
+        if let Some(counter) = &segment.busy_counter {
+            self.live.release_counter(counter, close_ts);
+        }
+        if outcome == Outcome::Served {
+            let counter = closing.and_then(|event| event.counter.as_ref()).or(segment.busy_counter.as_ref());
+            if let Some(counter) = counter {
+                self.live.count_served(counter);
+            }
+        }
+        let targets = self.targets(settings, segment.service.as_ref());
+        for (kind, breach) in [(AlertKind::Wait, segment.wait_breach), (AlertKind::Service, segment.service_breach)] {
+            if let BreachState::Firing { since } = breach {
+                let service = segment.service.clone();
+                self.push_alert_for(
+                    ticket,
+                    service,
+                    segment.busy_counter.clone(),
+                    kind,
+                    since,
+                    close_ts,
+                    &targets,
+                    out,
+                );
+            }
+        }
+
+        let mut point = self.point("ticket", point_time_ns(close_ts, ticket));
+        segment_point(&mut point, ticket, &segment, &targets, outcome, close_ts, closing, out);
         out.points.push(point);
+    }
+
+    /// Raises a wait or service breach for an open segment: its point, and a firing alert.
+    fn raise_segment_breach(
+        &mut self,
+        settings: &TrackerSettings,
+        ticket: &TicketNo,
+        kind: AlertKind,
+        target_ms: i64,
+        out: &mut Output,
+    ) {
+        let Some(segment) = self.tickets.get_mut(ticket).and_then(|state| state.open.as_mut()) else { return };
+        let deadline = match kind {
+            AlertKind::Wait => segment.issue.map(|issue| issue.plus_ms(target_ms)),
+            _ => segment.service_start().map(|start| start.plus_ms(target_ms)),
+        };
+        let Some(deadline) = deadline else { return };
+        let firing = BreachState::Firing { since: deadline };
+        match kind {
+            AlertKind::Wait => segment.wait_breach = firing,
+            _ => segment.service_breach = firing,
+        }
+        let service = segment.service.clone().unwrap_or_else(ServiceId::unknown);
+        let counter = segment.busy_counter.clone().or_else(|| segment.last_call_counter.clone());
+        let mut point = self.point("breach", point_time_ns(deadline, ticket));
+        point.tag("service", Arc::from(service.as_str()));
+        point.tag("kind", Arc::from(kind.as_str()));
+        if kind == AlertKind::Service {
+            if let Some(counter) = &counter {
+                point.tag("counter", Arc::from(counter.as_str()));
+            }
+        }
+        point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
+        point.field("target_s", seconds(target_ms));
+        out.points.push(point);
+        let targets = self.targets(settings, Some(&service));
+        let alert_counter = if kind == AlertKind::Service { counter } else { None };
+        let clock = self.released_upto.max(deadline).plus_ms(settings.reorder_window_ms);
+        out.alerts.push(Alert {
+            id: format!("{}:{}:{}:{}", kind.as_str(), self.office, ticket, deadline.0),
+            kind,
+            state: AlertState::Firing,
+            office: self.office.clone(),
+            service: Some(service),
+            ticket: Some(ticket.clone()),
+            counter: alert_counter,
+            target_ms: if kind == AlertKind::Wait { targets.wait_ms } else { targets.service_ms },
+            since: deadline,
+            ts: clock,
+        });
+    }
+
+    /// A `resolved` alert for a segment breach.
+    #[allow(clippy::too_many_arguments)]
+    fn push_alert_for(
+        &self,
+        ticket: &TicketNo,
+        service: Option<ServiceId>,
+        counter: Option<CounterId>,
+        kind: AlertKind,
+        since: Millis,
+        ts: Millis,
+        targets: &Targets,
+        out: &mut Output,
+    ) {
+        out.alerts.push(Alert {
+            id: format!("{}:{}:{}:{}", kind.as_str(), self.office, ticket, since.0),
+            kind,
+            state: AlertState::Resolved,
+            office: self.office.clone(),
+            service: Some(service.unwrap_or_else(ServiceId::unknown)),
+            ticket: Some(ticket.clone()),
+            counter: if kind == AlertKind::Service { counter } else { None },
+            target_ms: if kind == AlertKind::Wait { targets.wait_ms } else { targets.service_ms },
+            since,
+            ts,
+        });
     }
 }
 
@@ -630,22 +1012,19 @@ fn update_segment(segment: &mut Segment, event: &Event) {
     }
 }
 
-/// The `ticket` point of a closed segment.
+/// Fills the `ticket` point of a closed segment.
 #[allow(clippy::too_many_arguments)]
 fn segment_point(
-    settings: &TrackerSettings,
-    office_tag: &Arc<str>,
+    point: &mut Point,
     ticket: &TicketNo,
     segment: &Segment,
+    targets: &Targets,
     outcome: Outcome,
     close_ts: Millis,
     closing: Option<&Event>,
     out: &mut Output,
-) -> Point {
+) {
     let service = segment.service.clone().unwrap_or_else(ServiceId::unknown);
-    let targets: Targets = settings.sla.targets_for(&service);
-    let mut point = Point::new("ticket", point_time_ns(close_ts, ticket));
-    point.tag("office", office_tag.clone());
     point.tag("service", Arc::from(service.as_str()));
     point.tag("outcome", Arc::from(outcome.as_str()));
     let counter = closing.and_then(|event| event.counter.clone()).or_else(|| segment.last_call_counter.clone());
@@ -710,7 +1089,6 @@ fn segment_point(
     if let Some(staff) = staff {
         point.field("staff", FieldValue::Str(staff.as_str().to_string()));
     }
-    point
 }
 
 /// Point time in nanoseconds: the millisecond of `at` plus a deterministic
@@ -718,7 +1096,12 @@ fn segment_point(
 /// millisecond with the same tags never overwrite each other, while the same
 /// ticket's point always lands on the same time (rewrites are harmless).
 pub fn point_time_ns(at: Millis, ticket: &TicketNo) -> i64 {
-    let offset_ns = (fnv1a(ticket.as_str().as_bytes()) % 1_000_000) as i64;
+    time_with_offset_ns(at, ticket.as_str())
+}
+
+/// `at` in nanoseconds plus a deterministic sub-millisecond offset from `key`.
+fn time_with_offset_ns(at: Millis, key: &str) -> i64 {
+    let offset_ns = (fnv1a(key.as_bytes()) % 1_000_000) as i64;
     at.0.saturating_mul(1_000_000).saturating_add(offset_ns)
 }
 

@@ -1,0 +1,530 @@
+//! The live side of an office: gauges (`queue`, `office`), counter sessions
+//! (`counter`), satisfaction buttons (`feedback`), idle counters and silent
+//! offices, and the alerts they raise.
+//!
+//! Everything here runs inside the office's ordered loop (see the parent
+//! module), so it sees exactly the events with `ts` up to the moment it
+//! describes. Two things depend on wall time and exist only in
+//! [`Mode::Live`]: whether an office is `silent`, and gauges for configured
+//! offices that have never been heard.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::{BreachState, Mode, OfficeState, Output, TimerKey, TrackerSettings};
+use crate::event::Event;
+use crate::ids::{CounterId, OfficeId, ServiceId, StaffId, TicketNo};
+use crate::point::{seconds, FieldValue};
+use crate::time::Millis;
+
+/// Gauges stop this long after an office's last event while nothing is open
+/// there, so a replay across a gap of days does not write a row every
+/// interval of the gap.
+const GAUGE_SPAN_AFTER_LAST_EVENT_MS: i64 = 24 * 3_600_000;
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    Wait,
+    Service,
+    Idle,
+    Silent,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Wait => "wait",
+            AlertKind::Service => "service",
+            AlertKind::Idle => "idle",
+            AlertKind::Silent => "silent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// A breach alert changing state. `id` is the same when firing and when resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub id: String,
+    pub kind: AlertKind,
+    pub state: AlertState,
+    pub office: OfficeId,
+    pub service: Option<ServiceId>,
+    pub ticket: Option<TicketNo>,
+    pub counter: Option<CounterId>,
+    pub target_ms: i64,
+    /// The deadline that was missed.
+    pub since: Millis,
+    /// When the state changed (office clock for breaches, wall clock for `silent`).
+    pub ts: Millis,
+}
+
+impl Alert {
+    /// The JSON published on the alerts topic.
+    pub fn to_json(&self) -> String {
+        let mut message = serde_json::Map::new();
+        message.insert("id".into(), self.id.clone().into());
+        message.insert("kind".into(), self.kind.as_str().into());
+        message.insert("state".into(), self.state.as_str().into());
+        message.insert("office".into(), self.office.as_str().into());
+        if let Some(service) = &self.service {
+            message.insert("service".into(), service.as_str().into());
+        }
+        if let Some(ticket) = &self.ticket {
+            message.insert("ticket".into(), ticket.as_str().into());
+        }
+        if let Some(counter) = &self.counter {
+            message.insert("counter".into(), counter.as_str().into());
+        }
+        message.insert("target_s".into(), serde_json::json!(self.target_ms as f64 / 1000.0));
+        message.insert("since".into(), self.since.to_rfc3339().into());
+        message.insert("ts".into(), self.ts.to_rfc3339().into());
+        serde_json::Value::Object(message).to_string()
+    }
+}
+
+/// Per-office live state.
+#[derive(Debug, Default)]
+pub(super) struct OfficeLive {
+    pub(super) next_snapshot: Option<Millis>,
+    /// Newest ts among applied events.
+    pub(super) last_event_ts: Option<Millis>,
+    /// Wall time of the last message (accepted or rejected).
+    last_arrival_wall: Option<Millis>,
+    pub(super) accepted_in_interval: i64,
+    pub(super) rejected_in_interval: i64,
+    services: HashMap<ServiceId, ServiceGauge>,
+    counters: BTreeMap<CounterId, CounterState>,
+    sends_counter_events: bool,
+    /// The `silent` alert, while firing: its deadline.
+    silent_since: Option<Millis>,
+}
+
+#[derive(Debug, Default)]
+struct ServiceGauge {
+    issued: i64,
+    called: i64,
+    last_event: Option<Millis>,
+}
+
+#[derive(Debug, Default)]
+struct CounterState {
+    open_since: Option<Millis>,
+    staff: Option<StaffId>,
+    /// Segments this counter is busy with now.
+    active: u32,
+    active_since: Millis,
+    busy_ms: i64,
+    served: i64,
+    /// Idle (open, serving nobody) with people waiting since.
+    idle_since: Option<Millis>,
+    idle_breach: BreachState,
+}
+
+impl OfficeLive {
+    pub(super) fn count_issued(&mut self, service: Option<&ServiceId>, at: Millis) {
+        let gauge = self.service_gauge(service, at);
+        gauge.issued += 1;
+    }
+
+    pub(super) fn count_called(&mut self, service: Option<&ServiceId>, at: Millis) {
+        let gauge = self.service_gauge(service, at);
+        gauge.called += 1;
+    }
+
+    pub(super) fn touch_service(&mut self, service: Option<&ServiceId>, at: Millis) {
+        self.service_gauge(service, at);
+    }
+
+    fn service_gauge(&mut self, service: Option<&ServiceId>, at: Millis) -> &mut ServiceGauge {
+        let service = service.cloned().unwrap_or_else(ServiceId::unknown);
+        let gauge = self.services.entry(service).or_default();
+        gauge.last_event = Some(gauge.last_event.map_or(at, |last| last.max(at)));
+        gauge
+    }
+
+    pub(super) fn acquire_counter(&mut self, counter: &CounterId, at: Millis) {
+        let state = self.counters.entry(counter.clone()).or_default();
+        if state.active == 0 {
+            state.active_since = at;
+        }
+        state.active += 1;
+    }
+
+    pub(super) fn release_counter(&mut self, counter: &CounterId, at: Millis) {
+        let Some(state) = self.counters.get_mut(counter) else { return };
+        if state.active == 0 {
+            return;
+        }
+        state.active -= 1;
+        if state.active == 0 {
+            state.busy_ms += at.since(state.active_since).max(0);
+        }
+    }
+
+    pub(super) fn count_served(&mut self, counter: &CounterId) {
+        self.counters.entry(counter.clone()).or_default().served += 1;
+    }
+
+    pub(super) fn idle_timer_valid(&self, counter: &CounterId, since: Millis) -> bool {
+        self.counters
+            .get(counter)
+            .is_some_and(|state| state.idle_since == Some(since) && state.idle_breach == BreachState::None)
+    }
+}
+
+impl OfficeState {
+    /// A message from this office arrived at wall time `now`.
+    pub(super) fn heard_at(&mut self, settings: &TrackerSettings, now: Millis, out: &mut Output) {
+        self.live.last_arrival_wall = Some(now);
+        if settings.mode == Mode::Live {
+            self.resolve_silence(now, out);
+        }
+    }
+
+    /// The first accepted event: gauges start at the first multiple of the
+    /// interval at or after it, on the office clock.
+    pub(super) fn first_heard(&mut self, settings: &TrackerSettings, ts: Millis) {
+        self.live.next_snapshot = Some(ceil_to(ts, settings.snapshot_interval_ms));
+    }
+
+    /// `office` gauges on the wall clock for a configured office never heard (live only).
+    pub(super) fn unheard_snapshots(&mut self, settings: &TrackerSettings, now: Millis, out: &mut Output) {
+        if settings.mode != Mode::Live {
+            return;
+        }
+        let limit = now.minus_ms(settings.reorder_window_ms);
+        let interval = settings.snapshot_interval_ms;
+        let mut at = *self.live.next_snapshot.get_or_insert_with(|| ceil_to(limit, interval));
+        while at < limit {
+            let mut point = self.point("office", at.0.saturating_mul(1_000_000));
+            point.field("waiting", FieldValue::Int(0));
+            point.field("in_service", FieldValue::Int(0));
+            point.field("accepted", FieldValue::Int(0));
+            point.field("rejected", FieldValue::Int(std::mem::take(&mut self.live.rejected_in_interval)));
+            self.office_tail_fields(settings, &mut point, at, now);
+            out.points.push(point);
+            at = at.plus_ms(interval);
+        }
+        self.live.next_snapshot = Some(at);
+    }
+
+    /// Raises or resolves the `silent` alert (live only, offices with opening hours).
+    pub(super) fn check_silence(&mut self, settings: &TrackerSettings, now: Millis, out: &mut Output) {
+        if settings.mode != Mode::Live {
+            return;
+        }
+        let Some(config) = self.config.as_ref().filter(|config| config.has_hours()) else { return };
+        // A configured office never heard is measured from the daemon's start.
+        let last_arrival = *self.live.last_arrival_wall.get_or_insert(now);
+        let open = config.is_open_at(now);
+        let silent = open && now.since(last_arrival) >= settings.silence_after_ms;
+        match (silent, self.live.silent_since) {
+            (true, None) => {
+                let since = last_arrival.plus_ms(settings.silence_after_ms);
+                self.live.silent_since = Some(since);
+                out.alerts.push(self.silent_alert(settings, super::AlertState::Firing, since, now));
+            }
+            (false, Some(_)) if !open => self.resolve_silence(now, out),
+            _ => {}
+        }
+    }
+
+    fn resolve_silence(&mut self, now: Millis, out: &mut Output) {
+        if let Some(since) = self.live.silent_since.take() {
+            let mut alert = self.silent_alert_fields(since, now);
+            alert.state = super::AlertState::Resolved;
+            out.alerts.push(alert);
+        }
+    }
+
+    fn silent_alert(&self, _settings: &TrackerSettings, state: super::AlertState, since: Millis, now: Millis) -> Alert {
+        let mut alert = self.silent_alert_fields(since, now);
+        alert.state = state;
+        alert
+    }
+
+    fn silent_alert_fields(&self, since: Millis, now: Millis) -> Alert {
+        Alert {
+            id: format!("silent:{}:{}", self.office, since.0),
+            kind: AlertKind::Silent,
+            state: super::AlertState::Firing,
+            office: self.office.clone(),
+            service: None,
+            ticket: None,
+            counter: None,
+            target_ms: 0,
+            since,
+            ts: now,
+        }
+    }
+
+    /// The gauges at `next_snapshot`: every event with `ts <= T` is applied
+    /// and none later.
+    pub(super) fn snapshot(&mut self, settings: &TrackerSettings, now: Millis, out: &mut Output) {
+        let Some(at) = self.live.next_snapshot else { return };
+        let interval = settings.snapshot_interval_ms;
+        self.live.next_snapshot = Some(at.plus_ms(interval));
+        let quiet_for_long = self.open_segments == 0
+            && self.live.last_event_ts.is_none_or(|last| at.since(last) > GAUGE_SPAN_AFTER_LAST_EVENT_MS);
+        if quiet_for_long {
+            // Skip ahead to the next event rather than write a gap's worth of empty rows.
+            if let Some((key, _)) = self.held.first_key_value() {
+                let next = ceil_to(key.ts, interval);
+                if next > at {
+                    self.live.next_snapshot = Some(next);
+                }
+            }
+            return;
+        }
+
+        #[derive(Default)]
+        struct ServiceNow {
+            waiting: i64,
+            in_service: i64,
+            over_target: i64,
+            oldest_wait_ms: i64,
+        }
+        let mut by_service: BTreeMap<ServiceId, ServiceNow> = BTreeMap::new();
+        for state in self.tickets.values() {
+            let Some(segment) = &state.open else { continue };
+            let service = segment.service.clone().unwrap_or_else(ServiceId::unknown);
+            let targets = self.targets(settings, Some(&service));
+            let gauge = by_service.entry(service).or_default();
+            if segment.first_call.is_none() {
+                gauge.waiting += 1;
+                if let Some(issue) = segment.issue {
+                    let waited_ms = at.since(issue).max(0);
+                    gauge.oldest_wait_ms = gauge.oldest_wait_ms.max(waited_ms);
+                    if waited_ms > targets.wait_ms {
+                        gauge.over_target += 1;
+                    }
+                }
+            } else {
+                gauge.in_service += 1;
+            }
+        }
+        // Services idle for longer than gauge_idle_after drop out.
+        let idle_before = at.minus_ms(settings.gauge_idle_after_ms);
+        self.live.services.retain(|service, gauge| {
+            by_service.contains_key(service) || gauge.last_event.is_some_and(|last| last >= idle_before)
+        });
+        for service in self.live.services.keys() {
+            by_service.entry(service.clone()).or_default();
+        }
+
+        let time_ns = at.0.saturating_mul(1_000_000);
+        let (mut waiting, mut in_service) = (0, 0);
+        for (service, now_gauge) in &by_service {
+            let counts = self.live.services.get_mut(service);
+            let (issued, called) =
+                counts.map_or((0, 0), |gauge| (std::mem::take(&mut gauge.issued), std::mem::take(&mut gauge.called)));
+            waiting += now_gauge.waiting;
+            in_service += now_gauge.in_service;
+            let mut point = self.point("queue", time_ns);
+            point.tag("service", Arc::from(service.as_str()));
+            point.field("waiting", FieldValue::Int(now_gauge.waiting));
+            point.field("in_service", FieldValue::Int(now_gauge.in_service));
+            point.field("over_target", FieldValue::Int(now_gauge.over_target));
+            point.field("issued", FieldValue::Int(issued));
+            point.field("called", FieldValue::Int(called));
+            point.field("oldest_wait_s", seconds(now_gauge.oldest_wait_ms));
+            out.points.push(point);
+        }
+
+        let mut point = self.point("office", time_ns);
+        point.field("waiting", FieldValue::Int(waiting));
+        point.field("in_service", FieldValue::Int(in_service));
+        point.field("accepted", FieldValue::Int(std::mem::take(&mut self.live.accepted_in_interval)));
+        point.field("rejected", FieldValue::Int(std::mem::take(&mut self.live.rejected_in_interval)));
+        if self.live.sends_counter_events {
+            let open = self.live.counters.values().filter(|counter| counter.open_since.is_some()).count();
+            point.field("counters_open", FieldValue::Int(open as i64));
+        }
+        if let Some(last) = self.live.last_event_ts {
+            point.field("last_event_age_s", seconds(at.since(last).max(0)));
+        }
+        self.office_tail_fields(settings, &mut point, at, now);
+        out.points.push(point);
+    }
+
+    /// `silent` (live, offices with hours) and `name` (configured).
+    fn office_tail_fields(&self, settings: &TrackerSettings, point: &mut crate::point::Point, at: Millis, now: Millis) {
+        if let Some(config) = &self.config {
+            if settings.mode == Mode::Live && config.has_hours() {
+                let last_arrival = self.live.last_arrival_wall.unwrap_or(now);
+                let silent = config.is_open_at(at) && now.since(last_arrival) >= settings.silence_after_ms;
+                point.field("silent", FieldValue::Int(i64::from(silent)));
+            }
+            if let Some(name) = &config.name {
+                point.field("name", FieldValue::Str(name.clone()));
+            }
+        }
+    }
+
+    /// `counter_opened` / `counter_closed`.
+    pub(super) fn apply_counter_event(&mut self, settings: &TrackerSettings, event: &Event, out: &mut Output) {
+        let Some(counter) = &event.counter else { return };
+        self.live.sends_counter_events = true;
+        let state = self.live.counters.entry(counter.clone()).or_default();
+        if event.staff.is_some() {
+            state.staff = event.staff.clone();
+        }
+        if event.kind == crate::event::EventType::CounterOpened {
+            if state.open_since.is_none() {
+                state.open_since = Some(event.ts);
+                state.busy_ms = 0;
+                state.served = 0;
+                state.active_since = event.ts;
+            }
+            return;
+        }
+        // Closed: the session's point. Without a known opening (the daemon
+        // started mid-session) open_s is unknown and busy/served cover what was seen.
+        let busy_ms = state.busy_ms + if state.active > 0 { event.ts.since(state.active_since).max(0) } else { 0 };
+        let open_ms = state.open_since.map(|open| event.ts.since(open));
+        let served = state.served;
+        let staff = state.staff.clone();
+        state.open_since = None;
+        state.busy_ms = 0;
+        state.served = 0;
+        state.active_since = event.ts;
+        let _ = settings;
+
+        let mut point = self.point("counter", event.ts.0.saturating_mul(1_000_000));
+        point.tag("counter", Arc::from(counter.as_str()));
+        match open_ms {
+            Some(open_ms) if open_ms < 0 => out.notes.add(super::Note::ClockSkew),
+            Some(open_ms) => {
+                point.field("open_s", seconds(open_ms));
+            }
+            None => {}
+        }
+        let busy_ms = open_ms.filter(|open| *open >= 0).map_or(busy_ms, |open| busy_ms.min(open));
+        point.field("busy_s", seconds(busy_ms));
+        point.field("served", FieldValue::Int(served));
+        if let Some(staff) = staff {
+            point.field("staff", FieldValue::Str(staff.as_str().to_string()));
+        }
+        out.points.push(point);
+    }
+
+    /// A satisfaction button press.
+    pub(super) fn apply_feedback(&mut self, event: &Event, out: &mut Output) {
+        let Some(rating) = event.rating else { return };
+        let service = event.ticket.as_ref().and_then(|ticket| {
+            let state = self.tickets.get(ticket)?;
+            state.open.as_ref().map(|segment| segment.service.clone()).unwrap_or_else(|| state.closed_service.clone())
+        });
+        let offset_key = event
+            .ticket
+            .as_ref()
+            .map(|ticket| ticket.as_str())
+            .or(event.counter.as_ref().map(|counter| counter.as_str()))
+            .unwrap_or("");
+        let mut point = self.point("feedback", super::time_with_offset_ns(event.ts, offset_key));
+        if let Some(counter) = &event.counter {
+            point.tag("counter", Arc::from(counter.as_str()));
+        }
+        if let Some(service) = service {
+            point.tag("service", Arc::from(service.as_str()));
+        }
+        point.field("rating", FieldValue::Int(i64::from(rating)));
+        if let Some(ticket) = &event.ticket {
+            point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
+        }
+        out.points.push(point);
+    }
+
+    /// Re-evaluates which open counters are idle while people wait, after
+    /// anything at `at` changed; starts or cancels their idle deadlines.
+    pub(super) fn update_idle(&mut self, settings: &TrackerSettings, at: Millis, out: &mut Output) {
+        let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&self.office)) else { return };
+        let people_waiting = self.waiting > 0;
+        let mut resolved = Vec::new();
+        for (counter, state) in &mut self.live.counters {
+            let idle = people_waiting && state.open_since.is_some() && state.active == 0;
+            match (idle, state.idle_since) {
+                (true, None) => {
+                    state.idle_since = Some(at);
+                    state.idle_breach = BreachState::None;
+                    let key = TimerKey::Idle { counter: counter.clone(), since: at };
+                    self.timers.push(std::cmp::Reverse((at.plus_ms(idle_target_ms), key)));
+                }
+                (false, Some(_)) => {
+                    if let BreachState::Firing { since } = state.idle_breach {
+                        resolved.push((counter.clone(), since));
+                    }
+                    state.idle_since = None;
+                    state.idle_breach = BreachState::None;
+                }
+                _ => {}
+            }
+        }
+        for (counter, since) in resolved {
+            let mut alert = self.idle_alert(&counter, since, idle_target_ms, at);
+            alert.state = AlertState::Resolved;
+            out.alerts.push(alert);
+        }
+    }
+
+    /// A counter has been idle with people waiting for the idle target.
+    pub(super) fn idle_deadline(
+        &mut self,
+        settings: &TrackerSettings,
+        counter: &CounterId,
+        since: Millis,
+        at: Millis,
+        out: &mut Output,
+    ) {
+        let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&self.office)) else { return };
+        let Some(state) = self.live.counters.get_mut(counter) else { return };
+        if state.idle_since != Some(since) {
+            return;
+        }
+        state.idle_breach = BreachState::Firing { since: at };
+        let mut point = self.point("breach", at.0.saturating_mul(1_000_000));
+        point.tag("counter", Arc::from(counter.as_str()));
+        point.tag("kind", Arc::from(AlertKind::Idle.as_str()));
+        point.field("target_s", seconds(idle_target_ms));
+        out.points.push(point);
+        let mut alert = self.idle_alert(counter, at, idle_target_ms, self.released_upto.max(at));
+        alert.ts = alert.ts.plus_ms(settings.reorder_window_ms);
+        out.alerts.push(alert);
+    }
+
+    fn idle_alert(&self, counter: &CounterId, since: Millis, target_ms: i64, ts: Millis) -> Alert {
+        Alert {
+            id: format!("idle:{}:{}:{}", self.office, counter, since.0),
+            kind: AlertKind::Idle,
+            state: AlertState::Firing,
+            office: self.office.clone(),
+            service: None,
+            ticket: None,
+            counter: Some(counter.clone()),
+            target_ms,
+            since,
+            ts,
+        }
+    }
+}
+
+/// The first multiple of `interval_ms` at or after `at`.
+fn ceil_to(at: Millis, interval_ms: i64) -> Millis {
+    Millis(at.0.div_euclid(interval_ms).saturating_add(i64::from(at.0.rem_euclid(interval_ms) != 0)) * interval_ms)
+}
