@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
+use crate::alerts::AlertPublisher;
 use crate::config::Config;
 use crate::mqtt::{office_from_topic, Incoming, MqttSource};
 use crate::pipeline::Pipeline;
@@ -66,6 +67,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let source = MqttSource::new(&config.mqtt);
     let acker = source.acker.clone();
+    let mut alerts = AlertPublisher::new(source.client(), &config.alerts);
     let (message_sender, mut messages) = mpsc::channel(MESSAGE_CHANNEL_CAPACITY);
     let source_task = tokio::spawn(source.run(message_sender, stopped(stop_receiver.clone())));
     info!(mqtt = %config.mqtt.url, topics = ?config.mqtt.topics, influxdb = %config.influxdb.url, "queuewatch running.");
@@ -94,14 +96,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         };
         match input {
             Input::Message(message) => {
+                if alerts.is_own_topic(&message.publish.topic) {
+                    // Our own alerts, matched by a broad subscription: not events.
+                    acker.ack(&message.publish);
+                    continue;
+                }
                 let topic_office = office_from_topic(&config.mqtt.topics, &message.publish.topic);
                 // A rejection is counted and logged inside; it is still acknowledged,
                 // since redelivering a bad message would only repeat the rejection.
-                let _ = pipeline.handle(topic_office, &message.publish.payload, message.received, Millis::now());
+                let handled = pipeline.handle(topic_office, &message.publish.payload, message.received, Millis::now());
+                if let Err(rejection) = handled {
+                    alerts.rejection(&rejection, std::time::Instant::now());
+                }
                 acker.ack(&message.publish);
             }
             Input::Tick => pipeline.advance(Millis::now()),
             Input::Shutdown => break,
+        }
+        for alert in pipeline.take_alerts() {
+            alerts.alert(&alert);
         }
         if let Some((lines, count)) = pipeline.take_lines() {
             tokio::select! {

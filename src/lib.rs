@@ -13,10 +13,12 @@
 //! - [`config`]: the TOML configuration, validated all at once.
 //! - [`sink`]: batching writer to InfluxDB (v1 `/write`, v2 `/api/v2/write`).
 //! - [`mqtt`]: the MQTT adapter (subscribe, manual acknowledgement, reconnect).
+//! - [`alerts`]: breach alerts and rejection echoes over MQTT (`run` only).
 //! - [`daemon`]: `run`, wiring MQTT, tracker and sink together.
 //! - [`replay`]: the tracker fed from NDJSON files.
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
 
+pub mod alerts;
 pub mod config;
 pub mod daemon;
 pub mod event;

@@ -23,6 +23,7 @@ pub struct Pipeline {
     lines: String,
     pending_lines: usize,
     alerts: Vec<Alert>,
+    mode: Mode,
     reject_log: LogLimiter,
 }
 
@@ -39,6 +40,7 @@ impl Pipeline {
             lines: String::new(),
             pending_lines: 0,
             alerts: Vec::new(),
+            mode,
             reject_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
@@ -127,7 +129,11 @@ impl Pipeline {
     fn collect(&mut self) {
         self.stats.notes.merge(&self.out.notes);
         self.out.notes = Default::default();
-        self.alerts.append(&mut self.out.alerts);
+        if self.mode == Mode::Live {
+            self.alerts.append(&mut self.out.alerts);
+        } else {
+            self.out.alerts.clear(); // a replay publishes no alerts
+        }
         for point in self.out.points.drain(..) {
             point.write_line(&mut self.lines);
             self.pending_lines += 1;

@@ -642,3 +642,5 @@ mod properties {
         }
     }
 }
+
+mod live;
