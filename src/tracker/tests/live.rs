@@ -7,8 +7,12 @@
 use super::*;
 
 fn render(point: &Point) -> String {
-    let tags: Vec<String> =
-        point.tags.iter().filter(|(key, value)| !(*key == "office" && &**value == "o1")).map(|(k, v)| format!("{k}={v}")).collect();
+    let tags: Vec<String> = point
+        .tags
+        .iter()
+        .filter(|(key, value)| !(*key == "office" && &**value == "o1"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let mut text = point.measurement.to_string();
     if !tags.is_empty() {
         text.push_str(&format!(" {}", tags.join(",")));
@@ -59,7 +63,12 @@ fn a_ticket_not_called_by_its_wait_target_breaches_at_the_deadline() {
 
 #[test]
 fn a_call_exactly_at_the_deadline_is_in_time() {
-    check_points(&live_config(""), "08:00 issued A1 service=ktp\n08:10 called A1 counter=c1\n08:11 finished A1", "breach", &[]);
+    check_points(
+        &live_config(""),
+        "08:00 issued A1 service=ktp\n08:10 called A1 counter=c1\n08:11 finished A1",
+        "breach",
+        &[],
+    );
 }
 
 #[test]
@@ -168,7 +177,8 @@ fn waiting_past_the_target_counts_as_over_target() {
 #[test]
 fn a_service_drops_out_of_the_gauges_after_gauge_idle_after() {
     let config = live_config("[tracking]\ngauge_idle_after = \"30s\"\n");
-    let points = points_of(&config, "08:00:00 issued A1 service=ktp\n08:00:05 cancelled A1\n08:01:30 heartbeat", "queue");
+    let points =
+        points_of(&config, "08:00:00 issued A1 service=ktp\n08:00:05 cancelled A1\n08:01:30 heartbeat", "queue");
     let times: Vec<&str> = points.iter().map(|p| p.split(' ').nth(2).unwrap()).collect();
     assert_eq!(times, ["@08:00:00", "@08:00:10", "@08:00:20", "@08:00:30"]);
 }
@@ -179,7 +189,9 @@ fn office_gauges_count_messages_and_carry_name_region_and_counters() {
     let settings = TrackerSettings::new(&config, Mode::Replay);
     let mut tracker = Tracker::new(settings);
     let mut out = Output::default();
-    for line in ["08:00:01 counter_opened counter=c1", "08:00:02 issued A1 service=ktp", "08:00:03 called A1 counter=c1"] {
+    for line in
+        ["08:00:01 counter_opened counter=c1", "08:00:02 issued A1 service=ktp", "08:00:03 called A1 counter=c1"]
+    {
         tracker.ingest(script_event(line).0, Millis(0), &mut out);
     }
     tracker.note_rejection(&OfficeId::parse("o1").unwrap(), Millis(0), &mut out);
@@ -188,10 +200,8 @@ fn office_gauges_count_messages_and_carry_name_region_and_counters() {
     let offices: Vec<String> = out.points.iter().filter(|p| p.measurement == "office").map(render).collect();
     assert_eq!(
         offices,
-        [
-            "office region=jabar @08:00:10 waiting=0 in_service=1 accepted=4 rejected=1 counters_open=1 \
-             last_event_age_s=7 name=MPP Satu"
-        ]
+        ["office region=jabar @08:00:10 waiting=0 in_service=1 accepted=4 rejected=1 counters_open=1 \
+             last_event_age_s=7 name=MPP Satu"]
     );
     let tickets = out.points.iter().filter(|p| p.measurement == "ticket");
     assert!(tickets.count() == 0, "A1 is still open");
