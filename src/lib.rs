@@ -16,6 +16,7 @@
 //! - [`alerts`]: breach alerts and rejection echoes over MQTT (`run` only).
 //! - [`daemon`]: `run`, wiring MQTT, tracker and sink together.
 //! - [`replay`]: the tracker fed from NDJSON files.
+//! - [`simulate`]: simulated offices' events, published over MQTT or written as NDJSON.
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
 
 pub mod alerts;
@@ -27,6 +28,7 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod point;
 pub mod replay;
+pub mod simulate;
 pub mod sink;
 pub mod stats;
 pub mod time;

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use queuewatch::config::Config;
 use queuewatch::replay::{replay, ReplayOutput};
+use queuewatch::simulate::{self, SimOptions};
+use queuewatch::time::Millis;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +42,46 @@ enum Command {
     CheckConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Publish the events of simulated offices over MQTT (or write them as NDJSON), for demos and load tests.
+    Simulate {
+        /// The broker.
+        #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
+        url: String,
+        /// Number of offices.
+        #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        offices: u32,
+        /// Counters per office.
+        #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+        counters: u32,
+        /// The same seed and options give the same events.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        seed: u64,
+        /// Simulated seconds per wall second (60: an hour a minute). Above 1, event timestamps run ahead of
+        /// the wall clock: raise the daemon's tracking.max_future_skew to cover the simulated span, or --start
+        /// the simulation in the past.
+        #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = simulate::parse_positive)]
+        speed: f64,
+        /// Publish N events per second regardless of the day's pacing (load tests); timestamps still follow
+        /// the model.
+        #[arg(long, value_name = "N", conflicts_with = "speed", value_parser = simulate::parse_positive)]
+        rate: Option<f64>,
+        /// Office days to simulate; 0 = forever.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        days: u32,
+        /// The simulated start, RFC 3339 with an offset [default: now].
+        #[arg(long, value_name = "RFC3339", value_parser = simulate::parse_start)]
+        start: Option<Millis>,
+        /// Topics are PREFIX/<office>/events.
+        #[arg(long, value_name = "PREFIX", default_value = "queue", value_parser = simulate::validate_topic_prefix)]
+        topic_prefix: String,
+        /// MQTT client id [default: queuewatch-simulate-<pid>].
+        #[arg(long, value_name = "ID")]
+        client_id: Option<String>,
+        /// Write the events as NDJSON to FILE (`-`: standard output) as fast as they are generated, instead of
+        /// publishing them.
+        #[arg(long, value_name = "FILE")]
+        ndjson: Option<PathBuf>,
     },
 }
 
@@ -100,6 +142,66 @@ fn main() -> ExitCode {
                             ExitCode::SUCCESS
                         } else {
                             eprintln!("queuewatch: some points were not written (see above)");
+                            ExitCode::FAILURE
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!("queuewatch: {error:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Simulate {
+            url,
+            offices,
+            counters,
+            seed,
+            speed,
+            rate,
+            days,
+            start,
+            topic_prefix,
+            client_id,
+            ndjson,
+        } => {
+            let options = SimOptions {
+                url,
+                offices,
+                counters,
+                seed,
+                speed,
+                rate,
+                days,
+                start: start.unwrap_or_else(Millis::now),
+                topic_prefix,
+                client_id,
+            };
+            if let Some(path) = ndjson {
+                let written = if path.as_os_str() == "-" {
+                    simulate::write_ndjson(&options, std::io::stdout().lock())
+                } else {
+                    std::fs::File::create(&path).and_then(|file| simulate::write_ndjson(&options, file))
+                };
+                return match written {
+                    Ok(count) => {
+                        eprintln!("simulate: {count} events written to {}", path.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("queuewatch: {}: {error}", path.display());
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            runtime().block_on(async {
+                match simulate::publish(&options, shutdown_signal()).await {
+                    Ok(report) => {
+                        println!("{}", report.summary());
+                        if report.complete() {
+                            ExitCode::SUCCESS
+                        } else {
+                            eprintln!("queuewatch: the broker did not acknowledge every event");
                             ExitCode::FAILURE
                         }
                     }
