@@ -54,10 +54,37 @@ enum Input {
     Shutdown,
 }
 
-/// Runs the daemon until `shutdown` resolves.
+/// Where a run's output goes besides MQTT alerts.
+pub struct Outputs {
+    /// Writer tasks; every line goes to each of them.
+    pub sinks: Vec<(SinkHandle, tokio::task::JoinHandle<SinkReport>)>,
+    /// A copy of every point and alert, for a live display (the demo). Sent
+    /// with `try_send`: a slow reader misses updates, the pipeline never waits.
+    pub tap: Option<mpsc::Sender<Tapped>>,
+}
+
+/// What the tap carries.
+#[derive(Debug, Clone)]
+pub enum Tapped {
+    Point(crate::point::Point),
+    Alert(crate::tracker::Alert),
+}
+
+/// Runs the daemon until `shutdown` resolves, writing to the configured InfluxDB.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<RunReport> {
     let secrets = Secrets::resolve(&config.influxdb).context("InfluxDB credentials")?;
-    let (sink, sink_task) = sink::spawn(&config.influxdb, secrets, SHUTDOWN_DEADLINE).context("InfluxDB writer")?;
+    let sink = sink::spawn(&config.influxdb, secrets, SHUTDOWN_DEADLINE).context("InfluxDB writer")?;
+    run_with(config, Outputs { sinks: vec![sink], tap: None }, shutdown).await
+}
+
+/// Runs the daemon until `shutdown` resolves, writing to `outputs`.
+pub async fn run_with(
+    config: Config,
+    outputs: Outputs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunReport> {
+    let (sinks, sink_tasks): (Vec<SinkHandle>, Vec<_>) = outputs.sinks.into_iter().unzip();
+    let tap = outputs.tap;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     tokio::spawn(async move {
@@ -73,6 +100,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     info!(mqtt = %config.mqtt.url, topics = ?config.mqtt.topics, influxdb = %config.influxdb.url, "queuewatch running.");
 
     let mut pipeline = Pipeline::new(&config, Mode::Live);
+    if let Some(tap) = &tap {
+        pipeline.set_tap(tap.clone());
+    }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_log = tokio::time::interval(Duration::from_secs(60));
@@ -115,10 +145,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
         for alert in pipeline.take_alerts() {
             alerts.alert(&alert);
+            if let Some(tap) = &tap {
+                let _ = tap.try_send(Tapped::Alert(alert));
+            }
         }
         if let Some((lines, count)) = pipeline.take_lines() {
             tokio::select! {
-                sent = sink.send(lines, count) => if sent.is_err() {
+                sent = send_to_all(&sinks, lines, count) => if !sent {
                     error!(points = count, "The InfluxDB writer has stopped; points lost.");
                 },
                 () = stopped(stop_receiver.clone()) => {
@@ -135,20 +168,39 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // Phase 2: apply what the tracker holds, write what that completes.
     pipeline.drain(Millis::now());
     if let Some((lines, count)) = pipeline.take_lines() {
-        if tokio::time::timeout(SHUTDOWN_DEADLINE, sink.send(lines, count)).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, send_to_all(&sinks, lines, count)).await.is_err() {
             unsent_at_shutdown += count;
         }
     }
-    // Phase 3: the sink flushes within its deadline once the last handle is gone.
-    let sink_report = finish_sink(sink, sink_task).await;
+    // Phase 3: the sinks flush within their deadline once the last handle is gone.
+    let mut sink_report = SinkReport::default();
+    for (sink, task) in sinks.into_iter().zip(sink_tasks) {
+        let report = finish_sink(sink, task).await;
+        sink_report.points_written += report.points_written;
+        sink_report.points_rejected += report.points_rejected;
+        sink_report.points_unwritten_at_shutdown += report.points_unwritten_at_shutdown;
+        sink_report.requests += report.requests;
+        sink_report.retries += report.retries;
+    }
     if unsent_at_shutdown > 0 {
         error!(points = unsent_at_shutdown, "Points not handed to the writer before shutdown.");
     }
-    let mut sink_report = sink_report;
     sink_report.points_unwritten_at_shutdown += unsent_at_shutdown as u64;
     let stats = pipeline.stats().clone();
     info!(stats = %stats.one_line(), written = sink_report.points_written, "queuewatch stopped.");
     Ok(RunReport { stats, sink: sink_report })
+}
+
+/// Hands the same lines to every sink; false if one has stopped.
+async fn send_to_all(sinks: &[SinkHandle], lines: String, count: usize) -> bool {
+    let mut delivered = true;
+    if let Some((last, others)) = sinks.split_last() {
+        for sink in others {
+            delivered &= sink.send(lines.clone(), count).await.is_ok();
+        }
+        delivered &= last.send(lines, count).await.is_ok();
+    }
+    delivered
 }
 
 /// Drops the last handle and waits for the writer's report.

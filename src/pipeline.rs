@@ -24,6 +24,7 @@ pub struct Pipeline {
     pending_lines: usize,
     alerts: Vec<Alert>,
     mode: Mode,
+    tap: Option<tokio::sync::mpsc::Sender<crate::daemon::Tapped>>,
     reject_log: LogLimiter,
 }
 
@@ -41,6 +42,7 @@ impl Pipeline {
             pending_lines: 0,
             alerts: Vec::new(),
             mode,
+            tap: None,
             reject_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
@@ -109,6 +111,11 @@ impl Pipeline {
         Some((std::mem::take(&mut self.lines), count))
     }
 
+    /// Sends a copy of every point to `tap` (without waiting; a full tap misses points).
+    pub fn set_tap(&mut self, tap: tokio::sync::mpsc::Sender<crate::daemon::Tapped>) {
+        self.tap = Some(tap);
+    }
+
     /// Alert changes since the last call (published by `run`, dropped by `replay`).
     pub fn take_alerts(&mut self) -> Vec<Alert> {
         std::mem::take(&mut self.alerts)
@@ -136,6 +143,9 @@ impl Pipeline {
         }
         for point in self.out.points.drain(..) {
             point.write_line(&mut self.lines);
+            if let Some(tap) = &self.tap {
+                let _ = tap.try_send(crate::daemon::Tapped::Point(point.clone()));
+            }
             self.pending_lines += 1;
             self.stats.points += 1;
         }
