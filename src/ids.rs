@@ -94,9 +94,11 @@ impl ServiceId {
     }
 }
 
-/// A ticket number as printed by the kiosk (`A-017`). Reused daily.
+/// A ticket number as printed by the kiosk (`A-017`). Reused daily. Stored
+/// inline (no allocation) up to 24 bytes, which covers real ticket numbers:
+/// the tracker keeps one per open ticket.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TicketNo(Box<str>);
+pub struct TicketNo(compact_str::CompactString);
 
 impl TicketNo {
     pub fn parse(text: &str) -> Result<Self, InvalidId> {
@@ -109,11 +111,11 @@ impl TicketNo {
         if text.chars().any(char::is_control) {
             return Err(InvalidId::ControlCharacter);
         }
-        Ok(Self(Box::from(text)))
+        Ok(Self(compact_str::CompactString::from(text)))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 
@@ -125,7 +127,7 @@ impl fmt::Display for TicketNo {
 
 impl fmt::Debug for TicketNo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
+        write!(f, "{:?}", self.0.as_str())
     }
 }
 

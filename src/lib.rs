@@ -17,11 +17,13 @@
 //! - [`daemon`]: `run`, wiring MQTT, tracker and sink together.
 //! - [`replay`]: the tracker fed from NDJSON files.
 //! - [`simulate`]: simulated offices' events, published over MQTT or written as NDJSON.
+//! - [`demo`]: broker, daemon, simulator and a live table in one process (`queuewatch demo`).
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
 
 pub mod alerts;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod event;
 pub mod ids;
 pub mod mqtt;

@@ -83,14 +83,60 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         ndjson: Option<PathBuf>,
     },
+    /// Run everything on this machine: an embedded MQTT broker, the daemon, the simulator, and a live table.
+    Demo {
+        /// Number of simulated offices.
+        #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        offices: u32,
+        /// Counters per office.
+        #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+        counters: u32,
+        /// The same seed gives the same events.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        seed: u64,
+        /// Simulated seconds per wall second (60: an hour a minute). The day starts at today's 07:30.
+        #[arg(long, value_name = "X", default_value_t = 60.0, value_parser = simulate::parse_positive)]
+        speed: f64,
+        /// Office days to simulate; 0 = until stopped. The daemon and the table run on after the last day.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        days: u32,
+        /// Stop by itself after this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = simulate::parse_positive)]
+        duration: Option<f64>,
+        /// Append line protocol to this file.
+        #[arg(long, value_name = "FILE", default_value = "queuewatch-demo.lp")]
+        out: PathBuf,
+        /// The embedded broker's port on 127.0.0.1 [default: a free port].
+        #[arg(long, value_name = "PORT", default_value_t = 0)]
+        mqtt_port: u16,
+        /// Also write to this InfluxDB (token from QUEUEWATCH_INFLUX_TOKEN when set).
+        #[arg(long, value_name = "URL", value_parser = queuewatch::demo::parse_influx_url)]
+        influx_url: Option<String>,
+        /// `v2`: /api/v2/write (InfluxDB 1.8+, 2.x, 3.x); `v1`: /write (1.x).
+        #[arg(long, value_name = "v1|v2", default_value = "v2", requires = "influx_url",
+              value_parser = queuewatch::demo::parse_influx_api)]
+        influx_api: queuewatch::config::InfluxApi,
+        /// The v1 database.
+        #[arg(long, value_name = "NAME", default_value = "queuewatch", requires = "influx_url")]
+        influx_database: String,
+        /// The v2 organisation.
+        #[arg(long, value_name = "ORG", default_value = "", requires = "influx_url")]
+        influx_org: String,
+        /// The v2 bucket.
+        #[arg(long, value_name = "NAME", default_value = "queuewatch", requires = "influx_url")]
+        influx_bucket: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo's table owns the terminal: warnings only, and none from the embedded broker, which logs
+    // ordinary disconnections as errors.
+    let default_log_filter = if matches!(cli.command, Command::Demo { .. }) { "warn,rumqttd=off" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QUEUEWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -202,6 +248,56 @@ fn main() -> ExitCode {
                             ExitCode::SUCCESS
                         } else {
                             eprintln!("queuewatch: the broker did not acknowledge every event");
+                            ExitCode::FAILURE
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!("queuewatch: {error:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Demo {
+            offices,
+            counters,
+            seed,
+            speed,
+            days,
+            duration,
+            out,
+            mqtt_port,
+            influx_url,
+            influx_api,
+            influx_database,
+            influx_org,
+            influx_bucket,
+        } => {
+            let options = queuewatch::demo::DemoOptions {
+                offices,
+                counters,
+                seed,
+                speed,
+                days,
+                duration: duration.and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok()),
+                out,
+                mqtt_port,
+                influx: influx_url.map(|url| queuewatch::demo::InfluxOptions {
+                    url,
+                    api: influx_api,
+                    database: influx_database,
+                    org: influx_org,
+                    bucket: influx_bucket,
+                }),
+            };
+            runtime().block_on(async {
+                match queuewatch::demo::run(options, shutdown_signal()).await {
+                    Ok(report) => {
+                        print!("{}", report.summary());
+                        if report.complete() {
+                            ExitCode::SUCCESS
+                        } else {
+                            eprintln!("queuewatch: some points were not written (see above)");
                             ExitCode::FAILURE
                         }
                     }

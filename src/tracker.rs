@@ -30,10 +30,13 @@
 //! and alerts.
 
 mod live;
+mod store;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
+
+use store::{stamp, unstamp, NameId, Names, Seen, SlotId, Stamp, Tickets, PENDING};
 
 use crate::config::{Config, OfficeConfig, OfficeSla, SlaConfig, Targets};
 use crate::event::{Event, EventType};
@@ -272,6 +275,16 @@ impl Tracker {
         self.offices.values().map(|office| office.open_segments).sum()
     }
 
+    /// Ticket numbers remembered (open, or closed within the dedup horizon).
+    pub fn remembered_tickets(&self) -> usize {
+        self.offices.values().map(|office| office.tickets.len()).sum()
+    }
+
+    /// Dedup keys remembered across all offices.
+    pub fn dedup_keys(&self) -> usize {
+        self.offices.values().map(|office| office.seen.len()).sum()
+    }
+
     /// Events held in reorder buffers across all offices.
     pub fn held_events(&self) -> usize {
         self.offices.values().map(|office| office.held.len()).sum()
@@ -288,14 +301,41 @@ struct HeldKey {
     arrival: u64,
 }
 
-/// What fires at a time in an office's ordered loop, besides events.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerKey {
+/// What fires at a time in an office's ordered loop, besides events: 8
+/// bytes, since every open segment has one in the heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TimerKey {
+    slot: SlotId,
+    tag: u32,
+}
+
+/// A [`TimerKey`] taken apart.
+enum Timer {
     /// The earliest pending deadline of a segment (wait or service target,
     /// or expiry), lazily validated against `Segment::scheduled`.
-    Segment { generation: u64, ticket: TicketNo },
-    /// A counter idle with people waiting since `since`.
-    Idle { counter: CounterId, since: Millis },
+    Segment { generation: u32, slot: SlotId },
+    /// A counter idle with people waiting, validated against its idle start.
+    Idle { counter: NameId },
+}
+
+impl TimerKey {
+    const IDLE: SlotId = SlotId::MAX;
+
+    fn segment(generation: u32, slot: SlotId) -> TimerKey {
+        TimerKey { slot, tag: generation }
+    }
+
+    fn idle(counter: NameId) -> TimerKey {
+        TimerKey { slot: Self::IDLE, tag: counter.get() }
+    }
+
+    fn timer(self) -> Option<Timer> {
+        if self.slot == Self::IDLE {
+            NameId::new(self.tag).map(|counter| Timer::Idle { counter })
+        } else {
+            Some(Timer::Segment { generation: self.tag, slot: self.slot })
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -309,52 +349,80 @@ struct OfficeState {
     released_upto: Millis,
     held: BTreeMap<HeldKey, Event>,
     arrivals: u64,
-    tickets: HashMap<TicketNo, TicketState>,
+    tickets: Tickets<TicketState>,
+    services: Names<ServiceId>,
+    counters: Names<CounterId>,
+    staff: Names<StaffId>,
     open_segments: usize,
     /// Open segments not yet called.
     waiting: usize,
     timers: BinaryHeap<Reverse<(Millis, TimerKey)>>,
     /// Tickets whose closure is remembered, to forget after the dedup horizon.
-    closed_memory: BinaryHeap<Reverse<(Millis, TicketNo)>>,
-    /// Dedup keys and when they may be forgotten (`i64::MAX` while their segment is open).
-    seen: HashMap<u64, Millis>,
-    forget_queue: BinaryHeap<Reverse<(Millis, u64)>>,
-    generations: u64,
+    closed_memory: BinaryHeap<Reverse<(Millis, SlotId)>>,
+    seen: Seen,
+    /// Segment generations, and one-off tags for dedup keys of events that
+    /// belong to no open segment.
+    generations: u32,
     live: live::OfficeLive,
 }
 
-#[derive(Debug, Default)]
-struct TicketState {
-    open: Option<Segment>,
-    /// When the ticket's last segment closed, if remembered.
-    closed_at: Option<Millis>,
-    /// The service of the last closed segment (for feedback after the close).
-    closed_service: Option<ServiceId>,
-    /// Dedup keys of the events applied to the open segment.
-    keys: Vec<u64>,
+/// A ticket number's state: its open segment, or the memory of its last
+/// close (when, and its service, for feedback after the close).
+#[derive(Debug)]
+enum TicketState {
+    Open(Segment),
+    Closed { at: Stamp, service: Option<NameId> },
 }
 
+impl TicketState {
+    fn open(&self) -> Option<&Segment> {
+        match self {
+            TicketState::Open(segment) => Some(segment),
+            TicketState::Closed { .. } => None,
+        }
+    }
+
+    fn open_mut(&mut self) -> Option<&mut Segment> {
+        match self {
+            TicketState::Open(segment) => Some(segment),
+            TicketState::Closed { .. } => None,
+        }
+    }
+
+    fn closed_at(&self) -> Option<Millis> {
+        match self {
+            TicketState::Open(_) => None,
+            TicketState::Closed { at, .. } => Some(at.get()),
+        }
+    }
+}
+
+/// One waiting-and-service segment of a ticket, kept small (about 100
+/// bytes): times as `Option<Stamp>` (8 bytes), names interned.
 #[derive(Debug, Clone)]
 struct Segment {
-    generation: u64,
-    service: Option<ServiceId>,
-    issue: Option<Millis>,
-    first_event: Millis,
-    last_event: Millis,
-    first_call: Option<Millis>,
-    last_call: Option<Millis>,
-    last_call_counter: Option<CounterId>,
-    recalls: u32,
-    started: Option<Millis>,
-    /// The last call when the customer arrived at the counter: what `walk_s` measures from.
-    walk_from: Option<Millis>,
-    staff: Option<StaffId>,
-    /// Issue time of the ticket's first segment (across transfers), when known.
-    visit_start: Option<Millis>,
-    /// The counter this segment keeps busy (from its call to its close).
-    busy_counter: Option<CounterId>,
+    generation: u32,
+    recalls: u16,
     wait_breach: BreachState,
     service_breach: BreachState,
+    service: Option<NameId>,
+    last_call_counter: Option<NameId>,
+    /// The counter this segment keeps busy (from its call to its close).
+    busy_counter: Option<NameId>,
+    staff: Option<NameId>,
+    issue: Option<Stamp>,
+    first_event: Millis,
+    last_event: Millis,
+    first_call: Option<Stamp>,
+    last_call: Option<Stamp>,
+    started: Option<Stamp>,
+    /// The last call when the customer arrived at the counter: what `walk_s` measures from.
+    walk_from: Option<Stamp>,
+    /// Issue time of the ticket's first segment (across transfers), when known.
+    visit_start: Option<Stamp>,
+    /// The deadline of a raised service breach (alert `since`), kept for its
+    /// id because the service start can still move; a wait deadline cannot.
+    service_since: Option<Stamp>,
     /// The time of this segment's live timer entry.
     scheduled: Millis,
 }
@@ -364,9 +432,7 @@ struct Segment {
 enum BreachState {
     #[default]
     None,
-    Firing {
-        since: Millis,
-    },
+    Firing,
     Resolved,
 }
 
@@ -375,16 +441,32 @@ impl Segment {
         self.last_event.plus_ms(settings.max_ticket_age_ms)
     }
 
+    fn issue(&self) -> Option<Millis> {
+        unstamp(self.issue)
+    }
+
+    fn first_call(&self) -> Option<Millis> {
+        unstamp(self.first_call)
+    }
+
+    fn last_call(&self) -> Option<Millis> {
+        unstamp(self.last_call)
+    }
+
+    fn started(&self) -> Option<Millis> {
+        unstamp(self.started)
+    }
+
     /// When service started: at `started`, else at the last call (as `service_s`).
     fn service_start(&self) -> Option<Millis> {
-        self.started.or(self.last_call)
+        self.started().or(self.last_call())
     }
 
     fn wait_deadline(&self, targets: &Targets) -> Option<Millis> {
         if self.wait_breach != BreachState::None || self.first_call.is_some() {
             return None;
         }
-        self.issue.map(|issue| issue.plus_ms(targets.wait_ms))
+        self.issue().map(|issue| issue.plus_ms(targets.wait_ms))
     }
 
     fn service_deadline(&self, targets: &Targets) -> Option<Millis> {
@@ -416,6 +498,13 @@ enum Arrival {
     Late,
 }
 
+/// What a closed segment's point needs besides the segment.
+struct Closing<'a> {
+    outcome: Outcome,
+    at: Millis,
+    event: Option<&'a Event>,
+}
+
 impl OfficeState {
     fn new(settings: &TrackerSettings, office: OfficeId) -> OfficeState {
         let config = settings.offices.get(&office).cloned();
@@ -428,13 +517,15 @@ impl OfficeState {
             released_upto: Millis(i64::MIN),
             held: BTreeMap::new(),
             arrivals: 0,
-            tickets: HashMap::new(),
+            tickets: Tickets::default(),
+            services: Names::default(),
+            counters: Names::default(),
+            staff: Names::default(),
             open_segments: 0,
             waiting: 0,
             timers: BinaryHeap::new(),
             closed_memory: BinaryHeap::new(),
-            seen: HashMap::new(),
-            forget_queue: BinaryHeap::new(),
+            seen: Seen::default(),
             generations: 0,
             live: live::OfficeLive::default(),
         }
@@ -445,9 +536,12 @@ impl OfficeState {
         self.clock_base.map(|(base_ts, base_wall)| base_ts.plus_ms(now.since(base_wall).max(0)))
     }
 
-    fn targets(&self, settings: &TrackerSettings, service: Option<&ServiceId>) -> Targets {
-        let unknown = ServiceId::unknown();
-        settings.sla.targets_for(settings.office_sla(&self.office), service.unwrap_or(&unknown))
+    fn service_name(&self, service: Option<NameId>) -> ServiceId {
+        service.map_or_else(ServiceId::unknown, |id| self.services.get(id).clone())
+    }
+
+    fn targets(&self, settings: &TrackerSettings, service: Option<NameId>) -> Targets {
+        settings.sla.targets_for(settings.office_sla(&self.office), &self.service_name(service))
     }
 
     /// Tags every point of this office carries.
@@ -460,24 +554,39 @@ impl OfficeState {
         point
     }
 
+    fn next_tag(&mut self) -> u32 {
+        // Wraps after four billion segments; a tag is only compared for
+        // equality with recent ones, long after any old one is forgotten.
+        self.generations = self.generations.wrapping_add(1);
+        if self.generations == PENDING {
+            self.generations = 0;
+        }
+        self.generations
+    }
+
+    fn segment(&self, slot: SlotId) -> Option<&Segment> {
+        self.tickets.get(slot).and_then(TicketState::open)
+    }
+
+    fn segment_mut(&mut self, slot: SlotId) -> Option<&mut Segment> {
+        self.tickets.get_mut(slot).and_then(TicketState::open_mut)
+    }
+
     fn ingest(&mut self, settings: &TrackerSettings, event: Event, now: Millis, out: &mut Output) {
         self.live.accepted_in_interval += 1;
         self.heard_at(settings, now, out);
         let (id_key, content_key) = dedup_keys(&event);
-        let is_duplicate =
-            id_key.is_some_and(|key| self.seen.contains_key(&key)) || self.seen.contains_key(&content_key);
-        if is_duplicate {
+        if id_key.is_some_and(|key| self.seen.contains(key)) || self.seen.contains(content_key) {
             out.notes.add(Note::Duplicate);
             return;
         }
         for key in id_key.into_iter().chain([content_key]) {
-            self.seen.insert(key, Millis(i64::MAX));
+            self.seen.insert(key, PENDING);
         }
 
         match self.clock(now) {
             Some(clock) if event.ts <= clock => {}
-            Some(_) => self.clock_base = Some((event.ts, now)),
-            None => self.clock_base = Some((event.ts, now)),
+            _ => self.clock_base = Some((event.ts, now)),
         }
 
         if event.ts < self.released_upto {
@@ -533,50 +642,49 @@ impl OfficeState {
 
     /// The earliest valid timer, discarding stale entries.
     fn next_timer(&mut self, settings: &TrackerSettings) -> Option<Millis> {
-        while let Some(Reverse((at, key))) = self.timers.peek() {
-            let valid = match key {
-                TimerKey::Segment { generation, ticket } => self
-                    .tickets
-                    .get(ticket)
-                    .and_then(|state| state.open.as_ref())
-                    .is_some_and(|segment| segment.generation == *generation && segment.scheduled == *at),
-                TimerKey::Idle { counter, since } => self.live.idle_timer_valid(counter, *since),
+        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
+            let valid = match key.timer() {
+                Some(Timer::Segment { generation, slot }) => self
+                    .segment(slot)
+                    .is_some_and(|segment| segment.generation == generation && segment.scheduled == at),
+                Some(Timer::Idle { counter }) => self.idle_timer_valid(settings, counter, at),
+                None => false,
             };
             if valid {
-                return Some(*at);
+                return Some(at);
             }
             self.timers.pop();
         }
-        let _ = settings;
         None
     }
 
     fn fire_timer(&mut self, settings: &TrackerSettings, out: &mut Output) {
         let Some(Reverse((at, key))) = self.timers.pop() else { return };
-        match key {
-            TimerKey::Segment { ticket, .. } => self.segment_deadline(settings, &ticket, at, out),
-            TimerKey::Idle { counter, since } => self.idle_deadline(settings, &counter, since, at, out),
+        match key.timer() {
+            Some(Timer::Segment { slot, .. }) => self.segment_deadline(settings, slot, at, out),
+            Some(Timer::Idle { counter }) => self.idle_deadline(settings, counter, at, out),
+            None => {}
         }
     }
 
     /// A segment's earliest deadline has come: raise what is due, expire it
     /// if idle for the max age, and schedule its next deadline.
-    fn segment_deadline(&mut self, settings: &TrackerSettings, ticket: &TicketNo, at: Millis, out: &mut Output) {
-        let Some(segment) = self.tickets.get(ticket).and_then(|state| state.open.as_ref()) else { return };
-        let targets = self.targets(settings, segment.service.as_ref());
+    fn segment_deadline(&mut self, settings: &TrackerSettings, slot: SlotId, at: Millis, out: &mut Output) {
+        let Some(segment) = self.segment(slot) else { return };
+        let targets = self.targets(settings, segment.service);
         let wait_due = segment.wait_deadline(&targets).is_some_and(|deadline| deadline <= at);
         let service_due = segment.service_deadline(&targets).is_some_and(|deadline| deadline <= at);
         let expiry_due = segment.expiry(settings) <= at;
         if wait_due {
-            self.raise_segment_breach(settings, ticket, AlertKind::Wait, targets.wait_ms, out);
+            self.raise_segment_breach(settings, slot, AlertKind::Wait, targets.wait_ms, out);
         }
         if service_due {
-            self.raise_segment_breach(settings, ticket, AlertKind::Service, targets.service_ms, out);
+            self.raise_segment_breach(settings, slot, AlertKind::Service, targets.service_ms, out);
         }
         if expiry_due {
-            self.close(settings, ticket, Outcome::Expired, at, None, out);
+            self.close(settings, slot, Closing { outcome: Outcome::Expired, at, event: None }, out);
         } else {
-            self.schedule(settings, ticket, Scheduling::Renew);
+            self.schedule(settings, slot, Scheduling::Renew);
         }
     }
 
@@ -584,59 +692,48 @@ impl OfficeState {
     /// its entry fired; `Update` after an event, which only adds an entry
     /// when the deadline moved earlier (a later one is found when the old
     /// entry fires).
-    fn schedule(&mut self, settings: &TrackerSettings, ticket: &TicketNo, scheduling: Scheduling) {
-        let office_sla = settings.office_sla(&self.office);
-        let Some(segment) = self.tickets.get_mut(ticket).and_then(|state| state.open.as_mut()) else { return };
-        let unknown = ServiceId::unknown();
-        let targets = settings.sla.targets_for(office_sla, segment.service.as_ref().unwrap_or(&unknown));
+    fn schedule(&mut self, settings: &TrackerSettings, slot: SlotId, scheduling: Scheduling) {
+        let Some(service) = self.segment(slot).map(|segment| segment.service) else { return };
+        let targets = self.targets(settings, service);
+        let Some(segment) = self.segment_mut(slot) else { return };
         let next = segment.next_deadline(settings, &targets);
         if scheduling == Scheduling::Renew || next < segment.scheduled {
             segment.scheduled = next;
-            let key = TimerKey::Segment { generation: segment.generation, ticket: ticket.clone() };
+            let key = TimerKey::segment(segment.generation, slot);
             self.timers.push(Reverse((next, key)));
         }
     }
 
     /// Forgets dedup keys and closed tickets once the horizon has passed.
     fn forget(&mut self, settings: &TrackerSettings, watermark: Millis) {
-        while let Some(Reverse((forget_at, key))) = self.forget_queue.peek().copied() {
-            if forget_at >= watermark {
+        let cutoff = watermark.minus_ms(settings.dedup_horizon_ms);
+        self.seen.maybe_sweep(cutoff, watermark, (settings.dedup_horizon_ms / 4).max(1000));
+        while let Some(Reverse((closed_at, slot))) = self.closed_memory.peek().copied() {
+            if closed_at >= cutoff {
                 break;
             }
-            self.forget_queue.pop();
-            if self.seen.get(&key) == Some(&forget_at) {
-                self.seen.remove(&key);
-            }
-        }
-        while let Some(Reverse((closed_at, _))) = self.closed_memory.peek() {
-            if closed_at.plus_ms(settings.dedup_horizon_ms) >= watermark {
-                break;
-            }
-            let Some(Reverse((closed_at, ticket))) = self.closed_memory.pop() else { break };
-            if let Some(state) = self.tickets.get(&ticket) {
-                if state.open.is_none() && state.closed_at == Some(closed_at) {
-                    self.tickets.remove(&ticket);
-                }
+            self.closed_memory.pop();
+            let forgettable = self.tickets.get(slot).is_some_and(|state| state.closed_at() == Some(closed_at));
+            if forgettable {
+                self.tickets.remove(slot);
             }
         }
     }
 
-    /// Marks an event's dedup keys as forgettable `dedup_horizon` after `anchor`.
-    fn stamp_keys(&mut self, settings: &TrackerSettings, keys: &[u64], anchor: Millis) {
-        let forget_at = anchor.plus_ms(settings.dedup_horizon_ms);
+    /// Gives an event's dedup keys a one-off tag that closes at `at`: they
+    /// are forgotten `dedup_horizon` after it (events that belong to no open segment).
+    fn retire_keys(&mut self, keys: &[u64], at: Millis) {
+        let tag = self.next_tag();
         for key in keys {
-            if let Some(slot) = self.seen.get_mut(key) {
-                if *slot == Millis(i64::MAX) {
-                    *slot = forget_at;
-                    self.forget_queue.push(Reverse((forget_at, *key)));
-                }
-            }
+            self.seen.insert(*key, tag);
         }
+        self.seen.close(tag, at);
     }
 
     fn apply(&mut self, settings: &TrackerSettings, event: Event, arrival: Arrival, out: &mut Output) {
         let (id_key, content_key) = dedup_keys(&event);
-        let keys: Vec<u64> = id_key.into_iter().chain([content_key]).collect();
+        let keys: [Option<u64>; 2] = [id_key, Some(content_key)];
+        let keys: Vec<u64> = keys.into_iter().flatten().collect();
         if self.live.last_event_ts.is_none() {
             // Gauges start with the earliest applied event, which (unlike the
             // first arrival) does not depend on arrival order.
@@ -644,7 +741,7 @@ impl OfficeState {
         }
         self.live.last_event_ts = Some(self.live.last_event_ts.map_or(event.ts, |last| last.max(event.ts)));
         let Some(ticket) = event.ticket.clone() else {
-            self.stamp_keys(settings, &keys, event.ts);
+            self.retire_keys(&keys, event.ts);
             match event.kind {
                 EventType::CounterOpened | EventType::CounterClosed => self.apply_counter_event(settings, &event, out),
                 EventType::Feedback => self.apply_feedback(&event, out),
@@ -654,248 +751,262 @@ impl OfficeState {
             return;
         };
         if event.kind == EventType::Feedback {
-            self.stamp_keys(settings, &keys, event.ts);
+            self.retire_keys(&keys, event.ts);
             self.apply_feedback(&event, out);
             return;
         }
 
-        let state = self.tickets.get(&ticket);
-        let open = state.and_then(|state| state.open.as_ref());
+        let slot = self.tickets.find(&ticket);
+        let state = slot.and_then(|slot| self.tickets.get(slot));
+        let open = state.and_then(TicketState::open);
         let has_open = open.is_some();
-        let closed_at = state.and_then(|state| state.closed_at);
+        let was_closed = state.is_some_and(|state| state.closed_at().is_some());
 
         if arrival == Arrival::Late {
             // A late event is applied only to the open segment it can belong
             // to; an `issued` for a ticket never seen still opens one, so a
             // kiosk's delayed backlog is not lost.
             let belongs = match open {
-                Some(segment) => segment.issue.is_none_or(|issue| event.ts >= issue) || event.kind == EventType::Issued,
-                None => event.kind == EventType::Issued && closed_at.is_none(),
+                Some(segment) => {
+                    segment.issue().is_none_or(|issue| event.ts >= issue) || event.kind == EventType::Issued
+                }
+                None => event.kind == EventType::Issued && !was_closed,
             };
             if !belongs {
-                self.stamp_keys(settings, &keys, event.ts);
+                self.retire_keys(&keys, event.ts);
                 return;
             }
         }
 
         match event.kind {
-            EventType::Issued => self.apply_issued(settings, &ticket, &event, out),
+            EventType::Issued => {
+                let slot = self.apply_issued(settings, &ticket, &event, out);
+                self.tag_keys(slot, &keys);
+            }
             EventType::Called | EventType::Recalled | EventType::Started => {
-                if !has_open {
-                    if closed_at.is_some() {
+                let slot = match (slot, has_open) {
+                    (Some(slot), true) => slot,
+                    _ if was_closed => {
                         out.notes.add(Note::AfterClose);
-                        self.stamp_keys(settings, &keys, event.ts);
+                        self.retire_keys(&keys, event.ts);
                         return;
                     }
-                    let service = event.service.clone();
-                    self.open_segment(settings, &ticket, service, None, event.ts, None);
-                }
-                self.apply_progress(settings, &ticket, &event, out);
+                    _ => {
+                        let service = self.services.intern_opt(event.service.as_ref());
+                        self.open_segment(settings, &ticket, service, None, event.ts, None)
+                    }
+                };
+                self.apply_progress(settings, slot, &event, out);
+                self.tag_keys(slot, &keys);
             }
             kind => {
                 let Some(outcome) = Outcome::of(kind) else { return };
-                if has_open {
-                    if let Some(segment) = self.open_mut(&ticket) {
-                        segment.last_event = segment.last_event.max(event.ts);
-                        if event.staff.is_some() {
-                            segment.staff = event.staff.clone();
+                match slot.filter(|_| has_open) {
+                    Some(slot) => {
+                        let staff = self.staff.intern_opt(event.staff.as_ref());
+                        let service = self.services.intern_opt(event.service.as_ref());
+                        let mut visit_start = None;
+                        if let Some(segment) = self.segment_mut(slot) {
+                            segment.last_event = segment.last_event.max(event.ts);
+                            segment.staff = staff.or(segment.staff);
+                            segment.service = segment.service.or(service);
+                            visit_start = unstamp(segment.visit_start);
                         }
-                        if segment.service.is_none() {
-                            segment.service = event.service.clone();
+                        self.tag_keys(slot, &keys);
+                        self.close(settings, slot, Closing { outcome, at: event.ts, event: Some(&event) }, out);
+                        if outcome == Outcome::Transferred {
+                            let to_service = self.services.intern_opt(event.to_service.as_ref());
+                            self.open_segment(settings, &ticket, to_service, Some(event.ts), event.ts, visit_start);
                         }
+                        self.update_idle(settings, event.ts, out);
+                        return;
                     }
-                    let visit_start = self.open_mut(&ticket).and_then(|segment| segment.visit_start);
-                    self.attach_keys(&ticket, &keys);
-                    self.close(settings, &ticket, outcome, event.ts, Some(&event), out);
-                    if outcome == Outcome::Transferred {
-                        let to_service = event.to_service.clone();
-                        self.open_segment(settings, &ticket, to_service, Some(event.ts), event.ts, visit_start);
+                    None if was_closed => out.notes.add(Note::AfterClose),
+                    None if outcome == Outcome::Transferred => {
+                        // The first segment is unknown, so the whole visit is too.
+                        let to_service = self.services.intern_opt(event.to_service.as_ref());
+                        self.open_segment(settings, &ticket, to_service, Some(event.ts), event.ts, None);
+                        self.update_idle(settings, event.ts, out);
                     }
-                    self.update_idle(settings, event.ts, out);
-                    return;
-                } else if closed_at.is_some() {
-                    out.notes.add(Note::AfterClose);
-                } else if outcome == Outcome::Transferred {
-                    // The first segment is unknown, so the whole visit is too.
-                    self.open_segment(settings, &ticket, event.to_service.clone(), Some(event.ts), event.ts, None);
-                    self.update_idle(settings, event.ts, out);
-                } else {
-                    out.notes.add(Note::OrphanClose);
+                    None => out.notes.add(Note::OrphanClose),
                 }
-                self.stamp_keys(settings, &keys, event.ts);
+                self.retire_keys(&keys, event.ts);
                 return;
             }
         }
-        self.attach_keys(&ticket, &keys);
         self.update_idle(settings, event.ts, out);
     }
 
-    fn apply_issued(&mut self, settings: &TrackerSettings, ticket: &TicketNo, event: &Event, out: &mut Output) {
-        if let Some(segment) = self.open_mut(ticket) {
-            if segment.issue.is_none() && event.ts <= segment.first_event {
-                // The missing issue of a segment first seen through a later event.
-                segment.issue = Some(event.ts);
-                segment.first_event = event.ts;
-                if let Some(service) = &event.service {
-                    segment.service = Some(service.clone());
-                }
-                if segment.visit_start.is_none() {
-                    segment.visit_start = Some(event.ts);
-                }
-                let service = segment.service.clone();
-                self.live.count_issued(service.as_ref(), event.ts);
-                self.schedule(settings, ticket, Scheduling::Update);
-                return;
+    /// Tags dedup keys with the generation of the segment they now belong to.
+    fn tag_keys(&mut self, slot: SlotId, keys: &[u64]) {
+        if let Some(generation) = self.segment(slot).map(|segment| segment.generation) {
+            for key in keys {
+                self.seen.insert(*key, generation);
             }
-            // The number was issued again while still open: the old one expired.
-            let expired_at = segment.expiry(settings).min(event.ts);
-            self.close(settings, ticket, Outcome::Expired, expired_at, None, out);
         }
-        self.open_segment(settings, ticket, event.service.clone(), Some(event.ts), event.ts, Some(event.ts));
+    }
+
+    fn apply_issued(
+        &mut self,
+        settings: &TrackerSettings,
+        ticket: &TicketNo,
+        event: &Event,
+        out: &mut Output,
+    ) -> SlotId {
+        let service = self.services.intern_opt(event.service.as_ref());
+        if let Some(slot) = self.tickets.find(ticket) {
+            if let Some(segment) = self.segment_mut(slot) {
+                if segment.issue.is_none() && event.ts <= segment.first_event {
+                    // The missing issue of a segment first seen through a later event.
+                    segment.issue = Some(Stamp::new(event.ts));
+                    segment.first_event = event.ts;
+                    segment.service = service.or(segment.service);
+                    if segment.visit_start.is_none() {
+                        segment.visit_start = Some(Stamp::new(event.ts));
+                    }
+                    let service = segment.service;
+                    self.live.count_issued(service, event.ts);
+                    self.schedule(settings, slot, Scheduling::Update);
+                    return slot;
+                }
+                // The number was issued again while still open: the old one expired.
+                let expired_at = segment.expiry(settings).min(event.ts);
+                self.close(settings, slot, Closing { outcome: Outcome::Expired, at: expired_at, event: None }, out);
+            }
+        }
+        self.open_segment(settings, ticket, service, Some(event.ts), event.ts, Some(event.ts))
     }
 
     /// A call, recall or start for an open segment.
-    fn apply_progress(&mut self, settings: &TrackerSettings, ticket: &TicketNo, event: &Event, out: &mut Output) {
-        let Some(segment) = self.open_mut(ticket) else { return };
+    fn apply_progress(&mut self, settings: &TrackerSettings, slot: SlotId, event: &Event, out: &mut Output) {
+        let counter = self.counters.intern_opt(event.counter.as_ref());
+        let staff = self.staff.intern_opt(event.staff.as_ref());
+        let event_service = self.services.intern_opt(event.service.as_ref());
+        let Some(segment) = self.segment_mut(slot) else { return };
         let was_waiting = segment.first_call.is_none();
-        let previous_counter = segment.busy_counter.clone();
-        update_segment(segment, event);
+        let previous_counter = segment.busy_counter;
+        if segment.service.is_none() {
+            segment.service = event_service;
+        }
+        update_segment(segment, event, counter, staff);
         let now_called = segment.first_call.is_some();
-        let service = segment.service.clone();
-        let wait_alert = match segment.wait_breach {
-            BreachState::Firing { since } if now_called => {
-                segment.wait_breach = BreachState::Resolved;
-                Some(since)
-            }
-            _ => None,
-        };
-        let moved_to = match &event.counter {
-            Some(counter) if previous_counter.as_ref() != Some(counter) => {
-                segment.busy_counter = Some(counter.clone());
-                Some(counter.clone())
+        let service = segment.service;
+        let wait_alert = segment.wait_breach == BreachState::Firing && now_called;
+        if wait_alert {
+            segment.wait_breach = BreachState::Resolved;
+        }
+        let moved_to = match counter {
+            Some(counter) if previous_counter != Some(counter) => {
+                segment.busy_counter = Some(counter);
+                Some(counter)
             }
             _ => None,
         };
         if was_waiting && now_called {
             self.waiting -= 1;
-            self.live.count_called(service.as_ref(), event.ts);
+            self.live.count_called(service, event.ts);
         } else {
-            self.live.touch_service(service.as_ref(), event.ts);
+            self.live.touch_service(service, event.ts);
         }
         if let Some(counter) = moved_to {
             if let Some(previous) = previous_counter {
-                self.live.release_counter(&previous, event.ts);
+                self.live.release_counter(previous, event.ts);
             }
-            self.live.acquire_counter(&counter, event.ts);
+            self.live.acquire_counter(counter, event.ts);
         }
-        if let Some(since) = wait_alert {
-            let targets = self.targets(settings, service.as_ref());
-            self.push_alert_for(ticket, service, None, AlertKind::Wait, since, event.ts, &targets, out);
+        if wait_alert {
+            self.push_resolved(settings, slot, AlertKind::Wait, event.ts, out);
         }
-        self.schedule(settings, ticket, Scheduling::Update);
-    }
-
-    fn open_mut(&mut self, ticket: &TicketNo) -> Option<&mut Segment> {
-        self.tickets.get_mut(ticket).and_then(|state| state.open.as_mut())
-    }
-
-    fn attach_keys(&mut self, ticket: &TicketNo, keys: &[u64]) {
-        if let Some(state) = self.tickets.get_mut(ticket) {
-            state.keys.extend_from_slice(keys);
-        }
+        self.schedule(settings, slot, Scheduling::Update);
     }
 
     fn open_segment(
         &mut self,
         settings: &TrackerSettings,
         ticket: &TicketNo,
-        service: Option<ServiceId>,
+        service: Option<NameId>,
         issue: Option<Millis>,
         first_event: Millis,
         visit_start: Option<Millis>,
-    ) {
-        self.generations += 1;
+    ) -> SlotId {
+        let generation = self.next_tag();
         let segment = Segment {
-            generation: self.generations,
+            generation,
+            recalls: 0,
+            wait_breach: BreachState::None,
+            service_breach: BreachState::None,
             service,
-            issue,
+            last_call_counter: None,
+            busy_counter: None,
+            staff: None,
+            issue: stamp(issue),
             first_event,
             last_event: first_event,
             first_call: None,
             last_call: None,
-            last_call_counter: None,
-            recalls: 0,
             started: None,
             walk_from: None,
-            staff: None,
-            visit_start,
-            busy_counter: None,
-            wait_breach: BreachState::None,
-            service_breach: BreachState::None,
+            visit_start: stamp(visit_start),
+            service_since: None,
             scheduled: Millis(i64::MAX),
         };
         if issue.is_some() {
-            self.live.count_issued(segment.service.as_ref(), first_event);
+            self.live.count_issued(service, first_event);
         }
-        let state = self.tickets.entry(ticket.clone()).or_default();
-        state.open = Some(segment);
+        let slot =
+            self.tickets.find_or_insert(ticket, || TicketState::Closed { at: Stamp::new(first_event), service: None });
+        if let Some(state) = self.tickets.get_mut(slot) {
+            *state = TicketState::Open(segment);
+        }
         self.open_segments += 1;
         self.waiting += 1;
-        self.schedule(settings, ticket, Scheduling::Renew);
+        self.schedule(settings, slot, Scheduling::Renew);
+        slot
     }
 
-    /// Closes the ticket's open segment and writes its point; resolves its
+    /// Closes the slot's open segment and writes its point; resolves its
     /// alerts and frees its counter.
-    fn close(
-        &mut self,
-        settings: &TrackerSettings,
-        ticket: &TicketNo,
-        outcome: Outcome,
-        close_ts: Millis,
-        closing: Option<&Event>,
-        out: &mut Output,
-    ) {
-        let Some(state) = self.tickets.get_mut(ticket) else { return };
-        let Some(segment) = state.open.take() else { return };
-        state.closed_at = Some(close_ts);
-        state.closed_service = segment.service.clone();
-        let keys = std::mem::take(&mut state.keys);
+    fn close(&mut self, settings: &TrackerSettings, slot: SlotId, closing: Closing<'_>, out: &mut Output) {
+        let Some(state) = self.tickets.get_mut(slot) else { return };
+        let TicketState::Open(segment) =
+            std::mem::replace(state, TicketState::Closed { at: Stamp::new(closing.at), service: None })
+        else {
+            return;
+        };
+        *state = TicketState::Closed { at: Stamp::new(closing.at), service: segment.service };
         self.open_segments -= 1;
         if segment.first_call.is_none() {
             self.waiting -= 1;
         }
-        self.closed_memory.push(Reverse((close_ts, ticket.clone())));
-        self.stamp_keys(settings, &keys, close_ts);
-        self.live.touch_service(segment.service.as_ref(), close_ts);
+        self.closed_memory.push(Reverse((closing.at, slot)));
+        self.seen.close(segment.generation, closing.at);
+        self.live.touch_service(segment.service, closing.at);
 
-        if let Some(counter) = &segment.busy_counter {
-            self.live.release_counter(counter, close_ts);
+        if let Some(counter) = segment.busy_counter {
+            self.live.release_counter(counter, closing.at);
         }
-        if outcome == Outcome::Served {
-            let counter = closing.and_then(|event| event.counter.as_ref()).or(segment.busy_counter.as_ref());
-            if let Some(counter) = counter {
+        if closing.outcome == Outcome::Served {
+            let counter =
+                closing.event.and_then(|event| event.counter.as_ref()).map(|counter| self.counters.intern(counter));
+            if let Some(counter) = counter.or(segment.busy_counter) {
                 self.live.count_served(counter);
             }
         }
-        let targets = self.targets(settings, segment.service.as_ref());
-        for (kind, breach) in [(AlertKind::Wait, segment.wait_breach), (AlertKind::Service, segment.service_breach)] {
-            if let BreachState::Firing { since } = breach {
-                let service = segment.service.clone();
-                self.push_alert_for(
-                    ticket,
-                    service,
-                    segment.busy_counter.clone(),
-                    kind,
-                    since,
-                    close_ts,
-                    &targets,
-                    out,
-                );
+        let targets = self.targets(settings, segment.service);
+        let wait_since = segment.issue().map(|issue| issue.plus_ms(targets.wait_ms));
+        for (kind, breach, since) in [
+            (AlertKind::Wait, segment.wait_breach, wait_since),
+            (AlertKind::Service, segment.service_breach, unstamp(segment.service_since)),
+        ] {
+            if let (BreachState::Firing, Some(since)) = (breach, since) {
+                let alert = self.segment_alert(slot, &segment, kind, AlertState::Resolved, since, closing.at, &targets);
+                out.alerts.push(alert);
             }
         }
 
-        let mut point = self.point("ticket", point_time_ns(close_ts, ticket));
-        segment_point(&mut point, ticket, &segment, &targets, outcome, close_ts, closing, out);
+        let ticket = self.tickets.ticket(slot).clone();
+        let mut point = self.point("ticket", point_time_ns(closing.at, &ticket));
+        self.fill_segment_point(&mut point, &ticket, &segment, &targets, &closing, out);
         out.points.push(point);
     }
 
@@ -903,98 +1014,181 @@ impl OfficeState {
     fn raise_segment_breach(
         &mut self,
         settings: &TrackerSettings,
-        ticket: &TicketNo,
+        slot: SlotId,
         kind: AlertKind,
         target_ms: i64,
         out: &mut Output,
     ) {
-        let Some(segment) = self.tickets.get_mut(ticket).and_then(|state| state.open.as_mut()) else { return };
+        let Some(segment) = self.segment_mut(slot) else { return };
         let deadline = match kind {
-            AlertKind::Wait => segment.issue.map(|issue| issue.plus_ms(target_ms)),
+            AlertKind::Wait => segment.issue().map(|issue| issue.plus_ms(target_ms)),
             _ => segment.service_start().map(|start| start.plus_ms(target_ms)),
         };
         let Some(deadline) = deadline else { return };
-        let firing = BreachState::Firing { since: deadline };
         match kind {
-            AlertKind::Wait => segment.wait_breach = firing,
-            _ => segment.service_breach = firing,
+            AlertKind::Wait => segment.wait_breach = BreachState::Firing,
+            _ => {
+                segment.service_breach = BreachState::Firing;
+                segment.service_since = Some(Stamp::new(deadline));
+            }
         }
-        let service = segment.service.clone().unwrap_or_else(ServiceId::unknown);
-        let counter = segment.busy_counter.clone().or_else(|| segment.last_call_counter.clone());
-        let mut point = self.point("breach", point_time_ns(deadline, ticket));
+        let segment = segment.clone();
+        let ticket = self.tickets.ticket(slot).clone();
+        let service = self.service_name(segment.service);
+        let mut point = self.point("breach", point_time_ns(deadline, &ticket));
         point.tag("service", Arc::from(service.as_str()));
         point.tag("kind", Arc::from(kind.as_str()));
         if kind == AlertKind::Service {
-            if let Some(counter) = &counter {
-                point.tag("counter", Arc::from(counter.as_str()));
+            if let Some(counter) = segment.busy_counter.or(segment.last_call_counter) {
+                point.tag("counter", Arc::from(self.counters.get(counter).as_str()));
             }
         }
         point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
         point.field("target_s", seconds(target_ms));
         out.points.push(point);
-        let targets = self.targets(settings, Some(&service));
-        let alert_counter = if kind == AlertKind::Service { counter } else { None };
+        let targets = self.targets(settings, segment.service);
         let clock = self.released_upto.max(deadline).plus_ms(settings.reorder_window_ms);
-        out.alerts.push(Alert {
-            id: format!("{}:{}:{}:{}", kind.as_str(), self.office, ticket, deadline.0),
-            kind,
-            state: AlertState::Firing,
-            office: self.office.clone(),
-            service: Some(service),
-            ticket: Some(ticket.clone()),
-            counter: alert_counter,
-            target_ms: if kind == AlertKind::Wait { targets.wait_ms } else { targets.service_ms },
-            since: deadline,
-            ts: clock,
-        });
+        let alert = self.segment_alert(slot, &segment, kind, AlertState::Firing, deadline, clock, &targets);
+        out.alerts.push(alert);
     }
 
-    /// A `resolved` alert for a segment breach.
+    /// A resolved wait alert (its deadline is the issue plus the target).
+    fn push_resolved(&self, settings: &TrackerSettings, slot: SlotId, kind: AlertKind, at: Millis, out: &mut Output) {
+        let Some(segment) = self.segment(slot) else { return };
+        let targets = self.targets(settings, segment.service);
+        let Some(since) = segment.issue().map(|issue| issue.plus_ms(targets.wait_ms)) else { return };
+        out.alerts.push(self.segment_alert(slot, segment, kind, AlertState::Resolved, since, at, &targets));
+    }
+
+    /// An alert about a segment's wait or service breach.
     #[allow(clippy::too_many_arguments)]
-    fn push_alert_for(
+    fn segment_alert(
         &self,
-        ticket: &TicketNo,
-        service: Option<ServiceId>,
-        counter: Option<CounterId>,
+        slot: SlotId,
+        segment: &Segment,
         kind: AlertKind,
+        state: AlertState,
         since: Millis,
-        ts: Millis,
+        at: Millis,
         targets: &Targets,
-        out: &mut Output,
-    ) {
-        out.alerts.push(Alert {
+    ) -> Alert {
+        let ticket = self.tickets.ticket(slot);
+        let counter =
+            segment.busy_counter.or(segment.last_call_counter).map(|counter| self.counters.get(counter).clone());
+        Alert {
             id: format!("{}:{}:{}:{}", kind.as_str(), self.office, ticket, since.0),
             kind,
-            state: AlertState::Resolved,
+            state,
             office: self.office.clone(),
-            service: Some(service.unwrap_or_else(ServiceId::unknown)),
+            service: Some(self.service_name(segment.service)),
             ticket: Some(ticket.clone()),
             counter: if kind == AlertKind::Service { counter } else { None },
             target_ms: if kind == AlertKind::Wait { targets.wait_ms } else { targets.service_ms },
             since,
-            ts,
-        });
+            ts: at,
+        }
+    }
+
+    /// Fills the `ticket` point of a closed segment.
+    fn fill_segment_point(
+        &self,
+        point: &mut Point,
+        ticket: &TicketNo,
+        segment: &Segment,
+        targets: &Targets,
+        closing: &Closing<'_>,
+        out: &mut Output,
+    ) {
+        let outcome = closing.outcome;
+        let service = self.service_name(segment.service);
+        point.tag("service", Arc::from(service.as_str()));
+        point.tag("outcome", Arc::from(outcome.as_str()));
+        let counter = closing
+            .event
+            .and_then(|event| event.counter.clone())
+            .or_else(|| segment.last_call_counter.map(|counter| self.counters.get(counter).clone()));
+        if let Some(counter) = counter {
+            point.tag("counter", Arc::from(counter.as_str()));
+        }
+
+        let mut span = |from: Option<Millis>, to: Option<Millis>| -> Option<i64> {
+            let span_ms = to?.since(from?);
+            if span_ms < 0 {
+                out.notes.add(Note::ClockSkew);
+                None
+            } else {
+                Some(span_ms)
+            }
+        };
+        let close = Some(closing.at);
+        let is_expired = outcome == Outcome::Expired;
+        let has_service_time = matches!(outcome, Outcome::Served | Outcome::Transferred);
+        let is_final = matches!(outcome, Outcome::Served | Outcome::NoShow | Outcome::Cancelled);
+
+        let wait_ms = span(segment.issue(), segment.first_call());
+        let walk_ms = span(unstamp(segment.walk_from), segment.started());
+        let service_ms = if has_service_time { span(segment.service_start(), close) } else { None };
+        let total_ms = if is_expired { None } else { span(segment.issue(), close) };
+        let visit_ms = if is_final { span(unstamp(segment.visit_start), close) } else { None };
+
+        point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
+        point.field("recalls", FieldValue::Int(i64::from(segment.recalls)));
+        for (name, value) in [
+            ("wait_s", wait_ms),
+            ("walk_s", walk_ms),
+            ("service_s", service_ms),
+            ("total_s", total_ms),
+            ("visit_s", visit_ms),
+        ] {
+            if let Some(span_ms) = value {
+                point.field(name, seconds(span_ms));
+            }
+        }
+        point.field("wait_target_s", seconds(targets.wait_ms));
+        point.field("service_target_s", seconds(targets.service_ms));
+
+        let wait_within = if is_expired {
+            None
+        } else if segment.first_call.is_some() {
+            wait_ms.map(|wait| wait <= targets.wait_ms)
+        } else if outcome == Outcome::Cancelled {
+            // Abandoned while waiting: counts against the service level only
+            // once the customer had waited longer than the target.
+            total_ms.filter(|total| *total > targets.wait_ms).map(|_| false)
+        } else {
+            None
+        };
+        if let Some(within) = wait_within {
+            point.field("wait_within_target", FieldValue::Int(i64::from(within)));
+        }
+        if let Some(service_ms) = service_ms {
+            point.field("service_within_target", FieldValue::Int(i64::from(service_ms <= targets.service_ms)));
+        }
+        let staff = closing
+            .event
+            .and_then(|event| event.staff.clone())
+            .or_else(|| segment.staff.map(|staff| self.staff.get(staff).clone()));
+        if let Some(staff) = staff {
+            point.field("staff", FieldValue::Str(staff.as_str().to_string()));
+        }
     }
 }
 
-/// Applies a call, recall or start to an open segment.
-fn update_segment(segment: &mut Segment, event: &Event) {
+/// Applies a call, recall or start to an open segment (names already interned).
+fn update_segment(segment: &mut Segment, event: &Event, counter: Option<NameId>, staff: Option<NameId>) {
     segment.last_event = segment.last_event.max(event.ts);
-    if segment.service.is_none() {
-        segment.service = event.service.clone();
-    }
-    if event.staff.is_some() {
-        segment.staff = event.staff.clone();
+    if staff.is_some() {
+        segment.staff = staff;
     }
     let is_call = match event.kind {
         EventType::Called => {
             if segment.first_call.is_some() {
-                segment.recalls += 1;
+                segment.recalls = segment.recalls.saturating_add(1);
             }
             true
         }
         EventType::Recalled => {
-            segment.recalls += 1;
+            segment.recalls = segment.recalls.saturating_add(1);
             true
         }
         // A start with no earlier call is the first call too.
@@ -1002,92 +1196,15 @@ fn update_segment(segment: &mut Segment, event: &Event) {
         _ => false,
     };
     if is_call {
-        segment.first_call = Some(segment.first_call.map_or(event.ts, |first| first.min(event.ts)));
-        segment.last_call = Some(segment.last_call.map_or(event.ts, |last| last.max(event.ts)));
-        segment.last_call_counter = event.counter.clone();
+        let first = segment.first_call().map_or(event.ts, |first| first.min(event.ts));
+        let last = segment.last_call().map_or(event.ts, |last| last.max(event.ts));
+        segment.first_call = Some(Stamp::new(first));
+        segment.last_call = Some(Stamp::new(last));
+        segment.last_call_counter = counter;
     }
     if event.kind == EventType::Started && segment.started.is_none() {
-        segment.started = Some(event.ts);
+        segment.started = Some(Stamp::new(event.ts));
         segment.walk_from = segment.last_call;
-    }
-}
-
-/// Fills the `ticket` point of a closed segment.
-#[allow(clippy::too_many_arguments)]
-fn segment_point(
-    point: &mut Point,
-    ticket: &TicketNo,
-    segment: &Segment,
-    targets: &Targets,
-    outcome: Outcome,
-    close_ts: Millis,
-    closing: Option<&Event>,
-    out: &mut Output,
-) {
-    let service = segment.service.clone().unwrap_or_else(ServiceId::unknown);
-    point.tag("service", Arc::from(service.as_str()));
-    point.tag("outcome", Arc::from(outcome.as_str()));
-    let counter = closing.and_then(|event| event.counter.clone()).or_else(|| segment.last_call_counter.clone());
-    if let Some(counter) = counter {
-        point.tag("counter", Arc::from(counter.as_str()));
-    }
-
-    let mut span = |from: Option<Millis>, to: Option<Millis>| -> Option<i64> {
-        let span_ms = to?.since(from?);
-        if span_ms < 0 {
-            out.notes.add(Note::ClockSkew);
-            None
-        } else {
-            Some(span_ms)
-        }
-    };
-    let close = Some(close_ts);
-    let is_expired = outcome == Outcome::Expired;
-    let has_service_time = matches!(outcome, Outcome::Served | Outcome::Transferred);
-    let is_final = matches!(outcome, Outcome::Served | Outcome::NoShow | Outcome::Cancelled);
-
-    let wait_ms = span(segment.issue, segment.first_call);
-    let walk_ms = span(segment.walk_from, segment.started);
-    let service_ms = if has_service_time { span(segment.started.or(segment.last_call), close) } else { None };
-    let total_ms = if is_expired { None } else { span(segment.issue, close) };
-    let visit_ms = if is_final { span(segment.visit_start, close) } else { None };
-
-    point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
-    point.field("recalls", FieldValue::Int(i64::from(segment.recalls)));
-    for (name, value) in [
-        ("wait_s", wait_ms),
-        ("walk_s", walk_ms),
-        ("service_s", service_ms),
-        ("total_s", total_ms),
-        ("visit_s", visit_ms),
-    ] {
-        if let Some(span_ms) = value {
-            point.field(name, seconds(span_ms));
-        }
-    }
-    point.field("wait_target_s", seconds(targets.wait_ms));
-    point.field("service_target_s", seconds(targets.service_ms));
-
-    let wait_within = if is_expired {
-        None
-    } else if segment.first_call.is_some() {
-        wait_ms.map(|wait| wait <= targets.wait_ms)
-    } else if outcome == Outcome::Cancelled {
-        // Abandoned while waiting: counts against the service level only
-        // once the customer had waited longer than the target.
-        total_ms.filter(|total| *total > targets.wait_ms).map(|_| false)
-    } else {
-        None
-    };
-    if let Some(within) = wait_within {
-        point.field("wait_within_target", FieldValue::Int(i64::from(within)));
-    }
-    if let Some(service_ms) = service_ms {
-        point.field("service_within_target", FieldValue::Int(i64::from(service_ms <= targets.service_ms)));
-    }
-    let staff = closing.and_then(|event| event.staff.clone()).or_else(|| segment.staff.clone());
-    if let Some(staff) = staff {
-        point.field("staff", FieldValue::Str(staff.as_str().to_string()));
     }
 }
 

@@ -11,9 +11,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::store::NameId;
 use super::{BreachState, Mode, OfficeState, Output, TimerKey, TrackerSettings};
 use crate::event::Event;
-use crate::ids::{CounterId, OfficeId, ServiceId, StaffId, TicketNo};
+use crate::ids::{CounterId, OfficeId, ServiceId, TicketNo};
 use crate::point::{seconds, FieldValue};
 use crate::time::Millis;
 
@@ -108,8 +109,10 @@ pub(super) struct OfficeLive {
     last_arrival_wall: Option<Millis>,
     pub(super) accepted_in_interval: i64,
     pub(super) rejected_in_interval: i64,
-    services: HashMap<ServiceId, ServiceGauge>,
-    counters: BTreeMap<CounterId, CounterState>,
+    /// By interned service; `None` is the `unknown` service of orphans.
+    services: HashMap<Option<NameId>, ServiceGauge>,
+    /// By interned counter, in first-seen order.
+    counters: BTreeMap<NameId, CounterState>,
     sends_counter_events: bool,
     /// The `silent` alert, while firing: its deadline.
     silent_since: Option<Millis>,
@@ -125,7 +128,7 @@ struct ServiceGauge {
 #[derive(Debug, Default)]
 struct CounterState {
     open_since: Option<Millis>,
-    staff: Option<StaffId>,
+    staff: Option<NameId>,
     /// Segments this counter is busy with now.
     active: u32,
     active_since: Millis,
@@ -137,37 +140,36 @@ struct CounterState {
 }
 
 impl OfficeLive {
-    pub(super) fn count_issued(&mut self, service: Option<&ServiceId>, at: Millis) {
+    pub(super) fn count_issued(&mut self, service: Option<NameId>, at: Millis) {
         let gauge = self.service_gauge(service, at);
         gauge.issued += 1;
     }
 
-    pub(super) fn count_called(&mut self, service: Option<&ServiceId>, at: Millis) {
+    pub(super) fn count_called(&mut self, service: Option<NameId>, at: Millis) {
         let gauge = self.service_gauge(service, at);
         gauge.called += 1;
     }
 
-    pub(super) fn touch_service(&mut self, service: Option<&ServiceId>, at: Millis) {
+    pub(super) fn touch_service(&mut self, service: Option<NameId>, at: Millis) {
         self.service_gauge(service, at);
     }
 
-    fn service_gauge(&mut self, service: Option<&ServiceId>, at: Millis) -> &mut ServiceGauge {
-        let service = service.cloned().unwrap_or_else(ServiceId::unknown);
+    fn service_gauge(&mut self, service: Option<NameId>, at: Millis) -> &mut ServiceGauge {
         let gauge = self.services.entry(service).or_default();
         gauge.last_event = Some(gauge.last_event.map_or(at, |last| last.max(at)));
         gauge
     }
 
-    pub(super) fn acquire_counter(&mut self, counter: &CounterId, at: Millis) {
-        let state = self.counters.entry(counter.clone()).or_default();
+    pub(super) fn acquire_counter(&mut self, counter: NameId, at: Millis) {
+        let state = self.counters.entry(counter).or_default();
         if state.active == 0 {
             state.active_since = at;
         }
         state.active += 1;
     }
 
-    pub(super) fn release_counter(&mut self, counter: &CounterId, at: Millis) {
-        let Some(state) = self.counters.get_mut(counter) else { return };
+    pub(super) fn release_counter(&mut self, counter: NameId, at: Millis) {
+        let Some(state) = self.counters.get_mut(&counter) else { return };
         if state.active == 0 {
             return;
         }
@@ -177,14 +179,8 @@ impl OfficeLive {
         }
     }
 
-    pub(super) fn count_served(&mut self, counter: &CounterId) {
-        self.counters.entry(counter.clone()).or_default().served += 1;
-    }
-
-    pub(super) fn idle_timer_valid(&self, counter: &CounterId, since: Millis) -> bool {
-        self.counters
-            .get(counter)
-            .is_some_and(|state| state.idle_since == Some(since) && state.idle_breach == BreachState::None)
+    pub(super) fn count_served(&mut self, counter: NameId) {
+        self.counters.entry(counter).or_default().served += 1;
     }
 }
 
@@ -300,15 +296,16 @@ impl OfficeState {
             over_target: i64,
             oldest_wait_ms: i64,
         }
-        let mut by_service: BTreeMap<ServiceId, ServiceNow> = BTreeMap::new();
+        let mut by_service: BTreeMap<Option<NameId>, ServiceNow> = BTreeMap::new();
+        let mut targets_by_service = HashMap::new();
         for state in self.tickets.values() {
-            let Some(segment) = &state.open else { continue };
-            let service = segment.service.clone().unwrap_or_else(ServiceId::unknown);
-            let targets = self.targets(settings, Some(&service));
-            let gauge = by_service.entry(service).or_default();
+            let Some(segment) = state.open() else { continue };
+            let targets =
+                *targets_by_service.entry(segment.service).or_insert_with(|| self.targets(settings, segment.service));
+            let gauge = by_service.entry(segment.service).or_default();
             if segment.first_call.is_none() {
                 gauge.waiting += 1;
-                if let Some(issue) = segment.issue {
+                if let Some(issue) = segment.issue() {
                     let waited_ms = at.since(issue).max(0);
                     gauge.oldest_wait_ms = gauge.oldest_wait_ms.max(waited_ms);
                     if waited_ms > targets.wait_ms {
@@ -325,7 +322,7 @@ impl OfficeState {
             by_service.contains_key(service) || gauge.last_event.is_some_and(|last| last >= idle_before)
         });
         for service in self.live.services.keys() {
-            by_service.entry(service.clone()).or_default();
+            by_service.entry(*service).or_default();
         }
 
         let time_ns = at.0.saturating_mul(1_000_000);
@@ -337,7 +334,7 @@ impl OfficeState {
             waiting += now_gauge.waiting;
             in_service += now_gauge.in_service;
             let mut point = self.point("queue", time_ns);
-            point.tag("service", Arc::from(service.as_str()));
+            point.tag("service", Arc::from(self.service_name(*service).as_str()));
             point.field("waiting", FieldValue::Int(now_gauge.waiting));
             point.field("in_service", FieldValue::Int(now_gauge.in_service));
             point.field("over_target", FieldValue::Int(now_gauge.over_target));
@@ -380,10 +377,12 @@ impl OfficeState {
     /// `counter_opened` / `counter_closed`.
     pub(super) fn apply_counter_event(&mut self, settings: &TrackerSettings, event: &Event, out: &mut Output) {
         let Some(counter) = &event.counter else { return };
+        let counter_id = self.counters.intern(counter);
+        let staff = self.staff.intern_opt(event.staff.as_ref());
         self.live.sends_counter_events = true;
-        let state = self.live.counters.entry(counter.clone()).or_default();
-        if event.staff.is_some() {
-            state.staff = event.staff.clone();
+        let state = self.live.counters.entry(counter_id).or_default();
+        if staff.is_some() {
+            state.staff = staff;
         }
         if event.kind == crate::event::EventType::CounterOpened {
             if state.open_since.is_none() {
@@ -399,7 +398,7 @@ impl OfficeState {
         let busy_ms = state.busy_ms + if state.active > 0 { event.ts.since(state.active_since).max(0) } else { 0 };
         let open_ms = state.open_since.map(|open| event.ts.since(open));
         let served = state.served;
-        let staff = state.staff.clone();
+        let staff = state.staff.map(|staff| self.staff.get(staff).clone());
         state.open_since = None;
         state.busy_ms = 0;
         state.served = 0;
@@ -428,8 +427,12 @@ impl OfficeState {
     pub(super) fn apply_feedback(&mut self, event: &Event, out: &mut Output) {
         let Some(rating) = event.rating else { return };
         let service = event.ticket.as_ref().and_then(|ticket| {
-            let state = self.tickets.get(ticket)?;
-            state.open.as_ref().map(|segment| segment.service.clone()).unwrap_or_else(|| state.closed_service.clone())
+            let state = self.tickets.get(self.tickets.find(ticket)?)?;
+            let service = match state {
+                super::TicketState::Open(segment) => segment.service,
+                super::TicketState::Closed { service, .. } => *service,
+            };
+            Some(self.service_name(service))
         });
         let offset_key = event
             .ticket
@@ -463,12 +466,12 @@ impl OfficeState {
                 (true, None) => {
                     state.idle_since = Some(at);
                     state.idle_breach = BreachState::None;
-                    let key = TimerKey::Idle { counter: counter.clone(), since: at };
+                    let key = TimerKey::idle(*counter);
                     self.timers.push(std::cmp::Reverse((at.plus_ms(idle_target_ms), key)));
                 }
-                (false, Some(_)) => {
-                    if let BreachState::Firing { since } = state.idle_breach {
-                        resolved.push((counter.clone(), since));
+                (false, Some(since)) => {
+                    if state.idle_breach == BreachState::Firing {
+                        resolved.push((*counter, since.plus_ms(idle_target_ms)));
                     }
                     state.idle_since = None;
                     state.idle_breach = BreachState::None;
@@ -476,30 +479,30 @@ impl OfficeState {
                 _ => {}
             }
         }
-        for (counter, since) in resolved {
-            let mut alert = self.idle_alert(&counter, since, idle_target_ms, at);
+        for (counter, deadline) in resolved {
+            let mut alert = self.idle_alert(counter, deadline, idle_target_ms, at);
             alert.state = AlertState::Resolved;
             out.alerts.push(alert);
         }
     }
 
+    /// An idle timer still stands if its counter is idle since exactly the
+    /// start it was set for and has not breached.
+    pub(super) fn idle_timer_valid(&self, settings: &TrackerSettings, counter: NameId, at: Millis) -> bool {
+        let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&self.office)) else { return false };
+        self.live.counters.get(&counter).is_some_and(|state| {
+            state.idle_breach == BreachState::None
+                && state.idle_since.map(|since| since.plus_ms(idle_target_ms)) == Some(at)
+        })
+    }
+
     /// A counter has been idle with people waiting for the idle target.
-    pub(super) fn idle_deadline(
-        &mut self,
-        settings: &TrackerSettings,
-        counter: &CounterId,
-        since: Millis,
-        at: Millis,
-        out: &mut Output,
-    ) {
+    pub(super) fn idle_deadline(&mut self, settings: &TrackerSettings, counter: NameId, at: Millis, out: &mut Output) {
         let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&self.office)) else { return };
-        let Some(state) = self.live.counters.get_mut(counter) else { return };
-        if state.idle_since != Some(since) {
-            return;
-        }
-        state.idle_breach = BreachState::Firing { since: at };
+        let Some(state) = self.live.counters.get_mut(&counter) else { return };
+        state.idle_breach = BreachState::Firing;
         let mut point = self.point("breach", at.0.saturating_mul(1_000_000));
-        point.tag("counter", Arc::from(counter.as_str()));
+        point.tag("counter", Arc::from(self.counters.get(counter).as_str()));
         point.tag("kind", Arc::from(AlertKind::Idle.as_str()));
         point.field("target_s", seconds(idle_target_ms));
         out.points.push(point);
@@ -508,7 +511,8 @@ impl OfficeState {
         out.alerts.push(alert);
     }
 
-    fn idle_alert(&self, counter: &CounterId, since: Millis, target_ms: i64, ts: Millis) -> Alert {
+    fn idle_alert(&self, counter: NameId, since: Millis, target_ms: i64, ts: Millis) -> Alert {
+        let counter: &CounterId = self.counters.get(counter);
         Alert {
             id: format!("idle:{}:{}:{}", self.office, counter, since.0),
             kind: AlertKind::Idle,

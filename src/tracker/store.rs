@@ -1,0 +1,305 @@
+//! Compact storage for what an office holds per ticket, so that an open
+//! ticket costs a couple of hundred bytes and a million of them fit easily.
+//!
+//! - [`Stamp`]: an instant whose `Option` is 8 bytes (a niche), for the many
+//!   optional times of a segment.
+//! - [`Names`]: services, counters and staff interned per office as `NameId`
+//!   (4 bytes, `Option` too), instead of a reference-counted string each.
+//! - [`Tickets`]: segments in a slab (`Vec` + free list) indexed by a table of
+//!   slot numbers hashed by ticket number; the ticket number is stored once,
+//!   inline when short.
+//! - [`Seen`]: dedup keys (64-bit hashes) tagged with the generation of the
+//!   segment they belong to. A key is forgotten only once its generation has
+//!   been closed for the dedup horizon, found by an occasional sweep rather
+//!   than by a list of keys per segment.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::num::{NonZeroI64, NonZeroU32};
+
+use hashbrown::HashTable;
+
+use crate::ids::TicketNo;
+use crate::time::Millis;
+
+/// An instant, stored so that `Option<Stamp>` needs no extra space: the
+/// value is kept XOR `i64::MIN`, so only `Millis(i64::MIN)` (never a valid
+/// timestamp) cannot be stored and zero stays free as the niche.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp(NonZeroI64);
+
+impl Stamp {
+    pub(super) fn new(at: Millis) -> Stamp {
+        Stamp(NonZeroI64::new(at.0 ^ i64::MIN).unwrap_or(NonZeroI64::MIN))
+    }
+
+    pub(super) fn get(self) -> Millis {
+        Millis(self.0.get() ^ i64::MIN)
+    }
+}
+
+/// `Option<Millis>` ⇄ `Option<Stamp>`.
+pub(super) fn stamp(at: Option<Millis>) -> Option<Stamp> {
+    at.map(Stamp::new)
+}
+
+pub(super) fn unstamp(at: Option<Stamp>) -> Option<Millis> {
+    at.map(Stamp::get)
+}
+
+/// An interned name: 1-based index into [`Names`].
+pub(super) type NameId = NonZeroU32;
+
+/// Interns one kind of identifier for one office. Names are never
+/// forgotten; their number is bounded by what the office's devices send.
+#[derive(Debug)]
+pub(super) struct Names<T> {
+    values: Vec<T>,
+    index: HashMap<T, NameId>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names { values: Vec::new(), index: HashMap::new() }
+    }
+}
+
+impl<T: Clone + Eq + Hash> Names<T> {
+    pub(super) fn intern(&mut self, value: &T) -> NameId {
+        if let Some(id) = self.index.get(value) {
+            return *id;
+        }
+        self.values.push(value.clone());
+        // Saturates rather than wraps: past four billion names all share the last.
+        let id = NonZeroU32::new(u32::try_from(self.values.len()).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        self.index.insert(value.clone(), id);
+        id
+    }
+
+    pub(super) fn intern_opt(&mut self, value: Option<&T>) -> Option<NameId> {
+        value.map(|value| self.intern(value))
+    }
+
+    pub(super) fn get(&self, id: NameId) -> &T {
+        &self.values[id.get() as usize - 1]
+    }
+}
+
+/// A slot number in [`Tickets`].
+pub(super) type SlotId = u32;
+
+/// Ticket states by ticket number: a slab of slots and a hash table of slot
+/// numbers (4 bytes a ticket) that hashes through the slot's ticket.
+#[derive(Debug)]
+pub(super) struct Tickets<S> {
+    slots: Vec<Slot<S>>,
+    free: Vec<SlotId>,
+    index: HashTable<SlotId>,
+    hasher: hashbrown::DefaultHashBuilder,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Slot<S> {
+    ticket: TicketNo,
+    state: Option<S>,
+}
+
+impl<S> Default for Tickets<S> {
+    fn default() -> Self {
+        Tickets {
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<S> Tickets<S> {
+    pub(super) fn find(&self, ticket: &TicketNo) -> Option<SlotId> {
+        let hash = self.hasher.hash_one(ticket);
+        self.index.find(hash, |slot| self.slots[*slot as usize].ticket == *ticket).copied()
+    }
+
+    /// The slot of `ticket`, created with `make` if absent.
+    pub(super) fn find_or_insert(&mut self, ticket: &TicketNo, make: impl FnOnce() -> S) -> SlotId {
+        if let Some(slot) = self.find(ticket) {
+            return slot;
+        }
+        let slot = Slot { ticket: ticket.clone(), state: Some(make()) };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = slot;
+                id
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as SlotId
+            }
+        };
+        let hash = self.hasher.hash_one(ticket);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, id, |slot| hasher.hash_one(&slots[*slot as usize].ticket));
+        self.len += 1;
+        id
+    }
+
+    pub(super) fn remove(&mut self, id: SlotId) {
+        let Some(slot) = self.slots.get_mut(id as usize) else { return };
+        if slot.state.take().is_none() {
+            return;
+        }
+        let hash = self.hasher.hash_one(&slot.ticket);
+        if let Ok(entry) = self.index.find_entry(hash, |candidate| *candidate == id) {
+            entry.remove();
+        }
+        self.free.push(id);
+        self.len -= 1;
+    }
+
+    pub(super) fn get(&self, id: SlotId) -> Option<&S> {
+        self.slots.get(id as usize).and_then(|slot| slot.state.as_ref())
+    }
+
+    pub(super) fn get_mut(&mut self, id: SlotId) -> Option<&mut S> {
+        self.slots.get_mut(id as usize).and_then(|slot| slot.state.as_mut())
+    }
+
+    pub(super) fn ticket(&self, id: SlotId) -> &TicketNo {
+        &self.slots[id as usize].ticket
+    }
+
+    /// Every live state.
+    pub(super) fn values(&self) -> impl Iterator<Item = &S> {
+        self.slots.iter().filter_map(|slot| slot.state.as_ref())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// A tag meaning "applied to nothing yet" (the event is held for reordering).
+pub(super) const PENDING: u32 = u32::MAX;
+
+/// Dedup keys, 12 bytes each: the 64-bit key and the generation tag of the
+/// segment (or the one-off tag of a ticketless event) it belongs to.
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    keys: HashTable<[u32; 3]>,
+    /// When closed generations closed; their keys go `dedup_horizon` later.
+    closed: HashMap<u32, Millis>,
+    last_sweep: Option<Millis>,
+    len_after_sweep: usize,
+}
+
+fn split(key: u64) -> (u32, u32) {
+    (key as u32, (key >> 32) as u32)
+}
+
+fn join(entry: &[u32; 3]) -> u64 {
+    u64::from(entry[0]) | (u64::from(entry[1]) << 32)
+}
+
+impl Seen {
+    pub(super) fn contains(&self, key: u64) -> bool {
+        let (low, high) = split(key);
+        self.keys.find(key, |entry| entry[0] == low && entry[1] == high).is_some()
+    }
+
+    /// Records `key` (if new) with `tag`, or re-tags it.
+    pub(super) fn insert(&mut self, key: u64, tag: u32) {
+        let (low, high) = split(key);
+        match self.keys.find_mut(key, |entry| entry[0] == low && entry[1] == high) {
+            Some(entry) => entry[2] = tag,
+            None => {
+                self.keys.insert_unique(key, [low, high, tag], join);
+            }
+        }
+    }
+
+    /// The generation `tag` closed at `at`: its keys are forgotten after the horizon.
+    pub(super) fn close(&mut self, tag: u32, at: Millis) {
+        self.closed.insert(tag, at);
+    }
+
+    /// Forgets keys of generations closed before `cutoff`. Runs when the
+    /// office clock has moved `every_ms` since the last sweep, or the table
+    /// has doubled, so its cost is spread thin.
+    pub(super) fn maybe_sweep(&mut self, cutoff: Millis, now: Millis, every_ms: i64) {
+        let due_by_time = self.last_sweep.is_none_or(|last| now.since(last) >= every_ms);
+        let due_by_size = self.keys.len() > 2 * self.len_after_sweep.max(1024);
+        if !(due_by_time || due_by_size) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let closed = &self.closed;
+        self.keys.retain(|entry| closed.get(&entry[2]).is_none_or(|closed_at| *closed_at >= cutoff));
+        self.closed.retain(|_, closed_at| *closed_at >= cutoff);
+        self.keys.shrink_to(0, join);
+        self.len_after_sweep = self.keys.len();
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_stamp_is_as_small_as_an_instant() {
+        assert_eq!(std::mem::size_of::<Option<Stamp>>(), 8);
+        for at in [0, 1, -1, 1_795_737_600_000, i64::MAX] {
+            assert_eq!(Stamp::new(Millis(at)).get(), Millis(at));
+        }
+    }
+
+    #[test]
+    fn tickets_reuse_freed_slots_and_find_by_number() {
+        let mut tickets: Tickets<u8> = Tickets::default();
+        let a = TicketNo::parse("A-1").unwrap();
+        let b = TicketNo::parse("B-2").unwrap();
+        let slot_a = tickets.find_or_insert(&a, || 1);
+        let slot_b = tickets.find_or_insert(&b, || 2);
+        assert_eq!(tickets.find(&a), Some(slot_a));
+        assert_eq!(tickets.find_or_insert(&a, || 9), slot_a);
+        tickets.remove(slot_a);
+        assert_eq!(tickets.find(&a), None);
+        assert_eq!(tickets.len(), 1);
+        let c = TicketNo::parse("C-3").unwrap();
+        assert_eq!(tickets.find_or_insert(&c, || 3), slot_a, "the freed slot is reused");
+        assert_eq!(tickets.get(slot_b), Some(&2));
+        assert_eq!(tickets.ticket(slot_a), &c);
+    }
+
+    #[test]
+    fn seen_keys_are_forgotten_only_after_their_generation_closed_for_the_horizon() {
+        let mut seen = Seen::default();
+        seen.insert(1, 7);
+        seen.insert(2, 8);
+        seen.insert(3, PENDING);
+        seen.close(7, Millis(100));
+        seen.maybe_sweep(Millis(50), Millis(1000), 0);
+        assert!(seen.contains(1), "closed at 100, cutoff 50: kept");
+        seen.maybe_sweep(Millis(101), Millis(2000), 0);
+        assert!(!seen.contains(1));
+        assert!(seen.contains(2) && seen.contains(3), "open and pending keys are never forgotten");
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    /// An open ticket's budget is about 240 bytes in all (slot, index,
+    /// dedup keys, timer); these are the big parts of it.
+    #[test]
+    fn per_ticket_structures_stay_within_their_budget() {
+        assert!(std::mem::size_of::<super::super::Segment>() <= 104);
+        assert!(std::mem::size_of::<super::Slot<super::super::TicketState>>() <= 128);
+        assert!(std::mem::size_of::<(crate::time::Millis, super::super::TimerKey)>() <= 16);
+    }
+}
