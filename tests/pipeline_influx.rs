@@ -33,6 +33,16 @@ flush_interval = "200ms"
     )
 }
 
+/// Kills the daemon if the test fails before stopping it, so no process outlives the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn replay_to(config: &Path, events: &Path) -> std::process::Output {
     Command::new(queuewatch_bin())
         .args(["replay", "--config"])
@@ -143,13 +153,15 @@ async fn mqtt_run_of_the_scenario_writes_exactly_the_contract_points_and_stops_c
     publish_lines(&mqtt, "publisher-1", before).await;
 
     let log_path = dir.path().join("daemon.log");
-    let mut daemon = Command::new(queuewatch_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = KillOnDrop(
+        Command::new(queuewatch_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     publish_lines(&mqtt, "publisher-2", after).await;
 
     // The last points are final once each office clock has passed their time
@@ -159,11 +171,11 @@ async fn mqtt_run_of_the_scenario_writes_exactly_the_contract_points_and_stops_c
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(problems.is_empty(), "{}\n--- daemon log ---\n{log}", problems.join("\n"));
 
-    let status = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
+    let status = Command::new("kill").arg("-TERM").arg(daemon.0.id().to_string()).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     let exit = loop {
-        if let Some(exit) = daemon.try_wait().unwrap() {
+        if let Some(exit) = daemon.0.try_wait().unwrap() {
             break exit;
         }
         assert!(Instant::now() < deadline, "daemon did not stop after SIGTERM");
