@@ -54,6 +54,32 @@ enum Input {
     Shutdown,
 }
 
+/// Lines gathered before they are handed to the writers between ticks.
+const SEND_CHUNK_LINES: usize = 1000;
+
+/// The wall time the office clocks run on: the real clock less the time the
+/// loop spent waiting on a full writer. Office clocks follow the wall clock
+/// between events so that deadlines pass while nothing happens; they must not
+/// move while the daemon itself is stalled, or the messages that queued up
+/// behind the stall would all arrive late.
+#[derive(Default)]
+struct LoopClock {
+    stalled_ms: i64,
+}
+
+impl LoopClock {
+    fn now(&self) -> Millis {
+        Millis::now().minus_ms(self.stalled_ms)
+    }
+
+    /// Excludes a wait longer than a tick from the office clocks.
+    fn exclude(&mut self, waited: Duration) {
+        if waited > TICK {
+            self.stalled_ms = self.stalled_ms.saturating_add(i64::try_from(waited.as_millis()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 /// Where a run's output goes besides MQTT alerts.
 pub struct Outputs {
     /// Writer tasks; every line goes to each of them.
@@ -108,6 +134,7 @@ pub async fn run_with(
     let mut stats_log = tokio::time::interval(Duration::from_secs(60));
     stats_log.tick().await;
     let mut stop = std::pin::pin!(stopped(stop_receiver.clone()));
+    let mut clock = LoopClock::default();
     let mut unsent_at_shutdown = 0usize;
 
     loop {
@@ -124,6 +151,7 @@ pub async fn run_with(
                 continue;
             }
         };
+        let is_tick = matches!(input, Input::Tick);
         match input {
             Input::Message(message) => {
                 if alerts.is_own_topic(&message.publish.topic) {
@@ -134,13 +162,17 @@ pub async fn run_with(
                 let topic_office = office_from_topic(&config.mqtt.topics, &message.publish.topic);
                 // A rejection is counted and logged inside; it is still acknowledged,
                 // since redelivering a bad message would only repeat the rejection.
-                let handled = pipeline.handle(topic_office, &message.publish.payload, message.received, Millis::now());
+                let handled = pipeline.handle(topic_office, &message.publish.payload, clock.now(), Millis::now());
                 if let Err(rejection) = handled {
                     alerts.rejection(&rejection, std::time::Instant::now());
                 }
                 acker.ack(&message.publish);
             }
-            Input::Tick => pipeline.advance(Millis::now()),
+            // While messages wait in the channel the daemon is behind: letting
+            // wall time move the office clocks now would make those messages
+            // late. A backlog runs on its own timestamps.
+            Input::Tick if messages.is_empty() => pipeline.advance(clock.now()),
+            Input::Tick => {}
             Input::Shutdown => break,
         }
         for alert in pipeline.take_alerts() {
@@ -149,7 +181,13 @@ pub async fn run_with(
                 let _ = tap.try_send(Tapped::Alert(alert));
             }
         }
+        // Lines go to the writers in chunks: on every tick, or once enough
+        // have gathered, not after every message.
+        if !is_tick && pipeline.pending_lines() < SEND_CHUNK_LINES {
+            continue;
+        }
         if let Some((lines, count)) = pipeline.take_lines() {
+            let started = std::time::Instant::now();
             tokio::select! {
                 sent = send_to_all(&sinks, lines, count) => if !sent {
                     error!(points = count, "The InfluxDB writer has stopped; points lost.");
@@ -159,6 +197,7 @@ pub async fn run_with(
                     break;
                 }
             }
+            clock.exclude(started.elapsed());
         }
     }
 
@@ -166,7 +205,7 @@ pub async fn run_with(
     drop(messages);
     let _ = tokio::time::timeout(Duration::from_secs(2), source_task).await;
     // Phase 2: apply what the tracker holds, write what that completes.
-    pipeline.drain(Millis::now());
+    pipeline.drain(clock.now());
     if let Some((lines, count)) = pipeline.take_lines() {
         if tokio::time::timeout(SHUTDOWN_DEADLINE, send_to_all(&sinks, lines, count)).await.is_err() {
             unsent_at_shutdown += count;

@@ -21,14 +21,11 @@ use tracing::{debug, info, warn};
 use crate::config::MqttConfig;
 use crate::event::{RejectReason, Rejection};
 use crate::ids::OfficeId;
-use crate::time::Millis;
 
 /// One message received, with what is needed to acknowledge it.
 #[derive(Debug)]
 pub struct Incoming {
     pub publish: Publish,
-    /// Wall time of receipt.
-    pub received: Millis,
 }
 
 /// Acknowledges processed messages. Cloneable; never blocks.
@@ -105,7 +102,7 @@ impl MqttSource {
             };
             match polled {
                 Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
-                    let incoming = Incoming { publish, received: Millis::now() };
+                    let incoming = Incoming { publish };
                     tokio::select! {
                         biased;
                         () = &mut shutdown => break,
