@@ -54,6 +54,11 @@ macro_rules! ident_type {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The value as a tag: shares the string, allocates nothing.
+            pub fn tag(&self) -> Arc<str> {
+                self.0.clone()
+            }
         }
 
         impl fmt::Display for $name {

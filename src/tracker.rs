@@ -44,6 +44,7 @@ use crate::ids::{CounterId, OfficeId, ServiceId, StaffId, TicketNo};
 use crate::point::{seconds, FieldValue, Point};
 use crate::time::{duration_ms, Millis};
 
+use live::QueueShare;
 pub use live::{Alert, AlertKind, AlertState};
 
 /// Whether wall time means anything: a live daemon, or a replay of history.
@@ -169,6 +170,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The tag value, shared rather than allocated for every point.
+    fn tag(self) -> Arc<str> {
+        static TAGS: std::sync::LazyLock<[Arc<str>; 5]> = std::sync::LazyLock::new(|| {
+            [Outcome::Served, Outcome::NoShow, Outcome::Cancelled, Outcome::Transferred, Outcome::Expired]
+                .map(|outcome| Arc::from(outcome.as_str()))
+        });
+        TAGS[self as usize].clone()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Served => "served",
@@ -437,6 +447,11 @@ enum BreachState {
 }
 
 impl Segment {
+    /// What this segment adds to its service's queue gauge.
+    fn queue_share(&self) -> QueueShare {
+        QueueShare { service: self.service, waiting: self.first_call.is_none(), issue: self.issue() }
+    }
+
     fn expiry(&self, settings: &TrackerSettings) -> Millis {
         self.last_event.plus_ms(settings.max_ticket_age_ms)
     }
@@ -807,10 +822,13 @@ impl OfficeState {
                         let service = self.services.intern_opt(event.service.as_ref());
                         let mut visit_start = None;
                         if let Some(segment) = self.segment_mut(slot) {
+                            let share_before = segment.queue_share();
                             segment.last_event = segment.last_event.max(event.ts);
                             segment.staff = staff.or(segment.staff);
                             segment.service = segment.service.or(service);
                             visit_start = unstamp(segment.visit_start);
+                            let share_after = segment.queue_share();
+                            self.move_share(share_before, share_after, slot);
                         }
                         self.tag_keys(slot, &keys);
                         self.close(settings, slot, Closing { outcome, at: event.ts, event: Some(&event) }, out);
@@ -837,6 +855,15 @@ impl OfficeState {
         self.update_idle(settings, event.ts, out);
     }
 
+    /// Moves a segment's share of the queue gauges when its service, waiting
+    /// state or issue time changed.
+    fn move_share(&mut self, before: QueueShare, after: QueueShare, slot: SlotId) {
+        if before != after {
+            self.live.queue_remove(before, slot);
+            self.live.queue_add(after, slot);
+        }
+    }
+
     /// Tags dedup keys with the generation of the segment they now belong to.
     fn tag_keys(&mut self, slot: SlotId, keys: &[u64]) {
         if let Some(generation) = self.segment(slot).map(|segment| segment.generation) {
@@ -858,6 +885,7 @@ impl OfficeState {
             if let Some(segment) = self.segment_mut(slot) {
                 if segment.issue.is_none() && event.ts <= segment.first_event {
                     // The missing issue of a segment first seen through a later event.
+                    let share_before = segment.queue_share();
                     segment.issue = Some(Stamp::new(event.ts));
                     segment.first_event = event.ts;
                     segment.service = service.or(segment.service);
@@ -865,6 +893,8 @@ impl OfficeState {
                         segment.visit_start = Some(Stamp::new(event.ts));
                     }
                     let service = segment.service;
+                    let share_after = segment.queue_share();
+                    self.move_share(share_before, share_after, slot);
                     self.live.count_issued(service, event.ts);
                     self.schedule(settings, slot, Scheduling::Update);
                     return slot;
@@ -883,6 +913,7 @@ impl OfficeState {
         let staff = self.staff.intern_opt(event.staff.as_ref());
         let event_service = self.services.intern_opt(event.service.as_ref());
         let Some(segment) = self.segment_mut(slot) else { return };
+        let share_before = segment.queue_share();
         let was_waiting = segment.first_call.is_none();
         let previous_counter = segment.busy_counter;
         if segment.service.is_none() {
@@ -891,6 +922,7 @@ impl OfficeState {
         update_segment(segment, event, counter, staff);
         let now_called = segment.first_call.is_some();
         let service = segment.service;
+        let share_after = segment.queue_share();
         let wait_alert = segment.wait_breach == BreachState::Firing && now_called;
         if wait_alert {
             segment.wait_breach = BreachState::Resolved;
@@ -902,6 +934,7 @@ impl OfficeState {
             }
             _ => None,
         };
+        self.move_share(share_before, share_after, slot);
         if was_waiting && now_called {
             self.waiting -= 1;
             self.live.count_called(service, event.ts);
@@ -953,11 +986,13 @@ impl OfficeState {
         if issue.is_some() {
             self.live.count_issued(service, first_event);
         }
+        let share = segment.queue_share();
         let slot =
             self.tickets.find_or_insert(ticket, || TicketState::Closed { at: Stamp::new(first_event), service: None });
         if let Some(state) = self.tickets.get_mut(slot) {
             *state = TicketState::Open(segment);
         }
+        self.live.queue_add(share, slot);
         self.open_segments += 1;
         self.waiting += 1;
         self.schedule(settings, slot, Scheduling::Renew);
@@ -974,6 +1009,7 @@ impl OfficeState {
             return;
         };
         *state = TicketState::Closed { at: Stamp::new(closing.at), service: segment.service };
+        self.live.queue_remove(segment.queue_share(), slot);
         self.open_segments -= 1;
         if segment.first_call.is_none() {
             self.waiting -= 1;
@@ -1036,14 +1072,14 @@ impl OfficeState {
         let ticket = self.tickets.ticket(slot).clone();
         let service = self.service_name(segment.service);
         let mut point = self.point("breach", point_time_ns(deadline, &ticket));
-        point.tag("service", Arc::from(service.as_str()));
-        point.tag("kind", Arc::from(kind.as_str()));
+        point.tag("service", service.tag());
+        point.tag("kind", kind.tag());
         if kind == AlertKind::Service {
             if let Some(counter) = segment.busy_counter.or(segment.last_call_counter) {
-                point.tag("counter", Arc::from(self.counters.get(counter).as_str()));
+                point.tag("counter", self.counters.get(counter).tag());
             }
         }
-        point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
+        point.field("ticket", FieldValue::Str(ticket.as_str().into()));
         point.field("target_s", seconds(target_ms));
         out.points.push(point);
         let targets = self.targets(settings, segment.service);
@@ -1101,14 +1137,14 @@ impl OfficeState {
     ) {
         let outcome = closing.outcome;
         let service = self.service_name(segment.service);
-        point.tag("service", Arc::from(service.as_str()));
-        point.tag("outcome", Arc::from(outcome.as_str()));
+        point.tag("service", service.tag());
+        point.tag("outcome", outcome.tag());
         let counter = closing
             .event
             .and_then(|event| event.counter.clone())
             .or_else(|| segment.last_call_counter.map(|counter| self.counters.get(counter).clone()));
         if let Some(counter) = counter {
-            point.tag("counter", Arc::from(counter.as_str()));
+            point.tag("counter", counter.tag());
         }
 
         let mut span = |from: Option<Millis>, to: Option<Millis>| -> Option<i64> {
@@ -1131,7 +1167,7 @@ impl OfficeState {
         let total_ms = if is_expired { None } else { span(segment.issue(), close) };
         let visit_ms = if is_final { span(unstamp(segment.visit_start), close) } else { None };
 
-        point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
+        point.field("ticket", FieldValue::Str(ticket.as_str().into()));
         point.field("recalls", FieldValue::Int(i64::from(segment.recalls)));
         for (name, value) in [
             ("wait_s", wait_ms),
@@ -1169,7 +1205,7 @@ impl OfficeState {
             .and_then(|event| event.staff.clone())
             .or_else(|| segment.staff.map(|staff| self.staff.get(staff).clone()));
         if let Some(staff) = staff {
-            point.field("staff", FieldValue::Str(staff.as_str().to_string()));
+            point.field("staff", FieldValue::Str(staff.as_str().into()));
         }
     }
 }

@@ -8,10 +8,10 @@
 //! [`Mode::Live`]: whether an office is `silent`, and gauges for configured
 //! offices that have never been heard.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::store::NameId;
+use super::store::{NameId, SlotId};
 use super::{BreachState, Mode, OfficeState, Output, TimerKey, TrackerSettings};
 use crate::event::Event;
 use crate::ids::{CounterId, OfficeId, ServiceId, TicketNo};
@@ -33,6 +33,15 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// The tag value, shared rather than allocated for every point.
+    pub(super) fn tag(self) -> Arc<str> {
+        static TAGS: std::sync::LazyLock<[Arc<str>; 4]> = std::sync::LazyLock::new(|| {
+            [AlertKind::Wait, AlertKind::Service, AlertKind::Idle, AlertKind::Silent]
+                .map(|kind| Arc::from(kind.as_str()))
+        });
+        TAGS[self as usize].clone()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::Wait => "wait",
@@ -118,11 +127,25 @@ pub(super) struct OfficeLive {
     silent_since: Option<Millis>,
 }
 
+/// One service's queue, kept up to date as segments change so that a
+/// snapshot costs nothing per ticket.
 #[derive(Debug, Default)]
 struct ServiceGauge {
     issued: i64,
     called: i64,
     last_event: Option<Millis>,
+    waiting: i64,
+    in_service: i64,
+    /// Waiting segments whose issue time is known, oldest first.
+    waiting_since: BTreeSet<(Millis, SlotId)>,
+}
+
+/// What one open segment contributes to its service's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct QueueShare {
+    pub(super) service: Option<NameId>,
+    pub(super) waiting: bool,
+    pub(super) issue: Option<Millis>,
 }
 
 #[derive(Debug, Default)]
@@ -152,6 +175,30 @@ impl OfficeLive {
 
     pub(super) fn touch_service(&mut self, service: Option<NameId>, at: Millis) {
         self.service_gauge(service, at);
+    }
+
+    pub(super) fn queue_add(&mut self, share: QueueShare, slot: SlotId) {
+        let gauge = self.services.entry(share.service).or_default();
+        if share.waiting {
+            gauge.waiting += 1;
+            if let Some(issue) = share.issue {
+                gauge.waiting_since.insert((issue, slot));
+            }
+        } else {
+            gauge.in_service += 1;
+        }
+    }
+
+    pub(super) fn queue_remove(&mut self, share: QueueShare, slot: SlotId) {
+        let Some(gauge) = self.services.get_mut(&share.service) else { return };
+        if share.waiting {
+            gauge.waiting -= 1;
+            if let Some(issue) = share.issue {
+                gauge.waiting_since.remove(&(issue, slot));
+            }
+        } else {
+            gauge.in_service -= 1;
+        }
     }
 
     fn service_gauge(&mut self, service: Option<NameId>, at: Millis) -> &mut ServiceGauge {
@@ -289,58 +336,33 @@ impl OfficeState {
             return;
         }
 
-        #[derive(Default)]
-        struct ServiceNow {
-            waiting: i64,
-            in_service: i64,
-            over_target: i64,
-            oldest_wait_ms: i64,
-        }
-        let mut by_service: BTreeMap<Option<NameId>, ServiceNow> = BTreeMap::new();
-        let mut targets_by_service = HashMap::new();
-        for state in self.tickets.values() {
-            let Some(segment) = state.open() else { continue };
-            let targets =
-                *targets_by_service.entry(segment.service).or_insert_with(|| self.targets(settings, segment.service));
-            let gauge = by_service.entry(segment.service).or_default();
-            if segment.first_call.is_none() {
-                gauge.waiting += 1;
-                if let Some(issue) = segment.issue() {
-                    let waited_ms = at.since(issue).max(0);
-                    gauge.oldest_wait_ms = gauge.oldest_wait_ms.max(waited_ms);
-                    if waited_ms > targets.wait_ms {
-                        gauge.over_target += 1;
-                    }
-                }
-            } else {
-                gauge.in_service += 1;
-            }
-        }
         // Services idle for longer than gauge_idle_after drop out.
         let idle_before = at.minus_ms(settings.gauge_idle_after_ms);
-        self.live.services.retain(|service, gauge| {
-            by_service.contains_key(service) || gauge.last_event.is_some_and(|last| last >= idle_before)
+        self.live.services.retain(|_, gauge| {
+            gauge.waiting > 0 || gauge.in_service > 0 || gauge.last_event.is_some_and(|last| last >= idle_before)
         });
-        for service in self.live.services.keys() {
-            by_service.entry(*service).or_default();
-        }
 
         let time_ns = at.0.saturating_mul(1_000_000);
         let (mut waiting, mut in_service) = (0, 0);
-        for (service, now_gauge) in &by_service {
-            let counts = self.live.services.get_mut(service);
-            let (issued, called) =
-                counts.map_or((0, 0), |gauge| (std::mem::take(&mut gauge.issued), std::mem::take(&mut gauge.called)));
-            waiting += now_gauge.waiting;
-            in_service += now_gauge.in_service;
+        let services: Vec<Option<NameId>> = self.live.services.keys().copied().collect();
+        for service in services {
+            let targets = self.targets(settings, service);
+            let Some(gauge) = self.live.services.get_mut(&service) else { continue };
+            // Waiting longer than the target at T: issued before T - target.
+            let over_target = gauge.waiting_since.range(..(at.minus_ms(targets.wait_ms), 0)).count() as i64;
+            let oldest_wait_ms = gauge.waiting_since.first().map_or(0, |(issue, _)| at.since(*issue).max(0));
+            let (issued, called) = (std::mem::take(&mut gauge.issued), std::mem::take(&mut gauge.called));
+            let (service_waiting, service_in_service) = (gauge.waiting, gauge.in_service);
+            waiting += service_waiting;
+            in_service += service_in_service;
             let mut point = self.point("queue", time_ns);
-            point.tag("service", Arc::from(self.service_name(*service).as_str()));
-            point.field("waiting", FieldValue::Int(now_gauge.waiting));
-            point.field("in_service", FieldValue::Int(now_gauge.in_service));
-            point.field("over_target", FieldValue::Int(now_gauge.over_target));
+            point.tag("service", self.service_name(service).tag());
+            point.field("waiting", FieldValue::Int(service_waiting));
+            point.field("in_service", FieldValue::Int(service_in_service));
+            point.field("over_target", FieldValue::Int(over_target));
             point.field("issued", FieldValue::Int(issued));
             point.field("called", FieldValue::Int(called));
-            point.field("oldest_wait_s", seconds(now_gauge.oldest_wait_ms));
+            point.field("oldest_wait_s", seconds(oldest_wait_ms));
             out.points.push(point);
         }
 
@@ -369,7 +391,7 @@ impl OfficeState {
                 point.field("silent", FieldValue::Int(i64::from(silent)));
             }
             if let Some(name) = &config.name {
-                point.field("name", FieldValue::Str(name.clone()));
+                point.field("name", FieldValue::Str(name.as_str().into()));
             }
         }
     }
@@ -406,7 +428,7 @@ impl OfficeState {
         let _ = settings;
 
         let mut point = self.point("counter", event.ts.0.saturating_mul(1_000_000));
-        point.tag("counter", Arc::from(counter.as_str()));
+        point.tag("counter", counter.tag());
         match open_ms {
             Some(open_ms) if open_ms < 0 => out.notes.add(super::Note::ClockSkew),
             Some(open_ms) => {
@@ -418,7 +440,7 @@ impl OfficeState {
         point.field("busy_s", seconds(busy_ms));
         point.field("served", FieldValue::Int(served));
         if let Some(staff) = staff {
-            point.field("staff", FieldValue::Str(staff.as_str().to_string()));
+            point.field("staff", FieldValue::Str(staff.as_str().into()));
         }
         out.points.push(point);
     }
@@ -442,14 +464,14 @@ impl OfficeState {
             .unwrap_or("");
         let mut point = self.point("feedback", super::time_with_offset_ns(event.ts, offset_key));
         if let Some(counter) = &event.counter {
-            point.tag("counter", Arc::from(counter.as_str()));
+            point.tag("counter", counter.tag());
         }
         if let Some(service) = service {
-            point.tag("service", Arc::from(service.as_str()));
+            point.tag("service", service.tag());
         }
         point.field("rating", FieldValue::Int(i64::from(rating)));
         if let Some(ticket) = &event.ticket {
-            point.field("ticket", FieldValue::Str(ticket.as_str().to_string()));
+            point.field("ticket", FieldValue::Str(ticket.as_str().into()));
         }
         out.points.push(point);
     }
@@ -502,8 +524,8 @@ impl OfficeState {
         let Some(state) = self.live.counters.get_mut(&counter) else { return };
         state.idle_breach = BreachState::Firing;
         let mut point = self.point("breach", at.0.saturating_mul(1_000_000));
-        point.tag("counter", Arc::from(self.counters.get(counter).as_str()));
-        point.tag("kind", Arc::from(AlertKind::Idle.as_str()));
+        point.tag("counter", self.counters.get(counter).tag());
+        point.tag("kind", AlertKind::Idle.tag());
         point.field("target_s", seconds(idle_target_ms));
         out.points.push(point);
         let mut alert = self.idle_alert(counter, at, idle_target_ms, self.released_upto.max(at));

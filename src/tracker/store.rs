@@ -171,11 +171,6 @@ impl<S> Tickets<S> {
         &self.slots[id as usize].ticket
     }
 
-    /// Every live state.
-    pub(super) fn values(&self) -> impl Iterator<Item = &S> {
-        self.slots.iter().filter_map(|slot| slot.state.as_ref())
-    }
-
     pub(super) fn len(&self) -> usize {
         self.len
     }

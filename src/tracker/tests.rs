@@ -96,7 +96,7 @@ fn render_point(point: &Point) -> String {
         let value = match value {
             FieldValue::Float(number) => format!("{number}"),
             FieldValue::Int(number) => format!("{number}"),
-            FieldValue::Str(text) => text.clone(),
+            FieldValue::Str(text) => text.to_string(),
         };
         text.push_str(&format!(" {key}={value}"));
     }

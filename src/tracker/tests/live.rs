@@ -22,7 +22,7 @@ fn render(point: &Point) -> String {
         let value = match value {
             FieldValue::Float(number) => format!("{number}"),
             FieldValue::Int(number) => format!("{number}"),
-            FieldValue::Str(text) => text.clone(),
+            FieldValue::Str(text) => text.to_string(),
         };
         text.push_str(&format!(" {key}={value}"));
     }
