@@ -5,7 +5,6 @@
 //! nanoseconds so that a deterministic sub-millisecond offset can keep two
 //! tickets closing in the same millisecond from overwriting each other.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// A field value. A field name always carries the same variant. Strings
@@ -74,7 +73,8 @@ impl Point {
             match value {
                 FieldValue::Float(number) => write_float(out, *number),
                 FieldValue::Int(number) => {
-                    let _ = write!(out, "{number}i");
+                    out.push_str(itoa::Buffer::new().format(*number));
+                    out.push('i');
                 }
                 FieldValue::Str(text) => {
                     out.push('"');
@@ -83,7 +83,9 @@ impl Point {
                 }
             }
         }
-        let _ = writeln!(out, " {}", self.time_ns);
+        out.push(' ');
+        out.push_str(itoa::Buffer::new().format(self.time_ns));
+        out.push('\n');
     }
 
     /// The point as a single line, without the trailing newline.
@@ -99,10 +101,14 @@ impl Point {
 /// shortest round-trip formatting prints `3.5` as `3.5` and `3.0` as `3`,
 /// which InfluxDB reads as a float because it has no `i` suffix.
 fn write_float(out: &mut String, number: f64) {
-    if number.is_finite() {
-        let _ = write!(out, "{number}");
-    } else {
+    if !number.is_finite() {
         out.push('0');
+    } else if number.fract() == 0.0 && number.abs() < 1e15 {
+        // Whole seconds are common: print them as integers (still a float
+        // in line protocol, having no `i` suffix).
+        out.push_str(itoa::Buffer::new().format(number as i64));
+    } else {
+        out.push_str(ryu::Buffer::new().format_finite(number));
     }
 }
 
@@ -111,6 +117,12 @@ fn write_float(out: &mut String, number: f64) {
 /// (control characters are rejected at decode), so they become spaces here as
 /// a last line of defence.
 fn escape_into(out: &mut String, text: &str, specials: &[char]) {
+    // Identifiers, field names and most tickets need no escaping at all.
+    let plain = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-' | b':' | b'/');
+    if text.bytes().all(plain) {
+        out.push_str(text);
+        return;
+    }
     for character in text.chars() {
         if character == '\\' || specials.contains(&character) {
             out.push('\\');
