@@ -18,6 +18,13 @@ use crate::ids::OfficeId;
 use crate::time::Millis;
 use crate::tracker::Alert;
 
+/// Alerts about deadlines older than this (by the wall clock) are not
+/// published: they come from a backlog being caught up (a restart, a
+/// replayed outage), where paging someone for yesterday's queue helps nobody
+/// and a flood of them would crowd the acknowledgements out of the MQTT
+/// client's queue. The `breach` points are written all the same.
+const STALE_ALERT_AFTER_MS: i64 = 3_600_000;
+
 /// Echoes per office: a burst of this many, then one per `ECHO_REFILL`.
 const ECHO_BURST: f64 = 10.0;
 const ECHO_REFILL: Duration = Duration::from_secs(1);
@@ -29,6 +36,7 @@ pub struct AlertPublisher {
     pub published: u64,
     pub dropped: u64,
     pub echoes_suppressed: u64,
+    pub stale_skipped: u64,
 }
 
 impl AlertPublisher {
@@ -40,12 +48,19 @@ impl AlertPublisher {
             published: 0,
             dropped: 0,
             echoes_suppressed: 0,
+            stale_skipped: 0,
         }
     }
 
-    /// Publishes a breach alert on `alerts.topic`.
-    pub fn alert(&mut self, alert: &Alert) {
+    /// Publishes a breach alert on `alerts.topic`, unless it is stale (see
+    /// `STALE_ALERT_AFTER_MS`; firing and resolved share `since`, so both are
+    /// skipped or both sent).
+    pub fn alert(&mut self, alert: &Alert, wall_now: Millis) {
         if !self.config.enabled {
+            return;
+        }
+        if wall_now.since(alert.since) > STALE_ALERT_AFTER_MS {
+            self.stale_skipped += 1;
             return;
         }
         let topic = topic_for(&self.config.topic, &alert.office);

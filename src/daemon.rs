@@ -119,7 +119,7 @@ pub async fn run_with(
     });
 
     let source = MqttSource::new(&config.mqtt);
-    let acker = source.acker.clone();
+    let mut acker = source.acker();
     let mut alerts = AlertPublisher::new(source.client(), &config.alerts);
     let (message_sender, mut messages) = mpsc::channel(MESSAGE_CHANNEL_CAPACITY);
     let source_task = tokio::spawn(source.run(message_sender, stopped(stop_receiver.clone())));
@@ -171,12 +171,15 @@ pub async fn run_with(
             // While messages wait in the channel the daemon is behind: letting
             // wall time move the office clocks now would make those messages
             // late. A backlog runs on its own timestamps.
-            Input::Tick if messages.is_empty() => pipeline.advance(clock.now()),
-            Input::Tick => {}
+            Input::Tick if messages.is_empty() => {
+                acker.flush();
+                pipeline.advance(clock.now());
+            }
+            Input::Tick => acker.flush(),
             Input::Shutdown => break,
         }
         for alert in pipeline.take_alerts() {
-            alerts.alert(&alert);
+            alerts.alert(&alert, Millis::now());
             if let Some(tap) = &tap {
                 let _ = tap.try_send(Tapped::Alert(alert));
             }
@@ -226,7 +229,16 @@ pub async fn run_with(
     }
     sink_report.points_unwritten_at_shutdown += unsent_at_shutdown as u64;
     let stats = pipeline.stats().clone();
-    info!(stats = %stats.one_line(), written = sink_report.points_written, "queuewatch stopped.");
+    info!(
+        stats = %stats.one_line(),
+        written = sink_report.points_written,
+        alerts_published = alerts.published,
+        alerts_dropped = alerts.dropped,
+        alerts_stale = alerts.stale_skipped,
+        echoes_suppressed = alerts.echoes_suppressed,
+        acks_waiting = acker.waiting(),
+        "queuewatch stopped."
+    );
     Ok(RunReport { stats, sink: sink_report })
 }
 

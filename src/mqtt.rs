@@ -28,34 +28,46 @@ pub struct Incoming {
     pub publish: Publish,
 }
 
-/// Acknowledges processed messages. Cloneable; never blocks.
-#[derive(Clone)]
+/// Acknowledges processed messages, in order, without ever waiting on the
+/// poll loop: what rumqttc's request queue cannot take now waits here and
+/// goes first next time (brokers such as rumqttd insist on in-order acks).
+/// Owned by the one task that processes messages.
 pub struct Acker {
     client: AsyncClient,
+    waiting: std::collections::VecDeque<Publish>,
 }
 
 impl Acker {
-    /// Queues the acknowledgement of `publish`. If the request queue is full
-    /// the ack is handed to a task so the caller never waits on the poll loop.
-    pub fn ack(&self, publish: &Publish) {
+    /// Queues the acknowledgement of `publish` after those still waiting.
+    pub fn ack(&mut self, publish: &Publish) {
         if publish.qos == QoS::AtMostOnce {
             return;
         }
-        if self.client.try_ack(publish).is_err() {
-            let client = self.client.clone();
-            let publish = publish.clone();
-            tokio::spawn(async move {
-                if let Err(error) = client.ack(&publish).await {
-                    debug!(%error, "Acknowledgement not sent; the broker will redeliver.");
-                }
-            });
+        self.flush();
+        if !self.waiting.is_empty() || self.client.try_ack(publish).is_err() {
+            self.waiting.push_back(publish.clone());
         }
+    }
+
+    /// Hands waiting acknowledgements to rumqttc while it takes them.
+    pub fn flush(&mut self) {
+        while let Some(publish) = self.waiting.front() {
+            if self.client.try_ack(publish).is_err() {
+                break;
+            }
+            self.waiting.pop_front();
+        }
+    }
+
+    /// Acknowledgements not yet handed over (the broker redelivers them if
+    /// the connection drops first; dedup then recognises them).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 }
 
 /// The client handle used to publish (alerts, later) and to acknowledge.
 pub struct MqttSource {
-    pub acker: Acker,
     client: AsyncClient,
     event_loop: EventLoop,
     topics: Vec<String>,
@@ -78,9 +90,15 @@ impl MqttSource {
             .set_manual_acks(true)
             .set_max_packet_size(incoming_packet_limit(config.max_payload_bytes), 1024 * 1024)
             .set_inflight(100);
-        // Room for every in-flight ack plus subscriptions and alert publishes.
-        let (client, event_loop) = AsyncClient::new(options, 4096);
-        MqttSource { acker: Acker { client: client.clone() }, client, event_loop, topics: config.topics.clone() }
+        // Room for in-flight acks plus subscriptions and alert publishes;
+        // acks that do not fit wait in the `Acker`, alerts are counted and dropped.
+        let (client, event_loop) = AsyncClient::new(options, 16_384);
+        MqttSource { client, event_loop, topics: config.topics.clone() }
+    }
+
+    /// The acknowledger for the task that processes this source's messages.
+    pub fn acker(&self) -> Acker {
+        Acker { client: self.client.clone(), waiting: std::collections::VecDeque::new() }
     }
 
     /// A client that can publish through this connection.
