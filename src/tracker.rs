@@ -412,7 +412,8 @@ impl TicketState {
 #[derive(Debug, Clone)]
 struct Segment {
     generation: u32,
-    recalls: u16,
+    /// Saturates at 255: no customer is called more often.
+    recalls: u8,
     wait_breach: BreachState,
     service_breach: BreachState,
     service: Option<NameId>,
@@ -420,8 +421,11 @@ struct Segment {
     /// The counter this segment keeps busy (from its call to its close).
     busy_counter: Option<NameId>,
     staff: Option<NameId>,
-    issue: Option<Stamp>,
-    first_event: Millis,
+    /// The issue time when `issue_known`, else the first event's time (an
+    /// orphan): one field serves both, since an issued segment's first event
+    /// is its issue.
+    start: Millis,
+    issue_known: bool,
     last_event: Millis,
     first_call: Option<Stamp>,
     last_call: Option<Stamp>,
@@ -457,7 +461,7 @@ impl Segment {
     }
 
     fn issue(&self) -> Option<Millis> {
-        unstamp(self.issue)
+        self.issue_known.then_some(self.start)
     }
 
     fn first_call(&self) -> Option<Millis> {
@@ -883,11 +887,11 @@ impl OfficeState {
         let service = self.services.intern_opt(event.service.as_ref());
         if let Some(slot) = self.tickets.find(ticket) {
             if let Some(segment) = self.segment_mut(slot) {
-                if segment.issue.is_none() && event.ts <= segment.first_event {
+                if !segment.issue_known && event.ts <= segment.start {
                     // The missing issue of a segment first seen through a later event.
                     let share_before = segment.queue_share();
-                    segment.issue = Some(Stamp::new(event.ts));
-                    segment.first_event = event.ts;
+                    segment.start = event.ts;
+                    segment.issue_known = true;
                     segment.service = service.or(segment.service);
                     if segment.visit_start.is_none() {
                         segment.visit_start = Some(Stamp::new(event.ts));
@@ -972,8 +976,8 @@ impl OfficeState {
             last_call_counter: None,
             busy_counter: None,
             staff: None,
-            issue: stamp(issue),
-            first_event,
+            start: issue.unwrap_or(first_event),
+            issue_known: issue.is_some(),
             last_event: first_event,
             first_call: None,
             last_call: None,
