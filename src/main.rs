@@ -143,58 +143,35 @@ fn main() -> ExitCode {
         .init();
 
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig { file } => match load_config(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::from(2)
-            }
+            Err(code) => code,
         },
         Command::Run { config } => {
-            let config = match Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             runtime().block_on(async {
                 match queuewatch::daemon::run(config, shutdown_signal()).await {
                     Ok(_) => ExitCode::SUCCESS,
-                    Err(error) => {
-                        eprintln!("queuewatch: {error:#}");
-                        ExitCode::FAILURE
-                    }
+                    Err(error) => fail(&error),
                 }
             })
         }
         Command::Replay { config, out, events } => {
-            let config = match Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let output = out.map_or(ReplayOutput::Influx, ReplayOutput::File);
             runtime().block_on(async {
                 match replay(&config, &events, output).await {
-                    Ok(report) => {
-                        print!("{}", report.summary());
-                        if report.complete() {
-                            ExitCode::SUCCESS
-                        } else {
-                            eprintln!("queuewatch: some points were not written (see above)");
-                            ExitCode::FAILURE
-                        }
-                    }
-                    Err(error) => {
-                        eprintln!("queuewatch: {error:#}");
-                        ExitCode::FAILURE
-                    }
+                    Ok(report) => finish(&report.summary(), report.complete()),
+                    Err(error) => fail(&error),
                 }
             })
         }
@@ -251,10 +228,7 @@ fn main() -> ExitCode {
                             ExitCode::FAILURE
                         }
                     }
-                    Err(error) => {
-                        eprintln!("queuewatch: {error:#}");
-                        ExitCode::FAILURE
-                    }
+                    Err(error) => fail(&error),
                 }
             })
         }
@@ -292,23 +266,36 @@ fn main() -> ExitCode {
             };
             runtime().block_on(async {
                 match queuewatch::demo::run(options, shutdown_signal()).await {
-                    Ok(report) => {
-                        print!("{}", report.summary());
-                        if report.complete() {
-                            ExitCode::SUCCESS
-                        } else {
-                            eprintln!("queuewatch: some points were not written (see above)");
-                            ExitCode::FAILURE
-                        }
-                    }
-                    Err(error) => {
-                        eprintln!("queuewatch: {error:#}");
-                        ExitCode::FAILURE
-                    }
+                    Ok(report) => finish(&report.summary(), report.complete()),
+                    Err(error) => fail(&error),
                 }
             })
         }
     }
+}
+
+/// The config, or the exit code for a config that has problems (printed, all of them).
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })
+}
+
+/// Prints a run's summary; fails when some points were not written.
+fn finish(summary: &str, complete: bool) -> ExitCode {
+    print!("{summary}");
+    if complete {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("queuewatch: some points were not written (see above)");
+        ExitCode::FAILURE
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("queuewatch: {error:#}");
+    ExitCode::FAILURE
 }
 
 fn runtime() -> tokio::runtime::Runtime {
