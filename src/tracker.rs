@@ -357,7 +357,8 @@ struct OfficeState {
     /// `(newest ts, wall time it arrived)`; `None` until the office is heard.
     clock_base: Option<(Millis, Millis)>,
     released_upto: Millis,
-    held: BTreeMap<HeldKey, Event>,
+    /// Held events with their dedup keys, computed once at arrival.
+    held: BTreeMap<HeldKey, (Event, EventKeys)>,
     arrivals: u64,
     tickets: Tickets<TicketState>,
     services: Names<ServiceId>,
@@ -594,12 +595,12 @@ impl OfficeState {
     fn ingest(&mut self, settings: &TrackerSettings, event: Event, now: Millis, out: &mut Output) {
         self.live.accepted_in_interval += 1;
         self.heard_at(settings, now, out);
-        let (id_key, content_key) = dedup_keys(&event);
-        if id_key.is_some_and(|key| self.seen.contains(key)) || self.seen.contains(content_key) {
+        let keys = EventKeys::of(&event);
+        if keys.iter().any(|key| self.seen.contains(key)) {
             out.notes.add(Note::Duplicate);
             return;
         }
-        for key in id_key.into_iter().chain([content_key]) {
+        for key in keys.iter() {
             self.seen.insert(key, PENDING);
         }
 
@@ -610,11 +611,11 @@ impl OfficeState {
 
         if event.ts < self.released_upto {
             out.notes.add(Note::Late);
-            self.apply(settings, event, Arrival::Late, out);
+            self.apply(settings, event, keys, Arrival::Late, out);
         } else {
             self.arrivals += 1;
-            let key = HeldKey { ts: event.ts, rank: event.kind.rank(), content: content_key, arrival: self.arrivals };
-            self.held.insert(key, event);
+            let key = HeldKey { ts: event.ts, rank: event.kind.rank(), content: keys.content, arrival: self.arrivals };
+            self.held.insert(key, (event, keys));
         }
         if let Some(clock) = self.clock(now) {
             let watermark = clock.minus_ms(settings.reorder_window_ms);
@@ -647,8 +648,8 @@ impl OfficeState {
             };
             match which {
                 0 => {
-                    if let Some((_, event)) = self.held.pop_first() {
-                        self.apply(settings, event, Arrival::InOrder, out);
+                    if let Some((_, (event, keys))) = self.held.pop_first() {
+                        self.apply(settings, event, keys, Arrival::InOrder, out);
                     }
                 }
                 1 => self.fire_timer(settings, out),
@@ -741,18 +742,15 @@ impl OfficeState {
 
     /// Gives an event's dedup keys a one-off tag that closes at `at`: they
     /// are forgotten `dedup_horizon` after it (events that belong to no open segment).
-    fn retire_keys(&mut self, keys: &[u64], at: Millis) {
+    fn retire_keys(&mut self, keys: EventKeys, at: Millis) {
         let tag = self.next_tag();
-        for key in keys {
-            self.seen.insert(*key, tag);
+        for key in keys.iter() {
+            self.seen.insert(key, tag);
         }
         self.seen.close(tag, at);
     }
 
-    fn apply(&mut self, settings: &TrackerSettings, event: Event, arrival: Arrival, out: &mut Output) {
-        let (id_key, content_key) = dedup_keys(&event);
-        let keys: [Option<u64>; 2] = [id_key, Some(content_key)];
-        let keys: Vec<u64> = keys.into_iter().flatten().collect();
+    fn apply(&mut self, settings: &TrackerSettings, event: Event, keys: EventKeys, arrival: Arrival, out: &mut Output) {
         if self.live.last_event_ts.is_none() {
             // Gauges start with the earliest applied event, which (unlike the
             // first arrival) does not depend on arrival order.
@@ -760,7 +758,7 @@ impl OfficeState {
         }
         self.live.last_event_ts = Some(self.live.last_event_ts.map_or(event.ts, |last| last.max(event.ts)));
         let Some(ticket) = event.ticket.clone() else {
-            self.retire_keys(&keys, event.ts);
+            self.retire_keys(keys, event.ts);
             match event.kind {
                 EventType::CounterOpened | EventType::CounterClosed => self.apply_counter_event(settings, &event, out),
                 EventType::Feedback => self.apply_feedback(&event, out),
@@ -770,7 +768,7 @@ impl OfficeState {
             return;
         };
         if event.kind == EventType::Feedback {
-            self.retire_keys(&keys, event.ts);
+            self.retire_keys(keys, event.ts);
             self.apply_feedback(&event, out);
             return;
         }
@@ -792,7 +790,7 @@ impl OfficeState {
                 None => event.kind == EventType::Issued && !was_closed,
             };
             if !belongs {
-                self.retire_keys(&keys, event.ts);
+                self.retire_keys(keys, event.ts);
                 return;
             }
         }
@@ -800,14 +798,14 @@ impl OfficeState {
         match event.kind {
             EventType::Issued => {
                 let slot = self.apply_issued(settings, &ticket, &event, out);
-                self.tag_keys(slot, &keys);
+                self.tag_keys(slot, keys);
             }
             EventType::Called | EventType::Recalled | EventType::Started => {
                 let slot = match (slot, has_open) {
                     (Some(slot), true) => slot,
                     _ if was_closed => {
                         out.notes.add(Note::AfterClose);
-                        self.retire_keys(&keys, event.ts);
+                        self.retire_keys(keys, event.ts);
                         return;
                     }
                     _ => {
@@ -816,7 +814,7 @@ impl OfficeState {
                     }
                 };
                 self.apply_progress(settings, slot, &event, out);
-                self.tag_keys(slot, &keys);
+                self.tag_keys(slot, keys);
             }
             kind => {
                 let Some(outcome) = Outcome::of(kind) else { return };
@@ -834,7 +832,7 @@ impl OfficeState {
                             let share_after = segment.queue_share();
                             self.move_share(share_before, share_after, slot);
                         }
-                        self.tag_keys(slot, &keys);
+                        self.tag_keys(slot, keys);
                         self.close(settings, slot, Closing { outcome, at: event.ts, event: Some(&event) }, out);
                         if outcome == Outcome::Transferred {
                             let to_service = self.services.intern_opt(event.to_service.as_ref());
@@ -852,7 +850,7 @@ impl OfficeState {
                     }
                     None => out.notes.add(Note::OrphanClose),
                 }
-                self.retire_keys(&keys, event.ts);
+                self.retire_keys(keys, event.ts);
                 return;
             }
         }
@@ -869,10 +867,10 @@ impl OfficeState {
     }
 
     /// Tags dedup keys with the generation of the segment they now belong to.
-    fn tag_keys(&mut self, slot: SlotId, keys: &[u64]) {
+    fn tag_keys(&mut self, slot: SlotId, keys: EventKeys) {
         if let Some(generation) = self.segment(slot).map(|segment| segment.generation) {
-            for key in keys {
-                self.seen.insert(*key, generation);
+            for key in keys.iter() {
+                self.seen.insert(key, generation);
             }
         }
     }
@@ -1263,7 +1261,25 @@ fn time_with_offset_ns(at: Millis, key: &str) -> i64 {
 }
 
 /// The two dedup keys of an event: by `id` (if any) and by content
-/// (type, ticket, counter, ts). Hashes, not copies, to keep memory per ticket small.
+/// (type, ticket, counter, ts). Hashes, not copies, to keep memory per ticket
+/// small; computed once, at arrival.
+#[derive(Debug, Clone, Copy)]
+struct EventKeys {
+    id: Option<u64>,
+    content: u64,
+}
+
+impl EventKeys {
+    fn of(event: &Event) -> EventKeys {
+        let (id, content) = dedup_keys(event);
+        EventKeys { id, content }
+    }
+
+    fn iter(self) -> impl Iterator<Item = u64> {
+        self.id.into_iter().chain([self.content])
+    }
+}
+
 fn dedup_keys(event: &Event) -> (Option<u64>, u64) {
     let id_key = event.id.as_deref().map(|id| {
         let mut hash = Fnv::new();

@@ -281,7 +281,7 @@ impl OfficeState {
             (true, None) => {
                 let since = last_arrival.plus_ms(settings.silence_after_ms);
                 self.live.silent_since = Some(since);
-                out.alerts.push(self.silent_alert(settings, super::AlertState::Firing, since, now));
+                out.alerts.push(self.silent_alert(AlertState::Firing, since, now));
             }
             (false, Some(_)) if !open => self.resolve_silence(now, out),
             _ => {}
@@ -290,23 +290,15 @@ impl OfficeState {
 
     fn resolve_silence(&mut self, now: Millis, out: &mut Output) {
         if let Some(since) = self.live.silent_since.take() {
-            let mut alert = self.silent_alert_fields(since, now);
-            alert.state = super::AlertState::Resolved;
-            out.alerts.push(alert);
+            out.alerts.push(self.silent_alert(AlertState::Resolved, since, now));
         }
     }
 
-    fn silent_alert(&self, _settings: &TrackerSettings, state: super::AlertState, since: Millis, now: Millis) -> Alert {
-        let mut alert = self.silent_alert_fields(since, now);
-        alert.state = state;
-        alert
-    }
-
-    fn silent_alert_fields(&self, since: Millis, now: Millis) -> Alert {
+    fn silent_alert(&self, state: AlertState, since: Millis, now: Millis) -> Alert {
         Alert {
             id: format!("silent:{}:{}", self.office, since.0),
             kind: AlertKind::Silent,
-            state: super::AlertState::Firing,
+            state,
             office: self.office.clone(),
             service: None,
             ticket: None,

@@ -93,14 +93,18 @@ fn render_point(point: &Point) -> String {
         if key.ends_with("_target_s") {
             continue;
         }
-        let value = match value {
-            FieldValue::Float(number) => format!("{number}"),
-            FieldValue::Int(number) => format!("{number}"),
-            FieldValue::Str(text) => text.to_string(),
-        };
-        text.push_str(&format!(" {key}={value}"));
+        text.push_str(&format!(" {key}={}", render_value(value)));
     }
     text
+}
+
+/// A field value as the rendered points show it.
+fn render_value(value: &FieldValue) -> String {
+    match value {
+        FieldValue::Float(number) => format!("{number}"),
+        FieldValue::Int(number) => format!("{number}"),
+        FieldValue::Str(text) => text.to_string(),
+    }
 }
 
 fn config() -> Config {

@@ -19,12 +19,7 @@ fn render(point: &Point) -> String {
     }
     text.push_str(&format!(" @{}", render_time(point.time_ns.div_euclid(1_000_000))));
     for (key, value) in &point.fields {
-        let value = match value {
-            FieldValue::Float(number) => format!("{number}"),
-            FieldValue::Int(number) => format!("{number}"),
-            FieldValue::Str(text) => text.to_string(),
-        };
-        text.push_str(&format!(" {key}={value}"));
+        text.push_str(&format!(" {key}={}", render_value(value)));
     }
     text
 }
