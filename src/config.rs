@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::ids::{validate_ident, OfficeId, ServiceId};
-use crate::time::duration_ms;
+use crate::time::{duration_ms, Millis};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
@@ -134,6 +134,36 @@ pub struct TrackingConfig {
     pub snapshot_interval: Duration,
     pub gauge_idle_after: Duration,
     pub silence_after: Duration,
+    /// A `queue`/`office` row is written at least this often while something
+    /// waits (a multiple of `snapshot_interval`), keeping `oldest_wait_s` fresh.
+    pub gauge_keepalive: Duration,
+    /// Event timestamps must be strictly after this instant (devices whose
+    /// clock was never set send 0001-01-01, 1970 or 2000-01-01).
+    pub min_timestamp: Millis,
+    /// What office clocks follow: the wall clock (`run`) or event time (the demo).
+    pub clock: ClockMode,
+}
+
+/// `tracking.clock`: whether an office clock may run ahead of the wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClockMode {
+    /// An office clock never runs ahead of the real wall clock: an event
+    /// stamped ahead of its arrival waits in the reorder buffer without
+    /// dragging the clock (counted as `clock_ahead`).
+    #[default]
+    Wall,
+    /// An office clock follows its newest event, however far ahead (the demo
+    /// compresses time on purpose).
+    Event,
+}
+
+impl ClockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockMode::Wall => "wall",
+            ClockMode::Event => "event",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +236,10 @@ impl Default for TrackingConfig {
             snapshot_interval: Duration::from_secs(10),
             gauge_idle_after: Duration::from_secs(3600),
             silence_after: Duration::from_secs(15 * 60),
+            gauge_keepalive: Duration::from_secs(60),
+            // 2020-01-01T00:00:00Z
+            min_timestamp: Millis(1_577_836_800_000),
+            clock: ClockMode::Wall,
         }
     }
 }
