@@ -208,11 +208,18 @@ pub struct Rejection {
 pub struct DecodeLimits {
     pub max_payload_bytes: usize,
     pub max_future_skew_ms: i64,
+    /// Timestamps must be strictly after this (`tracking.min_timestamp`).
+    pub min_timestamp: Millis,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_payload_bytes: 16 * 1024, max_future_skew_ms: 5 * 60 * 1000 }
+        let tracking = crate::config::TrackingConfig::default();
+        DecodeLimits {
+            max_payload_bytes: 16 * 1024,
+            max_future_skew_ms: crate::time::duration_ms(tracking.max_future_skew),
+            min_timestamp: tracking.min_timestamp,
+        }
     }
 }
 
@@ -313,6 +320,16 @@ pub fn decode(
             parse_rfc3339(&text).ok_or_else(|| reject(RejectReason::InvalidTimestamp, format!("ts {text:?}")))?
         }
     };
+    // One accepted range for text and integer timestamps: a device whose
+    // clock was never set sends 0001-01-01, 1970 or 2000-01-01, and times
+    // computed from such a ts (deadlines, expiries) would fall outside what
+    // InfluxDB can store.
+    if ts <= limits.min_timestamp {
+        return Err(reject(
+            RejectReason::InvalidTimestamp,
+            format!("ts {ts} is not after tracking.min_timestamp {}", limits.min_timestamp),
+        ));
+    }
     if ts.since(wall_now) > limits.max_future_skew_ms {
         return Err(reject(
             RejectReason::FutureTimestamp,
@@ -322,8 +339,14 @@ pub fn decode(
 
     let ident_error =
         |field: &str, error: InvalidId| reject(RejectReason::InvalidIdentifier, format!("{field}: {error}"));
-    let ticket = match raw.ticket.as_deref() {
-        Some(text) => Some(TicketNo::parse(text).map_err(|e| ident_error("ticket", e))?),
+    // Only ticket events and feedback use `ticket`; for the others (a
+    // vendor that fills every field) it is ignored like any unknown field,
+    // even when malformed, so that their own meaning is not lost.
+    let ticket = match raw.ticket.filter(|_| kind.needs_ticket() || kind == EventType::Feedback) {
+        Some(AnyValue::Text(text)) => Some(TicketNo::parse(&text).map_err(|e| ident_error("ticket", e))?),
+        Some(AnyValue::Other(what)) => {
+            return Err(reject(RejectReason::InvalidValue, format!("ticket: expected a string, found {what}")))
+        }
         None => None,
     };
     let service = parse_opt(raw.service.as_deref(), ServiceId::parse).map_err(|e| ident_error("service", e))?;
@@ -392,7 +415,7 @@ struct RawEvent<'a> {
     #[serde(borrow)]
     office: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    ticket: Option<Cow<'a, str>>,
+    ticket: Option<AnyValue<'a>>,
     #[serde(borrow)]
     service: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -413,7 +436,58 @@ enum RawTs<'a> {
     Invalid(String),
 }
 
-/// Epoch milliseconds accepted: 1970 to the year 9999.
+/// A field that is checked only for some event types: any JSON value, kept
+/// as text when it is a string.
+enum AnyValue<'a> {
+    Text(Cow<'a, str>),
+    /// What it was instead of a string, for the rejection's detail.
+    Other(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for AnyValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnyVisitor;
+        impl<'de> Visitor<'de> for AnyVisitor {
+            type Value = AnyValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, value: &'de str) -> Result<Self::Value, E> {
+                Ok(AnyValue::Text(Cow::Borrowed(value)))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(AnyValue::Text(Cow::Owned(value.to_owned())))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(AnyValue::Other("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(AnyValue::Other("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(AnyValue::Other("a number"))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(AnyValue::Other("a boolean"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(AnyValue::Other("null"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(AnyValue::Other("an array"))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(AnyValue::Other("an object"))
+            }
+        }
+        deserializer.deserialize_any(AnyVisitor)
+    }
+}
+
+/// Epoch milliseconds that are a timestamp at all: 1970 to the year 9999
+/// (the accepted range, `DecodeLimits`, is narrower).
 const MAX_EPOCH_MS: i64 = 253_402_300_799_999;
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
@@ -474,8 +548,54 @@ mod tests {
         OfficeId::parse("mpp-1").unwrap()
     }
 
+    /// Limits whose lower bound admits the small epoch values of the samples.
+    fn test_limits() -> DecodeLimits {
+        DecodeLimits { min_timestamp: Millis(-1), ..DecodeLimits::default() }
+    }
+
     fn decode_text(text: &str) -> Result<Event, Rejection> {
+        decode(text.as_bytes(), Some(&office()), Millis(1_800_000_000_000), &test_limits())
+    }
+
+    fn decode_default(text: &str) -> Result<Event, Rejection> {
         decode(text.as_bytes(), Some(&office()), Millis(1_800_000_000_000), &DecodeLimits::default())
+    }
+
+    #[test]
+    fn timestamps_of_unset_device_clocks_are_invalid_as_text_and_as_integers() {
+        for ts in [
+            r#""0001-01-01T00:00:00Z""#,
+            r#""1970-01-01T00:00:00Z""#,
+            r#""2000-01-01T00:00:00+07:00""#,
+            r#""2020-01-01T00:00:00Z""#,
+            r#""2020-01-01T06:59:59+07:00""#,
+            "0",
+            "946684800000",
+            "1577836800000",
+        ] {
+            let rejection = decode_default(&format!(r#"{{"type":"heartbeat","ts":{ts}}}"#)).unwrap_err();
+            assert_eq!(rejection.reason, RejectReason::InvalidTimestamp, "{ts}");
+        }
+        assert_eq!(decode_default(r#"{"type":"heartbeat","ts":1577836800001}"#).unwrap().ts, Millis(1_577_836_800_001));
+        assert!(decode_default(r#"{"type":"heartbeat","ts":"2020-01-01T00:00:00.001Z"}"#).is_ok());
+        let lowered = DecodeLimits { min_timestamp: Millis(946_684_800_000), ..DecodeLimits::default() };
+        let backfill = br#"{"type":"heartbeat","ts":"2015-06-01T08:00:00+07:00"}"#;
+        assert!(decode(backfill, Some(&office()), Millis(1_800_000_000_000), &lowered).is_ok());
+    }
+
+    #[test]
+    fn a_ticket_field_on_an_event_without_a_ticket_is_ignored_even_when_malformed() {
+        for kind in ["counter_opened", "counter_closed", "heartbeat"] {
+            for ticket in [r#""A1""#, "\"\"", "7", r#""A\u0007""#, "[1]", "{}", "true"] {
+                let payload = format!(r#"{{"type":"{kind}","ts":1,"counter":"c1","ticket":{ticket}}}"#);
+                let event = decode_text(&payload).unwrap_or_else(|e| panic!("{payload}: {e}"));
+                assert_eq!(event.ticket, None, "{payload}");
+            }
+        }
+        let feedback = decode_text(r#"{"type":"feedback","ts":1,"rating":4,"ticket":"A1"}"#).unwrap();
+        assert_eq!(feedback.ticket.unwrap().as_str(), "A1");
+        assert_eq!(reason(r#"{"type":"feedback","ts":1,"rating":4,"ticket":7}"#), RejectReason::InvalidValue);
+        assert_eq!(reason(r#"{"type":"feedback","ts":1,"rating":4,"ticket":""}"#), RejectReason::InvalidIdentifier);
     }
 
     fn reason(text: &str) -> RejectReason {
@@ -539,7 +659,7 @@ mod tests {
 
     #[test]
     fn a_topic_without_office_needs_the_payload_to_name_it() {
-        let limits = DecodeLimits::default();
+        let limits = test_limits();
         let missing = decode(br#"{"type":"heartbeat","ts":1}"#, None, Millis(0), &limits).unwrap_err();
         assert_eq!(missing.reason, RejectReason::MissingField);
         let named = decode(br#"{"type":"heartbeat","ts":1,"office":"x"}"#, None, Millis(0), &limits).unwrap();
@@ -555,7 +675,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
-            let _ = decode(&payload, Some(&office()), Millis(1_800_000_000_000), &DecodeLimits::default());
+            let _ = decode(&payload, Some(&office()), Millis(1_800_000_000_000), &test_limits());
         }
 
         #[test]
@@ -570,10 +690,11 @@ mod tests {
                 "type": kind, "ticket": ticket, "counter": counter, "service": "ktp", "rating": rating,
                 "to_service": "kk",
             }).to_string().replacen('{', &format!("{{\"ts\":{ts},"), 1);
-            match decode(payload.as_bytes(), Some(&office()), Millis(1_800_000_000_000), &DecodeLimits::default()) {
+            let limits = DecodeLimits::default();
+            match decode(payload.as_bytes(), Some(&office()), Millis(1_800_000_000_000), &limits) {
                 Ok(event) => {
-                    proptest::prop_assert!(event.ticket.is_some());
-                    proptest::prop_assert!(event.ts.0 >= 0);
+                    proptest::prop_assert!(event.ticket.is_some() || kind == "feedback");
+                    proptest::prop_assert!(event.ts > limits.min_timestamp);
                 }
                 Err(rejection) => proptest::prop_assert!(!rejection.detail.is_empty()),
             }

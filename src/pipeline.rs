@@ -35,6 +35,7 @@ impl Pipeline {
             limits: DecodeLimits {
                 max_payload_bytes: config.mqtt.max_payload_bytes,
                 max_future_skew_ms: duration_ms(config.tracking.max_future_skew),
+                min_timestamp: config.tracking.min_timestamp,
             },
             stats: Stats::default(),
             out: Output::default(),

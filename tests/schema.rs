@@ -7,6 +7,9 @@
 //! - `oversized`: the payload's size in bytes depends on the configured limit;
 //! - `future_timestamp`: depends on the receiver's clock (the decoder gets a
 //!   wall clock far in the future here, so it never trips);
+//! - the lower bound of `ts` (`tracking.min_timestamp`): configured, and for
+//!   text with an offset not expressible as a pattern (the decoder gets a
+//!   bound far in the past here; `src/event.rs` tests the bound itself);
 //! - `office_mismatch`, and `office` missing on a topic without one: depend on
 //!   the topic (samples have no `office` or the topic's `o1`);
 //! - `malformed_json`: a validator needs parsed JSON to begin with;
@@ -222,19 +225,32 @@ fn samples() -> Vec<(String, Expected)> {
         (r#"{"type":"heartbeat","ts":1,"office":1}"#, Rejected(InvalidValue)),
         (r#"{"type":"heartbeat","ts":1,"staff":true}"#, Rejected(InvalidValue)),
         (r#"{"type":"heartbeat","ts":1,"counter":["c1"]}"#, Rejected(InvalidValue)),
+        (r#"{"type":"cancelled","ts":1,"ticket":["A"]}"#, Rejected(InvalidValue)),
+        (r#"{"type":"feedback","ts":1,"rating":3,"ticket":7}"#, Rejected(InvalidValue)),
+        (r#"{"type":"feedback","ts":1,"rating":3,"ticket":""}"#, Rejected(InvalidIdentifier)),
+        // A field that only ticket events and feedback use is ignored elsewhere, even malformed.
+        (r#"{"type":"counter_opened","ts":1,"counter":"c1","ticket":"A1"}"#, Accepted),
+        (r#"{"type":"counter_closed","ts":1,"counter":"c1","ticket":""}"#, Accepted),
+        (r#"{"type":"heartbeat","ts":1,"ticket":7}"#, Accepted),
+        (r#"{"type":"heartbeat","ts":1,"ticket":"A\u0007"}"#, Accepted),
+        (r#"{"type":"counter_opened","ts":1,"counter":"c1","ticket":{"n":1}}"#, Accepted),
     ];
     let mut samples: Vec<(String, Expected)> =
         listed.iter().map(|(payload, expected)| (payload.to_string(), *expected)).collect();
 
     // Lengths are counted in characters (code points), by both.
+    // A heartbeat ignores `ticket`, whatever its value; a cancellation checks it.
     let with = |field: &str, text: String| json!({"type": "heartbeat", "ts": 1, field: text}).to_string();
+    let on_cancelled = |text: String| json!({"type": "cancelled", "ts": 1, "ticket": text}).to_string();
     samples.extend([
         (with("service", "s".repeat(64)), Accepted),
         (with("service", "s".repeat(65)), Rejected(InvalidIdentifier)),
         (with("staff", "9".repeat(65)), Rejected(InvalidIdentifier)),
         (with("ticket", "é".repeat(64)), Accepted),
         (with("ticket", "😀".repeat(64)), Accepted),
-        (with("ticket", "é".repeat(65)), Rejected(InvalidIdentifier)),
+        (with("ticket", "é".repeat(65)), Accepted),
+        (on_cancelled("é".repeat(64)), Accepted),
+        (on_cancelled("é".repeat(65)), Rejected(InvalidIdentifier)),
         (with("id", "é".repeat(128)), Accepted),
         (with("id", "x".repeat(129)), Rejected(InvalidValue)),
     ]);
@@ -266,7 +282,9 @@ fn check(payload: &str, expected: Expected) -> Result<(), String> {
     let topic_office = OfficeId::parse("o1").unwrap();
     // Far in the future, so that `future_timestamp` never trips.
     let wall_now = Millis(i64::MAX / 2);
-    let decoded = decode(payload.as_bytes(), Some(&topic_office), wall_now, &DecodeLimits::default());
+    // Far in the past, so that the configured lower bound never trips.
+    let limits = DecodeLimits { min_timestamp: Millis(i64::MIN / 2), ..DecodeLimits::default() };
+    let decoded = decode(payload.as_bytes(), Some(&topic_office), wall_now, &limits);
     let decoder_says = match &decoded {
         Ok(_) => Accepted,
         Err(rejection) => Rejected(rejection.reason),
