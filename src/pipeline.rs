@@ -64,7 +64,7 @@ impl Pipeline {
         match decoded {
             Ok(event) => {
                 self.stats.accepted += 1;
-                self.tracker.ingest(event, tracker_now, &mut self.out);
+                self.tracker.ingest_with_wall(event, tracker_now, wall_now, &mut self.out);
                 self.collect();
                 Ok(())
             }

@@ -33,26 +33,36 @@ impl Stats {
         self.rejected.iter().sum()
     }
 
-    /// A multi-line human summary: totals, then every non-zero reason and note.
+    /// Accepted events still waiting in a reorder buffer for their outcome.
+    pub fn held(&self) -> u64 {
+        self.accepted.saturating_sub(self.notes.outcomes_total())
+    }
+
+    /// A multi-line human summary: what became of the accepted events (each
+    /// has exactly one outcome once it leaves the reorder buffer), the
+    /// remarks on applied events, then the rejections by reason.
     pub fn summary(&self) -> String {
-        let mut text = format!(
-            "events accepted: {}\nevents rejected: {}\npoints produced: {}\n",
-            self.accepted,
-            self.rejected_total(),
-            self.points
-        );
+        let mut text = format!("events accepted: {}\n", self.accepted);
+        for note in Note::OUTCOMES {
+            let _ = writeln!(text, "  {}: {}", note.as_str(), self.notes.get(note));
+        }
+        if self.held() > 0 {
+            let _ = writeln!(text, "  still held for reordering: {}", self.held());
+        }
+        for note in Note::REMARKS {
+            let count = self.notes.get(note);
+            if count > 0 {
+                let _ = writeln!(text, "  {}: {count}", note.as_str());
+            }
+        }
+        let _ = writeln!(text, "events rejected: {}", self.rejected_total());
         for reason in RejectReason::ALL {
             let count = self.rejected(reason);
             if count > 0 {
                 let _ = writeln!(text, "  rejected {}: {count}", reason.as_str());
             }
         }
-        for note in Note::ALL {
-            let count = self.notes.get(note);
-            if count > 0 {
-                let _ = writeln!(text, "  {}: {count}", note.as_str());
-            }
-        }
+        let _ = writeln!(text, "points produced: {}", self.points);
         text
     }
 
@@ -120,10 +130,13 @@ mod tests {
         let mut stats = Stats { accepted: 3, ..Stats::default() };
         stats.reject(RejectReason::MalformedJson);
         stats.notes.add(Note::Duplicate);
+        stats.notes.add(Note::Applied);
         let summary = stats.summary();
         assert!(summary.contains("events rejected: 1"));
         assert!(summary.contains("rejected malformed_json: 1"));
-        assert!(summary.contains("duplicate: 1"));
+        assert!(summary.contains("\n  applied: 1\n  duplicate: 1\n  after_close: 0\n"), "{summary}");
+        assert!(summary.contains("still held for reordering: 1"), "{summary}");
         assert!(!summary.contains("oversized"));
+        assert!(!summary.contains("clock_skew"));
     }
 }

@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use store::{stamp, unstamp, NameId, Names, Seen, SlotId, Stamp, Tickets, PENDING};
 
-use crate::config::{Config, OfficeConfig, OfficeSla, SlaConfig, Targets};
+use crate::config::{ClockMode, Config, OfficeConfig, OfficeSla, SlaConfig, Targets};
 use crate::event::{Event, EventType};
 use crate::ids::{CounterId, OfficeId, ServiceId, StaffId, TicketNo};
 use crate::point::{seconds, FieldValue, Point};
@@ -64,7 +64,11 @@ pub struct TrackerSettings {
     pub dedup_horizon_ms: i64,
     pub snapshot_interval_ms: i64,
     pub gauge_idle_after_ms: i64,
+    /// A multiple of the snapshot interval (at least one).
+    pub gauge_keepalive_ms: i64,
     pub silence_after_ms: i64,
+    /// Whether office clocks may run ahead of the wall clock ([`Mode::Live`] only).
+    pub clock: ClockMode,
     pub sla: SlaConfig,
     pub offices: BTreeMap<OfficeId, OfficeConfig>,
     pub mode: Mode,
@@ -73,13 +77,16 @@ pub struct TrackerSettings {
 impl TrackerSettings {
     pub fn new(config: &Config, mode: Mode) -> TrackerSettings {
         let tracking = &config.tracking;
+        let snapshot_interval_ms = duration_ms(tracking.snapshot_interval).max(1);
         TrackerSettings {
             reorder_window_ms: duration_ms(tracking.reorder_window),
             max_ticket_age_ms: duration_ms(tracking.max_ticket_age).max(1),
             dedup_horizon_ms: duration_ms(tracking.dedup_horizon),
-            snapshot_interval_ms: duration_ms(tracking.snapshot_interval).max(1),
+            snapshot_interval_ms,
             gauge_idle_after_ms: duration_ms(tracking.gauge_idle_after),
+            gauge_keepalive_ms: duration_ms(tracking.gauge_keepalive).max(snapshot_interval_ms),
             silence_after_ms: duration_ms(tracking.silence_after).max(1),
+            clock: tracking.clock,
             sla: config.sla.clone(),
             offices: config.offices.clone(),
             mode,
@@ -97,31 +104,65 @@ impl Default for TrackerSettings {
     }
 }
 
-/// What the tracker noticed about an accepted event, besides its effect.
+/// What became of an accepted event, and what was noticed about it.
+///
+/// Every accepted event gets exactly one outcome ([`Note::OUTCOMES`]) once
+/// it leaves the reorder buffer (a duplicate at once): applied, or one of
+/// the four ways of changing nothing. The others ([`Note::REMARKS`]) are
+/// remarks on applied (or, for `ClockAhead`, held) events and do not add up
+/// to anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Note {
+    /// Applied to the office's state (it may still have written nothing).
+    Applied,
     /// Same (office, id), or same (office, type, ticket, counter, ts), as an event already seen.
     Duplicate,
     /// A closing event for a ticket with no other known event: writes nothing.
     OrphanClose,
     /// An event after its ticket's segment closed (a recall after `finished`): changes nothing.
     AfterClose,
-    /// Arrived after the reorder window had passed its ts.
+    /// Arrived after the reorder window had passed its ts, and no open
+    /// segment it could belong to was left: changes nothing.
+    LateDropped,
+    /// Arrived after the reorder window had passed its ts, and was applied
+    /// to the open segment it belongs to.
     Late,
     /// A duration came out negative (device clocks disagree) and was left out.
     ClockSkew,
+    /// Stamped more than [`CLOCK_AHEAD_TOLERANCE_MS`] ahead of the wall clock
+    /// at arrival (`tracking.clock = "wall"`): held without moving the office clock.
+    ClockAhead,
 }
 
+/// How far ahead of its arrival an event may be stamped before it counts as
+/// `clock_ahead` (NTP-synchronised devices and the broker's delivery stay well within it).
+pub const CLOCK_AHEAD_TOLERANCE_MS: i64 = 1000;
+
 impl Note {
-    pub const ALL: [Note; 5] = [Note::Duplicate, Note::OrphanClose, Note::AfterClose, Note::Late, Note::ClockSkew];
+    pub const OUTCOMES: [Note; 5] =
+        [Note::Applied, Note::Duplicate, Note::AfterClose, Note::OrphanClose, Note::LateDropped];
+    pub const REMARKS: [Note; 3] = [Note::Late, Note::ClockSkew, Note::ClockAhead];
+    pub const ALL: [Note; 8] = [
+        Note::Applied,
+        Note::Duplicate,
+        Note::AfterClose,
+        Note::OrphanClose,
+        Note::LateDropped,
+        Note::Late,
+        Note::ClockSkew,
+        Note::ClockAhead,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Note::Applied => "applied",
             Note::Duplicate => "duplicate",
             Note::OrphanClose => "orphan_close",
             Note::AfterClose => "after_close",
+            Note::LateDropped => "late_dropped",
             Note::Late => "late",
             Note::ClockSkew => "clock_skew",
+            Note::ClockAhead => "clock_ahead",
         }
     }
 
@@ -132,7 +173,7 @@ impl Note {
 
 /// Counts per [`Note`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NoteCounts([u64; 5]);
+pub struct NoteCounts([u64; Note::ALL.len()]);
 
 impl NoteCounts {
     pub fn add(&mut self, note: Note) {
@@ -147,6 +188,12 @@ impl NoteCounts {
         for (mine, theirs) in self.0.iter_mut().zip(other.0) {
             *mine += theirs;
         }
+    }
+
+    /// Accepted events that have had their outcome (all of them, once the
+    /// reorder buffers are drained).
+    pub fn outcomes_total(&self) -> u64 {
+        Note::OUTCOMES.iter().map(|note| self.get(*note)).sum()
     }
 }
 
@@ -225,6 +272,14 @@ impl Tracker {
 
     /// Takes one accepted event that arrived at wall time `now`.
     pub fn ingest(&mut self, event: Event, now: Millis, out: &mut Output) {
+        self.ingest_with_wall(event, now, now, out);
+    }
+
+    /// Takes one accepted event. `now` is the time office clocks run on (the
+    /// wall clock less the daemon's own stalls, see `daemon`); `wall` is the
+    /// real wall time of its arrival, against which a device clock running
+    /// ahead is judged.
+    pub fn ingest_with_wall(&mut self, event: Event, now: Millis, wall: Millis, out: &mut Output) {
         let settings = &self.settings;
         let office = match self.offices.get_mut(&event.office) {
             Some(office) => office,
@@ -233,7 +288,7 @@ impl Tracker {
                 .entry(event.office.clone())
                 .or_insert_with(|| OfficeState::new(settings, event.office.clone())),
         };
-        office.ingest(settings, event, now, out);
+        office.ingest(settings, event, now, wall, out);
     }
 
     /// Counts a rejected message against its office, if the office is known
@@ -592,7 +647,7 @@ impl OfficeState {
         self.tickets.get_mut(slot).and_then(TicketState::open_mut)
     }
 
-    fn ingest(&mut self, settings: &TrackerSettings, event: Event, now: Millis, out: &mut Output) {
+    fn ingest(&mut self, settings: &TrackerSettings, event: Event, now: Millis, wall: Millis, out: &mut Output) {
         self.live.accepted_in_interval += 1;
         self.heard_at(settings, now, out);
         let keys = EventKeys::of(&event);
@@ -604,13 +659,26 @@ impl OfficeState {
             self.seen.insert(key, PENDING);
         }
 
+        // With `clock = "wall"`, a device whose clock runs fast must not drag
+        // its office's clock ahead (breaches would fire early and every other
+        // device's events would arrive late): its event waits in the reorder
+        // buffer like any other, and the clock moves at most to `now`.
+        let ahead = settings.mode == Mode::Live
+            && settings.clock == ClockMode::Wall
+            && event.ts.since(wall) > CLOCK_AHEAD_TOLERANCE_MS;
+        let clock_ts = if ahead {
+            out.notes.add(Note::ClockAhead);
+            self.live.clock_ahead_in_interval += 1;
+            event.ts.min(now)
+        } else {
+            event.ts
+        };
         match self.clock(now) {
-            Some(clock) if event.ts <= clock => {}
-            _ => self.clock_base = Some((event.ts, now)),
+            Some(clock) if clock_ts <= clock => {}
+            _ => self.clock_base = Some((clock_ts, now)),
         }
 
         if event.ts < self.released_upto {
-            out.notes.add(Note::Late);
             self.apply(settings, event, keys, Arrival::Late, out);
         } else {
             self.arrivals += 1;
@@ -757,21 +825,28 @@ impl OfficeState {
             self.first_heard(settings, event.ts);
         }
         self.live.last_event_ts = Some(self.live.last_event_ts.map_or(event.ts, |last| last.max(event.ts)));
-        let Some(ticket) = event.ticket.clone() else {
-            self.retire_keys(keys, event.ts);
-            match event.kind {
-                EventType::CounterOpened | EventType::CounterClosed => self.apply_counter_event(settings, &event, out),
-                EventType::Feedback => self.apply_feedback(&event, out),
-                _ => {}
+        // Dispatch on the type, never on which fields happen to be present:
+        // a counter event that also carries a ticket is still a counter event.
+        let ticket = match (event.kind.needs_ticket(), event.ticket.clone()) {
+            (true, Some(ticket)) => ticket,
+            _ => {
+                // Counter events, feedback and heartbeats belong to no segment.
+                self.retire_keys(keys, event.ts);
+                match event.kind {
+                    EventType::CounterOpened | EventType::CounterClosed => {
+                        self.apply_counter_event(settings, &event, out)
+                    }
+                    EventType::Feedback => self.apply_feedback(&event, out),
+                    _ => {}
+                }
+                self.update_idle(settings, event.ts, out);
+                if arrival == Arrival::Late {
+                    out.notes.add(Note::Late);
+                }
+                out.notes.add(Note::Applied);
+                return;
             }
-            self.update_idle(settings, event.ts, out);
-            return;
         };
-        if event.kind == EventType::Feedback {
-            self.retire_keys(keys, event.ts);
-            self.apply_feedback(&event, out);
-            return;
-        }
 
         let slot = self.tickets.find(&ticket);
         let state = slot.and_then(|slot| self.tickets.get(slot));
@@ -791,14 +866,17 @@ impl OfficeState {
             };
             if !belongs {
                 self.retire_keys(keys, event.ts);
+                out.notes.add(Note::LateDropped);
                 return;
             }
+            out.notes.add(Note::Late);
         }
 
         match event.kind {
             EventType::Issued => {
                 let slot = self.apply_issued(settings, &ticket, &event, out);
                 self.tag_keys(slot, keys);
+                out.notes.add(Note::Applied);
             }
             EventType::Called | EventType::Recalled | EventType::Started => {
                 let slot = match (slot, has_open) {
@@ -815,9 +893,15 @@ impl OfficeState {
                 };
                 self.apply_progress(settings, slot, &event, out);
                 self.tag_keys(slot, keys);
+                out.notes.add(Note::Applied);
             }
             kind => {
-                let Some(outcome) = Outcome::of(kind) else { return };
+                let Some(outcome) = Outcome::of(kind) else {
+                    // Unreachable: every other type that needs a ticket closes a segment.
+                    self.retire_keys(keys, event.ts);
+                    out.notes.add(Note::Applied);
+                    return;
+                };
                 match slot.filter(|_| has_open) {
                     Some(slot) => {
                         let staff = self.staff.intern_opt(event.staff.as_ref());
@@ -839,6 +923,7 @@ impl OfficeState {
                             self.open_segment(settings, &ticket, to_service, Some(event.ts), event.ts, visit_start);
                         }
                         self.update_idle(settings, event.ts, out);
+                        out.notes.add(Note::Applied);
                         return;
                     }
                     None if was_closed => out.notes.add(Note::AfterClose),
@@ -847,6 +932,7 @@ impl OfficeState {
                         let to_service = self.services.intern_opt(event.to_service.as_ref());
                         self.open_segment(settings, &ticket, to_service, Some(event.ts), event.ts, None);
                         self.update_idle(settings, event.ts, out);
+                        out.notes.add(Note::Applied);
                     }
                     None => out.notes.add(Note::OrphanClose),
                 }

@@ -118,6 +118,10 @@ pub(super) struct OfficeLive {
     last_arrival_wall: Option<Millis>,
     pub(super) accepted_in_interval: i64,
     pub(super) rejected_in_interval: i64,
+    /// Events stamped ahead of the wall clock since the last `office` row.
+    pub(super) clock_ahead_in_interval: i64,
+    /// What the last written `office` row said, to write the next only when it carries news.
+    last_office_row: Option<OfficeRow>,
     /// By interned service; `None` is the `unknown` service of orphans.
     services: HashMap<Option<NameId>, ServiceGauge>,
     /// By interned counter, in first-seen order.
@@ -138,6 +142,25 @@ struct ServiceGauge {
     in_service: i64,
     /// Waiting segments whose issue time is known, oldest first.
     waiting_since: BTreeSet<(Millis, SlotId)>,
+    /// What the last written `queue` row of this service said.
+    last_row: Option<QueueRow>,
+}
+
+/// The state fields of a `queue` row: a row is news when one of them changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QueueRow {
+    waiting: i64,
+    in_service: i64,
+    over_target: i64,
+}
+
+/// The state fields of an `office` row: a row is news when one of them changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OfficeRow {
+    waiting: i64,
+    in_service: i64,
+    counters_open: Option<i64>,
+    silent: Option<bool>,
 }
 
 /// What one open segment contributes to its service's queue.
@@ -255,13 +278,11 @@ impl OfficeState {
         let interval = settings.snapshot_interval_ms;
         let mut at = *self.live.next_snapshot.get_or_insert_with(|| ceil_to(limit, interval));
         while at < limit {
-            let mut point = self.point("office", at.0.saturating_mul(1_000_000));
-            point.field("waiting", FieldValue::Int(0));
-            point.field("in_service", FieldValue::Int(0));
-            point.field("accepted", FieldValue::Int(0));
-            point.field("rejected", FieldValue::Int(std::mem::take(&mut self.live.rejected_in_interval)));
-            self.office_tail_fields(settings, &mut point, at, now);
-            out.points.push(point);
+            let row =
+                OfficeRow { waiting: 0, in_service: 0, counters_open: None, silent: self.silent_at(settings, at, now) };
+            if self.office_row_due(row) {
+                self.write_office_row(row, at, out);
+            }
             at = at.plus_ms(interval);
         }
         self.live.next_snapshot = Some(at);
@@ -334,6 +355,10 @@ impl OfficeState {
             gauge.waiting > 0 || gauge.in_service > 0 || gauge.last_event.is_some_and(|last| last >= idle_before)
         });
 
+        // Rows are written only when they carry news (see `queue_row_due`),
+        // decided on event-time state alone so that a replay writes what a
+        // live run writes.
+        let keepalive_due = at.0.rem_euclid(settings.gauge_keepalive_ms) == 0;
         let time_ns = at.0.saturating_mul(1_000_000);
         let (mut waiting, mut in_service) = (0, 0);
         let services: Vec<Option<NameId>> = self.live.services.keys().copied().collect();
@@ -342,50 +367,86 @@ impl OfficeState {
             let Some(gauge) = self.live.services.get_mut(&service) else { continue };
             // Waiting longer than the target at T: issued before T - target.
             let over_target = gauge.waiting_since.range(..(at.minus_ms(targets.wait_ms), 0)).count() as i64;
+            let row = QueueRow { waiting: gauge.waiting, in_service: gauge.in_service, over_target };
+            waiting += row.waiting;
+            in_service += row.in_service;
+            let due = gauge.last_row != Some(row)
+                || gauge.issued > 0
+                || gauge.called > 0
+                || (row.waiting > 0 && keepalive_due);
+            if !due {
+                continue;
+            }
+            gauge.last_row = Some(row);
             let oldest_wait_ms = gauge.waiting_since.first().map_or(0, |(issue, _)| at.since(*issue).max(0));
             let (issued, called) = (std::mem::take(&mut gauge.issued), std::mem::take(&mut gauge.called));
-            let (service_waiting, service_in_service) = (gauge.waiting, gauge.in_service);
-            waiting += service_waiting;
-            in_service += service_in_service;
             let mut point = self.point("queue", time_ns);
             point.tag("service", self.service_name(service).tag());
-            point.field("waiting", FieldValue::Int(service_waiting));
-            point.field("in_service", FieldValue::Int(service_in_service));
-            point.field("over_target", FieldValue::Int(over_target));
+            point.field("waiting", FieldValue::Int(row.waiting));
+            point.field("in_service", FieldValue::Int(row.in_service));
+            point.field("over_target", FieldValue::Int(row.over_target));
             point.field("issued", FieldValue::Int(issued));
             point.field("called", FieldValue::Int(called));
             point.field("oldest_wait_s", seconds(oldest_wait_ms));
             out.points.push(point);
         }
 
-        let mut point = self.point("office", time_ns);
-        point.field("waiting", FieldValue::Int(waiting));
-        point.field("in_service", FieldValue::Int(in_service));
-        point.field("accepted", FieldValue::Int(std::mem::take(&mut self.live.accepted_in_interval)));
-        point.field("rejected", FieldValue::Int(std::mem::take(&mut self.live.rejected_in_interval)));
-        if self.live.sends_counter_events {
-            let open = self.live.counters.values().filter(|counter| counter.open_since.is_some()).count();
-            point.field("counters_open", FieldValue::Int(open as i64));
+        let counters_open = self
+            .live
+            .sends_counter_events
+            .then(|| self.live.counters.values().filter(|counter| counter.open_since.is_some()).count() as i64);
+        let row = OfficeRow { waiting, in_service, counters_open, silent: self.silent_at(settings, at, now) };
+        if self.office_row_due(row) || (waiting > 0 && keepalive_due) {
+            self.write_office_row(row, at, out);
+        }
+    }
+
+    /// An `office` row carries news when its state changed since the last
+    /// written row, or when messages were rejected or stamped ahead since
+    /// then (a vendor debugging firmware must see it at once).
+    fn office_row_due(&self, row: OfficeRow) -> bool {
+        self.live.last_office_row != Some(row)
+            || self.live.rejected_in_interval > 0
+            || self.live.clock_ahead_in_interval > 0
+    }
+
+    /// Writes the `office` row at `at`; the arrival counts since the last
+    /// written row ride on it.
+    fn write_office_row(&mut self, row: OfficeRow, at: Millis, out: &mut Output) {
+        let live = &mut self.live;
+        live.last_office_row = Some(row);
+        let accepted = std::mem::take(&mut live.accepted_in_interval);
+        let rejected = std::mem::take(&mut live.rejected_in_interval);
+        let clock_ahead = std::mem::take(&mut live.clock_ahead_in_interval);
+        let mut point = self.point("office", at.0.saturating_mul(1_000_000));
+        point.field("waiting", FieldValue::Int(row.waiting));
+        point.field("in_service", FieldValue::Int(row.in_service));
+        point.field("accepted", FieldValue::Int(accepted));
+        point.field("rejected", FieldValue::Int(rejected));
+        point.field("clock_ahead", FieldValue::Int(clock_ahead));
+        if let Some(open) = row.counters_open {
+            point.field("counters_open", FieldValue::Int(open));
         }
         if let Some(last) = self.live.last_event_ts {
             point.field("last_event_age_s", seconds(at.since(last).max(0)));
         }
-        self.office_tail_fields(settings, &mut point, at, now);
+        if let Some(silent) = row.silent {
+            point.field("silent", FieldValue::Int(i64::from(silent)));
+        }
+        if let Some(name) = self.config.as_ref().and_then(|config| config.name.as_ref()) {
+            point.field("name", FieldValue::Str(name.as_str().into()));
+        }
         out.points.push(point);
     }
 
-    /// `silent` (live, offices with hours) and `name` (configured).
-    fn office_tail_fields(&self, settings: &TrackerSettings, point: &mut crate::point::Point, at: Millis, now: Millis) {
-        if let Some(config) = &self.config {
-            if settings.mode == Mode::Live && config.has_hours() {
-                let last_arrival = self.live.last_arrival_wall.unwrap_or(now);
-                let silent = config.is_open_at(at) && now.since(last_arrival) >= settings.silence_after_ms;
-                point.field("silent", FieldValue::Int(i64::from(silent)));
-            }
-            if let Some(name) = &config.name {
-                point.field("name", FieldValue::Str(name.as_str().into()));
-            }
+    /// `silent` at `at`: live runs, offices with opening hours only.
+    fn silent_at(&self, settings: &TrackerSettings, at: Millis, now: Millis) -> Option<bool> {
+        let config = self.config.as_ref().filter(|config| config.has_hours())?;
+        if settings.mode != Mode::Live {
+            return None;
         }
+        let last_arrival = self.live.last_arrival_wall.unwrap_or(now);
+        Some(config.is_open_at(at) && now.since(last_arrival) >= settings.silence_after_ms)
     }
 
     /// `counter_opened` / `counter_closed`.

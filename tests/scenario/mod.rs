@@ -67,8 +67,10 @@ service_target = "15m"
 "#;
 
 /// Counts the replay summary must show.
-pub const SUMMARY_LINES: [&str; 11] = [
+pub const SUMMARY_LINES: [&str; 13] = [
     "events accepted: 60",
+    "applied: 55",
+    "late_dropped: 0",
     "events rejected: 3",
     "rejected malformed_json: 1",
     "rejected unknown_type: 1",

@@ -156,10 +156,65 @@ fn queue_gauges_reflect_exactly_the_events_up_to_each_multiple() {
         &[
             "queue service=ktp @08:00:00 waiting=1 in_service=0 over_target=0 issued=1 called=0 oldest_wait_s=0",
             "queue service=ktp @08:00:10 waiting=1 in_service=1 over_target=0 issued=1 called=1 oldest_wait_s=5",
-            "queue service=ktp @08:00:20 waiting=1 in_service=1 over_target=0 issued=0 called=0 oldest_wait_s=15",
-            "queue service=ktp @08:00:30 waiting=1 in_service=1 over_target=0 issued=0 called=0 oldest_wait_s=25",
         ],
     );
+}
+
+#[test]
+fn a_queue_row_is_written_only_when_it_carries_news() {
+    // 08:00:20 and 08:00:30 would repeat 08:00:10; the finish at 08:00:33
+    // changes in_service; nothing changes after it until the keepalive.
+    check_points(
+        &live_config(""),
+        "08:00:00 issued A1 service=ktp
+         08:00:05 issued A2 service=ktp
+         08:00:10 called A1 counter=c1
+         08:00:33 finished A1 counter=c1
+         08:00:55 heartbeat",
+        "queue",
+        &[
+            "queue service=ktp @08:00:00 waiting=1 in_service=0 over_target=0 issued=1 called=0 oldest_wait_s=0",
+            "queue service=ktp @08:00:10 waiting=1 in_service=1 over_target=0 issued=1 called=1 oldest_wait_s=5",
+            "queue service=ktp @08:00:40 waiting=1 in_service=0 over_target=0 issued=0 called=0 oldest_wait_s=35",
+        ],
+    );
+}
+
+#[test]
+fn while_someone_waits_a_queue_row_is_written_every_keepalive() {
+    let points = points_of(&live_config(""), "08:00:05 issued A1 service=ktp\n08:03:11 heartbeat", "queue");
+    let times: Vec<&str> = points.iter().map(|p| p.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(times, ["@08:00:10", "@08:01:00", "@08:02:00", "@08:03:00"]);
+    assert!(points[3].ends_with("oldest_wait_s=175"), "{points:?}");
+    let mut hourly = live_config("");
+    hourly.tracking.gauge_keepalive = std::time::Duration::from_secs(120);
+    let points = points_of(&hourly, "08:00:05 issued A1 service=ktp\n08:03:11 heartbeat", "queue");
+    let times: Vec<&str> = points.iter().map(|p| p.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(times, ["@08:00:10", "@08:02:00"]);
+}
+
+#[test]
+fn a_queue_that_empties_writes_a_row_of_zeros_and_then_nothing() {
+    let points =
+        points_of(&live_config(""), "08:00:05 issued A1 service=ktp\n08:00:15 cancelled A1\n08:05 heartbeat", "queue");
+    assert_eq!(
+        points,
+        [
+            "queue service=ktp @08:00:10 waiting=1 in_service=0 over_target=0 issued=1 called=0 oldest_wait_s=5",
+            "queue service=ktp @08:00:20 waiting=0 in_service=0 over_target=0 issued=0 called=0 oldest_wait_s=0",
+        ]
+    );
+}
+
+#[test]
+fn a_customer_crossing_the_target_is_news() {
+    // Nothing happens between 08:00 and 08:10:10 but the wait passing the target.
+    let mut config = live_config("");
+    config.tracking.gauge_keepalive = std::time::Duration::from_secs(3600);
+    let points = points_of(&config, "08:00 issued A1 service=ktp\n08:10:21 heartbeat", "queue");
+    let times: Vec<&str> = points.iter().map(|p| p.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(times, ["@08:00:00", "@08:10:10"]);
+    assert!(points[1].contains("over_target=1"), "{points:?}");
 }
 
 #[test]
@@ -175,7 +230,16 @@ fn a_service_drops_out_of_the_gauges_after_gauge_idle_after() {
     let points =
         points_of(&config, "08:00:00 issued A1 service=ktp\n08:00:05 cancelled A1\n08:01:30 heartbeat", "queue");
     let times: Vec<&str> = points.iter().map(|p| p.split(' ').nth(2).unwrap()).collect();
-    assert_eq!(times, ["@08:00:00", "@08:00:10", "@08:00:20", "@08:00:30"]);
+    // The row of zeros at 08:00:10 is the series' last; the service then
+    // drops out (it would write no news anyway) and is back when heard.
+    assert_eq!(times, ["@08:00:00", "@08:00:10"]);
+    let back = points_of(
+        &config,
+        "08:00:00 issued A1 service=ktp\n08:00:05 cancelled A1\n08:01:30 issued A2 service=ktp\n08:01:45 heartbeat",
+        "queue",
+    );
+    let times: Vec<&str> = back.iter().map(|p| p.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(times, ["@08:00:00", "@08:00:10", "@08:01:30"]);
 }
 
 #[test]
@@ -195,7 +259,7 @@ fn office_gauges_count_messages_and_carry_name_region_and_counters() {
     let offices: Vec<String> = out.points.iter().filter(|p| p.measurement == "office").map(render).collect();
     assert_eq!(
         offices,
-        ["office region=jabar @08:00:10 waiting=0 in_service=1 accepted=4 rejected=1 counters_open=1 \
+        ["office region=jabar @08:00:10 waiting=0 in_service=1 accepted=4 rejected=1 clock_ahead=0 counters_open=1 \
              last_event_age_s=7 name=MPP Satu"]
     );
     let tickets = out.points.iter().filter(|p| p.measurement == "ticket");
@@ -390,15 +454,54 @@ fn a_configured_office_gets_gauges_in_a_live_run_before_it_is_heard() {
     let mut live = Live::new(&config);
     live.at("08:00:10");
     live.at("08:00:41");
+    // A rejected message makes the next row due, carrying the count.
+    let quiet = OfficeId::parse("quiet").unwrap();
+    live.tracker.note_rejection(&quiet, parse_time("08:00:45"), &mut live.out);
+    live.at("08:01:31");
     let offices: Vec<String> = live.out.points.iter().filter(|p| p.measurement == "office").map(render).collect();
-    // From the daemon's start (08:00:10, less the window) on the wall clock.
+    // From the daemon's start (08:00:10, less the window) on the wall clock;
+    // then only rows with news.
     assert_eq!(
         offices,
         [
-            "office office=quiet @08:00:00 waiting=0 in_service=0 accepted=0 rejected=0 name=Quiet",
-            "office office=quiet @08:00:10 waiting=0 in_service=0 accepted=0 rejected=0 name=Quiet",
-            "office office=quiet @08:00:20 waiting=0 in_service=0 accepted=0 rejected=0 name=Quiet",
-            "office office=quiet @08:00:30 waiting=0 in_service=0 accepted=0 rejected=0 name=Quiet",
+            "office office=quiet @08:00:00 waiting=0 in_service=0 accepted=0 rejected=0 clock_ahead=0 name=Quiet",
+            "office office=quiet @08:00:40 waiting=0 in_service=0 accepted=0 rejected=1 clock_ahead=0 name=Quiet",
+        ]
+    );
+}
+
+#[test]
+fn an_office_row_is_written_when_its_state_changes_or_messages_were_rejected() {
+    // Accepted and rejected are arrival counts: each row carries those
+    // since the previous row, whenever the replay's arrivals released it.
+    let mut config = live_config("");
+    config.tracking.gauge_keepalive = std::time::Duration::from_secs(3600);
+    let mut tracker = Tracker::new(TrackerSettings::new(&config, Mode::Replay));
+    let mut out = Output::default();
+    let o1 = OfficeId::parse("o1").unwrap();
+    for line in [
+        "08:00:01 counter_opened counter=c1",
+        "08:00:02 issued A1 service=ktp",
+        "08:00:33 called A1 counter=c1",
+        "08:01:15 heartbeat",
+    ] {
+        tracker.ingest(script_event(line).0, Millis(0), &mut out);
+    }
+    tracker.note_rejection(&o1, Millis(0), &mut out);
+    tracker.ingest(script_event("08:01:36 heartbeat").0, Millis(0), &mut out);
+    tracker.drain(Millis(0), &mut out);
+    let times: Vec<String> = out
+        .points
+        .iter()
+        .filter(|p| p.measurement == "office")
+        .map(|p| format!("{} {}", render_time(p.time_ns / 1_000_000), p.to_line().split(' ').nth(1).unwrap()))
+        .collect();
+    assert_eq!(
+        times,
+        [
+            "08:00:10 waiting=1i,in_service=0i,accepted=3i,rejected=0i,clock_ahead=0i,counters_open=1i,last_event_age_s=8",
+            "08:00:40 waiting=0i,in_service=1i,accepted=1i,rejected=0i,clock_ahead=0i,counters_open=1i,last_event_age_s=7",
+            "08:01:10 waiting=0i,in_service=1i,accepted=1i,rejected=1i,clock_ahead=0i,counters_open=1i,last_event_age_s=37",
         ]
     );
 }
@@ -455,4 +558,103 @@ fn a_replay_writes_the_same_points_as_a_live_run_of_the_same_events() {
     assert_eq!(lived, replayed);
     assert!(replayed.iter().any(|line| line.starts_with("breach,counter=c1,kind=idle")));
     assert!(replayed.iter().any(|line| line.starts_with("breach,counter=c1,kind=service")));
+}
+
+/// Runs a live script whose lines carry their wall arrival (`at=`), letting
+/// the wall clock tick every second in between, as the daemon does.
+fn run_live_with_ticks(config: &Config, script: &str, until: &str) -> (Vec<Point>, NoteCounts, Vec<String>) {
+    let mut tracker = Tracker::new(TrackerSettings::new(config, Mode::Live));
+    let mut out = Output::default();
+    let mut raised = Vec::new();
+    let mut wall = None;
+    let mut tick_to = |tracker: &mut Tracker, out: &mut Output, to: Millis, wall: &mut Option<Millis>| {
+        let mut at = wall.unwrap_or(to);
+        while at < to {
+            at = at.plus_ms(1000).min(to);
+            tracker.advance(at, out);
+            for point in out.points.iter().filter(|point| point.measurement == "breach") {
+                let seen = format!("{} raised at {}", render(point), render_time(at.0));
+                if !raised.iter().any(|known: &String| known.starts_with(&render(point))) {
+                    raised.push(seen);
+                }
+            }
+        }
+        *wall = Some(to);
+    };
+    for line in script.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        let (event, arrival) = script_event(line);
+        let arrival = arrival.expect("every line has at=");
+        tick_to(&mut tracker, &mut out, arrival, &mut wall);
+        tracker.ingest(event, arrival, &mut out);
+    }
+    tick_to(&mut tracker, &mut out, parse_time(until), &mut wall);
+    tracker.drain(parse_time(until), &mut out);
+    (out.points, out.notes, raised)
+}
+
+/// A kiosk on time, and a counter caller whose clock runs 4 minutes fast
+/// (inside the 5-minute max_future_skew), interleaved.
+const FAST_CALLER: &str = "
+    08:00:00 issued A1 service=ktp at=08:00:00
+    08:01:00 issued B1 service=ktp at=08:01:00
+    08:09:00 called A1 counter=c1 at=08:05:00
+    08:06:00 issued C1 service=ktp at=08:06:00
+    08:12:00 finished A1 counter=c1 at=08:08:00
+    08:13:00 called B1 counter=c1 at=08:09:00
+    08:09:30 issued D1 service=ktp at=08:09:30
+    08:14:00 finished B1 counter=c1 at=08:10:00
+    08:15:00 called C1 counter=c1 at=08:11:00
+    08:16:00 finished C1 counter=c1 at=08:12:00
+    08:12:30 called D1 counter=c2 at=08:12:30
+    08:13:00 finished D1 counter=c2 at=08:13:00";
+
+#[test]
+fn a_device_running_fast_does_not_move_its_office_clock() {
+    let config = live_config("");
+    assert_eq!(config.tracking.clock, crate::config::ClockMode::Wall);
+    let (points, notes, raised) = run_live_with_ticks(&config, FAST_CALLER, "08:30");
+    let tickets: Vec<String> = points.iter().filter(|p| p.measurement == "ticket").map(render_point).collect();
+    assert_eq!(
+        tickets,
+        [
+            "o1 served ktp c1 @08:12:00 ticket=A1 recalls=0 wait_s=540 service_s=180 total_s=720 visit_s=720 \
+             wait_within_target=1 service_within_target=1",
+            "o1 served ktp c2 @08:13:00 ticket=D1 recalls=0 wait_s=180 service_s=30 total_s=210 visit_s=210 \
+             wait_within_target=1 service_within_target=1",
+            "o1 served ktp c1 @08:14:00 ticket=B1 recalls=0 wait_s=720 service_s=60 total_s=780 visit_s=780 \
+             wait_within_target=0 service_within_target=1",
+            "o1 served ktp c1 @08:16:00 ticket=C1 recalls=0 wait_s=540 service_s=60 total_s=600 visit_s=600 \
+             wait_within_target=1 service_within_target=1",
+        ]
+    );
+    // B1 waited past its 08:11:00 deadline (issued 08:01 by the kiosk): the
+    // breach is raised once the real time passes deadline + window, not 4
+    // minutes early.
+    assert_eq!(raised, ["breach kind=wait,service=ktp @08:11:00 ticket=B1 target_s=600 raised at 08:11:11"]);
+    assert_eq!(notes.get(Note::Late), 0);
+    assert_eq!(notes.get(Note::LateDropped), 0);
+    assert_eq!(notes.get(Note::ClockAhead), 6);
+    assert_eq!(notes.get(Note::Applied), 12);
+    let ahead: i64 = points
+        .iter()
+        .filter(|p| p.measurement == "office")
+        .filter_map(|p| p.fields.iter().find(|(key, _)| *key == "clock_ahead"))
+        .map(|(_, value)| match value {
+            FieldValue::Int(count) => *count,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(ahead, 6, "office rows count the events stamped ahead");
+}
+
+#[test]
+fn with_the_event_clock_a_fast_device_drags_its_office_ahead() {
+    // What `clock = "event"` (the demo's compressed time) does with the same
+    // stream: the breach fires 4 minutes early and on-time events arrive late.
+    let mut config = live_config("");
+    config.tracking.clock = crate::config::ClockMode::Event;
+    let (_, notes, raised) = run_live_with_ticks(&config, FAST_CALLER, "08:30");
+    assert_eq!(raised, ["breach kind=wait,service=ktp @08:11:00 ticket=B1 target_s=600 raised at 08:07:11"]);
+    assert!(notes.get(Note::Late) > 0);
+    assert_eq!(notes.get(Note::ClockAhead), 0);
 }
