@@ -25,9 +25,12 @@
 //!   and a live run write the same points. Only what depends on wall time
 //!   itself (`silent`, and alerts) differs, and only in [`Mode::Live`].
 //!
-//! Layout: this file holds the clock, the reorder buffer, dedup and ticket
-//! segments; `live.rs` the per-office gauges, counters, feedback, breaches
-//! and alerts.
+//! Layout: this file holds the clock, the reorder buffer, the ordered loop,
+//! dedup and ticket segments with their breaches (the ticket side, in
+//! [`OfficeState`]); `live.rs` the per-office gauges, counter sessions,
+//! feedback, idle counters and silence (the live side, its own state behind
+//! a narrow interface); `store.rs` the compact storage. Both sides read the
+//! office's identity and interned names from one [`OfficeContext`].
 
 mod live;
 mod store;
@@ -297,8 +300,8 @@ impl Tracker {
     /// message still proves the office is not silent.
     pub fn note_rejection(&mut self, office: &OfficeId, now: Millis, out: &mut Output) {
         if let Some(state) = self.offices.get_mut(office) {
-            state.live.rejected_in_interval += 1;
-            state.heard_at(&self.settings, now, out);
+            state.live.note_rejection();
+            state.live.heard_at(&state.ctx, &self.settings, now, out);
         }
     }
 
@@ -312,9 +315,9 @@ impl Tracker {
                     office.release(&self.settings, watermark, watermark, now, out);
                     office.forget(&self.settings, watermark);
                 }
-                None => office.unheard_snapshots(&self.settings, now, out),
+                None => office.live.unheard_snapshots(&office.ctx, &self.settings, now, out),
             }
-            office.check_silence(&self.settings, now, out);
+            office.live.check_silence(&office.ctx, &self.settings, now, out);
         }
     }
 
@@ -366,49 +369,56 @@ struct HeldKey {
     arrival: u64,
 }
 
-/// What fires at a time in an office's ordered loop, besides events: 8
-/// bytes, since every open segment has one in the heap.
+/// A segment's earliest pending deadline (wait or service target, or
+/// expiry) in an office's timer heap: 8 bytes, since every open segment has
+/// one. Lazily validated against `Segment::scheduled` and the generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct TimerKey {
     slot: SlotId,
-    tag: u32,
+    generation: u32,
 }
 
-/// A [`TimerKey`] taken apart.
-enum Timer {
-    /// The earliest pending deadline of a segment (wait or service target,
-    /// or expiry), lazily validated against `Segment::scheduled`.
-    Segment { generation: u32, slot: SlotId },
-    /// A counter idle with people waiting, validated against its idle start.
-    Idle { counter: NameId },
-}
-
-impl TimerKey {
-    const IDLE: SlotId = SlotId::MAX;
-
-    fn segment(generation: u32, slot: SlotId) -> TimerKey {
-        TimerKey { slot, tag: generation }
-    }
-
-    fn idle(counter: NameId) -> TimerKey {
-        TimerKey { slot: Self::IDLE, tag: counter.get() }
-    }
-
-    fn timer(self) -> Option<Timer> {
-        if self.slot == Self::IDLE {
-            NameId::new(self.tag).map(|counter| Timer::Idle { counter })
-        } else {
-            Some(Timer::Segment { generation: self.tag, slot: self.slot })
-        }
-    }
-}
-
+/// Who an office is, and the names interned for it: what both the ticket
+/// side ([`OfficeState`]) and the live side ([`live::OfficeLive`]) read.
 #[derive(Debug)]
-struct OfficeState {
+struct OfficeContext {
     office: OfficeId,
     office_tag: Arc<str>,
     region_tag: Option<Arc<str>>,
     config: Option<OfficeConfig>,
+    services: Names<ServiceId>,
+    counters: Names<CounterId>,
+    staff: Names<StaffId>,
+}
+
+impl OfficeContext {
+    fn service_name(&self, service: Option<NameId>) -> ServiceId {
+        service.map_or_else(ServiceId::unknown, |id| self.services.get(id).clone())
+    }
+
+    fn targets(&self, settings: &TrackerSettings, service: Option<NameId>) -> Targets {
+        settings.sla.targets_for(settings.office_sla(&self.office), &self.service_name(service))
+    }
+
+    /// A point with the tags every point of this office carries.
+    fn point(&self, measurement: &'static str, time_ns: i64) -> Point {
+        let mut point = Point::new(measurement, time_ns);
+        point.tag("office", self.office_tag.clone());
+        if let Some(region) = &self.region_tag {
+            point.tag("region", region.clone());
+        }
+        point
+    }
+}
+
+/// One office: the ordered loop (clock, reorder buffer, timers) and the
+/// ticket side (segments, dedup) live here; the live side (gauges, counter
+/// sessions, feedback, idle counters, silence) is `live`, which this side
+/// tells what changed through a narrow set of calls and which reads nothing
+/// of it but the counts it is handed.
+#[derive(Debug)]
+struct OfficeState {
+    ctx: OfficeContext,
     /// `(newest ts, wall time it arrived)`; `None` until the office is heard.
     clock_base: Option<(Millis, Millis)>,
     released_upto: Millis,
@@ -416,9 +426,6 @@ struct OfficeState {
     held: BTreeMap<HeldKey, (Event, EventKeys)>,
     arrivals: u64,
     tickets: Tickets<TicketState>,
-    services: Names<ServiceId>,
-    counters: Names<CounterId>,
-    staff: Names<StaffId>,
     open_segments: usize,
     /// Open segments not yet called.
     waiting: usize,
@@ -584,18 +591,20 @@ impl OfficeState {
     fn new(settings: &TrackerSettings, office: OfficeId) -> OfficeState {
         let config = settings.offices.get(&office).cloned();
         OfficeState {
-            office_tag: Arc::from(office.as_str()),
-            region_tag: config.as_ref().and_then(|config| config.region.as_deref()).map(Arc::from),
-            config,
-            office,
+            ctx: OfficeContext {
+                office_tag: Arc::from(office.as_str()),
+                region_tag: config.as_ref().and_then(|config| config.region.as_deref()).map(Arc::from),
+                config,
+                office,
+                services: Names::default(),
+                counters: Names::default(),
+                staff: Names::default(),
+            },
             clock_base: None,
             released_upto: Millis(i64::MIN),
             held: BTreeMap::new(),
             arrivals: 0,
             tickets: Tickets::default(),
-            services: Names::default(),
-            counters: Names::default(),
-            staff: Names::default(),
             open_segments: 0,
             waiting: 0,
             timers: BinaryHeap::new(),
@@ -611,24 +620,6 @@ impl OfficeState {
         self.clock_base.map(|(base_ts, base_wall)| base_ts.plus_ms(now.since(base_wall).max(0)))
     }
 
-    fn service_name(&self, service: Option<NameId>) -> ServiceId {
-        service.map_or_else(ServiceId::unknown, |id| self.services.get(id).clone())
-    }
-
-    fn targets(&self, settings: &TrackerSettings, service: Option<NameId>) -> Targets {
-        settings.sla.targets_for(settings.office_sla(&self.office), &self.service_name(service))
-    }
-
-    /// Tags every point of this office carries.
-    fn point(&self, measurement: &'static str, time_ns: i64) -> Point {
-        let mut point = Point::new(measurement, time_ns);
-        point.tag("office", self.office_tag.clone());
-        if let Some(region) = &self.region_tag {
-            point.tag("region", region.clone());
-        }
-        point
-    }
-
     fn next_tag(&mut self) -> u32 {
         // Wraps after four billion segments; a tag is only compared for
         // equality with recent ones, long after any old one is forgotten.
@@ -637,6 +628,21 @@ impl OfficeState {
             self.generations = 0;
         }
         self.generations
+    }
+
+    /// Tells the live side which counters are idle now that something at `at` changed.
+    fn update_idle(&mut self, settings: &TrackerSettings, at: Millis, out: &mut Output) {
+        self.live.update_idle(&self.ctx, settings, self.waiting, at, out);
+    }
+
+    /// The service of a ticket that is open, or closed within the dedup horizon.
+    fn ticket_service(&self, ticket: Option<&TicketNo>) -> Option<ServiceId> {
+        let state = self.tickets.get(self.tickets.find(ticket?)?)?;
+        let service = match state {
+            TicketState::Open(segment) => segment.service,
+            TicketState::Closed { service, .. } => *service,
+        };
+        Some(self.ctx.service_name(service))
     }
 
     fn segment(&self, slot: SlotId) -> Option<&Segment> {
@@ -648,8 +654,8 @@ impl OfficeState {
     }
 
     fn ingest(&mut self, settings: &TrackerSettings, event: Event, now: Millis, wall: Millis, out: &mut Output) {
-        self.live.accepted_in_interval += 1;
-        self.heard_at(settings, now, out);
+        self.live.note_accepted();
+        self.live.heard_at(&self.ctx, settings, now, out);
         let keys = EventKeys::of(&event);
         if keys.iter().any(|key| self.seen.contains(key)) {
             out.notes.add(Note::Duplicate);
@@ -668,7 +674,7 @@ impl OfficeState {
             && event.ts.since(wall) > CLOCK_AHEAD_TOLERANCE_MS;
         let clock_ts = if ahead {
             out.notes.add(Note::ClockAhead);
-            self.live.clock_ahead_in_interval += 1;
+            self.live.note_clock_ahead();
             event.ts.min(now)
         } else {
             event.ts
@@ -707,9 +713,10 @@ impl OfficeState {
     ) {
         loop {
             let next_event = self.held.first_key_value().map(|(key, _)| key.ts).filter(|ts| *ts < event_limit);
-            let next_timer = self.next_timer(settings).filter(|at| *at < timer_limit);
-            let next_snapshot = self.live.next_snapshot.filter(|at| *at < timer_limit);
-            let candidates = [(next_event, 0u8), (next_timer, 1), (next_snapshot, 2)];
+            let next_timer = self.next_timer().filter(|at| *at < timer_limit);
+            let next_idle = self.live.next_idle_deadline(&self.ctx, settings).filter(|at| *at < timer_limit);
+            let next_snapshot = self.live.next_snapshot().filter(|at| *at < timer_limit);
+            let candidates = [(next_event, 0u8), (next_timer, 1), (next_idle, 2), (next_snapshot, 3)];
             let Some((_, which)) = candidates.into_iter().filter_map(|(at, which)| at.map(|at| (at, which))).min()
             else {
                 break;
@@ -721,7 +728,14 @@ impl OfficeState {
                     }
                 }
                 1 => self.fire_timer(settings, out),
-                _ => self.snapshot(settings, now, out),
+                2 => self.live.fire_idle_deadline(&self.ctx, settings, self.released_upto, out),
+                _ => {
+                    let facts = live::SnapshotFacts {
+                        open_segments: self.open_segments,
+                        next_held: self.held.first_key_value().map(|(key, _)| key.ts),
+                    };
+                    self.live.snapshot(&self.ctx, settings, facts, now, out);
+                }
             }
         }
         let applied_upto = if event_limit == Millis(i64::MAX) { timer_limit } else { event_limit };
@@ -729,15 +743,11 @@ impl OfficeState {
     }
 
     /// The earliest valid timer, discarding stale entries.
-    fn next_timer(&mut self, settings: &TrackerSettings) -> Option<Millis> {
+    fn next_timer(&mut self) -> Option<Millis> {
         while let Some(Reverse((at, key))) = self.timers.peek().copied() {
-            let valid = match key.timer() {
-                Some(Timer::Segment { generation, slot }) => self
-                    .segment(slot)
-                    .is_some_and(|segment| segment.generation == generation && segment.scheduled == at),
-                Some(Timer::Idle { counter }) => self.idle_timer_valid(settings, counter, at),
-                None => false,
-            };
+            let valid = self
+                .segment(key.slot)
+                .is_some_and(|segment| segment.generation == key.generation && segment.scheduled == at);
             if valid {
                 return Some(at);
             }
@@ -748,18 +758,14 @@ impl OfficeState {
 
     fn fire_timer(&mut self, settings: &TrackerSettings, out: &mut Output) {
         let Some(Reverse((at, key))) = self.timers.pop() else { return };
-        match key.timer() {
-            Some(Timer::Segment { slot, .. }) => self.segment_deadline(settings, slot, at, out),
-            Some(Timer::Idle { counter }) => self.idle_deadline(settings, counter, at, out),
-            None => {}
-        }
+        self.segment_deadline(settings, key.slot, at, out);
     }
 
     /// A segment's earliest deadline has come: raise what is due, expire it
     /// if idle for the max age, and schedule its next deadline.
     fn segment_deadline(&mut self, settings: &TrackerSettings, slot: SlotId, at: Millis, out: &mut Output) {
         let Some(segment) = self.segment(slot) else { return };
-        let targets = self.targets(settings, segment.service);
+        let targets = self.ctx.targets(settings, segment.service);
         let wait_due = segment.wait_deadline(&targets).is_some_and(|deadline| deadline <= at);
         let service_due = segment.service_deadline(&targets).is_some_and(|deadline| deadline <= at);
         let expiry_due = segment.expiry(settings) <= at;
@@ -782,12 +788,12 @@ impl OfficeState {
     /// entry fires).
     fn schedule(&mut self, settings: &TrackerSettings, slot: SlotId, scheduling: Scheduling) {
         let Some(service) = self.segment(slot).map(|segment| segment.service) else { return };
-        let targets = self.targets(settings, service);
+        let targets = self.ctx.targets(settings, service);
         let Some(segment) = self.segment_mut(slot) else { return };
         let next = segment.next_deadline(settings, &targets);
         if scheduling == Scheduling::Renew || next < segment.scheduled {
             segment.scheduled = next;
-            let key = TimerKey::segment(segment.generation, slot);
+            let key = TimerKey { slot, generation: segment.generation };
             self.timers.push(Reverse((next, key)));
         }
     }
@@ -819,12 +825,7 @@ impl OfficeState {
     }
 
     fn apply(&mut self, settings: &TrackerSettings, event: Event, keys: EventKeys, arrival: Arrival, out: &mut Output) {
-        if self.live.last_event_ts.is_none() {
-            // Gauges start with the earliest applied event, which (unlike the
-            // first arrival) does not depend on arrival order.
-            self.first_heard(settings, event.ts);
-        }
-        self.live.last_event_ts = Some(self.live.last_event_ts.map_or(event.ts, |last| last.max(event.ts)));
+        self.live.note_applied(settings, event.ts);
         // Dispatch on the type, never on which fields happen to be present:
         // a counter event that also carries a ticket is still a counter event.
         let ticket = match (event.kind.needs_ticket(), event.ticket.clone()) {
@@ -834,9 +835,12 @@ impl OfficeState {
                 self.retire_keys(keys, event.ts);
                 match event.kind {
                     EventType::CounterOpened | EventType::CounterClosed => {
-                        self.apply_counter_event(settings, &event, out)
+                        self.live.apply_counter_event(&mut self.ctx, &event, out)
                     }
-                    EventType::Feedback => self.apply_feedback(&event, out),
+                    EventType::Feedback => {
+                        let service = self.ticket_service(event.ticket.as_ref());
+                        self.live.apply_feedback(&self.ctx, &event, service, out)
+                    }
                     _ => {}
                 }
                 self.update_idle(settings, event.ts, out);
@@ -887,7 +891,7 @@ impl OfficeState {
                         return;
                     }
                     _ => {
-                        let service = self.services.intern_opt(event.service.as_ref());
+                        let service = self.ctx.services.intern_opt(event.service.as_ref());
                         self.open_segment(settings, &ticket, service, None, event.ts, None)
                     }
                 };
@@ -904,8 +908,8 @@ impl OfficeState {
                 };
                 match slot.filter(|_| has_open) {
                     Some(slot) => {
-                        let staff = self.staff.intern_opt(event.staff.as_ref());
-                        let service = self.services.intern_opt(event.service.as_ref());
+                        let staff = self.ctx.staff.intern_opt(event.staff.as_ref());
+                        let service = self.ctx.services.intern_opt(event.service.as_ref());
                         let mut visit_start = None;
                         if let Some(segment) = self.segment_mut(slot) {
                             let share_before = segment.queue_share();
@@ -919,7 +923,7 @@ impl OfficeState {
                         self.tag_keys(slot, keys);
                         self.close(settings, slot, Closing { outcome, at: event.ts, event: Some(&event) }, out);
                         if outcome == Outcome::Transferred {
-                            let to_service = self.services.intern_opt(event.to_service.as_ref());
+                            let to_service = self.ctx.services.intern_opt(event.to_service.as_ref());
                             self.open_segment(settings, &ticket, to_service, Some(event.ts), event.ts, visit_start);
                         }
                         self.update_idle(settings, event.ts, out);
@@ -929,7 +933,7 @@ impl OfficeState {
                     None if was_closed => out.notes.add(Note::AfterClose),
                     None if outcome == Outcome::Transferred => {
                         // The first segment is unknown, so the whole visit is too.
-                        let to_service = self.services.intern_opt(event.to_service.as_ref());
+                        let to_service = self.ctx.services.intern_opt(event.to_service.as_ref());
                         self.open_segment(settings, &ticket, to_service, Some(event.ts), event.ts, None);
                         self.update_idle(settings, event.ts, out);
                         out.notes.add(Note::Applied);
@@ -968,7 +972,7 @@ impl OfficeState {
         event: &Event,
         out: &mut Output,
     ) -> SlotId {
-        let service = self.services.intern_opt(event.service.as_ref());
+        let service = self.ctx.services.intern_opt(event.service.as_ref());
         if let Some(slot) = self.tickets.find(ticket) {
             if let Some(segment) = self.segment_mut(slot) {
                 if !segment.issue_known && event.ts <= segment.start {
@@ -997,9 +1001,9 @@ impl OfficeState {
 
     /// A call, recall or start for an open segment.
     fn apply_progress(&mut self, settings: &TrackerSettings, slot: SlotId, event: &Event, out: &mut Output) {
-        let counter = self.counters.intern_opt(event.counter.as_ref());
-        let staff = self.staff.intern_opt(event.staff.as_ref());
-        let event_service = self.services.intern_opt(event.service.as_ref());
+        let counter = self.ctx.counters.intern_opt(event.counter.as_ref());
+        let staff = self.ctx.staff.intern_opt(event.staff.as_ref());
+        let event_service = self.ctx.services.intern_opt(event.service.as_ref());
         let Some(segment) = self.segment_mut(slot) else { return };
         let share_before = segment.queue_share();
         let was_waiting = segment.first_call.is_none();
@@ -1111,12 +1115,12 @@ impl OfficeState {
         }
         if closing.outcome == Outcome::Served {
             let counter =
-                closing.event.and_then(|event| event.counter.as_ref()).map(|counter| self.counters.intern(counter));
+                closing.event.and_then(|event| event.counter.as_ref()).map(|counter| self.ctx.counters.intern(counter));
             if let Some(counter) = counter.or(segment.busy_counter) {
                 self.live.count_served(counter);
             }
         }
-        let targets = self.targets(settings, segment.service);
+        let targets = self.ctx.targets(settings, segment.service);
         let wait_since = segment.issue().map(|issue| issue.plus_ms(targets.wait_ms));
         for (kind, breach, since) in [
             (AlertKind::Wait, segment.wait_breach, wait_since),
@@ -1129,7 +1133,7 @@ impl OfficeState {
         }
 
         let ticket = self.tickets.ticket(slot).clone();
-        let mut point = self.point("ticket", point_time_ns(closing.at, &ticket));
+        let mut point = self.ctx.point("ticket", point_time_ns(closing.at, &ticket));
         self.fill_segment_point(&mut point, &ticket, &segment, &targets, &closing, out);
         out.points.push(point);
     }
@@ -1158,19 +1162,19 @@ impl OfficeState {
         }
         let segment = segment.clone();
         let ticket = self.tickets.ticket(slot).clone();
-        let service = self.service_name(segment.service);
-        let mut point = self.point("breach", point_time_ns(deadline, &ticket));
+        let service = self.ctx.service_name(segment.service);
+        let mut point = self.ctx.point("breach", point_time_ns(deadline, &ticket));
         point.tag("service", service.tag());
         point.tag("kind", kind.tag());
         if kind == AlertKind::Service {
             if let Some(counter) = segment.busy_counter.or(segment.last_call_counter) {
-                point.tag("counter", self.counters.get(counter).tag());
+                point.tag("counter", self.ctx.counters.get(counter).tag());
             }
         }
         point.field("ticket", FieldValue::Str(ticket.as_str().into()));
         point.field("target_s", seconds(target_ms));
         out.points.push(point);
-        let targets = self.targets(settings, segment.service);
+        let targets = self.ctx.targets(settings, segment.service);
         let clock = self.released_upto.max(deadline).plus_ms(settings.reorder_window_ms);
         let alert = self.segment_alert(slot, &segment, kind, AlertState::Firing, deadline, clock, &targets);
         out.alerts.push(alert);
@@ -1179,7 +1183,7 @@ impl OfficeState {
     /// A resolved wait alert (its deadline is the issue plus the target).
     fn push_resolved(&self, settings: &TrackerSettings, slot: SlotId, kind: AlertKind, at: Millis, out: &mut Output) {
         let Some(segment) = self.segment(slot) else { return };
-        let targets = self.targets(settings, segment.service);
+        let targets = self.ctx.targets(settings, segment.service);
         let Some(since) = segment.issue().map(|issue| issue.plus_ms(targets.wait_ms)) else { return };
         out.alerts.push(self.segment_alert(slot, segment, kind, AlertState::Resolved, since, at, &targets));
     }
@@ -1198,13 +1202,13 @@ impl OfficeState {
     ) -> Alert {
         let ticket = self.tickets.ticket(slot);
         let counter =
-            segment.busy_counter.or(segment.last_call_counter).map(|counter| self.counters.get(counter).clone());
+            segment.busy_counter.or(segment.last_call_counter).map(|counter| self.ctx.counters.get(counter).clone());
         Alert {
-            id: format!("{}:{}:{}:{}", kind.as_str(), self.office, ticket, since.0),
+            id: format!("{}:{}:{}:{}", kind.as_str(), self.ctx.office, ticket, since.0),
             kind,
             state,
-            office: self.office.clone(),
-            service: Some(self.service_name(segment.service)),
+            office: self.ctx.office.clone(),
+            service: Some(self.ctx.service_name(segment.service)),
             ticket: Some(ticket.clone()),
             counter: if kind == AlertKind::Service { counter } else { None },
             target_ms: if kind == AlertKind::Wait { targets.wait_ms } else { targets.service_ms },
@@ -1224,13 +1228,13 @@ impl OfficeState {
         out: &mut Output,
     ) {
         let outcome = closing.outcome;
-        let service = self.service_name(segment.service);
+        let service = self.ctx.service_name(segment.service);
         point.tag("service", service.tag());
         point.tag("outcome", outcome.tag());
         let counter = closing
             .event
             .and_then(|event| event.counter.clone())
-            .or_else(|| segment.last_call_counter.map(|counter| self.counters.get(counter).clone()));
+            .or_else(|| segment.last_call_counter.map(|counter| self.ctx.counters.get(counter).clone()));
         if let Some(counter) = counter {
             point.tag("counter", counter.tag());
         }
@@ -1291,7 +1295,7 @@ impl OfficeState {
         let staff = closing
             .event
             .and_then(|event| event.staff.clone())
-            .or_else(|| segment.staff.map(|staff| self.staff.get(staff).clone()));
+            .or_else(|| segment.staff.map(|staff| self.ctx.staff.get(staff).clone()));
         if let Some(staff) = staff {
             point.field("staff", FieldValue::Str(staff.as_str().into()));
         }

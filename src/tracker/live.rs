@@ -7,13 +7,25 @@
 //! describes. Two things depend on wall time and exist only in
 //! [`Mode::Live`]: whether an office is `silent`, and gauges for configured
 //! offices that have never been heard.
+//!
+//! [`OfficeLive`] owns this state and reads nothing of the ticket side: the
+//! ticket side tells it what changed (a segment joined or left a queue, a
+//! counter became busy, a ticket was served) and hands it the few counts a
+//! decision needs (open segments, people waiting, the next held event's
+//! time). Its idle-counter deadlines are its own timer heap, merged into the
+//! office's ordered loop by the parent.
+//!
+//! Gauge rows are written only when they carry news (see
+//! [`OfficeLive::snapshot`]); the last written row of each series is kept
+//! here, so the decision depends on event-time state alone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use super::store::{NameId, SlotId};
-use super::{BreachState, Mode, OfficeState, Output, TimerKey, TrackerSettings};
-use crate::event::Event;
+use super::{BreachState, Mode, OfficeContext, Output, TrackerSettings};
+use crate::event::{Event, EventType};
 use crate::ids::{CounterId, OfficeId, ServiceId, TicketNo};
 use crate::point::{seconds, FieldValue};
 use crate::time::Millis;
@@ -111,15 +123,18 @@ impl Alert {
 /// Per-office live state.
 #[derive(Debug, Default)]
 pub(super) struct OfficeLive {
-    pub(super) next_snapshot: Option<Millis>,
+    next_snapshot: Option<Millis>,
     /// Newest ts among applied events.
-    pub(super) last_event_ts: Option<Millis>,
+    last_event_ts: Option<Millis>,
     /// Wall time of the last message (accepted or rejected).
     last_arrival_wall: Option<Millis>,
-    pub(super) accepted_in_interval: i64,
-    pub(super) rejected_in_interval: i64,
+    /// Messages accepted and rejected since the last `office` row.
+    accepted_in_interval: i64,
+    rejected_in_interval: i64,
     /// Events stamped ahead of the wall clock since the last `office` row.
-    pub(super) clock_ahead_in_interval: i64,
+    clock_ahead_in_interval: i64,
+    /// Idle-counter deadlines, lazily validated against the counter's idle start.
+    idle_deadlines: BinaryHeap<Reverse<(Millis, NameId)>>,
     /// What the last written `office` row said, to write the next only when it carries news.
     last_office_row: Option<OfficeRow>,
     /// By interned service; `None` is the `unknown` service of orphans.
@@ -254,96 +269,137 @@ impl OfficeLive {
     }
 }
 
-impl OfficeState {
+/// What a snapshot needs to know of the ticket side.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SnapshotFacts {
+    pub(super) open_segments: usize,
+    /// The time of the earliest event still held for reordering.
+    pub(super) next_held: Option<Millis>,
+}
+
+impl OfficeLive {
+    /// An accepted message (its arrival counts go on the next `office` row).
+    pub(super) fn note_accepted(&mut self) {
+        self.accepted_in_interval += 1;
+    }
+
+    /// A rejected message from this office.
+    pub(super) fn note_rejection(&mut self) {
+        self.rejected_in_interval += 1;
+    }
+
+    /// An accepted message stamped ahead of the wall clock.
+    pub(super) fn note_clock_ahead(&mut self) {
+        self.clock_ahead_in_interval += 1;
+    }
+
+    /// An event was applied: gauges start with the earliest applied event,
+    /// which (unlike the first arrival) does not depend on arrival order,
+    /// at the first multiple of the interval at or after it.
+    pub(super) fn note_applied(&mut self, settings: &TrackerSettings, ts: Millis) {
+        if self.last_event_ts.is_none() {
+            self.next_snapshot = Some(ceil_to(ts, settings.snapshot_interval_ms));
+        }
+        self.last_event_ts = Some(self.last_event_ts.map_or(ts, |last| last.max(ts)));
+    }
+
+    /// When the next gauge snapshot is due on the office clock.
+    pub(super) fn next_snapshot(&self) -> Option<Millis> {
+        self.next_snapshot
+    }
+
     /// A message from this office arrived at wall time `now`.
-    pub(super) fn heard_at(&mut self, settings: &TrackerSettings, now: Millis, out: &mut Output) {
-        self.live.last_arrival_wall = Some(now);
+    pub(super) fn heard_at(&mut self, ctx: &OfficeContext, settings: &TrackerSettings, now: Millis, out: &mut Output) {
+        self.last_arrival_wall = Some(now);
         if settings.mode == Mode::Live {
-            self.resolve_silence(now, out);
+            self.resolve_silence(ctx, now, out);
         }
     }
 
-    /// The first accepted event: gauges start at the first multiple of the
-    /// interval at or after it, on the office clock.
-    pub(super) fn first_heard(&mut self, settings: &TrackerSettings, ts: Millis) {
-        self.live.next_snapshot = Some(ceil_to(ts, settings.snapshot_interval_ms));
-    }
-
     /// `office` gauges on the wall clock for a configured office never heard (live only).
-    pub(super) fn unheard_snapshots(&mut self, settings: &TrackerSettings, now: Millis, out: &mut Output) {
+    pub(super) fn unheard_snapshots(
+        &mut self,
+        ctx: &OfficeContext,
+        settings: &TrackerSettings,
+        now: Millis,
+        out: &mut Output,
+    ) {
         if settings.mode != Mode::Live {
             return;
         }
         let limit = now.minus_ms(settings.reorder_window_ms);
         let interval = settings.snapshot_interval_ms;
-        let mut at = *self.live.next_snapshot.get_or_insert_with(|| ceil_to(limit, interval));
+        let mut at = *self.next_snapshot.get_or_insert_with(|| ceil_to(limit, interval));
         while at < limit {
-            let row =
-                OfficeRow { waiting: 0, in_service: 0, counters_open: None, silent: self.silent_at(settings, at, now) };
+            let silent = self.silent_at(ctx, settings, at, now);
+            let row = OfficeRow { waiting: 0, in_service: 0, counters_open: None, silent };
             if self.office_row_due(row) {
-                self.write_office_row(row, at, out);
+                self.write_office_row(ctx, row, at, out);
             }
             at = at.plus_ms(interval);
         }
-        self.live.next_snapshot = Some(at);
+        self.next_snapshot = Some(at);
     }
 
     /// Raises or resolves the `silent` alert (live only, offices with opening hours).
-    pub(super) fn check_silence(&mut self, settings: &TrackerSettings, now: Millis, out: &mut Output) {
+    pub(super) fn check_silence(
+        &mut self,
+        ctx: &OfficeContext,
+        settings: &TrackerSettings,
+        now: Millis,
+        out: &mut Output,
+    ) {
         if settings.mode != Mode::Live {
             return;
         }
-        let Some(config) = self.config.as_ref().filter(|config| config.has_hours()) else { return };
+        let Some(config) = ctx.config.as_ref().filter(|config| config.has_hours()) else { return };
         // A configured office never heard is measured from the daemon's start.
-        let last_arrival = *self.live.last_arrival_wall.get_or_insert(now);
+        let last_arrival = *self.last_arrival_wall.get_or_insert(now);
         let open = config.is_open_at(now);
         let silent = open && now.since(last_arrival) >= settings.silence_after_ms;
-        match (silent, self.live.silent_since) {
+        match (silent, self.silent_since) {
             (true, None) => {
                 let since = last_arrival.plus_ms(settings.silence_after_ms);
-                self.live.silent_since = Some(since);
-                out.alerts.push(self.silent_alert(AlertState::Firing, since, now));
+                self.silent_since = Some(since);
+                out.alerts.push(silent_alert(ctx, AlertState::Firing, since, now));
             }
-            (false, Some(_)) if !open => self.resolve_silence(now, out),
+            (false, Some(_)) if !open => self.resolve_silence(ctx, now, out),
             _ => {}
         }
     }
 
-    fn resolve_silence(&mut self, now: Millis, out: &mut Output) {
-        if let Some(since) = self.live.silent_since.take() {
-            out.alerts.push(self.silent_alert(AlertState::Resolved, since, now));
-        }
-    }
-
-    fn silent_alert(&self, state: AlertState, since: Millis, now: Millis) -> Alert {
-        Alert {
-            id: format!("silent:{}:{}", self.office, since.0),
-            kind: AlertKind::Silent,
-            state,
-            office: self.office.clone(),
-            service: None,
-            ticket: None,
-            counter: None,
-            target_ms: 0,
-            since,
-            ts: now,
+    fn resolve_silence(&mut self, ctx: &OfficeContext, now: Millis, out: &mut Output) {
+        if let Some(since) = self.silent_since.take() {
+            out.alerts.push(silent_alert(ctx, AlertState::Resolved, since, now));
         }
     }
 
     /// The gauges at `next_snapshot`: every event with `ts <= T` is applied
-    /// and none later.
-    pub(super) fn snapshot(&mut self, settings: &TrackerSettings, now: Millis, out: &mut Output) {
-        let Some(at) = self.live.next_snapshot else { return };
+    /// and none later. Rows are written only when they carry news, decided
+    /// on event-time state alone so that a replay writes what a live run
+    /// writes: a `queue` row when its `waiting`, `in_service` or
+    /// `over_target` differ from the series' last written row, when tickets
+    /// were issued or called in the interval, or when someone waits and T is
+    /// a multiple of `gauge_keepalive` (keeping `oldest_wait_s` fresh).
+    pub(super) fn snapshot(
+        &mut self,
+        ctx: &OfficeContext,
+        settings: &TrackerSettings,
+        facts: SnapshotFacts,
+        now: Millis,
+        out: &mut Output,
+    ) {
+        let Some(at) = self.next_snapshot else { return };
         let interval = settings.snapshot_interval_ms;
-        self.live.next_snapshot = Some(at.plus_ms(interval));
-        let quiet_for_long = self.open_segments == 0
-            && self.live.last_event_ts.is_none_or(|last| at.since(last) > GAUGE_SPAN_AFTER_LAST_EVENT_MS);
+        self.next_snapshot = Some(at.plus_ms(interval));
+        let quiet_for_long = facts.open_segments == 0
+            && self.last_event_ts.is_none_or(|last| at.since(last) > GAUGE_SPAN_AFTER_LAST_EVENT_MS);
         if quiet_for_long {
             // Skip ahead to the next event rather than write a gap's worth of empty rows.
-            if let Some((key, _)) = self.held.first_key_value() {
-                let next = ceil_to(key.ts, interval);
+            if let Some(next_held) = facts.next_held {
+                let next = ceil_to(next_held, interval);
                 if next > at {
-                    self.live.next_snapshot = Some(next);
+                    self.next_snapshot = Some(next);
                 }
             }
             return;
@@ -351,20 +407,15 @@ impl OfficeState {
 
         // Services idle for longer than gauge_idle_after drop out.
         let idle_before = at.minus_ms(settings.gauge_idle_after_ms);
-        self.live.services.retain(|_, gauge| {
+        self.services.retain(|_, gauge| {
             gauge.waiting > 0 || gauge.in_service > 0 || gauge.last_event.is_some_and(|last| last >= idle_before)
         });
 
-        // Rows are written only when they carry news (see `queue_row_due`),
-        // decided on event-time state alone so that a replay writes what a
-        // live run writes.
         let keepalive_due = at.0.rem_euclid(settings.gauge_keepalive_ms) == 0;
         let time_ns = at.0.saturating_mul(1_000_000);
         let (mut waiting, mut in_service) = (0, 0);
-        let services: Vec<Option<NameId>> = self.live.services.keys().copied().collect();
-        for service in services {
-            let targets = self.targets(settings, service);
-            let Some(gauge) = self.live.services.get_mut(&service) else { continue };
+        for (service, gauge) in &mut self.services {
+            let targets = ctx.targets(settings, *service);
             // Waiting longer than the target at T: issued before T - target.
             let over_target = gauge.waiting_since.range(..(at.minus_ms(targets.wait_ms), 0)).count() as i64;
             let row = QueueRow { waiting: gauge.waiting, in_service: gauge.in_service, over_target };
@@ -380,8 +431,8 @@ impl OfficeState {
             gauge.last_row = Some(row);
             let oldest_wait_ms = gauge.waiting_since.first().map_or(0, |(issue, _)| at.since(*issue).max(0));
             let (issued, called) = (std::mem::take(&mut gauge.issued), std::mem::take(&mut gauge.called));
-            let mut point = self.point("queue", time_ns);
-            point.tag("service", self.service_name(service).tag());
+            let mut point = ctx.point("queue", time_ns);
+            point.tag("service", ctx.service_name(*service).tag());
             point.field("waiting", FieldValue::Int(row.waiting));
             point.field("in_service", FieldValue::Int(row.in_service));
             point.field("over_target", FieldValue::Int(row.over_target));
@@ -392,12 +443,11 @@ impl OfficeState {
         }
 
         let counters_open = self
-            .live
             .sends_counter_events
-            .then(|| self.live.counters.values().filter(|counter| counter.open_since.is_some()).count() as i64);
-        let row = OfficeRow { waiting, in_service, counters_open, silent: self.silent_at(settings, at, now) };
+            .then(|| self.counters.values().filter(|counter| counter.open_since.is_some()).count() as i64);
+        let row = OfficeRow { waiting, in_service, counters_open, silent: self.silent_at(ctx, settings, at, now) };
         if self.office_row_due(row) || (waiting > 0 && keepalive_due) {
-            self.write_office_row(row, at, out);
+            self.write_office_row(ctx, row, at, out);
         }
     }
 
@@ -405,61 +455,55 @@ impl OfficeState {
     /// written row, or when messages were rejected or stamped ahead since
     /// then (a vendor debugging firmware must see it at once).
     fn office_row_due(&self, row: OfficeRow) -> bool {
-        self.live.last_office_row != Some(row)
-            || self.live.rejected_in_interval > 0
-            || self.live.clock_ahead_in_interval > 0
+        self.last_office_row != Some(row) || self.rejected_in_interval > 0 || self.clock_ahead_in_interval > 0
     }
 
     /// Writes the `office` row at `at`; the arrival counts since the last
     /// written row ride on it.
-    fn write_office_row(&mut self, row: OfficeRow, at: Millis, out: &mut Output) {
-        let live = &mut self.live;
-        live.last_office_row = Some(row);
-        let accepted = std::mem::take(&mut live.accepted_in_interval);
-        let rejected = std::mem::take(&mut live.rejected_in_interval);
-        let clock_ahead = std::mem::take(&mut live.clock_ahead_in_interval);
-        let mut point = self.point("office", at.0.saturating_mul(1_000_000));
+    fn write_office_row(&mut self, ctx: &OfficeContext, row: OfficeRow, at: Millis, out: &mut Output) {
+        self.last_office_row = Some(row);
+        let mut point = ctx.point("office", at.0.saturating_mul(1_000_000));
         point.field("waiting", FieldValue::Int(row.waiting));
         point.field("in_service", FieldValue::Int(row.in_service));
-        point.field("accepted", FieldValue::Int(accepted));
-        point.field("rejected", FieldValue::Int(rejected));
-        point.field("clock_ahead", FieldValue::Int(clock_ahead));
+        point.field("accepted", FieldValue::Int(std::mem::take(&mut self.accepted_in_interval)));
+        point.field("rejected", FieldValue::Int(std::mem::take(&mut self.rejected_in_interval)));
+        point.field("clock_ahead", FieldValue::Int(std::mem::take(&mut self.clock_ahead_in_interval)));
         if let Some(open) = row.counters_open {
             point.field("counters_open", FieldValue::Int(open));
         }
-        if let Some(last) = self.live.last_event_ts {
+        if let Some(last) = self.last_event_ts {
             point.field("last_event_age_s", seconds(at.since(last).max(0)));
         }
         if let Some(silent) = row.silent {
             point.field("silent", FieldValue::Int(i64::from(silent)));
         }
-        if let Some(name) = self.config.as_ref().and_then(|config| config.name.as_ref()) {
+        if let Some(name) = ctx.config.as_ref().and_then(|config| config.name.as_ref()) {
             point.field("name", FieldValue::Str(name.as_str().into()));
         }
         out.points.push(point);
     }
 
     /// `silent` at `at`: live runs, offices with opening hours only.
-    fn silent_at(&self, settings: &TrackerSettings, at: Millis, now: Millis) -> Option<bool> {
-        let config = self.config.as_ref().filter(|config| config.has_hours())?;
+    fn silent_at(&self, ctx: &OfficeContext, settings: &TrackerSettings, at: Millis, now: Millis) -> Option<bool> {
+        let config = ctx.config.as_ref().filter(|config| config.has_hours())?;
         if settings.mode != Mode::Live {
             return None;
         }
-        let last_arrival = self.live.last_arrival_wall.unwrap_or(now);
+        let last_arrival = self.last_arrival_wall.unwrap_or(now);
         Some(config.is_open_at(at) && now.since(last_arrival) >= settings.silence_after_ms)
     }
 
     /// `counter_opened` / `counter_closed`.
-    pub(super) fn apply_counter_event(&mut self, settings: &TrackerSettings, event: &Event, out: &mut Output) {
+    pub(super) fn apply_counter_event(&mut self, ctx: &mut OfficeContext, event: &Event, out: &mut Output) {
         let Some(counter) = &event.counter else { return };
-        let counter_id = self.counters.intern(counter);
-        let staff = self.staff.intern_opt(event.staff.as_ref());
-        self.live.sends_counter_events = true;
-        let state = self.live.counters.entry(counter_id).or_default();
+        let counter_id = ctx.counters.intern(counter);
+        let staff = ctx.staff.intern_opt(event.staff.as_ref());
+        self.sends_counter_events = true;
+        let state = self.counters.entry(counter_id).or_default();
         if staff.is_some() {
             state.staff = staff;
         }
-        if event.kind == crate::event::EventType::CounterOpened {
+        if event.kind == EventType::CounterOpened {
             if state.open_since.is_none() {
                 state.open_since = Some(event.ts);
                 state.busy_ms = 0;
@@ -473,14 +517,13 @@ impl OfficeState {
         let busy_ms = state.busy_ms + if state.active > 0 { event.ts.since(state.active_since).max(0) } else { 0 };
         let open_ms = state.open_since.map(|open| event.ts.since(open));
         let served = state.served;
-        let staff = state.staff.map(|staff| self.staff.get(staff).clone());
+        let staff = state.staff.map(|staff| ctx.staff.get(staff).clone());
         state.open_since = None;
         state.busy_ms = 0;
         state.served = 0;
         state.active_since = event.ts;
-        let _ = settings;
 
-        let mut point = self.point("counter", event.ts.0.saturating_mul(1_000_000));
+        let mut point = ctx.point("counter", event.ts.0.saturating_mul(1_000_000));
         point.tag("counter", counter.tag());
         match open_ms {
             Some(open_ms) if open_ms < 0 => out.notes.add(super::Note::ClockSkew),
@@ -498,24 +541,22 @@ impl OfficeState {
         out.points.push(point);
     }
 
-    /// A satisfaction button press.
-    pub(super) fn apply_feedback(&mut self, event: &Event, out: &mut Output) {
+    /// A satisfaction button press; `service` is its ticket's, when known.
+    pub(super) fn apply_feedback(
+        &mut self,
+        ctx: &OfficeContext,
+        event: &Event,
+        service: Option<ServiceId>,
+        out: &mut Output,
+    ) {
         let Some(rating) = event.rating else { return };
-        let service = event.ticket.as_ref().and_then(|ticket| {
-            let state = self.tickets.get(self.tickets.find(ticket)?)?;
-            let service = match state {
-                super::TicketState::Open(segment) => segment.service,
-                super::TicketState::Closed { service, .. } => *service,
-            };
-            Some(self.service_name(service))
-        });
         let offset_key = event
             .ticket
             .as_ref()
             .map(|ticket| ticket.as_str())
             .or(event.counter.as_ref().map(|counter| counter.as_str()))
             .unwrap_or("");
-        let mut point = self.point("feedback", super::time_with_offset_ns(event.ts, offset_key));
+        let mut point = ctx.point("feedback", super::time_with_offset_ns(event.ts, offset_key));
         if let Some(counter) = &event.counter {
             point.tag("counter", counter.tag());
         }
@@ -529,20 +570,26 @@ impl OfficeState {
         out.points.push(point);
     }
 
-    /// Re-evaluates which open counters are idle while people wait, after
-    /// anything at `at` changed; starts or cancels their idle deadlines.
-    pub(super) fn update_idle(&mut self, settings: &TrackerSettings, at: Millis, out: &mut Output) {
-        let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&self.office)) else { return };
-        let people_waiting = self.waiting > 0;
+    /// Re-evaluates which open counters are idle while `waiting` people
+    /// wait, after anything at `at` changed; starts or cancels their idle
+    /// deadlines.
+    pub(super) fn update_idle(
+        &mut self,
+        ctx: &OfficeContext,
+        settings: &TrackerSettings,
+        waiting: usize,
+        at: Millis,
+        out: &mut Output,
+    ) {
+        let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&ctx.office)) else { return };
         let mut resolved = Vec::new();
-        for (counter, state) in &mut self.live.counters {
-            let idle = people_waiting && state.open_since.is_some() && state.active == 0;
+        for (counter, state) in &mut self.counters {
+            let idle = waiting > 0 && state.open_since.is_some() && state.active == 0;
             match (idle, state.idle_since) {
                 (true, None) => {
                     state.idle_since = Some(at);
                     state.idle_breach = BreachState::None;
-                    let key = TimerKey::idle(*counter);
-                    self.timers.push(std::cmp::Reverse((at.plus_ms(idle_target_ms), key)));
+                    self.idle_deadlines.push(Reverse((at.plus_ms(idle_target_ms), *counter)));
                 }
                 (false, Some(since)) => {
                     if state.idle_breach == BreachState::Firing {
@@ -555,51 +602,85 @@ impl OfficeState {
             }
         }
         for (counter, deadline) in resolved {
-            let mut alert = self.idle_alert(counter, deadline, idle_target_ms, at);
+            let mut alert = idle_alert(ctx, counter, deadline, idle_target_ms, at);
             alert.state = AlertState::Resolved;
             out.alerts.push(alert);
         }
     }
 
-    /// An idle timer still stands if its counter is idle since exactly the
-    /// start it was set for and has not breached.
-    pub(super) fn idle_timer_valid(&self, settings: &TrackerSettings, counter: NameId, at: Millis) -> bool {
-        let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&self.office)) else { return false };
-        self.live.counters.get(&counter).is_some_and(|state| {
-            state.idle_breach == BreachState::None
-                && state.idle_since.map(|since| since.plus_ms(idle_target_ms)) == Some(at)
-        })
+    /// The earliest idle deadline that still stands (its counter is idle
+    /// since exactly the start it was set for and has not breached),
+    /// discarding stale ones.
+    pub(super) fn next_idle_deadline(&mut self, ctx: &OfficeContext, settings: &TrackerSettings) -> Option<Millis> {
+        let idle_target_ms = settings.sla.idle_target_ms(settings.office_sla(&ctx.office));
+        while let Some(Reverse((at, counter))) = self.idle_deadlines.peek().copied() {
+            let valid = idle_target_ms.is_some_and(|target_ms| {
+                self.counters.get(&counter).is_some_and(|state| {
+                    state.idle_breach == BreachState::None
+                        && state.idle_since.map(|since| since.plus_ms(target_ms)) == Some(at)
+                })
+            });
+            if valid {
+                return Some(at);
+            }
+            self.idle_deadlines.pop();
+        }
+        None
     }
 
-    /// A counter has been idle with people waiting for the idle target.
-    pub(super) fn idle_deadline(&mut self, settings: &TrackerSettings, counter: NameId, at: Millis, out: &mut Output) {
-        let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&self.office)) else { return };
-        let Some(state) = self.live.counters.get_mut(&counter) else { return };
+    /// The earliest idle deadline has come: the counter has been idle with
+    /// people waiting for the idle target. `released_upto` is how far the
+    /// office's loop has got, for the alert's time.
+    pub(super) fn fire_idle_deadline(
+        &mut self,
+        ctx: &OfficeContext,
+        settings: &TrackerSettings,
+        released_upto: Millis,
+        out: &mut Output,
+    ) {
+        let Some(Reverse((at, counter))) = self.idle_deadlines.pop() else { return };
+        let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&ctx.office)) else { return };
+        let Some(state) = self.counters.get_mut(&counter) else { return };
         state.idle_breach = BreachState::Firing;
-        let mut point = self.point("breach", at.0.saturating_mul(1_000_000));
-        point.tag("counter", self.counters.get(counter).tag());
+        let mut point = ctx.point("breach", at.0.saturating_mul(1_000_000));
+        point.tag("counter", ctx.counters.get(counter).tag());
         point.tag("kind", AlertKind::Idle.tag());
         point.field("target_s", seconds(idle_target_ms));
         out.points.push(point);
-        let mut alert = self.idle_alert(counter, at, idle_target_ms, self.released_upto.max(at));
+        let mut alert = idle_alert(ctx, counter, at, idle_target_ms, released_upto.max(at));
         alert.ts = alert.ts.plus_ms(settings.reorder_window_ms);
         out.alerts.push(alert);
     }
+}
 
-    fn idle_alert(&self, counter: NameId, since: Millis, target_ms: i64, ts: Millis) -> Alert {
-        let counter: &CounterId = self.counters.get(counter);
-        Alert {
-            id: format!("idle:{}:{}:{}", self.office, counter, since.0),
-            kind: AlertKind::Idle,
-            state: AlertState::Firing,
-            office: self.office.clone(),
-            service: None,
-            ticket: None,
-            counter: Some(counter.clone()),
-            target_ms,
-            since,
-            ts,
-        }
+fn silent_alert(ctx: &OfficeContext, state: AlertState, since: Millis, now: Millis) -> Alert {
+    Alert {
+        id: format!("silent:{}:{}", ctx.office, since.0),
+        kind: AlertKind::Silent,
+        state,
+        office: ctx.office.clone(),
+        service: None,
+        ticket: None,
+        counter: None,
+        target_ms: 0,
+        since,
+        ts: now,
+    }
+}
+
+fn idle_alert(ctx: &OfficeContext, counter: NameId, since: Millis, target_ms: i64, ts: Millis) -> Alert {
+    let counter: &CounterId = ctx.counters.get(counter);
+    Alert {
+        id: format!("idle:{}:{}:{}", ctx.office, counter, since.0),
+        kind: AlertKind::Idle,
+        state: AlertState::Firing,
+        office: ctx.office.clone(),
+        service: None,
+        ticket: None,
+        counter: Some(counter.clone()),
+        target_ms,
+        since,
+        ts,
     }
 }
 
