@@ -6,9 +6,9 @@
 //!
 //! What each column is made of:
 //! - `waiting`: the `waiting` field of the office's latest `office` gauge.
-//! - `oldest wait`: the largest `oldest_wait_s` among the office's `queue`
-//!   gauges of its latest snapshot instant (gauges of one instant arrive
-//!   together; a later instant starts a new maximum).
+//! - `oldest wait`: the largest `oldest_wait_s` among the latest `queue` rows
+//!   of the office's services (rows are written only when they carry news,
+//!   so each service's latest row is its current state).
 //! - `service level`: the mean of `wait_within_target` over `ticket` points.
 //! - `avg wait`: the mean of `wait_s` over `ticket` points.
 //! - `served`, `no-shows`: `ticket` points by `outcome`.
@@ -18,7 +18,7 @@
 //! heard, the daemon writes its `office` gauges on the wall clock, and once it
 //! is heard they restart on the office clock, which may be earlier.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use chrono::TimeZone as _;
@@ -70,9 +70,8 @@ struct Row {
     waiting: Option<i64>,
     /// Time of the latest `office` gauge, in nanoseconds.
     clock_ns: Option<i64>,
-    /// Time of the latest `queue` snapshot instant, and its largest oldest wait.
-    queue_snapshot_ns: Option<i64>,
-    oldest_wait_s: f64,
+    /// The latest `oldest_wait_s` of each service.
+    oldest_wait_s: BTreeMap<String, f64>,
     tickets_with_target: u64,
     tickets_within_target: u64,
     tickets_with_wait: u64,
@@ -114,12 +113,8 @@ impl Board {
             }
             "queue" => {
                 let oldest_wait_s = float_field(point, "oldest_wait_s").unwrap_or(0.0);
-                if row.queue_snapshot_ns == Some(point.time_ns) {
-                    row.oldest_wait_s = row.oldest_wait_s.max(oldest_wait_s);
-                } else {
-                    row.queue_snapshot_ns = Some(point.time_ns);
-                    row.oldest_wait_s = oldest_wait_s;
-                }
+                let service = point.tag_value("service").unwrap_or("unknown");
+                row.oldest_wait_s.insert(service.to_owned(), oldest_wait_s);
             }
             _ => {}
         }
@@ -185,8 +180,7 @@ impl Board {
             office,
             waiting: None,
             clock_ns: None,
-            queue_snapshot_ns: None,
-            oldest_wait_s: 0.0,
+            oldest_wait_s: BTreeMap::new(),
             tickets_with_target: 0,
             tickets_within_target: 0,
             tickets_with_wait: 0,
@@ -233,7 +227,7 @@ impl Row {
         let unknown = || "-".to_string();
         [
             self.waiting.map_or_else(unknown, |waiting| waiting.to_string()),
-            self.queue_snapshot_ns.map_or_else(unknown, |_| format_wait(self.oldest_wait_s)),
+            self.oldest_wait_s.values().copied().reduce(f64::max).map_or_else(unknown, format_wait),
             share(self.tickets_within_target, self.tickets_with_target)
                 .map_or_else(unknown, |share| format!("{:.1}%", share * 100.0)),
             mean(self.wait_sum_s, self.tickets_with_wait).map_or_else(unknown, format_wait),
@@ -389,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn gauges_give_waiting_and_the_oldest_wait_of_the_latest_snapshot() {
+    fn gauges_give_waiting_and_the_largest_oldest_wait_of_the_latest_rows() {
         let mut board = board();
         board.apply(&office_gauge("rs-b", NINE_FIFTEEN_MS - 10_000, 9));
         board.apply(&queue_gauge("rs-b", NINE_FIFTEEN_MS - 10_000, "farmasi", 4000.0));
@@ -399,6 +393,15 @@ mod tests {
         board.apply(&queue_gauge("rs-b", NINE_FIFTEEN_MS, "poli-anak", 0.0));
         let rendered = board.render(&running());
         assert_eq!(cells(&rendered, "RS B"), ["5", "8:20", "-", "-", "0", "0", "0"]);
+    }
+
+    #[test]
+    fn a_service_without_news_keeps_its_latest_row() {
+        // Rows come only with news: poli-umum's row at 09:15 still holds at 09:16.
+        let mut board = board();
+        board.apply(&queue_gauge("rs-b", NINE_FIFTEEN_MS, "poli-umum", 500.4));
+        board.apply(&queue_gauge("rs-b", NINE_FIFTEEN_MS + 60_000, "farmasi", 65.0));
+        assert_eq!(cells(&board.render(&running()), "RS B")[1], "8:20");
     }
 
     #[test]
