@@ -13,7 +13,7 @@
 //! stops reading (what it had not handed over stays unacknowledged with the
 //! broker), the tracker applies the events it holds for reordering and
 //! writes the points that completes, and the sink flushes within
-//! `SHUTDOWN_DEADLINE`.
+//! [`sink::SHUTDOWN_DEADLINE`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,13 +26,10 @@ use crate::alerts::AlertPublisher;
 use crate::config::Config;
 use crate::mqtt::{office_from_topic, Incoming, MqttSource};
 use crate::pipeline::Pipeline;
-use crate::sink::{self, Secrets, SinkHandle, SinkReport};
+use crate::sink::{self, Secrets, SinkHandle, SinkReport, SHUTDOWN_DEADLINE};
 use crate::stats::Stats;
 use crate::time::Millis;
 use crate::tracker::Mode;
-
-/// How long the sink may keep retrying after shutdown was asked for.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How often held events are released and expiries checked between messages.
 const TICK: Duration = Duration::from_millis(200);
@@ -244,12 +241,7 @@ pub async fn run_with(
     // Phase 3: the sinks flush within their deadline once the last handle is gone.
     let mut sink_report = SinkReport::default();
     for (sink, task) in sinks.into_iter().zip(sink_tasks) {
-        let report = finish_sink(sink, task).await;
-        sink_report.points_written += report.points_written;
-        sink_report.points_rejected += report.points_rejected;
-        sink_report.points_unwritten_at_shutdown += report.points_unwritten_at_shutdown;
-        sink_report.requests += report.requests;
-        sink_report.retries += report.retries;
+        sink_report.add(&sink::finish(sink, task).await);
     }
     if unsent_at_shutdown > 0 {
         error!(points = unsent_at_shutdown, "Points not handed to the writer before shutdown.");
@@ -279,22 +271,6 @@ async fn send_to_all(sinks: &[SinkHandle], lines: String, count: usize) -> bool 
         delivered &= last.send(lines, count).await.is_ok();
     }
     delivered
-}
-
-/// Drops the last handle and waits for the writer's report.
-pub async fn finish_sink(sink: SinkHandle, task: tokio::task::JoinHandle<SinkReport>) -> SinkReport {
-    drop(sink);
-    match tokio::time::timeout(SHUTDOWN_DEADLINE + Duration::from_secs(5), task).await {
-        Ok(Ok(report)) => report,
-        Ok(Err(join_error)) => {
-            error!(%join_error, "The InfluxDB writer failed.");
-            SinkReport::default()
-        }
-        Err(_) => {
-            error!("The InfluxDB writer did not finish in time.");
-            SinkReport::default()
-        }
-    }
 }
 
 /// Resolves once the stop flag is set.

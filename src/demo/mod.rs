@@ -46,11 +46,11 @@ use tokio::task::JoinHandle;
 pub use self::board::{Board, BoardOffice, Phase, Status};
 pub use self::broker::{broker_config, EmbeddedBroker};
 use crate::config::{Config, InfluxApi, InfluxConfig, MqttConfig, OfficeConfig, ServiceSla, SlaConfig};
-use crate::daemon::{self, Outputs, RunReport, Tapped, SHUTDOWN_DEADLINE};
+use crate::daemon::{self, Outputs, RunReport, Tapped};
 use crate::ids::{validate_ident, OfficeId, ServiceId};
 use crate::mqtt::incoming_packet_limit;
 use crate::simulate::{self, SimOptions, SimReport, Simulation};
-use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport, WriteFuture, Writer};
+use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport, WriteFuture, Writer, SHUTDOWN_DEADLINE};
 use crate::time::Millis;
 
 /// The daemon's MQTT client id in the demo.
