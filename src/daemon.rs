@@ -149,7 +149,10 @@ pub async fn run_with(
 
     let mut pipeline = Pipeline::new(&config, Mode::Live);
     if let Some(tap) = &tap {
-        pipeline.set_tap(tap.clone());
+        let tap = tap.clone();
+        pipeline.observe_points(Box::new(move |point| {
+            let _ = tap.try_send(Tapped::Point(point.clone()));
+        }));
     }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,7 +2,8 @@
 //!
 //! Owns the tracker, the counts and the line-protocol buffer of pending
 //! points. Still no IO: callers feed payloads and wall times in and take
-//! encoded lines out for the sink.
+//! encoded lines out for the sink. What a caller does with a copy of each
+//! point (the demo's live table) is its own business: it sets an observer.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,13 @@ use tracing::warn;
 use crate::config::Config;
 use crate::event::{decode, DecodeLimits, Rejection};
 use crate::ids::OfficeId;
+use crate::point::Point;
 use crate::stats::{LogLimiter, Stats};
 use crate::time::{duration_ms, Millis};
 use crate::tracker::{Alert, Mode, Output, Tracker, TrackerSettings};
+
+/// Sees every point as it is encoded. It must not block: the pipeline waits for it.
+pub type PointObserver = Box<dyn FnMut(&Point) + Send>;
 
 pub struct Pipeline {
     tracker: Tracker,
@@ -24,7 +29,7 @@ pub struct Pipeline {
     pending_lines: usize,
     alerts: Vec<Alert>,
     mode: Mode,
-    tap: Option<tokio::sync::mpsc::Sender<crate::daemon::Tapped>>,
+    observer: Option<PointObserver>,
     reject_log: LogLimiter,
 }
 
@@ -42,7 +47,7 @@ impl Pipeline {
             pending_lines: 0,
             alerts: Vec::new(),
             mode,
-            tap: None,
+            observer: None,
             reject_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
@@ -111,9 +116,9 @@ impl Pipeline {
         Some((std::mem::take(&mut self.lines), count))
     }
 
-    /// Sends a copy of every point to `tap` (without waiting; a full tap misses points).
-    pub fn set_tap(&mut self, tap: tokio::sync::mpsc::Sender<crate::daemon::Tapped>) {
-        self.tap = Some(tap);
+    /// Shows every point to `observer` from now on.
+    pub fn observe_points(&mut self, observer: PointObserver) {
+        self.observer = Some(observer);
     }
 
     /// Alert changes since the last call (published by `run`, dropped by `replay`).
@@ -143,11 +148,46 @@ impl Pipeline {
         }
         for point in self.out.points.drain(..) {
             point.write_line(&mut self.lines);
-            if let Some(tap) = &self.tap {
-                let _ = tap.try_send(crate::daemon::Tapped::Point(point.clone()));
+            if let Some(observer) = &mut self.observer {
+                observer(&point);
             }
             self.pending_lines += 1;
             self.stats.points += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pipeline_depends_on_neither_tokio_nor_the_daemon() {
+        let source = include_str!("pipeline.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+        for caller in ["tokio", "daemon"] {
+            assert!(!code.contains(caller), "the pipeline names `{caller}`, one of its callers' concerns");
+        }
+    }
+
+    #[test]
+    fn the_observer_sees_every_point_the_pipeline_encodes() {
+        let mut pipeline = Pipeline::new(&Config::default(), Mode::Replay);
+        let (seen_sender, seen) = std::sync::mpsc::channel();
+        pipeline.observe_points(Box::new(move |point| {
+            let _ = seen_sender.send(point.to_line());
+        }));
+        for payload in [
+            r#"{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"A1","service":"ktp","office":"o1"}"#,
+            r#"{"type":"finished","ts":"2026-11-20T08:05:00+07:00","ticket":"A1","counter":"c1","office":"o1"}"#,
+        ] {
+            pipeline.handle(Ok(None), payload.as_bytes(), Millis(0), Millis(i64::MAX)).unwrap();
+        }
+        pipeline.drain(Millis(0));
+        let (lines, count) = pipeline.take_lines().unwrap();
+        let observed: Vec<String> = seen.try_iter().collect();
+        assert_eq!(observed.len(), count);
+        assert_eq!(observed, lines.lines().collect::<Vec<_>>());
+        assert!(observed.iter().any(|line| line.starts_with("ticket,")), "{observed:?}");
     }
 }
