@@ -909,7 +909,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_issue_example_parses() {
+    fn a_typical_config_parses() {
         let config = Config::parse(
             r#"
 [mqtt]

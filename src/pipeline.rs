@@ -171,6 +171,23 @@ mod tests {
     }
 
     #[test]
+    fn the_code_map_names_only_paths_that_exist() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let map = include_str!("../ARCHITECTURE.md");
+        let named: Vec<&str> = map
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|quoted| {
+                ["src/", "tests/", "benches/", "scripts/", "config/", "docs/"].iter().any(|top| quoted.starts_with(top))
+            })
+            .collect();
+        assert!(named.len() > 10, "{named:?}");
+        let missing: Vec<&&str> = named.iter().filter(|path| !root.join(path).exists()).collect();
+        assert!(missing.is_empty(), "ARCHITECTURE.md names paths that do not exist: {missing:?}");
+    }
+
+    #[test]
     fn the_observer_sees_every_point_the_pipeline_encodes() {
         let mut pipeline = Pipeline::new(&Config::default(), Mode::Replay);
         let (seen_sender, seen) = std::sync::mpsc::channel();
