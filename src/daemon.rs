@@ -9,6 +9,10 @@
 //! (back-pressure up to the broker, which keeps unacknowledged messages).
 //! A message is acknowledged once the tracker has taken it in.
 //!
+//! The daemon measures itself: a `queuewatch` point at start and at every
+//! whole minute of the wall clock ([`SelfReport`]), through the same sinks,
+//! so that a dashboard sees it alive while every office is quiet.
+//!
 //! Shutdown is a parameter: when the `shutdown` future resolves, the source
 //! stops reading (what it had not handed over stays unacknowledged with the
 //! broker), the tracker applies the events it holds for reordering and
@@ -16,6 +20,7 @@
 //! [`sink::SHUTDOWN_DEADLINE`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,7 +31,8 @@ use crate::alerts::AlertPublisher;
 use crate::config::Config;
 use crate::mqtt::{office_from_topic, Incoming, MqttSource};
 use crate::pipeline::Pipeline;
-use crate::sink::{self, Secrets, SinkHandle, SinkReport, SHUTDOWN_DEADLINE};
+use crate::point::{FieldValue, Point};
+use crate::sink::{self, Secrets, SinkHandle, SinkProgress, SinkReport, SHUTDOWN_DEADLINE};
 use crate::stats::Stats;
 use crate::time::Millis;
 use crate::tracker::Mode;
@@ -48,6 +54,8 @@ pub struct RunReport {
 enum Input {
     Message(Incoming),
     Tick,
+    /// The wall clock reached this whole minute: time for a [`SelfReport`].
+    SelfReport(Millis),
     Shutdown,
 }
 
@@ -161,11 +169,33 @@ pub async fn run_with(
     let mut stop = std::pin::pin!(stopped(stop_receiver.clone()));
     let mut clock = LoopClock::default();
     let mut unsent_at_shutdown = 0usize;
+    // The daemon's own points, sent with the pipeline's next chunk.
+    let mut own_lines = String::new();
+    let mut own_count = 0usize;
+    let instance: Arc<str> = Arc::from(config.mqtt.client_id.as_str());
+    let started_at = Millis::now();
+    let self_report = |at: Millis, pipeline: &Pipeline| SelfReport {
+        instance: Arc::clone(&instance),
+        at,
+        started: started_at,
+        accepted: pipeline.stats().accepted,
+        rejected: pipeline.stats().rejected_total(),
+        // `run` has one writer; with several (the demo), the first one's counts.
+        sink: sinks.first().map(SinkHandle::progress).unwrap_or_default(),
+        open_tickets: pipeline.tracker().open_segments(),
+        newest_event: pipeline.newest_event(),
+    };
+    self_report(started_at, &pipeline).to_point().write_line(&mut own_lines);
+    own_count += 1;
+    let mut next_self_report = next_whole_minute(started_at);
+    let mut self_report_due = std::pin::pin!(tokio::time::sleep_until(until(next_self_report)));
 
     loop {
         let input = tokio::select! {
             biased;
             () = &mut stop => Input::Shutdown,
+            // Before messages: once a minute, and due even while a backlog keeps the channel full.
+            () = &mut self_report_due => Input::SelfReport(next_self_report),
             message = messages.recv() => match message {
                 Some(message) => Input::Message(message),
                 None => Input::Shutdown,
@@ -176,7 +206,7 @@ pub async fn run_with(
                 continue;
             }
         };
-        let is_tick = matches!(input, Input::Tick);
+        let send_now = matches!(input, Input::Tick | Input::SelfReport(_));
         match input {
             Input::Message(message) => {
                 if alerts.is_own_topic(&message.publish.topic) {
@@ -203,6 +233,12 @@ pub async fn run_with(
                 pipeline.advance(clock.now(Millis::now()));
             }
             Input::Tick => acker.flush(),
+            Input::SelfReport(at) => {
+                self_report(at, &pipeline).to_point().write_line(&mut own_lines);
+                own_count += 1;
+                next_self_report = next_whole_minute(Millis::now().max(at));
+                self_report_due.as_mut().reset(until(next_self_report));
+            }
             Input::Shutdown => break,
         }
         for alert in pipeline.take_alerts() {
@@ -213,10 +249,14 @@ pub async fn run_with(
         }
         // Lines go to the writers in chunks: on every tick, or once enough
         // have gathered, not after every message.
-        if !is_tick && pipeline.pending_lines() < SEND_CHUNK_LINES {
+        if !send_now && pipeline.pending_lines() < SEND_CHUNK_LINES {
             continue;
         }
-        if let Some((lines, count)) = pipeline.take_lines() {
+        let (mut lines, mut count) = pipeline.take_lines().unwrap_or_default();
+        lines.push_str(&own_lines);
+        count += std::mem::take(&mut own_count);
+        own_lines.clear();
+        if count > 0 {
             let started = std::time::Instant::now();
             tokio::select! {
                 sent = send_to_all(&sinks, lines, count) => if !sent {
@@ -236,10 +276,11 @@ pub async fn run_with(
     let _ = tokio::time::timeout(Duration::from_secs(2), source_task).await;
     // Phase 2: apply what the tracker holds, write what that completes.
     pipeline.drain(clock.now(Millis::now()));
-    if let Some((lines, count)) = pipeline.take_lines() {
-        if tokio::time::timeout(SHUTDOWN_DEADLINE, send_to_all(&sinks, lines, count)).await.is_err() {
-            unsent_at_shutdown += count;
-        }
+    let (mut lines, mut count) = pipeline.take_lines().unwrap_or_default();
+    lines.push_str(&own_lines);
+    count += own_count;
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, send_to_all(&sinks, lines, count)).await.is_err() {
+        unsent_at_shutdown += count;
     }
     // Phase 3: the sinks flush within their deadline once the last handle is gone.
     let mut sink_report = SinkReport::default();
@@ -262,6 +303,58 @@ pub async fn run_with(
         "queuewatch stopped."
     );
     Ok(RunReport { stats, sink: sink_report })
+}
+
+/// The `queuewatch` measurement: what the daemon has done since it started.
+/// Written at start and at every whole minute of the wall clock, so that a
+/// dashboard (and the "queuewatch stopped writing" alert) sees the daemon
+/// alive while every office is quiet. Pure: the caller gathers the counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfReport {
+    /// `mqtt.client_id`: one series per daemon.
+    pub instance: Arc<str>,
+    /// The point's time.
+    pub at: Millis,
+    /// When the daemon started, on the wall clock.
+    pub started: Millis,
+    /// Events accepted and messages rejected since the start.
+    pub accepted: u64,
+    pub rejected: u64,
+    pub sink: SinkProgress,
+    pub open_tickets: usize,
+    /// The newest accepted event's ts over all offices.
+    pub newest_event: Option<Millis>,
+}
+
+impl SelfReport {
+    pub fn to_point(&self) -> Point {
+        let mut point = Point::new("queuewatch", self.at.0.saturating_mul(1_000_000));
+        point.tag("instance", Arc::clone(&self.instance));
+        let count = |number: u64| FieldValue::Int(i64::try_from(number).unwrap_or(i64::MAX));
+        let seconds = |span_ms: i64| FieldValue::Float(span_ms as f64 / 1000.0);
+        point.field("accepted", count(self.accepted));
+        point.field("rejected", count(self.rejected));
+        point.field("points_written", count(self.sink.points_written));
+        point.field("points_refused", count(self.sink.points_rejected));
+        point.field("open_tickets", count(self.open_tickets as u64));
+        if let Some(newest) = self.newest_event {
+            point.field("newest_event_age_s", seconds(self.at.since(newest)));
+        }
+        point.field("uptime_s", seconds(self.at.since(self.started)));
+        point
+    }
+}
+
+/// The first whole minute of the wall clock after `now`.
+fn next_whole_minute(now: Millis) -> Millis {
+    const MINUTE_MS: i64 = 60_000;
+    Millis(now.0.div_euclid(MINUTE_MS).saturating_add(1).saturating_mul(MINUTE_MS))
+}
+
+/// The Tokio instant at which the wall clock reads `at` (now, if it has passed).
+fn until(at: Millis) -> tokio::time::Instant {
+    let ahead_ms = u64::try_from(at.since(Millis::now())).unwrap_or(0);
+    tokio::time::Instant::now() + Duration::from_millis(ahead_ms)
 }
 
 /// Hands the same lines to every sink; false if one has stopped.
@@ -313,6 +406,34 @@ mod tests {
         assert_eq!(clock.now(WALL), WALL);
         clock.exclude(Duration::from_secs(5));
         assert_eq!(clock.now(WALL), WALL.minus_ms(5_000), "a later stall counts from zero");
+    }
+
+    #[test]
+    fn self_reports_fall_on_the_next_whole_minute() {
+        assert_eq!(next_whole_minute(Millis(1_795_737_600_000)), Millis(1_795_737_660_000));
+        assert_eq!(next_whole_minute(Millis(1_795_737_600_001)), Millis(1_795_737_660_000));
+        assert_eq!(next_whole_minute(Millis(1_795_737_659_999)), Millis(1_795_737_660_000));
+    }
+
+    #[test]
+    fn the_self_report_is_one_point_tagged_with_the_instance() {
+        let report = SelfReport {
+            instance: Arc::from("qw-1"),
+            at: WALL,
+            started: WALL.minus_ms(90_500),
+            accepted: 1200,
+            rejected: 3,
+            sink: SinkProgress { points_handed: 9000, points_written: 8990, points_rejected: 2 },
+            open_tickets: 41,
+            newest_event: Some(WALL.minus_ms(2_250)),
+        };
+        assert_eq!(
+            report.to_point().to_line(),
+            "queuewatch,instance=qw-1 accepted=1200i,rejected=3i,points_written=8990i,points_refused=2i,\
+             open_tickets=41i,newest_event_age_s=2.25,uptime_s=90.5 1795737600000000000"
+        );
+        let before_any_event = SelfReport { newest_event: None, ..report };
+        assert!(!before_any_event.to_point().to_line().contains("newest_event_age_s"));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Pipeline {
     mode: Mode,
     observer: Option<PointObserver>,
     reject_log: LogLimiter,
+    /// The newest ts of any accepted event.
+    newest_event: Option<Millis>,
 }
 
 impl Pipeline {
@@ -49,6 +51,7 @@ impl Pipeline {
             mode,
             observer: None,
             reject_log: LogLimiter::new(Duration::from_secs(10)),
+            newest_event: None,
         }
     }
 
@@ -68,6 +71,7 @@ impl Pipeline {
         match decoded {
             Ok(event) => {
                 self.stats.accepted += 1;
+                self.newest_event = self.newest_event.max(Some(event.ts));
                 self.tracker.ingest(event, tracker_now, &mut self.out);
                 self.collect();
                 Ok(())
@@ -136,6 +140,11 @@ impl Pipeline {
 
     pub fn tracker(&self) -> &Tracker {
         &self.tracker
+    }
+
+    /// The newest ts of any event accepted so far, over all offices.
+    pub fn newest_event(&self) -> Option<Millis> {
+        self.newest_event
     }
 
     fn collect(&mut self) {
