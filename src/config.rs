@@ -12,6 +12,29 @@ use std::time::Duration;
 use crate::ids::{validate_ident, OfficeId, ServiceId};
 use crate::time::{duration_ms, Millis};
 
+/// The longest duration any key accepts. Every point's time is an event time
+/// plus at most a duration or two (an expiry is the last event plus
+/// `max_ticket_age` plus the window; a breach is a deadline), and event times
+/// lie between 1970 and the wall clock plus `max_future_skew`, so a year
+/// keeps every point far inside InfluxDB's range (1677-09-21 to 2262-04-11).
+/// No queue needs a longer setting: a longer value is a typo.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The core counts in whole milliseconds: a shorter duration would be zero.
+const MILLISECOND: Duration = Duration::from_millis(1);
+
+/// Gauges and silence are judged on the daemon's ticks (every 200 ms); an
+/// interval below a second would be a row per office on every tick, and a
+/// silence shorter than a second is no silence.
+const SECOND: Duration = Duration::from_secs(1);
+
+/// MQTT carries the keep-alive in a 16-bit count of seconds.
+const MAX_KEEP_ALIVE: Duration = Duration::from_secs(u16::MAX as u64);
+
+/// 1970-01-01T00:00:00Z: `tracking.min_timestamp` may not be earlier (no
+/// device sends a real time before it; a negative epoch is a clock never set).
+const UNIX_EPOCH: Millis = Millis(0);
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub mqtt: MqttConfig,
@@ -351,9 +374,8 @@ impl Config {
                 defaults.max_payload_bytes = bytes;
             }
             if let Some(keep_alive) = section.duration("keep_alive", &mut problems) {
-                if keep_alive < Duration::from_secs(1) {
-                    problems.push("mqtt.keep_alive: must be at least 1s".into());
-                } else {
+                let within_protocol = at_most("mqtt.keep_alive", keep_alive, MAX_KEEP_ALIVE, &mut problems);
+                if at_least("mqtt.keep_alive", keep_alive, SECOND, &mut problems) && within_protocol {
                     defaults.keep_alive = keep_alive;
                 }
             }
@@ -413,9 +435,7 @@ impl Config {
                 ("max_backoff", &mut influx.max_backoff),
             ] {
                 if let Some(value) = section.duration(key, &mut problems) {
-                    if value.is_zero() {
-                        problems.push(format!("influxdb.{key}: must be greater than zero"));
-                    }
+                    at_least(&format!("influxdb.{key}"), value, MILLISECOND, &mut problems);
                     *slot = value;
                 }
             }
@@ -438,20 +458,40 @@ impl Config {
                     *slot = value;
                 }
             }
-            for (key, value) in [
-                ("max_ticket_age", tracking.max_ticket_age),
-                ("snapshot_interval", tracking.snapshot_interval),
-                ("silence_after", tracking.silence_after),
-            ] {
-                if value.is_zero() {
-                    problems.push(format!("tracking.{key}: must be greater than zero"));
+            match section.duration("gauge_keepalive", &mut problems) {
+                Some(keepalive) => tracking.gauge_keepalive = keepalive,
+                // Unset: the default, rounded up to a multiple of the
+                // interval, so that coarser gauges need no second key.
+                None => {
+                    let whole_ms = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+                    let interval_ms = whole_ms(tracking.snapshot_interval).max(1);
+                    let default_ms = whole_ms(TrackingConfig::default().gauge_keepalive);
+                    let rounded_ms = default_ms.div_ceil(interval_ms).saturating_mul(interval_ms);
+                    tracking.gauge_keepalive = Duration::from_millis(rounded_ms);
                 }
             }
-            if tracking.snapshot_interval.subsec_millis() != 0 && tracking.snapshot_interval < Duration::from_secs(1) {
-                problems.push("tracking.snapshot_interval: must be at least 1s".into());
+            if let Some(text) = section.string("min_timestamp", &mut problems) {
+                match crate::event::parse_rfc3339(&text) {
+                    Some(at) if at < UNIX_EPOCH => problems
+                        .push(format!("tracking.min_timestamp: {text:?} must not be before 1970-01-01T00:00:00Z")),
+                    Some(at) => tracking.min_timestamp = at,
+                    None => problems.push(format!(
+                        "tracking.min_timestamp: {text:?} is not RFC 3339 with an offset (write e.g. \"2020-01-01T00:00:00Z\")"
+                    )),
+                }
+            }
+            if let Some(clock) = section.string("clock", &mut problems) {
+                match clock.as_str() {
+                    "wall" => tracking.clock = ClockMode::Wall,
+                    "event" => tracking.clock = ClockMode::Event,
+                    other => problems.push(format!("tracking.clock: {other:?} is neither \"wall\" nor \"event\"")),
+                }
             }
             section.finish(&mut problems);
         }
+        // On the values in force, so that a default that no longer fits a
+        // configured value is caught too.
+        check_tracking(&config.tracking, &mut problems);
 
         if let Some(table) = top.table("sla", &mut problems) {
             let rules = parse_sla(table, "sla", &mut problems);
@@ -512,6 +552,69 @@ impl Config {
     }
 }
 
+/// The bounds of the `[tracking]` durations and how they relate.
+fn check_tracking(tracking: &TrackingConfig, problems: &mut Vec<String>) {
+    at_least("tracking.snapshot_interval", tracking.snapshot_interval, SECOND, problems);
+    at_least("tracking.silence_after", tracking.silence_after, SECOND, problems);
+    at_least("tracking.max_ticket_age", tracking.max_ticket_age, MILLISECOND, problems);
+    // Events are put in their place only while their ticket may still be
+    // open: a window as long as the maximum age would hold events for
+    // tickets that expire meanwhile.
+    if tracking.reorder_window >= tracking.max_ticket_age {
+        problems.push(format!(
+            "tracking.reorder_window: must be below tracking.max_ticket_age ({})",
+            show(tracking.max_ticket_age)
+        ));
+    }
+    // A redelivery may come as late as the window allows and still be taken
+    // in order; it must still be recognised as a duplicate then.
+    if tracking.dedup_horizon < tracking.reorder_window {
+        problems.push(format!(
+            "tracking.dedup_horizon: must be at least tracking.reorder_window ({})",
+            show(tracking.reorder_window)
+        ));
+    }
+    // Keep-alive rows are written at snapshot times.
+    let interval_ns = tracking.snapshot_interval.as_nanos();
+    if tracking.gauge_keepalive.is_zero() || interval_ns == 0 || tracking.gauge_keepalive.as_nanos() % interval_ns != 0
+    {
+        problems.push(format!(
+            "tracking.gauge_keepalive: must be a positive multiple of tracking.snapshot_interval ({})",
+            show(tracking.snapshot_interval)
+        ));
+    }
+}
+
+/// Reports `key` when `value` is below `min`; true when it is not.
+fn at_least(key: &str, value: Duration, min: Duration, problems: &mut Vec<String>) -> bool {
+    if value < min {
+        problems.push(format!("{key}: must be at least {}", show(min)));
+        return false;
+    }
+    true
+}
+
+/// Reports `key` when `value` is above `max`; true when it is not.
+fn at_most(key: &str, value: Duration, max: Duration, problems: &mut Vec<String>) -> bool {
+    if value > max {
+        problems.push(format!("{key}: must be at most {}", show(max)));
+        return false;
+    }
+    true
+}
+
+/// A duration as a config file would write it; whole days as days
+/// (`humantime` would show 365 days in months of 30.44 days).
+fn show(duration: Duration) -> String {
+    const DAY_S: u64 = 24 * 3600;
+    match duration.as_secs() {
+        seconds if seconds >= DAY_S && seconds % DAY_S == 0 && duration.subsec_nanos() == 0 => {
+            format!("{}days", seconds / DAY_S)
+        }
+        _ => humantime::format_duration(duration).to_string(),
+    }
+}
+
 fn parse_sla(table: &toml::Table, path: &str, problems: &mut Vec<String>) -> OfficeSla {
     let mut sla = OfficeSla::default();
     let mut section = Section::new(table, path);
@@ -521,9 +624,7 @@ fn parse_sla(table: &toml::Table, path: &str, problems: &mut Vec<String>) -> Off
         ("idle_target", &mut sla.idle_target),
     ] {
         if let Some(value) = section.duration(key, problems) {
-            if value.is_zero() {
-                problems.push(format!("{path}.{key}: must be greater than zero"));
-            }
+            at_least(&format!("{path}.{key}"), value, MILLISECOND, problems);
             *slot = Some(value);
         }
     }
@@ -547,9 +648,7 @@ fn parse_sla(table: &toml::Table, path: &str, problems: &mut Vec<String>) -> Off
                 [("wait_target", &mut overrides.wait_target), ("service_target", &mut overrides.service_target)]
             {
                 if let Some(value) = service_section.duration(key, problems) {
-                    if value.is_zero() {
-                        problems.push(format!("{service_path}.{key}: must be greater than zero"));
-                    }
+                    at_least(&format!("{service_path}.{key}"), value, MILLISECOND, problems);
                     *slot = Some(value);
                 }
             }
@@ -781,6 +880,7 @@ impl<'a> Section<'a> {
         let full_key = self.key(key);
         match self.get(key)? {
             toml::Value::String(text) => match humantime::parse_duration(text) {
+                Ok(duration) if !at_most(&full_key, duration, MAX_DURATION, problems) => None,
                 Ok(duration) => Some(duration),
                 Err(_) => {
                     problems
@@ -809,7 +909,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_issue_example_parses() {
+    fn a_typical_config_parses() {
         let config = Config::parse(
             r#"
 [mqtt]
@@ -952,6 +1052,161 @@ topic = "queue/+/alerts"
             "alerts.topic",
         ] {
             assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+        }
+    }
+
+    /// Every problem `text` has, joined, for `contains` checks.
+    fn problems_of(text: &str) -> String {
+        Config::parse(text).expect_err("the config has problems").join("\n")
+    }
+
+    #[track_caller]
+    fn assert_reported(problems: &str, expected: &[&str]) {
+        for expected in expected {
+            assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+        }
+    }
+
+    #[test]
+    fn durations_below_their_bounds_are_each_reported_with_the_key() {
+        let problems = problems_of(
+            r#"
+[mqtt]
+keep_alive = "500ms"
+[influxdb]
+flush_interval = "500us"
+request_timeout = "0s"
+max_backoff = "999us"
+[tracking]
+snapshot_interval = "500us"
+silence_after = "999ms"
+max_ticket_age = "0s"
+[sla]
+wait_target = "500us"
+service_target = "0s"
+idle_target = "0s"
+[sla.services.ktp]
+wait_target = "0s"
+[offices.o1.sla]
+service_target = "100us"
+"#,
+        );
+        assert_reported(
+            &problems,
+            &[
+                "mqtt.keep_alive: must be at least 1s",
+                "influxdb.flush_interval: must be at least 1ms",
+                "influxdb.request_timeout: must be at least 1ms",
+                "influxdb.max_backoff: must be at least 1ms",
+                "tracking.snapshot_interval: must be at least 1s",
+                "tracking.silence_after: must be at least 1s",
+                "tracking.max_ticket_age: must be at least 1ms",
+                "sla.wait_target: must be at least 1ms",
+                "sla.service_target: must be at least 1ms",
+                "sla.idle_target: must be at least 1ms",
+                "sla.services.ktp.wait_target: must be at least 1ms",
+                "offices.o1.sla.service_target: must be at least 1ms",
+            ],
+        );
+    }
+
+    #[test]
+    fn no_duration_exceeds_a_year_so_event_times_stay_in_influxdb_range() {
+        let problems = problems_of(
+            r#"
+[mqtt]
+keep_alive = "19h"
+[influxdb]
+max_backoff = "400days"
+[tracking]
+max_ticket_age = "366days"
+dedup_horizon = "100years"
+max_future_skew = "2years"
+gauge_idle_after = "1000days"
+[sla.services.ktp]
+service_target = "367days"
+"#,
+        );
+        assert_reported(
+            &problems,
+            &[
+                "mqtt.keep_alive: must be at most 18h 12m 15s",
+                "influxdb.max_backoff: must be at most 365days",
+                "tracking.max_ticket_age: must be at most 365days",
+                "tracking.dedup_horizon: must be at most 365days",
+                "tracking.max_future_skew: must be at most 365days",
+                "tracking.gauge_idle_after: must be at most 365days",
+                "sla.services.ktp.service_target: must be at most 365days",
+            ],
+        );
+        assert!(Config::parse("[tracking]\nmax_ticket_age = \"365days\"\n").is_ok());
+    }
+
+    #[test]
+    fn the_reorder_window_is_below_the_ticket_age_and_within_the_dedup_horizon() {
+        let problems = problems_of("[tracking]\nreorder_window = \"2h\"\nmax_ticket_age = \"2h\"\n");
+        assert_reported(&problems, &["tracking.reorder_window: must be below tracking.max_ticket_age (2h)"]);
+        let problems = problems_of("[tracking]\nreorder_window = \"30s\"\ndedup_horizon = \"10s\"\n");
+        assert_reported(&problems, &["tracking.dedup_horizon: must be at least tracking.reorder_window (30s)"]);
+        let config = Config::parse("[tracking]\nreorder_window = \"0s\"\ndedup_horizon = \"0s\"\n").unwrap();
+        assert_eq!(config.tracking.reorder_window, Duration::ZERO);
+    }
+
+    #[test]
+    fn gauge_keepalive_is_a_positive_multiple_of_the_snapshot_interval() {
+        let config = Config::parse("[tracking]\nsnapshot_interval = \"30s\"\ngauge_keepalive = \"5m\"\n").unwrap();
+        assert_eq!(config.tracking.gauge_keepalive, Duration::from_secs(300));
+        for keepalive in ["45s", "0s"] {
+            let text = format!("[tracking]\nsnapshot_interval = \"30s\"\ngauge_keepalive = \"{keepalive}\"\n");
+            assert_reported(
+                &problems_of(&text),
+                &["tracking.gauge_keepalive: must be a positive multiple of tracking.snapshot_interval (30s)"],
+            );
+        }
+        // Unset, the default (1m) is rounded up to a multiple of the interval.
+        let keepalive = |interval: &str| {
+            let text = format!("[tracking]\nsnapshot_interval = \"{interval}\"\n");
+            Config::parse(&text).unwrap().tracking.gauge_keepalive
+        };
+        assert_eq!(keepalive("25s"), Duration::from_secs(75));
+        assert_eq!(keepalive("1h"), Duration::from_secs(3600));
+        assert_eq!(keepalive("10s"), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn min_timestamp_is_rfc3339_with_an_offset_and_not_before_1970() {
+        let config = Config::parse("[tracking]\nmin_timestamp = \"2015-06-01T00:00:00+07:00\"\n").unwrap();
+        assert_eq!(config.tracking.min_timestamp, Millis(1_433_091_600_000));
+        let config = Config::parse("[tracking]\nmin_timestamp = \"1970-01-01T00:00:00Z\"\n").unwrap();
+        assert_eq!(config.tracking.min_timestamp, Millis(0));
+        for (value, why) in [
+            ("\"2015-06-01T00:00:00\"", "is not RFC 3339 with an offset"),
+            ("\"yesterday\"", "is not RFC 3339 with an offset"),
+            ("\"1969-12-31T23:59:59.999Z\"", "must not be before 1970-01-01T00:00:00Z"),
+            ("2015", "expected a string"),
+        ] {
+            let problems = problems_of(&format!("[tracking]\nmin_timestamp = {value}\n"));
+            assert_reported(&problems, &["tracking.min_timestamp: ", why]);
+        }
+    }
+
+    #[test]
+    fn clock_is_wall_or_event() {
+        assert_eq!(Config::parse("[tracking]\nclock = \"event\"\n").unwrap().tracking.clock, ClockMode::Event);
+        assert_eq!(Config::parse("[tracking]\nclock = \"wall\"\n").unwrap().tracking.clock, ClockMode::Wall);
+        assert_reported(
+            &problems_of("[tracking]\nclock = \"Event\"\n"),
+            &["tracking.clock: \"Event\" is neither \"wall\" nor \"event\""],
+        );
+    }
+
+    #[test]
+    fn the_example_config_parses_and_documents_the_tracking_defaults() {
+        let config = Config::parse(include_str!("../config/queuewatch.toml")).unwrap();
+        assert_eq!(config.tracking, TrackingConfig::default());
+        assert_eq!(config.tracking.clock, ClockMode::Wall);
+        for key in ["gauge_keepalive", "min_timestamp", "clock"] {
+            assert!(include_str!("../config/queuewatch.toml").contains(&format!("\n{key} = ")), "{key}");
         }
     }
 

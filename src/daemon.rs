@@ -9,13 +9,18 @@
 //! (back-pressure up to the broker, which keeps unacknowledged messages).
 //! A message is acknowledged once the tracker has taken it in.
 //!
+//! The daemon measures itself: a `queuewatch` point at start and at every
+//! whole minute of the wall clock ([`SelfReport`]), through the same sinks,
+//! so that a dashboard sees it alive while every office is quiet.
+//!
 //! Shutdown is a parameter: when the `shutdown` future resolves, the source
 //! stops reading (what it had not handed over stays unacknowledged with the
 //! broker), the tracker applies the events it holds for reordering and
 //! writes the points that completes, and the sink flushes within
-//! `SHUTDOWN_DEADLINE`.
+//! [`sink::SHUTDOWN_DEADLINE`].
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,13 +31,11 @@ use crate::alerts::AlertPublisher;
 use crate::config::Config;
 use crate::mqtt::{office_from_topic, Incoming, MqttSource};
 use crate::pipeline::Pipeline;
-use crate::sink::{self, Secrets, SinkHandle, SinkReport};
+use crate::point::{FieldValue, Point};
+use crate::sink::{self, Secrets, SinkHandle, SinkProgress, SinkReport, SHUTDOWN_DEADLINE};
 use crate::stats::Stats;
 use crate::time::Millis;
 use crate::tracker::Mode;
-
-/// How long the sink may keep retrying after shutdown was asked for.
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How often held events are released and expiries checked between messages.
 const TICK: Duration = Duration::from_millis(200);
@@ -51,6 +54,8 @@ pub struct RunReport {
 enum Input {
     Message(Incoming),
     Tick,
+    /// The wall clock reached this whole minute: time for a [`SelfReport`].
+    SelfReport(Millis),
     Shutdown,
 }
 
@@ -58,18 +63,37 @@ enum Input {
 const SEND_CHUNK_LINES: usize = 1000;
 
 /// The wall time the office clocks run on: the real clock less the time the
-/// loop spent waiting on a full writer. Office clocks follow the wall clock
-/// between events so that deadlines pass while nothing happens; they must not
-/// move while the daemon itself is stalled, or the messages that queued up
-/// behind the stall would all arrive late.
-#[derive(Default)]
+/// loop spent waiting on a full writer, while the backlog that wait caused is
+/// being worked off.
+///
+/// Office clocks follow the wall clock between events so that deadlines pass
+/// while nothing happens. While the daemon itself is stalled, messages queue
+/// up behind the stall (in the channel, then at the broker); if office clocks
+/// ran on meanwhile, those messages would all arrive late. So a stall is
+/// excluded from the clocks for as long as it has consequences: until the
+/// daemon has caught up, which is when a tick finds the message channel empty
+/// (the same condition under which ticks let wall time move the clocks).
+///
+/// Then the shift returns to zero at once, and office clocks jump to real
+/// time: the deadlines, snapshots and silences that came due during the stall
+/// fire now, which is right, since every message that could have disproved
+/// them has been taken in. Keeping the shift would leave every office that
+/// stays quiet that far behind the wall clock for good: opening hours and
+/// silence judged at the wrong time, `silent` alerts stamped so late that
+/// they are dropped as stale. An office heard during the backlog does not run
+/// ahead of the wall clock when the shift drops, because an office clock never
+/// runs ahead of the wall time it is given (`tracking.clock = "wall"`).
+///
+/// Pure: the real wall time is a parameter, so the rule is tested without sleeping.
+#[derive(Debug, Default)]
 struct LoopClock {
     stalled_ms: i64,
 }
 
 impl LoopClock {
-    fn now(&self) -> Millis {
-        Millis::now().minus_ms(self.stalled_ms)
+    /// The office clocks' wall time when the real clock reads `wall`.
+    fn now(&self, wall: Millis) -> Millis {
+        wall.minus_ms(self.stalled_ms)
     }
 
     /// Excludes a wait longer than a tick from the office clocks.
@@ -77,6 +101,12 @@ impl LoopClock {
         if waited > TICK {
             self.stalled_ms = self.stalled_ms.saturating_add(i64::try_from(waited.as_millis()).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Nothing waits in the message channel: the backlog of every stall so
+    /// far has been worked off.
+    fn caught_up(&mut self) {
+        self.stalled_ms = 0;
     }
 }
 
@@ -127,7 +157,10 @@ pub async fn run_with(
 
     let mut pipeline = Pipeline::new(&config, Mode::Live);
     if let Some(tap) = &tap {
-        pipeline.set_tap(tap.clone());
+        let tap = tap.clone();
+        pipeline.observe_points(Box::new(move |point| {
+            let _ = tap.try_send(Tapped::Point(point.clone()));
+        }));
     }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,11 +169,33 @@ pub async fn run_with(
     let mut stop = std::pin::pin!(stopped(stop_receiver.clone()));
     let mut clock = LoopClock::default();
     let mut unsent_at_shutdown = 0usize;
+    // The daemon's own points, sent with the pipeline's next chunk.
+    let mut own_lines = String::new();
+    let mut own_count = 0usize;
+    let instance: Arc<str> = Arc::from(config.mqtt.client_id.as_str());
+    let started_at = Millis::now();
+    let self_report = |at: Millis, pipeline: &Pipeline| SelfReport {
+        instance: Arc::clone(&instance),
+        at,
+        started: started_at,
+        accepted: pipeline.stats().accepted,
+        rejected: pipeline.stats().rejected_total(),
+        // `run` has one writer; with several (the demo), the first one's counts.
+        sink: sinks.first().map(SinkHandle::progress).unwrap_or_default(),
+        open_tickets: pipeline.tracker().open_segments(),
+        newest_event: pipeline.newest_event(),
+    };
+    self_report(started_at, &pipeline).to_point().write_line(&mut own_lines);
+    own_count += 1;
+    let mut next_self_report = next_whole_minute(started_at);
+    let mut self_report_due = std::pin::pin!(tokio::time::sleep_until(until(next_self_report)));
 
     loop {
         let input = tokio::select! {
             biased;
             () = &mut stop => Input::Shutdown,
+            // Before messages: once a minute, and due even while a backlog keeps the channel full.
+            () = &mut self_report_due => Input::SelfReport(next_self_report),
             message = messages.recv() => match message {
                 Some(message) => Input::Message(message),
                 None => Input::Shutdown,
@@ -151,7 +206,7 @@ pub async fn run_with(
                 continue;
             }
         };
-        let is_tick = matches!(input, Input::Tick);
+        let send_now = matches!(input, Input::Tick | Input::SelfReport(_));
         match input {
             Input::Message(message) => {
                 if alerts.is_own_topic(&message.publish.topic) {
@@ -162,7 +217,8 @@ pub async fn run_with(
                 let topic_office = office_from_topic(&config.mqtt.topics, &message.publish.topic);
                 // A rejection is counted and logged inside; it is still acknowledged,
                 // since redelivering a bad message would only repeat the rejection.
-                let handled = pipeline.handle(topic_office, &message.publish.payload, clock.now(), Millis::now());
+                let handled =
+                    pipeline.handle(topic_office, &message.publish.payload, clock.now(Millis::now()), Millis::now());
                 if let Err(rejection) = handled {
                     alerts.rejection(&rejection, std::time::Instant::now());
                 }
@@ -173,9 +229,16 @@ pub async fn run_with(
             // late. A backlog runs on its own timestamps.
             Input::Tick if messages.is_empty() => {
                 acker.flush();
-                pipeline.advance(clock.now());
+                clock.caught_up();
+                pipeline.advance(clock.now(Millis::now()));
             }
             Input::Tick => acker.flush(),
+            Input::SelfReport(at) => {
+                self_report(at, &pipeline).to_point().write_line(&mut own_lines);
+                own_count += 1;
+                next_self_report = next_whole_minute(Millis::now().max(at));
+                self_report_due.as_mut().reset(until(next_self_report));
+            }
             Input::Shutdown => break,
         }
         for alert in pipeline.take_alerts() {
@@ -186,10 +249,14 @@ pub async fn run_with(
         }
         // Lines go to the writers in chunks: on every tick, or once enough
         // have gathered, not after every message.
-        if !is_tick && pipeline.pending_lines() < SEND_CHUNK_LINES {
+        if !send_now && pipeline.pending_lines() < SEND_CHUNK_LINES {
             continue;
         }
-        if let Some((lines, count)) = pipeline.take_lines() {
+        let (mut lines, mut count) = pipeline.take_lines().unwrap_or_default();
+        lines.push_str(&own_lines);
+        count += std::mem::take(&mut own_count);
+        own_lines.clear();
+        if count > 0 {
             let started = std::time::Instant::now();
             tokio::select! {
                 sent = send_to_all(&sinks, lines, count) => if !sent {
@@ -208,21 +275,17 @@ pub async fn run_with(
     drop(messages);
     let _ = tokio::time::timeout(Duration::from_secs(2), source_task).await;
     // Phase 2: apply what the tracker holds, write what that completes.
-    pipeline.drain(clock.now());
-    if let Some((lines, count)) = pipeline.take_lines() {
-        if tokio::time::timeout(SHUTDOWN_DEADLINE, send_to_all(&sinks, lines, count)).await.is_err() {
-            unsent_at_shutdown += count;
-        }
+    pipeline.drain(clock.now(Millis::now()));
+    let (mut lines, mut count) = pipeline.take_lines().unwrap_or_default();
+    lines.push_str(&own_lines);
+    count += own_count;
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, send_to_all(&sinks, lines, count)).await.is_err() {
+        unsent_at_shutdown += count;
     }
     // Phase 3: the sinks flush within their deadline once the last handle is gone.
     let mut sink_report = SinkReport::default();
     for (sink, task) in sinks.into_iter().zip(sink_tasks) {
-        let report = finish_sink(sink, task).await;
-        sink_report.points_written += report.points_written;
-        sink_report.points_rejected += report.points_rejected;
-        sink_report.points_unwritten_at_shutdown += report.points_unwritten_at_shutdown;
-        sink_report.requests += report.requests;
-        sink_report.retries += report.retries;
+        sink_report.add(&sink::finish(sink, task).await);
     }
     if unsent_at_shutdown > 0 {
         error!(points = unsent_at_shutdown, "Points not handed to the writer before shutdown.");
@@ -242,6 +305,58 @@ pub async fn run_with(
     Ok(RunReport { stats, sink: sink_report })
 }
 
+/// The `queuewatch` measurement: what the daemon has done since it started.
+/// Written at start and at every whole minute of the wall clock, so that a
+/// dashboard (and the "queuewatch stopped writing" alert) sees the daemon
+/// alive while every office is quiet. Pure: the caller gathers the counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfReport {
+    /// `mqtt.client_id`: one series per daemon.
+    pub instance: Arc<str>,
+    /// The point's time.
+    pub at: Millis,
+    /// When the daemon started, on the wall clock.
+    pub started: Millis,
+    /// Events accepted and messages rejected since the start.
+    pub accepted: u64,
+    pub rejected: u64,
+    pub sink: SinkProgress,
+    pub open_tickets: usize,
+    /// The newest accepted event's ts over all offices.
+    pub newest_event: Option<Millis>,
+}
+
+impl SelfReport {
+    pub fn to_point(&self) -> Point {
+        let mut point = Point::new("queuewatch", self.at.0.saturating_mul(1_000_000));
+        point.tag("instance", Arc::clone(&self.instance));
+        let count = |number: u64| FieldValue::Int(i64::try_from(number).unwrap_or(i64::MAX));
+        let seconds = |span_ms: i64| FieldValue::Float(span_ms as f64 / 1000.0);
+        point.field("accepted", count(self.accepted));
+        point.field("rejected", count(self.rejected));
+        point.field("points_written", count(self.sink.points_written));
+        point.field("points_refused", count(self.sink.points_rejected));
+        point.field("open_tickets", count(self.open_tickets as u64));
+        if let Some(newest) = self.newest_event {
+            point.field("newest_event_age_s", seconds(self.at.since(newest)));
+        }
+        point.field("uptime_s", seconds(self.at.since(self.started)));
+        point
+    }
+}
+
+/// The first whole minute of the wall clock after `now`.
+fn next_whole_minute(now: Millis) -> Millis {
+    const MINUTE_MS: i64 = 60_000;
+    Millis(now.0.div_euclid(MINUTE_MS).saturating_add(1).saturating_mul(MINUTE_MS))
+}
+
+/// The Tokio instant at which the wall clock reads `at` (now, if it has passed).
+fn until(at: Millis) -> tokio::time::Instant {
+    let ahead_ms = u64::try_from(at.since(Millis::now())).unwrap_or(0);
+    tokio::time::Instant::now() + Duration::from_millis(ahead_ms)
+}
+
 /// Hands the same lines to every sink; false if one has stopped.
 async fn send_to_all(sinks: &[SinkHandle], lines: String, count: usize) -> bool {
     let mut delivered = true;
@@ -254,27 +369,78 @@ async fn send_to_all(sinks: &[SinkHandle], lines: String, count: usize) -> bool 
     delivered
 }
 
-/// Drops the last handle and waits for the writer's report.
-pub async fn finish_sink(sink: SinkHandle, task: tokio::task::JoinHandle<SinkReport>) -> SinkReport {
-    drop(sink);
-    match tokio::time::timeout(SHUTDOWN_DEADLINE + Duration::from_secs(5), task).await {
-        Ok(Ok(report)) => report,
-        Ok(Err(join_error)) => {
-            error!(%join_error, "The InfluxDB writer failed.");
-            SinkReport::default()
-        }
-        Err(_) => {
-            error!("The InfluxDB writer did not finish in time.");
-            SinkReport::default()
-        }
-    }
-}
-
 /// Resolves once the stop flag is set.
 async fn stopped(mut receiver: watch::Receiver<bool>) {
     while !*receiver.borrow_and_update() {
         if receiver.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WALL: Millis = Millis(1_795_737_600_000);
+
+    #[test]
+    fn a_writer_stall_holds_office_clocks_back_while_its_backlog_is_worked_off() {
+        let mut clock = LoopClock::default();
+        clock.exclude(Duration::from_secs(90));
+        assert_eq!(clock.now(WALL), WALL.minus_ms(90_000));
+        clock.exclude(Duration::from_secs(30));
+        assert_eq!(clock.now(WALL.plus_ms(1_000)), WALL.minus_ms(119_000), "stalls add up while behind");
+    }
+
+    #[test]
+    fn once_caught_up_office_clocks_follow_the_wall_clock_again() {
+        let mut clock = LoopClock::default();
+        // An hour of writer stalls (one InfluxDB outage)...
+        for _ in 0..60 {
+            clock.exclude(Duration::from_secs(60));
+        }
+        assert_eq!(clock.now(WALL), WALL.minus_ms(3_600_000));
+        // ...and the channel is empty again: no shift remains.
+        clock.caught_up();
+        assert_eq!(clock.now(WALL), WALL);
+        clock.exclude(Duration::from_secs(5));
+        assert_eq!(clock.now(WALL), WALL.minus_ms(5_000), "a later stall counts from zero");
+    }
+
+    #[test]
+    fn self_reports_fall_on_the_next_whole_minute() {
+        assert_eq!(next_whole_minute(Millis(1_795_737_600_000)), Millis(1_795_737_660_000));
+        assert_eq!(next_whole_minute(Millis(1_795_737_600_001)), Millis(1_795_737_660_000));
+        assert_eq!(next_whole_minute(Millis(1_795_737_659_999)), Millis(1_795_737_660_000));
+    }
+
+    #[test]
+    fn the_self_report_is_one_point_tagged_with_the_instance() {
+        let report = SelfReport {
+            instance: Arc::from("qw-1"),
+            at: WALL,
+            started: WALL.minus_ms(90_500),
+            accepted: 1200,
+            rejected: 3,
+            sink: SinkProgress { points_handed: 9000, points_written: 8990, points_rejected: 2 },
+            open_tickets: 41,
+            newest_event: Some(WALL.minus_ms(2_250)),
+        };
+        assert_eq!(
+            report.to_point().to_line(),
+            "queuewatch,instance=qw-1 accepted=1200i,rejected=3i,points_written=8990i,points_refused=2i,\
+             open_tickets=41i,newest_event_age_s=2.25,uptime_s=90.5 1795737600000000000"
+        );
+        let before_any_event = SelfReport { newest_event: None, ..report };
+        assert!(!before_any_event.to_point().to_line().contains("newest_event_age_s"));
+    }
+
+    #[test]
+    fn waits_no_longer_than_a_tick_are_not_stalls() {
+        let mut clock = LoopClock::default();
+        clock.exclude(TICK);
+        clock.exclude(Duration::from_millis(1));
+        assert_eq!(clock.now(WALL), WALL);
     }
 }

@@ -66,7 +66,7 @@ impl Acker {
     }
 }
 
-/// The client handle used to publish (alerts, later) and to acknowledge.
+/// The client handle used to publish alerts and rejection echoes, and to acknowledge.
 pub struct MqttSource {
     client: AsyncClient,
     event_loop: EventLoop,

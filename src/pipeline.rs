@@ -2,7 +2,8 @@
 //!
 //! Owns the tracker, the counts and the line-protocol buffer of pending
 //! points. Still no IO: callers feed payloads and wall times in and take
-//! encoded lines out for the sink.
+//! encoded lines out for the sink. What a caller does with a copy of each
+//! point (the demo's live table) is its own business: it sets an observer.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,13 @@ use tracing::warn;
 use crate::config::Config;
 use crate::event::{decode, DecodeLimits, Rejection};
 use crate::ids::OfficeId;
+use crate::point::Point;
 use crate::stats::{LogLimiter, Stats};
 use crate::time::{duration_ms, Millis};
 use crate::tracker::{Alert, Mode, Output, Tracker, TrackerSettings};
+
+/// Sees every point as it is encoded. It must not block: the pipeline waits for it.
+pub type PointObserver = Box<dyn FnMut(&Point) + Send>;
 
 pub struct Pipeline {
     tracker: Tracker,
@@ -24,8 +29,10 @@ pub struct Pipeline {
     pending_lines: usize,
     alerts: Vec<Alert>,
     mode: Mode,
-    tap: Option<tokio::sync::mpsc::Sender<crate::daemon::Tapped>>,
+    observer: Option<PointObserver>,
     reject_log: LogLimiter,
+    /// The newest ts of any accepted event.
+    newest_event: Option<Millis>,
 }
 
 impl Pipeline {
@@ -43,8 +50,9 @@ impl Pipeline {
             pending_lines: 0,
             alerts: Vec::new(),
             mode,
-            tap: None,
+            observer: None,
             reject_log: LogLimiter::new(Duration::from_secs(10)),
+            newest_event: None,
         }
     }
 
@@ -64,6 +72,7 @@ impl Pipeline {
         match decoded {
             Ok(event) => {
                 self.stats.accepted += 1;
+                self.newest_event = self.newest_event.max(Some(event.ts));
                 self.tracker.ingest_with_wall(event, tracker_now, wall_now, &mut self.out);
                 self.collect();
                 Ok(())
@@ -112,9 +121,9 @@ impl Pipeline {
         Some((std::mem::take(&mut self.lines), count))
     }
 
-    /// Sends a copy of every point to `tap` (without waiting; a full tap misses points).
-    pub fn set_tap(&mut self, tap: tokio::sync::mpsc::Sender<crate::daemon::Tapped>) {
-        self.tap = Some(tap);
+    /// Shows every point to `observer` from now on.
+    pub fn observe_points(&mut self, observer: PointObserver) {
+        self.observer = Some(observer);
     }
 
     /// Alert changes since the last call (published by `run`, dropped by `replay`).
@@ -134,6 +143,11 @@ impl Pipeline {
         &self.tracker
     }
 
+    /// The newest ts of any event accepted so far, over all offices.
+    pub fn newest_event(&self) -> Option<Millis> {
+        self.newest_event
+    }
+
     fn collect(&mut self) {
         self.stats.notes.merge(&self.out.notes);
         self.out.notes = Default::default();
@@ -144,11 +158,63 @@ impl Pipeline {
         }
         for point in self.out.points.drain(..) {
             point.write_line(&mut self.lines);
-            if let Some(tap) = &self.tap {
-                let _ = tap.try_send(crate::daemon::Tapped::Point(point.clone()));
+            if let Some(observer) = &mut self.observer {
+                observer(&point);
             }
             self.pending_lines += 1;
             self.stats.points += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pipeline_depends_on_neither_tokio_nor_the_daemon() {
+        let source = include_str!("pipeline.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+        for caller in ["tokio", "daemon"] {
+            assert!(!code.contains(caller), "the pipeline names `{caller}`, one of its callers' concerns");
+        }
+    }
+
+    #[test]
+    fn the_code_map_names_only_paths_that_exist() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let map = include_str!("../ARCHITECTURE.md");
+        let named: Vec<&str> = map
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|quoted| {
+                ["src/", "tests/", "benches/", "scripts/", "config/", "docs/"].iter().any(|top| quoted.starts_with(top))
+            })
+            .collect();
+        assert!(named.len() > 10, "{named:?}");
+        let missing: Vec<&&str> = named.iter().filter(|path| !root.join(path).exists()).collect();
+        assert!(missing.is_empty(), "ARCHITECTURE.md names paths that do not exist: {missing:?}");
+    }
+
+    #[test]
+    fn the_observer_sees_every_point_the_pipeline_encodes() {
+        let mut pipeline = Pipeline::new(&Config::default(), Mode::Replay);
+        let (seen_sender, seen) = std::sync::mpsc::channel();
+        pipeline.observe_points(Box::new(move |point| {
+            let _ = seen_sender.send(point.to_line());
+        }));
+        for payload in [
+            r#"{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"A1","service":"ktp","office":"o1"}"#,
+            r#"{"type":"finished","ts":"2026-11-20T08:05:00+07:00","ticket":"A1","counter":"c1","office":"o1"}"#,
+        ] {
+            pipeline.handle(Ok(None), payload.as_bytes(), Millis(0), Millis(i64::MAX)).unwrap();
+        }
+        pipeline.drain(Millis(0));
+        let (lines, count) = pipeline.take_lines().unwrap();
+        let observed: Vec<String> = seen.try_iter().collect();
+        assert_eq!(observed.len(), count);
+        assert_eq!(observed, lines.lines().collect::<Vec<_>>());
+        assert!(observed.iter().any(|line| line.starts_with("ticket,")), "{observed:?}");
     }
 }

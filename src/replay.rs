@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::daemon::{finish_sink, SHUTDOWN_DEADLINE};
 use crate::pipeline::Pipeline;
-use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport};
+use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport, SHUTDOWN_DEADLINE};
 use crate::stats::Stats;
 use crate::time::Millis;
 use crate::tracker::Mode;
@@ -39,19 +39,23 @@ pub struct ReplayReport {
 impl ReplayReport {
     /// The summary printed at the end of a replay.
     pub fn summary(&self) -> String {
-        format!(
+        let mut summary = format!(
             "lines read: {}\n{}points written to the sink: {}\npoints refused by the sink: {}\npoints unwritten: {}\n",
             self.lines_read,
             self.stats.summary(),
             self.sink.points_written,
             self.sink.points_rejected,
             self.sink.points_unwritten_at_shutdown
-        )
+        );
+        if let Some(failure) = self.sink.failure {
+            summary.push_str(&format!("{failure}: the counts above are what it had reported before\n"));
+        }
+        summary
     }
 
-    /// True when every point reached its destination.
+    /// True when every point reached its destination and the writer ended normally.
     pub fn complete(&self) -> bool {
-        self.sink.points_rejected == 0 && self.sink.points_unwritten_at_shutdown == 0
+        self.sink.failure.is_none() && self.sink.points_rejected == 0 && self.sink.points_unwritten_at_shutdown == 0
     }
 }
 
@@ -80,6 +84,16 @@ pub async fn replay(config: &Config, inputs: &[String], output: ReplayOutput) ->
         }
     };
 
+    replay_into(config, inputs, sink, sink_task).await
+}
+
+/// Replays `inputs` into a writer task already started.
+async fn replay_into(
+    config: &Config,
+    inputs: &[String],
+    sink: SinkHandle,
+    sink_task: JoinHandle<SinkReport>,
+) -> anyhow::Result<ReplayReport> {
     let mut pipeline = Pipeline::new(config, Mode::Replay);
     let mut progress = Progress::new();
     for input in inputs {
@@ -92,7 +106,7 @@ pub async fn replay(config: &Config, inputs: &[String], output: ReplayOutput) ->
     }
     pipeline.drain(REPLAY_WALL);
     send(&mut pipeline, &sink).await;
-    let sink_report = finish_sink(sink, sink_task).await;
+    let sink_report = sink::finish(sink, sink_task).await;
     Ok(ReplayReport { stats: pipeline.stats().clone(), sink: sink_report, lines_read: progress.lines })
 }
 
@@ -171,5 +185,49 @@ impl Progress {
             stats.points,
             self.lines as f64 / elapsed_s
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{WriteFuture, Writer};
+
+    /// A writer whose task dies on the first write.
+    struct PanickingWriter;
+
+    impl Writer for PanickingWriter {
+        fn write<'a>(&'a self, _body: &'a str) -> WriteFuture<'a> {
+            Box::pin(async { panic!("the writer breaks") })
+        }
+
+        fn describe(&self) -> String {
+            "panicking".into()
+        }
+    }
+
+    const ONE_TICKET: &str = r#"{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"A1","service":"ktp","office":"o1"}
+{"type":"called","ts":"2026-11-20T08:01:00+07:00","ticket":"A1","counter":"c1","office":"o1"}
+{"type":"finished","ts":"2026-11-20T08:05:00+07:00","ticket":"A1","counter":"c1","office":"o1"}
+"#;
+
+    #[tokio::test]
+    async fn a_writer_that_fails_makes_the_replay_incomplete_and_counts_what_was_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.ndjson");
+        std::fs::write(&events, ONE_TICKET).unwrap();
+        let ms = Duration::from_millis(1);
+        let (sink, task) = sink::spawn_with(Box::new(PanickingWriter), 10, ms, ms, Duration::from_secs(1));
+
+        let inputs = [events.display().to_string()];
+        let report = replay_into(&Config::default(), &inputs, sink, task).await.unwrap();
+
+        let handed = report.stats.points;
+        assert!(handed >= 1, "the ticket point at least");
+        assert!(!report.complete(), "{}", report.summary());
+        assert_eq!(report.sink.points_written, 0);
+        assert_eq!(report.sink.points_unwritten_at_shutdown, handed);
+        let summary = report.summary();
+        assert!(summary.contains(&format!("points unwritten: {handed}")), "{summary}");
     }
 }

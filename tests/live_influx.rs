@@ -2,7 +2,8 @@
 //! yields exactly the expected `breach`, `queue`, `office`, `counter` and
 //! `feedback` points in a real InfluxDB 1.x; a live run over a real
 //! Mosquitto raises a wait alert after deadline + window and resolves it
-//! when the ticket is called; a rejected message is echoed to its office.
+//! when the ticket is called; a rejected message is echoed to its office;
+//! the daemon writes its own `queuewatch` row at start.
 
 mod common;
 
@@ -292,9 +293,28 @@ wait_target = "3s"
     common::create_session(&mqtt, "live-daemon", "queue/+/events").await;
     let mut watcher = Subscriber::start(&mqtt, "queue/o1/+").await;
     let (stop, stopped) = oneshot::channel::<()>();
+    let daemon_started = queuewatch::time::Millis::now();
     let daemon = tokio::spawn(queuewatch::daemon::run(config, async {
         let _ = stopped.await;
     }));
+
+    // The daemon's own measurement: a row at start, before anything happened.
+    let own = influx.wait_for_rows("qw", "queuewatch", 1, Duration::from_secs(30)).await;
+    let start_row = &own[0];
+    let start_ms = start_row["time"].as_i64().unwrap().div_euclid(1_000_000);
+    assert!(start_ms >= daemon_started.0 && start_ms <= queuewatch::time::Millis::now().0, "{start_row:?}");
+    assert_row(
+        start_row,
+        &[
+            ("instance", "live-daemon".into()),
+            ("accepted", 0.into()),
+            ("rejected", 0.into()),
+            ("points_written", 0.into()),
+            ("points_refused", 0.into()),
+            ("open_tickets", 0.into()),
+            ("uptime_s", 0.into()),
+        ],
+    );
 
     let mut options = MqttOptions::new("kiosk", "127.0.0.1", mqtt.port);
     options.set_keep_alive(Duration::from_secs(30));

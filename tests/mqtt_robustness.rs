@@ -10,8 +10,8 @@ use common::{Influx1, Mosquitto};
 use queuewatch::config::Config;
 use queuewatch::event::RejectReason;
 use queuewatch::tracker::Note;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
-use tokio::sync::oneshot;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{oneshot, watch};
 
 fn config(mqtt: &Mosquitto, influx: &Influx1, extra_mqtt: &str) -> Config {
     Config::parse(&format!(
@@ -33,8 +33,13 @@ reorder_window = "1s"
     .expect("valid test config")
 }
 
+/// Only a hang fails a wait: far beyond what any step needs, even on a busy machine.
+const GENEROUS: Duration = Duration::from_secs(60);
+
 struct Publisher {
     client: AsyncClient,
+    /// How many publishes the broker has acknowledged (PUBACK).
+    acknowledged: watch::Receiver<usize>,
     pump: tokio::task::JoinHandle<()>,
 }
 
@@ -43,24 +48,61 @@ impl Publisher {
         let mut options = MqttOptions::new("robust-publisher", "127.0.0.1", mqtt.port);
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut event_loop) = AsyncClient::new(options, 256);
+        let (acknowledged_sender, acknowledged) = watch::channel(0usize);
         let pump = tokio::spawn(async move {
             loop {
-                if event_loop.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acknowledged_sender.send_modify(|count| *count += 1),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         });
-        Publisher { client, pump }
+        Publisher { client, acknowledged, pump }
     }
 
     async fn send(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
+    }
+
+    /// Waits until the broker has acknowledged `count` publishes in all:
+    /// they are then in the broker, queued for every subscribed session.
+    async fn wait_acknowledged(&mut self, count: usize) {
+        let waited = tokio::time::timeout(GENEROUS, self.acknowledged.wait_for(|acknowledged| *acknowledged >= count));
+        let all_acknowledged = matches!(waited.await, Ok(Ok(_)));
+        assert!(all_acknowledged, "the broker acknowledged {} of {count} publishes", *self.acknowledged.borrow());
     }
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
         self.pump.abort();
+    }
+}
+
+/// Publishes a message the daemon rejects and waits for its echo on the
+/// rejection topic: the daemon is then connected and subscribed. (The
+/// session exists beforehand, so the probe waits for the daemon if need be.)
+async fn wait_until_the_daemon_listens(mqtt: &Mosquitto, publisher: &Publisher) {
+    let options = MqttOptions::new("robust-echo-watcher", "127.0.0.1", mqtt.port);
+    let (watcher, mut event_loop) = AsyncClient::new(options, 16);
+    watcher.subscribe("queue/+/rejected", QoS::AtLeastOnce).await.unwrap();
+    let deadline = tokio::time::Instant::now() + GENEROUS;
+    let mut probe_sent = false;
+    loop {
+        let polled = tokio::time::timeout_at(deadline, event_loop.poll()).await;
+        match polled.expect("the daemon echoes the probe's rejection") {
+            Ok(Event::Incoming(Packet::SubAck(_))) if !probe_sent => {
+                publisher.send("queue/o1/events", r#"{"type":"probe","ts":1,"id":"probe"}"#).await;
+                probe_sent = true;
+            }
+            Ok(Event::Incoming(Packet::Publish(echo))) if probe_sent => {
+                assert_eq!(echo.topic, "queue/o1/rejected");
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => panic!("echo watcher: {error}"),
+        }
     }
 }
 
@@ -100,12 +142,12 @@ async fn bad_messages_are_rejected_counted_and_do_not_stall_what_follows() {
     // A later event moves the office clock past the reorder window.
     publisher.send(topic, r#"{"type":"heartbeat","ts":"2026-11-20T08:05:00+07:00"}"#).await;
 
-    let rows = influx.wait_for_rows("qw", "ticket", 1, Duration::from_secs(30)).await;
+    let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
     assert_eq!(rows[0]["ticket"], "A1");
     assert_eq!(rows[0]["wait_s"], 10);
 
     stop.send(()).unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(30), daemon).await.unwrap().unwrap().unwrap();
+    let report = tokio::time::timeout(GENEROUS, daemon).await.unwrap().unwrap().unwrap();
     let stats = report.stats;
     assert_eq!(stats.rejected(RejectReason::Oversized), 1);
     assert_eq!(stats.rejected(RejectReason::MalformedJson), 2);
@@ -124,32 +166,37 @@ async fn messages_published_while_the_daemon_is_away_are_not_lost() {
     let influx = Influx1::start();
     influx.create_database("qw").await;
 
-    // A first run creates the persistent session, and a SIGTERM-like stop
-    // ends it; what is published afterwards waits in the broker.
+    // A first run uses the persistent session, and a SIGTERM-like stop ends
+    // it; what is published afterwards waits in the broker.
     common::create_session(&mqtt, "robust", "queue/+/events").await;
+    let mut publisher = Publisher::connect(&mqtt).await;
     let (stop, stopped) = oneshot::channel::<()>();
     let daemon = tokio::spawn(queuewatch::daemon::run(config(&mqtt, &influx, ""), async {
         let _ = stopped.await;
     }));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until_the_daemon_listens(&mqtt, &publisher).await;
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), daemon).await.unwrap().unwrap().unwrap();
+    let first_run = tokio::time::timeout(GENEROUS, daemon).await.unwrap().unwrap().unwrap();
+    assert_eq!((first_run.stats.accepted, first_run.stats.rejected_total()), (0, 1), "the probe only");
 
-    let publisher = Publisher::connect(&mqtt).await;
-    for event in ticket_events("o1", "B2", "2026-11-20T09:00") {
-        publisher.send("queue/o1/events", event).await;
+    let mut away = ticket_events("o1", "B2", "2026-11-20T09:00");
+    away.push(r#"{"type":"heartbeat","ts":"2026-11-20T09:05:00+07:00"}"#.to_string());
+    for event in &away {
+        publisher.send("queue/o1/events", event.clone()).await;
     }
-    publisher.send("queue/o1/events", r#"{"type":"heartbeat","ts":"2026-11-20T09:05:00+07:00"}"#).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The premise: every message is in the broker before the daemon returns
+    // (the probe was acknowledged too).
+    publisher.wait_acknowledged(1 + away.len()).await;
 
     let (stop, stopped) = oneshot::channel::<()>();
     let daemon = tokio::spawn(queuewatch::daemon::run(config(&mqtt, &influx, ""), async {
         let _ = stopped.await;
     }));
-    let rows = influx.wait_for_rows("qw", "ticket", 1, Duration::from_secs(30)).await;
+    let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
     assert_eq!(rows[0]["ticket"], "B2");
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), daemon).await.unwrap().unwrap().unwrap();
+    let second_run = tokio::time::timeout(GENEROUS, daemon).await.unwrap().unwrap().unwrap();
+    assert_eq!(second_run.stats.accepted, away.len() as u64, "exactly what was published while it was away");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,13 +209,14 @@ async fn the_daemon_reconnects_and_resubscribes_after_the_broker_restarts() {
     let daemon = tokio::spawn(queuewatch::daemon::run(config(&mqtt, &influx, ""), async {
         let _ = stopped.await;
     }));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The premise: the daemon was connected when the broker went away.
+    let publisher = Publisher::connect(&mqtt).await;
+    wait_until_the_daemon_listens(&mqtt, &publisher).await;
 
     // The broker keeps no state on disk here, so it comes back without the
     // session: the daemon must subscribe again by itself.
     mqtt.restart();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let publisher = Publisher::connect(&mqtt).await;
+    let deadline = Instant::now() + GENEROUS;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -187,7 +235,7 @@ async fn the_daemon_reconnects_and_resubscribes_after_the_broker_restarts() {
         assert!(Instant::now() < deadline, "no point after the broker restart:\n{}", mqtt.log());
     }
     stop.send(()).unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(30), daemon).await.unwrap().unwrap().unwrap();
+    let report = tokio::time::timeout(GENEROUS, daemon).await.unwrap().unwrap().unwrap();
     assert_eq!(report.stats.notes.get(Note::ClockSkew), 0);
     assert!(report.sink.points_written >= 1);
 }

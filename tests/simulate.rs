@@ -200,7 +200,8 @@ async fn published_events_arrive_over_mqtt_exactly_as_generated() {
     subscriber_options.set_clean_session(false);
     let (_subscriber, mut event_loop) = AsyncClient::new(subscriber_options, 64);
     let mut received = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Only a hang fails this: the deadline is far beyond what delivery needs.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while received.len() < expected.len() {
         assert!(Instant::now() < deadline, "received {} of {} events", received.len(), expected.len());
         match tokio::time::timeout(Duration::from_secs(1), event_loop.poll()).await {
@@ -227,8 +228,9 @@ async fn speed_paces_events_by_their_timestamps() {
     assert_eq!(report.events_published, events.len() as u64);
     assert!(report.complete());
     assert_eq!(report.simulated_until, Some(events.last().unwrap().at));
+    // Pacing is a lower bound: never faster than the timestamps allow. How
+    // much slower a loaded machine makes it is not the simulator's behaviour.
     assert!(report.elapsed >= paced, "{:?} < {paced:?}", report.elapsed);
-    assert!(report.elapsed < paced + Duration::from_secs(2), "{:?} vs {paced:?}", report.elapsed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,12 +240,60 @@ async fn shutdown_stops_publishing_and_waits_for_what_was_sent() {
     // nothing happens for at least ten seconds.
     let options = SimOptions { speed: 1.0, ..short_run(&mqtt.url) };
     let opening_burst = Simulation::new(&options).take_while(|event| event.at == options.start).count();
-    let begun = Instant::now();
-    let report = publish(&options, tokio::time::sleep(Duration::from_millis(300))).await.expect("published");
+    let mut received = count_received(&mqtt, "simulate-burst-watcher", "queue/+/events").await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let publishing = tokio::spawn(async move {
+        publish(&options, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    // Shutdown is asked for once the opening burst has gone through the
+    // broker, long before the next event is due.
+    tokio::time::timeout(Duration::from_secs(60), received.wait_for(|count| *count >= opening_burst))
+        .await
+        .expect("the opening burst arrives")
+        .unwrap();
+    stop.send(()).unwrap();
+    // Unstopped, the run would go on for simulated hours in real time: only a hang fails this.
+    let report = tokio::time::timeout(Duration::from_secs(60), publishing)
+        .await
+        .expect("publishing ends once shutdown is asked for")
+        .unwrap()
+        .expect("published");
     assert!(report.interrupted);
     assert_eq!(report.events_published, opening_burst as u64);
     assert!(report.complete());
-    assert!(begun.elapsed() < Duration::from_secs(3), "{:?}", begun.elapsed());
+}
+
+/// Counts the messages the broker delivers on `filter`, from a persistent
+/// session that is subscribed before this returns.
+async fn count_received(
+    mqtt: &common::Mosquitto,
+    client_id: &str,
+    filter: &str,
+) -> tokio::sync::watch::Receiver<usize> {
+    use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet};
+
+    common::create_session(mqtt, client_id, filter).await;
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", mqtt.port);
+    options.set_clean_session(false);
+    let (client, mut event_loop) = AsyncClient::new(options, 64);
+    let (count, received) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match event_loop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::Publish(_))) => count.send_modify(|count| *count += 1),
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            if count.is_closed() {
+                return;
+            }
+        }
+    });
+    received
 }
 
 #[tokio::test]

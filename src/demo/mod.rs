@@ -45,12 +45,12 @@ use tokio::task::JoinHandle;
 
 pub use self::board::{Board, BoardOffice, Phase, Status};
 pub use self::broker::{broker_config, EmbeddedBroker};
-use crate::config::{Config, InfluxApi, InfluxConfig, MqttConfig, OfficeConfig, ServiceSla, SlaConfig};
-use crate::daemon::{self, Outputs, RunReport, Tapped, SHUTDOWN_DEADLINE};
+use crate::config::{ClockMode, Config, InfluxApi, InfluxConfig, MqttConfig, OfficeConfig, ServiceSla, SlaConfig};
+use crate::daemon::{self, Outputs, RunReport, Tapped};
 use crate::ids::{validate_ident, OfficeId, ServiceId};
 use crate::mqtt::incoming_packet_limit;
 use crate::simulate::{self, SimOptions, SimReport, Simulation};
-use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport, WriteFuture, Writer};
+use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport, WriteFuture, Writer, SHUTDOWN_DEADLINE};
 use crate::time::Millis;
 
 /// The daemon's MQTT client id in the demo.
@@ -456,6 +456,7 @@ pub fn demo_config(broker_port: u16, offices: &[DemoOffice], influx: Option<Infl
         ..Config::default()
     };
     config.tracking.max_future_skew = MAX_FUTURE_SKEW;
+    config.tracking.clock = ClockMode::Event;
     let minutes = |minutes: Option<u64>| minutes.map(|minutes| Duration::from_secs(minutes * 60));
     for (service, wait_min, service_min) in SERVICE_TARGETS_MIN {
         // The table above holds valid identifiers.
@@ -670,6 +671,7 @@ mod tests {
         assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("127.0.0.1", 18_830));
         assert_eq!(config.mqtt.client_id, CLIENT_ID);
         assert!(config.tracking.max_future_skew >= Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(config.tracking.clock, ClockMode::Event, "simulated time runs ahead of the wall clock");
         assert_eq!(config.sla.idle_target, Some(IDLE_TARGET));
         let pkb = config.sla.targets_for(None, &ServiceId::parse("pkb").unwrap());
         assert_eq!((pkb.wait_ms, pkb.service_ms), (600_000, 1_200_000));

@@ -21,7 +21,12 @@
 //!   the daemon runs; 413 halves the batch and writes each half.
 //! - Shutdown begins when the last handle is dropped: what remains is written
 //!   and transient errors retried until `shutdown_deadline` has passed since
-//!   then; whatever is left is counted and logged as unwritten.
+//!   then; whatever is left is counted and logged as unwritten. [`finish`]
+//!   is the one way producers end a writer: should the task panic or not end
+//!   in time, the report it returns still counts every point handed over
+//!   and not written or refused as unwritten, and names the failure.
+//! - [`SinkHandle::progress`] reads the counts while the task runs (shared
+//!   atomic counters, written only by the handles and the task).
 //! - Secrets come from [`Secrets`], resolved from the environment or a file,
 //!   never from the config file, and never appear in logs or `Debug` output.
 //!
@@ -33,10 +38,13 @@ mod task;
 mod writer;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::error;
 
 pub use crate::config::{InfluxApi, InfluxConfig};
 pub use writer::{DiscardWriter, FileWriter, V1Writer, V2Writer, WriteError, WriteFuture, Writer};
@@ -44,6 +52,13 @@ pub use writer::{DiscardWriter, FileWriter, V1Writer, V2Writer, WriteError, Writ
 /// How many chunks (calls to [`SinkHandle::send`]) the channel holds before
 /// producers wait.
 pub const CHANNEL_CAPACITY: usize = 64;
+
+/// How long a writer may keep retrying after shutdown was asked for.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How much longer than its shutdown deadline [`finish`] waits for a writer
+/// task before it counts the task as failed.
+const FINISH_GRACE: Duration = Duration::from_secs(5);
 
 /// Secrets resolved from the environment or files by the caller (never from
 /// config, never logged: `Debug` shows only whether each is set).
@@ -118,6 +133,59 @@ pub struct SinkReport {
     pub requests: u64,
     /// Attempts made again after a transient failure.
     pub retries: u64,
+    /// Set when the writer task did not end normally; its report is then
+    /// rebuilt from the live counts by [`finish`].
+    pub failure: Option<SinkFailure>,
+}
+
+impl SinkReport {
+    /// Adds `other`'s counts (several writers of one run); the first failure stays.
+    pub fn add(&mut self, other: &SinkReport) {
+        self.points_written += other.points_written;
+        self.points_rejected += other.points_rejected;
+        self.points_unwritten_at_shutdown += other.points_unwritten_at_shutdown;
+        self.requests += other.requests;
+        self.retries += other.retries;
+        self.failure = self.failure.or(other.failure);
+    }
+}
+
+/// How a writer task failed to end normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SinkFailure {
+    #[error("the writer task failed")]
+    Panicked,
+    #[error("the writer task did not finish in time")]
+    TimedOut,
+}
+
+/// Counts of a running writer, as [`SinkHandle::progress`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SinkProgress {
+    /// Points accepted by [`SinkHandle::send`] from every handle.
+    pub points_handed: u64,
+    pub points_written: u64,
+    /// Refused permanently by the server.
+    pub points_rejected: u64,
+}
+
+/// The live counts behind [`SinkProgress`]. Relaxed ordering: each counter is
+/// read on its own, for reporting.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    handed: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+}
+
+impl Counters {
+    fn progress(&self) -> SinkProgress {
+        SinkProgress {
+            points_handed: self.handed.load(Ordering::Relaxed),
+            points_written: self.written.load(Ordering::Relaxed),
+            points_rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The writer task has ended; nothing more can be sent.
@@ -133,6 +201,8 @@ pub struct SinkHandle {
     /// Never sent on: the task learns that the last handle is gone when it
     /// closes, even while it is busy retrying and not reading `commands`.
     _alive: mpsc::Sender<()>,
+    counters: Arc<Counters>,
+    shutdown_deadline: Duration,
 }
 
 impl SinkHandle {
@@ -143,7 +213,14 @@ impl SinkHandle {
         if lines.is_empty() {
             return Ok(());
         }
-        self.commands.send(task::Command::Lines { text: lines, count }).await.map_err(|_| SinkClosed)
+        self.commands.send(task::Command::Lines { text: lines, count }).await.map_err(|_| SinkClosed)?;
+        self.counters.handed.fetch_add(count as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The counts so far, while the writer runs.
+    pub fn progress(&self) -> SinkProgress {
+        self.counters.progress()
     }
 
     /// Resolves when everything sent before this call has been written (or
@@ -184,8 +261,45 @@ pub fn spawn_with(
     let (commands, command_receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let (alive, alive_receiver) = mpsc::channel(1);
     let settings = task::Settings { batch_size: batch_size.max(1), flush_interval, max_backoff, shutdown_deadline };
-    let writer_task = task::WriterTask::new(writer, settings, command_receiver, alive_receiver);
-    (SinkHandle { commands, _alive: alive }, tokio::spawn(writer_task.run()))
+    let counters = Arc::new(Counters::default());
+    let writer_task = task::WriterTask::new(writer, settings, command_receiver, alive_receiver, Arc::clone(&counters));
+    (SinkHandle { commands, _alive: alive, counters, shutdown_deadline }, tokio::spawn(writer_task.run()))
+}
+
+/// Drops `handle` and waits for the writer's report: at most its shutdown
+/// deadline and a grace period once the other handles are gone too. If the
+/// task panicked or did not end in time, the report is rebuilt from the live
+/// counts: every point handed over and neither written nor refused counts as
+/// unwritten, and `failure` says what happened.
+pub async fn finish(handle: SinkHandle, task: JoinHandle<SinkReport>) -> SinkReport {
+    let wait = handle.shutdown_deadline.saturating_add(FINISH_GRACE);
+    finish_within(handle, task, wait).await
+}
+
+async fn finish_within(handle: SinkHandle, task: JoinHandle<SinkReport>, wait: Duration) -> SinkReport {
+    let counters = Arc::clone(&handle.counters);
+    drop(handle);
+    let failure = match tokio::time::timeout(wait, task).await {
+        Ok(Ok(report)) => return report,
+        Ok(Err(join_error)) => {
+            error!(%join_error, "The InfluxDB writer failed.");
+            SinkFailure::Panicked
+        }
+        Err(_) => {
+            error!("The InfluxDB writer did not finish in time.");
+            SinkFailure::TimedOut
+        }
+    };
+    let progress = counters.progress();
+    SinkReport {
+        points_written: progress.points_written,
+        points_rejected: progress.points_rejected,
+        points_unwritten_at_shutdown: progress
+            .points_handed
+            .saturating_sub(progress.points_written + progress.points_rejected),
+        failure: Some(failure),
+        ..SinkReport::default()
+    }
 }
 
 fn from_env(key: &str, name: &str, problems: &mut Vec<String>) -> Option<String> {
@@ -282,6 +396,53 @@ mod tests {
         let _ = task.await;
         assert_eq!(sink.send("a v=1i 1\n".into(), 1).await, Err(SinkClosed));
         assert_eq!(sink.flush().await, Err(SinkClosed));
+    }
+
+    #[tokio::test]
+    async fn progress_counts_points_handed_written_and_refused_while_the_writer_runs() {
+        let writer = ScriptedWriter::new(|body| {
+            if body.contains("bad") {
+                Err(WriteError::Permanent { status: 400, message: "bad".into() })
+            } else {
+                Ok(())
+            }
+        });
+        let (sink, task) = spawn_with(Box::new(writer), 1, MS, MS, Duration::from_secs(1));
+        sink.send("a v=1i 1\nb v=2i 2\n".into(), 2).await.unwrap();
+        sink.send("bad v=3i 3\n".into(), 1).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(sink.progress(), SinkProgress { points_handed: 3, points_written: 2, points_rejected: 1 });
+        let report = finish(sink, task).await;
+        assert_eq!((report.points_written, report.points_rejected, report.failure), (2, 1, None));
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_that_panics_is_reported_with_what_it_did_not_write() {
+        let writer = ScriptedWriter::new(|body| if body.contains("boom") { panic!("writer bug") } else { Ok(()) });
+        let (sink, task) = spawn_with(Box::new(writer), 1, MS, MS, Duration::from_secs(1));
+        sink.send("a v=1i 1\n".into(), 1).await.unwrap();
+        sink.flush().await.unwrap();
+        sink.send("boom v=2i 2\nc v=3i 3\n".into(), 2).await.unwrap();
+        let report = finish(sink, task).await;
+        assert_eq!(report.failure, Some(SinkFailure::Panicked));
+        assert_eq!((report.points_written, report.points_unwritten_at_shutdown), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_that_does_not_end_in_time_is_reported_as_timed_out() {
+        let (sink, _task) = spawn_with(
+            Box::new(ScriptedWriter::never_answers()),
+            10,
+            Duration::from_secs(60),
+            MS,
+            Duration::from_secs(1),
+        );
+        sink.send("a v=1i 1\n".into(), 1).await.unwrap();
+        // Stands in for a task stuck past its deadline.
+        let stuck: JoinHandle<SinkReport> = tokio::spawn(std::future::pending());
+        let report = finish_within(sink, stuck, 10 * MS).await;
+        assert_eq!(report.failure, Some(SinkFailure::TimedOut));
+        assert_eq!((report.points_written, report.points_unwritten_at_shutdown), (0, 1));
     }
 
     const MS: Duration = Duration::from_millis(1);

@@ -2,6 +2,8 @@
 //! retries, splits on 413 and counts every line into exactly one of written,
 //! rejected or unwritten-at-shutdown.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -9,7 +11,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{error, info, warn};
 
 use super::batch::{Batch, Pending};
-use super::{SinkReport, WriteError, Writer};
+use super::{Counters, SinkReport, WriteError, Writer};
 
 /// What producers put in the channel.
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub(crate) struct WriterTask {
     shutdown: Shutdown,
     pending: Pending,
     report: SinkReport,
+    /// The written and rejected counts of `report`, readable while the task runs.
+    counters: Arc<Counters>,
     failure_log: FailureLog,
     /// Set once the shutdown deadline has passed: nothing more is attempted.
     gave_up: bool,
@@ -67,6 +71,7 @@ impl WriterTask {
         settings: Settings,
         commands: mpsc::Receiver<Command>,
         handles_alive: mpsc::Receiver<()>,
+        counters: Arc<Counters>,
     ) -> WriterTask {
         WriterTask {
             writer,
@@ -75,6 +80,7 @@ impl WriterTask {
             shutdown: Shutdown { handles_alive, started: None, deadline: settings.shutdown_deadline },
             pending: Pending::default(),
             report: SinkReport::default(),
+            counters,
             failure_log: FailureLog::default(),
             gave_up: false,
         }
@@ -167,7 +173,7 @@ impl WriterTask {
                 continue;
             }
             match self.write_with_retries(&part).await {
-                Delivery::Written => self.report.points_written += lines,
+                Delivery::Written => self.count_written(lines),
                 Delivery::Rejected { status, message } => {
                     warn!(
                         status,
@@ -176,7 +182,7 @@ impl WriterTask {
                         writer = %self.writer.describe(),
                         "InfluxDB rejected a batch; its points are counted as rejected."
                     );
-                    self.report.points_rejected += lines;
+                    self.count_rejected(lines);
                 }
                 Delivery::TooLarge if part.lines > 1 => {
                     let (first, second) = part.split_in_half();
@@ -192,7 +198,7 @@ impl WriterTask {
                         writer = %self.writer.describe(),
                         "InfluxDB refused a single line as too large; it is counted as rejected."
                     );
-                    self.report.points_rejected += 1;
+                    self.count_rejected(1);
                 }
                 Delivery::GaveUp => {
                     self.gave_up = true;
@@ -200,6 +206,16 @@ impl WriterTask {
                 }
             }
         }
+    }
+
+    fn count_written(&mut self, lines: u64) {
+        self.report.points_written += lines;
+        self.counters.written.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    fn count_rejected(&mut self, lines: u64) {
+        self.report.points_rejected += lines;
+        self.counters.rejected.fetch_add(lines, Ordering::Relaxed);
     }
 
     /// Sends `part` until it is written, refused, or the shutdown deadline passes.
