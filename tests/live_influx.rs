@@ -169,10 +169,11 @@ async fn a_replayed_morning_writes_exactly_the_expected_live_points() {
         &[office.clone(), region.clone(), ("counter", "c2".into()), ("rating", 2.into())],
     );
 
-    // Queue gauges, every minute from each service's first event.
+    // Queue gauges: a row when the state changes, counts arrive, or every
+    // minute (gauge_keepalive) while someone waits; never a repeat otherwise.
     let queue = rows(&influx, "queue").await;
     let per_service = |service: &str| queue.iter().filter(|row| row["service"] == service).count();
-    assert_eq!((per_service("ktp"), per_service("sim")), (50, 45));
+    assert_eq!((per_service("ktp"), per_service("sim")), (14, 28));
     let gauge = |waiting: i64, in_service: i64, over: i64, issued: i64, called: i64, oldest: i64, service: &str| {
         vec![
             office.clone(),
@@ -192,11 +193,14 @@ async fn a_replayed_morning_writes_exactly_the_expected_live_points() {
     assert_row(row_at(&queue, at("08:10:00"), ("service", "ktp")), &gauge(1, 0, 0, 0, 0, 570, "ktp"));
     assert_row(row_at(&queue, at("08:11:00"), ("service", "ktp")), &gauge(1, 0, 1, 0, 0, 630, "ktp"));
     assert_row(row_at(&queue, at("08:12:00"), ("service", "ktp")), &gauge(0, 1, 0, 0, 1, 0, "ktp"));
-    assert_row(row_at(&queue, at("08:49:00"), ("service", "sim")), &gauge(0, 0, 0, 0, 0, 0, "sim"));
+    // The series' last rows show the emptied queues; nothing follows them.
+    assert_row(row_at(&queue, at("08:30:00"), ("service", "ktp")), &gauge(0, 0, 0, 0, 0, 0, "ktp"));
+    assert_row(row_at(&queue, at("08:40:00"), ("service", "sim")), &gauge(0, 0, 0, 0, 0, 0, "sim"));
+    assert!(queue.iter().all(|row| row["time"].as_i64().unwrap() / 1_000_000 <= at("08:40:00")));
 
-    // Office gauges, every minute from the first event.
+    // Office gauges, by the same rule.
     let offices = rows(&influx, "office").await;
-    assert_eq!(offices.len(), 55);
+    assert_eq!(offices.len(), 35);
     let office_row = row_at(&offices, at("08:10:00"), ("office", "mpp-sby"));
     let mut expected = vec![
         office.clone(),
@@ -204,6 +208,7 @@ async fn a_replayed_morning_writes_exactly_the_expected_live_points() {
         ("waiting", Value::from(2)),
         ("in_service", 0.into()),
         ("counters_open", 2.into()),
+        ("clock_ahead", 0.into()),
         ("last_event_age_s", 30.into()),
         ("name", "MPP Surabaya".into()),
     ];
@@ -211,9 +216,10 @@ async fn a_replayed_morning_writes_exactly_the_expected_live_points() {
     expected.push(("rejected", office_row["rejected"].clone()));
     assert_row(office_row, &expected);
     let total = |field: &str| offices.iter().map(|row| row[field].as_i64().unwrap()).sum::<i64>();
+    // Every message counted once: the arrival counts ride on the next row written.
     assert_eq!((total("accepted"), total("rejected")), (18, 1), "every message counted once");
     assert!(offices.iter().all(|row| row.get("silent").is_none_or(Value::is_null)), "a replay never reports silence");
-    let last = row_at(&offices, at("08:49:00"), ("office", "mpp-sby"));
+    let last = row_at(&offices, at("08:45:00"), ("office", "mpp-sby"));
     assert_eq!((last["waiting"].as_i64(), last["counters_open"].as_i64()), (Some(0), Some(0)));
 }
 
