@@ -32,7 +32,7 @@ fi
 # of the crates only the demo, the simulator and the load harness need.
 cargo clippy --workspace --no-default-features --all-targets -- -D warnings
 leaked=$(cargo tree -p queuewatch --no-default-features -e normal --prefix none |
-    grep -E '^(rumqttd|rand|rand_[a-z]+) ' | sort -u || true)
+    grep -E '^(rumqttd|rand|rand_[a-z]+|queuewatch-servers) ' | sort -u || true)
 if [[ -n $leaked ]]; then
     echo "scripts/test.sh: the production build (--no-default-features) depends on:" >&2
     echo "$leaked" >&2
