@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The load harness: builds release and runs the scenarios of queuewatch-load
-# (src/bin/queuewatch-load.rs), printing a report that names the machine and
+# (src/bin/queuewatch-load/, one module per scenario), printing a report that names the machine and
 # gives each figure with the command that reproduces it. The report is also
 # written to target/load-report.txt.
 #

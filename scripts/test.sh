@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs the servers the integration tests start
-# (Mosquitto, InfluxDB 1.x, VictoriaMetrics) when they are missing, then runs
-# every test. Usage: bash scripts/test.sh [extra arguments for the test runner]
+# (Mosquitto, InfluxDB 1.x, VictoriaMetrics) when they are missing, checks the
+# production build (no default features: no demo, simulator or load harness),
+# then runs every test. Usage: bash scripts/test.sh [extra arguments for the test runner]
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,6 +26,17 @@ if ((${#missing[@]} > 0)); then
     for service in mosquitto influxdb victoria-metrics; do
         "${sudo[@]}" service "$service" stop >/dev/null 2>&1 || true
     done
+fi
+
+# The production build (deploy/README.md) must stay clean, and must link none
+# of the crates only the demo, the simulator and the load harness need.
+cargo clippy --workspace --no-default-features --all-targets -- -D warnings
+leaked=$(cargo tree -p queuewatch --no-default-features -e normal --prefix none |
+    grep -E '^(rumqttd|rand|rand_[a-z]+|queuewatch-servers) ' | sort -u || true)
+if [[ -n $leaked ]]; then
+    echo "scripts/test.sh: the production build (--no-default-features) depends on:" >&2
+    echo "$leaked" >&2
+    exit 1
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -16,13 +16,16 @@
 //! - [`alerts`]: breach alerts and rejection echoes over MQTT (`run` only).
 //! - [`daemon`]: `run`, wiring MQTT, tracker and sink together.
 //! - [`replay`]: the tracker fed from NDJSON files.
-//! - [`simulate`]: simulated offices' events, published over MQTT or written as NDJSON.
-//! - [`demo`]: broker, daemon, simulator and a live table in one process (`queuewatch demo`).
+//! - `simulate`: simulated offices' events, published over MQTT or written as NDJSON
+//!   (feature `simulate`).
+//! - `demo`: broker, daemon, simulator and a live table in one process (`queuewatch demo`;
+//!   feature `demo`).
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
 
 pub mod alerts;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod event;
 pub mod ids;
@@ -30,6 +33,7 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod point;
 pub mod replay;
+#[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod sink;
 pub mod stats;

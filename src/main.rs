@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use queuewatch::config::Config;
 use queuewatch::replay::{replay, ReplayOutput};
+#[cfg(feature = "simulate")]
 use queuewatch::simulate::{self, SimOptions};
+#[cfg(feature = "simulate")]
 use queuewatch::time::Millis;
 
 #[derive(Parser)]
@@ -44,6 +46,7 @@ enum Command {
         file: PathBuf,
     },
     /// Publish the events of simulated offices over MQTT (or write them as NDJSON), for demos and load tests.
+    #[cfg(feature = "simulate")]
     Simulate {
         /// The broker.
         #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
@@ -84,6 +87,7 @@ enum Command {
         ndjson: Option<PathBuf>,
     },
     /// Run everything on this machine: an embedded MQTT broker, the daemon, the simulator, and a live table.
+    #[cfg(feature = "demo")]
     Demo {
         /// Number of simulated offices.
         #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
@@ -132,7 +136,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's table owns the terminal: warnings only, and none from the embedded broker, which logs
     // ordinary disconnections as errors.
+    #[cfg(feature = "demo")]
     let default_log_filter = if matches!(cli.command, Command::Demo { .. }) { "warn,rumqttd=off" } else { "info" };
+    #[cfg(not(feature = "demo"))]
+    let default_log_filter = "info";
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QUEUEWATCH_LOG")
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
                 }
             })
         }
+        #[cfg(feature = "simulate")]
         Command::Simulate {
             url,
             offices,
@@ -232,6 +240,7 @@ fn main() -> ExitCode {
                 }
             })
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             offices,
             counters,

@@ -1,0 +1,257 @@
+//! InfluxDB 1.x (Debian ships 1.6) and its HTTP query API.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::process::{find_binary, http_status, start_on_free_ports, ServerProcess};
+use crate::{http_client, or_panic, temp_dir, try_free_port, write_file, Error, TempDir, POLL_INTERVAL};
+
+/// An InfluxDB 1.x server with its HTTP API on `127.0.0.1:port`, no
+/// authentication, and every optional service off.
+pub struct Influx1 {
+    pub port: u16,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    client: InfluxClient,
+    process: ServerProcess,
+    dir: TempDir,
+}
+
+impl Influx1 {
+    /// Panics if it does not start.
+    pub fn start() -> Influx1 {
+        or_panic(Influx1::try_start())
+    }
+
+    pub fn try_start() -> Result<Influx1, Error> {
+        let program = find_binary("influxd", "/usr/bin/influxd", "influxdb")?;
+        let dir = temp_dir("influxdb")?;
+        let root = dir.path();
+        let config_path = root.join("influxdb.conf");
+        let log_path = root.join("influxd.log");
+        let (process, http_port) = start_on_free_ports(
+            || {
+                let http_port = try_free_port()?;
+                let rpc_port = try_free_port()?;
+                write_file(&config_path, &config_text(root, http_port, rpc_port))?;
+                let process = ServerProcess::new("influxd", program.clone(), log_path.clone())
+                    .debian_package("influxdb")
+                    .args(["-config".to_string(), config_path.display().to_string()]);
+                Ok((process, http_port))
+            },
+            |http_port| http_status(*http_port, "/ping") == Some(204),
+        )?;
+        let url = format!("http://127.0.0.1:{http_port}");
+        Ok(Influx1 { port: http_port, client: InfluxClient::new(&url), url, process, dir })
+    }
+
+    /// A client of its HTTP API that can be cloned into tasks.
+    pub fn client(&self) -> InfluxClient {
+        self.client.clone()
+    }
+
+    /// `CREATE DATABASE "name"`; panics unless the server confirms it.
+    pub async fn create_database(&self, name: &str) {
+        or_panic(self.client.create_database(name).await)
+    }
+
+    /// Runs `influxql` against `db` with nanosecond epoch times and returns the
+    /// JSON response as the server sent it (statement errors included).
+    pub async fn query(&self, db: &str, influxql: &str) -> Value {
+        or_panic(self.client.query(db, influxql).await)
+    }
+
+    /// Runs `influxql` and returns one map per row (column name to value) over
+    /// all series of the first statement. Series tags (`GROUP BY *` or
+    /// `GROUP BY tag`) are merged into each row. `time` is in nanoseconds.
+    /// Panics if the statement failed.
+    pub async fn rows(&self, db: &str, influxql: &str) -> Vec<Map<String, Value>> {
+        let response = self.query(db, influxql).await;
+        match flatten_rows(&response) {
+            Ok(rows) => rows,
+            Err(error) => panic!("{influxql}: {error}"),
+        }
+    }
+
+    /// Polls `SELECT * FROM "measurement"` until it returns at least
+    /// `min_rows` rows and returns them. Panics with what it last saw when
+    /// `timeout` passes first. A missing database or measurement counts as no
+    /// rows while polling.
+    pub async fn wait_for_rows(
+        &self,
+        db: &str,
+        measurement: &str,
+        min_rows: usize,
+        timeout: Duration,
+    ) -> Vec<Map<String, Value>> {
+        let influxql = format!("SELECT * FROM {}", quote_ident(measurement));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let response = self.query(db, &influxql).await;
+            let outcome = flatten_rows(&response);
+            if let Ok(rows) = &outcome {
+                if rows.len() >= min_rows {
+                    return rows.clone();
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!("waited {timeout:?} for {min_rows} rows in {db}.{measurement}; last answer: {:?}", outcome);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// What the server has logged so far (`influxd.log` in its folder).
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// Its folder: `influxdb.conf`, `influxd.log` and the data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// InfluxDB 1.x's HTTP query API at one URL.
+#[derive(Clone)]
+pub struct InfluxClient {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl InfluxClient {
+    /// A client of the server at `url` (`http://host:port`).
+    pub fn new(url: &str) -> InfluxClient {
+        InfluxClient { url: url.to_string(), http: http_client() }
+    }
+
+    /// `CREATE DATABASE "name"`; an error unless the server confirms it.
+    pub async fn create_database(&self, name: &str) -> Result<(), Error> {
+        let statement = format!("CREATE DATABASE {}", quote_ident(name));
+        let what = || format!("POST /query {statement}");
+        let response = self
+            .http
+            .post(format!("{}/query", self.url))
+            .form(&[("q", statement.as_str())])
+            .send()
+            .await
+            .map_err(|source| Error::Request { what: what(), source })?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() || body.contains("\"error\"") {
+            return Err(Error::Response { what: what(), status: status.as_u16(), body });
+        }
+        Ok(())
+    }
+
+    /// Runs `influxql` against `db` with nanosecond epoch times and returns the
+    /// JSON response as the server sent it (statement errors included); an
+    /// error when the server cannot be asked or answers something else than JSON.
+    pub async fn query(&self, db: &str, influxql: &str) -> Result<Value, Error> {
+        let what = || format!("GET /query {influxql}");
+        let response = self
+            .http
+            .get(format!("{}/query", self.url))
+            .query(&[("db", db), ("q", influxql), ("epoch", "ns")])
+            .send()
+            .await
+            .map_err(|source| Error::Request { what: what(), source })?;
+        let status = response.status();
+        let body = response.text().await.map_err(|source| Error::Request { what: what(), source })?;
+        serde_json::from_str(&body).map_err(|_| Error::Response { what: what(), status: status.as_u16(), body })
+    }
+}
+
+/// Rows of all series of the first statement result, tags merged in; an
+/// error when the request or the statement failed.
+pub fn flatten_rows(response: &Value) -> Result<Vec<Map<String, Value>>, String> {
+    if let Some(error) = response.get("error") {
+        return Err(format!("request error: {error}"));
+    }
+    let result = response
+        .get("results")
+        .and_then(|results| results.get(0))
+        .ok_or_else(|| format!("no results in {response}"))?;
+    if let Some(error) = result.get("error") {
+        return Err(format!("statement error: {error}"));
+    }
+    let mut rows = Vec::new();
+    let empty = Vec::new();
+    for series in result.get("series").and_then(Value::as_array).unwrap_or(&empty) {
+        let columns: Vec<&str> = series["columns"]
+            .as_array()
+            .ok_or_else(|| format!("series without columns: {series}"))?
+            .iter()
+            .map(|column| column.as_str().unwrap_or_default())
+            .collect();
+        let tags = series.get("tags").and_then(Value::as_object);
+        for values in series.get("values").and_then(Value::as_array).unwrap_or(&empty) {
+            let mut row = Map::new();
+            if let Some(tags) = tags {
+                row.extend(tags.iter().map(|(key, value)| (key.clone(), value.clone())));
+            }
+            let values = values.as_array().ok_or_else(|| format!("row is not an array: {values}"))?;
+            row.extend(columns.iter().map(|column| column.to_string()).zip(values.iter().cloned()));
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// An InfluxQL identifier in double quotes.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn config_text(root: &Path, http_port: u16, rpc_port: u16) -> String {
+    // Keys that 1.6 does not know are ignored, so a typo here shows up only
+    // as a default (a port collision on 8088, a `_internal` database).
+    format!(
+        r#"reporting-disabled = true
+# The RPC service for backup and restore; it defaults to 8088, which parallel
+# servers would fight over.
+bind-address = "127.0.0.1:{rpc_port}"
+
+[meta]
+  dir = "{root}/meta"
+  logging-enabled = false
+
+[data]
+  dir = "{root}/data"
+  wal-dir = "{root}/wal"
+  wal-fsync-delay = "0s"
+  query-log-enabled = false
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http_port}"
+  auth-enabled = false
+  log-enabled = false
+  pprof-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+
+[monitor]
+  store-enabled = false
+
+[continuous_queries]
+  enabled = false
+
+[subscriber]
+  enabled = false
+
+[retention]
+  enabled = false
+"#,
+        root = root.display(),
+    )
+}

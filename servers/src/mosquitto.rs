@@ -1,0 +1,108 @@
+//! Mosquitto 2.x.
+
+use std::path::Path;
+
+use crate::process::{find_binary, start_on_free_ports, tcp_accepts, Readiness, ServerProcess};
+use crate::{or_panic, temp_dir, try_free_port, write_file, Error, TempDir};
+
+/// The broker's queue limits.
+#[derive(Debug, Clone)]
+pub struct MosquittoOptions {
+    /// `max_queued_messages`: QoS 1 messages kept per session beyond those in
+    /// flight. Mosquitto's default of 1000 drops further messages for a slow
+    /// or offline persistent session silently.
+    pub max_queued_messages: u64,
+    /// `max_inflight_messages`: QoS 1 messages sent to a client awaiting its PUBACK.
+    pub max_inflight_messages: u32,
+}
+
+impl Default for MosquittoOptions {
+    fn default() -> MosquittoOptions {
+        MosquittoOptions { max_queued_messages: 1_000_000, max_inflight_messages: 100 }
+    }
+}
+
+/// A Mosquitto 2.x broker on `127.0.0.1:port`, anonymous, without persistence,
+/// with queues large enough that nothing is dropped silently.
+pub struct Mosquitto {
+    pub port: u16,
+    /// `mqtt://127.0.0.1:PORT`
+    pub url: String,
+    process: ServerProcess,
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    /// A broker with the default options; panics if it does not start.
+    pub fn start() -> Mosquitto {
+        or_panic(Mosquitto::try_start(&MosquittoOptions::default()))
+    }
+
+    pub fn try_start(options: &MosquittoOptions) -> Result<Mosquitto, Error> {
+        let program = find_binary("mosquitto", "/usr/sbin/mosquitto", "mosquitto")?;
+        let dir = temp_dir("mosquitto")?;
+        let config_path = dir.path().join("mosquitto.conf");
+        let log_path = dir.path().join("mosquitto.log");
+        let (process, port) = start_on_free_ports(
+            || {
+                let port = try_free_port()?;
+                write_file(&config_path, &config_text(port, options))?;
+                let process = ServerProcess::new("mosquitto", program.clone(), log_path.clone())
+                    .debian_package("mosquitto")
+                    .args(["-c".to_string(), config_path.display().to_string()]);
+                Ok((process, port))
+            },
+            |port| tcp_accepts(*port),
+        )?;
+        Ok(Mosquitto { port, url: format!("mqtt://127.0.0.1:{port}"), process, dir })
+    }
+
+    /// Kills the broker (no clean shutdown: clients see the connection drop).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Stops the broker if it runs, then starts it again on the same port with
+    /// the same configuration. Its sessions and queues are lost (no persistence).
+    /// Panics if it does not start.
+    pub fn restart(&mut self) {
+        self.process.stop();
+        or_panic(self.process.spawn());
+        let port = self.port;
+        let outcome = self.process.wait_until_ready(|| tcp_accepts(port));
+        if outcome != Readiness::Ready {
+            panic!("{}", self.process.startup_error(outcome));
+        }
+    }
+
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// What the broker has logged so far (`mosquitto.log` in its folder).
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// Its folder: `mosquitto.conf` and `mosquitto.log`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn config_text(port: u16, options: &MosquittoOptions) -> String {
+    let MosquittoOptions { max_queued_messages, max_inflight_messages } = options;
+    format!(
+        "listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         # The default of 1000 drops further QoS 1 messages for a slow or\n\
+         # offline persistent session silently.\n\
+         max_queued_messages {max_queued_messages}\n\
+         max_inflight_messages {max_inflight_messages}\n\
+         # stderr: unbuffered, so the log is complete while the broker runs.\n\
+         log_dest stderr\n\
+         log_timestamp true\n"
+    )
+}

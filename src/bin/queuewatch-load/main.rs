@@ -1,0 +1,89 @@
+//! `queuewatch-load`: the load harness behind `scripts/load.sh`.
+//!
+//! Four scenarios, each a subcommand that prints its figures on standard
+//! output (progress goes to standard error):
+//! - `replay`: events/s through decode, and through decode + track + encode,
+//!   on one thread with nothing written, plus allocations per event;
+//! - `memory`: resident bytes per open ticket in a tracker holding a million
+//!   open tickets, and the resident memory of an idle `queuewatch run`;
+//! - `e2e`: events/s from a QoS 1 publisher through a real Mosquitto and
+//!   `queuewatch run` into a real InfluxDB 1.x, checking nothing is lost;
+//! - `latency`: event-to-point latency at a fixed offered rate.
+//!
+//! What must stay true:
+//! - Servers listen on 127.0.0.1 only, on free ports, in a temporary folder
+//!   of their own; they are killed and the folder removed when the scenario
+//!   ends, whether it succeeds, fails or is interrupted (SIGINT/SIGTERM).
+//! - Every loop is bounded in count and time.
+//! - The input is deterministic: the simulator with a fixed seed (shifted to
+//!   a start in the recent past where the daemon must accept the timestamps),
+//!   or a generator whose only input is the wall clock (`latency`).
+//!
+//! The global allocator counts allocations while counting is switched on,
+//! which the timed passes never do, so counting costs them one relaxed load.
+//!
+//! Layout: one module per scenario (`replay`, `memory`, `e2e`, `latency`);
+//! `servers` (Mosquitto and InfluxDB from `queuewatch-servers`, and the daemon
+//! run against them), `publisher` (a QoS 1 publisher counting PUBACKs),
+//! `measure` (CPU, memory, statistics), `alloc` (the counting allocator) and
+//! `report` (how figures are printed) are shared by them.
+
+mod alloc;
+mod e2e;
+mod latency;
+mod measure;
+mod memory;
+mod publisher;
+mod replay;
+mod report;
+mod servers;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use queuewatch::time::Millis;
+
+#[global_allocator]
+static ALLOCATOR: alloc::CountingAllocator = alloc::CountingAllocator;
+
+/// A wall clock beyond every simulated timestamp (2100-01-01), so nothing is `future_timestamp`.
+const FAR_FUTURE_WALL: Millis = Millis(4_102_444_800_000);
+/// The tracker's wall time in replay mode: constant, office clocks run on event time.
+const REPLAY_NOW: Millis = Millis(0);
+
+#[derive(Parser)]
+#[command(name = "queuewatch-load", about = "Load scenarios for queuewatch; see scripts/load.sh.")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Events/s through decode, and decode + track + encode, on one thread; allocations per event.
+    Replay(replay::ReplayArgs),
+    /// Resident bytes per open ticket in the tracker; resident memory of an idle daemon.
+    Memory(memory::MemoryArgs),
+    /// Events/s publisher → Mosquitto (QoS 1) → queuewatch run → InfluxDB 1.x, nothing lost.
+    E2e(e2e::E2eArgs),
+    /// Event-to-point latency at a fixed offered rate.
+    Latency(latency::LatencyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.scenario {
+        Scenario::Replay(args) => replay::replay(&args),
+        Scenario::Memory(args) => memory::memory(&args),
+        Scenario::E2e(args) => servers::with_servers(e2e::e2e(args)),
+        Scenario::Latency(args) => servers::with_servers(latency::latency(args)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("queuewatch-load: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
