@@ -309,7 +309,7 @@ impl Tracker {
     /// fires due deadlines and snapshots, in every office.
     pub fn advance(&mut self, now: Millis, out: &mut Output) {
         for office in self.offices.values_mut() {
-            match office.clock(now) {
+            match office.clock(&self.settings, now) {
                 Some(clock) => {
                     let watermark = clock.minus_ms(self.settings.reorder_window_ms);
                     office.release(&self.settings, watermark, watermark, now, out);
@@ -326,7 +326,7 @@ impl Tracker {
     /// stay open and unwritten.
     pub fn drain(&mut self, now: Millis, out: &mut Output) {
         for office in self.offices.values_mut() {
-            if let Some(clock) = office.clock(now) {
+            if let Some(clock) = office.clock(&self.settings, now) {
                 let watermark = clock.minus_ms(self.settings.reorder_window_ms);
                 office.release(&self.settings, Millis(i64::MAX), watermark, now, out);
             }
@@ -335,7 +335,7 @@ impl Tracker {
 
     /// The office's clock at wall time `now`, if the office has been heard.
     pub fn office_clock(&self, office: &OfficeId, now: Millis) -> Option<Millis> {
-        self.offices.get(office).and_then(|state| state.clock(now))
+        self.offices.get(office).and_then(|state| state.clock(&self.settings, now))
     }
 
     /// Open segments across all offices.
@@ -616,8 +616,18 @@ impl OfficeState {
     }
 
     /// The office clock: newest ts plus the wall time since it arrived.
-    fn clock(&self, now: Millis) -> Option<Millis> {
-        self.clock_base.map(|(base_ts, base_wall)| base_ts.plus_ms(now.since(base_wall).max(0)))
+    /// With `clock = "wall"` in a live run it never passes `now` (unless an
+    /// event within the ahead tolerance already stands there): `now` may
+    /// jump forward when the daemon has worked off a stall (see `daemon`),
+    /// and an office clock must not run ahead of the wall clock then either.
+    fn clock(&self, settings: &TrackerSettings, now: Millis) -> Option<Millis> {
+        let (base_ts, base_wall) = self.clock_base?;
+        let clock = base_ts.plus_ms(now.since(base_wall).max(0));
+        if settings.mode == Mode::Live && settings.clock == ClockMode::Wall {
+            Some(clock.min(now.max(base_ts)))
+        } else {
+            Some(clock)
+        }
     }
 
     fn next_tag(&mut self) -> u32 {
@@ -679,7 +689,7 @@ impl OfficeState {
         } else {
             event.ts
         };
-        match self.clock(now) {
+        match self.clock(settings, now) {
             Some(clock) if clock_ts <= clock => {}
             _ => self.clock_base = Some((clock_ts, now)),
         }
@@ -691,7 +701,7 @@ impl OfficeState {
             let key = HeldKey { ts: event.ts, rank: event.kind.rank(), content: keys.content, arrival: self.arrivals };
             self.held.insert(key, (event, keys));
         }
-        if let Some(clock) = self.clock(now) {
+        if let Some(clock) = self.clock(settings, now) {
             let watermark = clock.minus_ms(settings.reorder_window_ms);
             self.release(settings, watermark, watermark, now, out);
             self.forget(settings, watermark);

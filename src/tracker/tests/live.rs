@@ -658,3 +658,26 @@ fn with_the_event_clock_a_fast_device_drags_its_office_ahead() {
     assert!(notes.get(Note::Late) > 0);
     assert_eq!(notes.get(Note::ClockAhead), 0);
 }
+
+#[test]
+fn an_office_clock_never_passes_the_wall_clock_when_a_stall_shift_ends() {
+    // During a writer stall the daemon runs office clocks a minute behind the
+    // wall clock; an event stamped at the real time arrives then. Once the
+    // backlog is worked off the shift ends and `now` jumps forward by that
+    // minute: the office clock follows the wall clock, not the wall clock
+    // plus the minute.
+    let config = live_config("");
+    let mut tracker = Tracker::new(TrackerSettings::new(&config, Mode::Live));
+    let mut out = Output::default();
+    let (event, _) = script_event("08:00:00 issued A1 service=ktp");
+    let real = event.ts;
+    tracker.ingest_with_wall(event, real.minus_ms(60_000), real, &mut out);
+    let o1 = OfficeId::parse("o1").unwrap();
+    assert_eq!(tracker.office_clock(&o1, real.plus_ms(1000)), Some(real.plus_ms(1000)));
+    let mut event_clock = config.clone();
+    event_clock.tracking.clock = crate::config::ClockMode::Event;
+    let mut tracker = Tracker::new(TrackerSettings::new(&event_clock, Mode::Live));
+    let (event, _) = script_event("08:00:00 issued A1 service=ktp");
+    tracker.ingest_with_wall(event, real.minus_ms(60_000), real, &mut out);
+    assert_eq!(tracker.office_clock(&o1, real.plus_ms(1000)), Some(real.plus_ms(61_000)));
+}
