@@ -513,7 +513,8 @@ enum State {
     Alerting,
 }
 
-/// Grafana's `$timeFilter` for a query evaluated at `now_ms`, and its interval macros.
+/// The query with Grafana's `$timeFilter` rendered for the range [from, to] (Unix milliseconds),
+/// as Grafana's InfluxQL backend renders it for a raw query.
 fn render_macros(influxql: &str, from_ms: i64, to_ms: i64) -> String {
     influxql.replace("$timeFilter", &format!("time > {from_ms}ms and time < {to_ms}ms"))
 }
