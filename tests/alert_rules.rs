@@ -1,0 +1,863 @@
+//! The Grafana alert rules of `deploy/grafana/provisioning/alerting/queuewatch.yaml`, proven
+//! without Grafana (it cannot be installed here):
+//!
+//! - their structure: what Grafana's provisioning requires and what this project promises
+//!   (uids, titles, refIds, state values, the datasource uid, no dashboard variables);
+//! - their behaviour: each rule runs against a real InfluxDB 1.x loaded with a fixture made to
+//!   breach it and with a healthy one (`tests/data/alerting/`, replayed by `queuewatch replay`;
+//!   line protocol only for rows replay never writes: `silent`, and the `queuewatch` heartbeat).
+//!   Its query runs with `$timeFilter` rendered the way Grafana's InfluxQL backend renders it
+//!   (`time > FROMms and time < TOms`, from the query's `relativeTimeRange` and a fixed "now"),
+//!   then the server-side expressions are evaluated per series the way Grafana evaluates them:
+//!   `reduce` (its reducer and its mode: strict, dropNN, replaceNN), `threshold`, `math` (labels
+//!   joined like Grafana's: equal or a subset), no data mapped by `noDataState`, and the
+//!   Normal → Pending → Alerting state machine of `for`, at the group's interval.
+//!
+//! The fixtures are a morning of 2026-11-25 in Asia/Jakarta, "now" is 10:00 there.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{queuewatch_bin, write_config, Influx1};
+use serde::Deserialize;
+use serde_json::Value;
+
+const PROVISIONING_FILE: &str = "deploy/grafana/provisioning/alerting/queuewatch.yaml";
+const DATASOURCE_UID: &str = "queuewatch-influxdb";
+/// 2026-11-25T10:00:00+07:00.
+const NOW: &str = "2026-11-25T10:00:00+07:00";
+
+// ---------------------------------------------------------------------------------------------
+// Structure
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn alert_provisioning_parses_and_every_rule_is_well_formed() {
+    let provisioning = provisioning();
+    assert_eq!(provisioning.api_version, 1);
+    assert!(!provisioning.groups.is_empty(), "no rule group");
+    let mut uids = BTreeSet::new();
+    let mut problems = Vec::new();
+    for group in &provisioning.groups {
+        if let Err(error) = humantime::parse_duration(&group.interval) {
+            problems.push(format!("group {}: interval {:?}: {error}", group.name, group.interval));
+        }
+        assert!(!group.folder.is_empty(), "group {} has no folder", group.name);
+        for rule in &group.rules {
+            problems.extend(rule_problems(rule).into_iter().map(|problem| format!("rule {}: {problem}", rule.uid)));
+            if !uids.insert(rule.uid.clone()) {
+                problems.push(format!("rule uid {} is used twice", rule.uid));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let expected: BTreeSet<String> = [
+        "queuewatch-service-level",
+        "queuewatch-waiting-past-target",
+        "queuewatch-waiting-no-counter",
+        "queuewatch-office-silent",
+        "queuewatch-messages-rejected",
+        "queuewatch-stopped",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(uids, expected);
+}
+
+#[test]
+fn only_the_heartbeat_rule_alerts_on_no_data_and_office_rules_carry_the_office() {
+    for rule in all_rules() {
+        let expected = if rule.uid == "queuewatch-stopped" { "Alerting" } else { "OK" };
+        assert_eq!(rule.no_data_state, expected, "rule {}", rule.uid);
+        let groups_by_office = rule
+            .data
+            .iter()
+            .filter_map(|query| query.model.get("query").and_then(Value::as_str))
+            .all(|query| query.ends_with("GROUP BY \"office\""));
+        assert_eq!(groups_by_office, rule.uid != "queuewatch-stopped", "rule {}: GROUP BY \"office\"", rule.uid);
+        for key in ["summary", "description", "runbook"] {
+            let text = rule.annotations.get(key).map(String::as_str).unwrap_or_default();
+            assert!(text.len() > 20, "rule {}: annotation {key} missing or too short: {text:?}", rule.uid);
+        }
+    }
+}
+
+#[test]
+fn contact_point_reads_its_addresses_from_the_environment_and_the_policy_groups_by_office_and_rule() {
+    let provisioning = provisioning();
+    let [contact_point] = provisioning.contact_points.as_slice() else {
+        panic!("expected one contact point: {:?}", provisioning.contact_points)
+    };
+    let settings: BTreeMap<&str, &Value> =
+        contact_point.receivers.iter().map(|receiver| (receiver.kind.as_str(), &receiver.settings)).collect();
+    assert_eq!(settings["webhook"]["url"], "$QUEUEWATCH_ALERT_WEBHOOK_URL");
+    assert_eq!(settings["email"]["addresses"], "$QUEUEWATCH_ALERT_EMAIL");
+    let receiver_uids: BTreeSet<&str> = contact_point.receivers.iter().map(|receiver| receiver.uid.as_str()).collect();
+    assert_eq!(receiver_uids.len(), contact_point.receivers.len(), "receiver uids repeat");
+    assert!(receiver_uids.iter().all(|uid| is_well_formed_uid(uid)), "{receiver_uids:?}");
+
+    let [policy] = provisioning.policies.as_slice() else { panic!("expected one policy: {:?}", provisioning.policies) };
+    assert_eq!(policy.receiver, contact_point.name);
+    let group_by: BTreeSet<&str> = policy.group_by.iter().map(String::as_str).collect();
+    assert_eq!(group_by, BTreeSet::from(["alertname", "office"]));
+}
+
+fn rule_problems(rule: &Rule) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !is_well_formed_uid(&rule.uid) {
+        problems.push("uid is not 1-40 letters, digits, '-' or '_'".to_string());
+    }
+    if rule.title.is_empty() || rule.title.chars().count() > 190 {
+        problems.push(format!("title is empty or longer than 190 characters: {:?}", rule.title));
+    }
+    if let Err(error) = humantime::parse_duration(&rule.for_duration) {
+        problems.push(format!("for {:?}: {error}", rule.for_duration));
+    }
+    if !["NoData", "Alerting", "OK", "KeepLast"].contains(&rule.no_data_state.as_str()) {
+        problems.push(format!("noDataState {:?}", rule.no_data_state));
+    }
+    if !["Error", "Alerting", "OK", "KeepLast"].contains(&rule.exec_err_state.as_str()) {
+        problems.push(format!("execErrState {:?}", rule.exec_err_state));
+    }
+    let ref_ids: Vec<&str> = rule.data.iter().map(|query| query.ref_id.as_str()).collect();
+    if ref_ids.iter().collect::<BTreeSet<_>>().len() != ref_ids.len() {
+        problems.push(format!("refIds repeat: {ref_ids:?}"));
+    }
+    if !ref_ids.contains(&rule.condition.as_str()) {
+        problems.push(format!("condition {:?} names none of {ref_ids:?}", rule.condition));
+    }
+    if rule.labels.values().any(|value| value.contains('$')) {
+        // Grafana interpolates environment variables into labels when it provisions them.
+        problems.push(format!("a label holds a '$': {:?}", rule.labels));
+    }
+    for (position, query) in rule.data.iter().enumerate() {
+        let model_ref_id = query.model.get("refId").and_then(Value::as_str);
+        if model_ref_id.is_some_and(|model_ref_id| model_ref_id != query.ref_id) {
+            problems.push(format!("{}: model.refId {model_ref_id:?}", query.ref_id));
+        }
+        if query.datasource_uid == "__expr__" {
+            let expression = query.model.get("expression").and_then(Value::as_str).unwrap_or_default();
+            let kind = query.model.get("type").and_then(Value::as_str).unwrap_or_default();
+            let referenced = match kind {
+                "math" => math_references(expression),
+                "reduce" | "threshold" => vec![expression.to_string()],
+                other => {
+                    problems.push(format!("{}: expression type {other:?}", query.ref_id));
+                    continue;
+                }
+            };
+            // An expression reads refIds defined before it.
+            let earlier = &ref_ids[..position];
+            for name in referenced {
+                if !earlier.contains(&name.as_str()) {
+                    problems.push(format!("{}: expression names {name:?}, not an earlier refId", query.ref_id));
+                }
+            }
+            if kind == "reduce" {
+                let reducer = query.model.get("reducer").and_then(Value::as_str).unwrap_or_default();
+                let mode = query.model.pointer("/settings/mode").and_then(Value::as_str).unwrap_or_default();
+                if !["last", "mean", "sum", "min", "max", "count"].contains(&reducer) {
+                    problems.push(format!("{}: reducer {reducer:?}", query.ref_id));
+                }
+                if !["strict", "dropNN", "replaceNN"].contains(&mode) {
+                    problems.push(format!("{}: reduce mode {mode:?}", query.ref_id));
+                }
+            }
+        } else {
+            if query.datasource_uid != DATASOURCE_UID {
+                problems.push(format!("{}: datasource uid {:?}", query.ref_id, query.datasource_uid));
+            }
+            if query.relative_time_range.is_none() {
+                problems.push(format!("{}: no relativeTimeRange", query.ref_id));
+            }
+            if query.model.get("rawQuery") != Some(&Value::Bool(true)) {
+                problems.push(format!("{}: not a raw query", query.ref_id));
+            }
+            let influxql = query.model.get("query").and_then(Value::as_str).unwrap_or_default();
+            if influxql.is_empty() {
+                problems.push(format!("{}: no query", query.ref_id));
+            }
+            let rendered = render_macros(influxql, 0, 0);
+            if rendered.contains('$') {
+                problems.push(format!("{}: a variable other than Grafana's alerting macros: {influxql}", query.ref_id));
+            }
+        }
+    }
+    problems
+}
+
+fn is_well_formed_uid(uid: &str) -> bool {
+    (1..=40).contains(&uid.len()) && uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour, one test per rule
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_level_below_80_percent_fires_for_that_office_and_not_once_the_slow_hour_is_past() {
+    let rule = rule("queuewatch-service-level");
+    let influx = Influx1::start();
+    let breach = load_events(&influx, "breach", "service-level-breach.ndjson").await;
+    let healthy = load_events(&influx, "healthy", "service-level-healthy.ndjson").await;
+
+    // lambat called 3 of 5 tickets within target in the last hour, cepat 3 of 3.
+    let values = reduced_values(&influx, &breach, &rule, "B", at(NOW)).await;
+    assert_eq!(values, BTreeMap::from([(office("cepat"), 1.0), (office("lambat"), 0.6)]));
+    assert_eq!(alerting(&influx, &breach, &rule, at(NOW)).await, BTreeSet::from([office("lambat")]));
+
+    // The same slow tickets two hours earlier, and a good last hour.
+    assert_eq!(alerting(&influx, &healthy, &rule, at(NOW)).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_past_target_fire_after_10_minutes_for_that_office_only() {
+    let rule = rule("queuewatch-waiting-past-target");
+    let influx = Influx1::start();
+    let breach = load_events(&influx, "breach", "waiting-past-target-breach.ndjson").await;
+    let healthy = load_events(&influx, "healthy", "waiting-past-target-healthy.ndjson").await;
+
+    // lambat's A1 (issued 09:30, target 10 min) waits past target from 09:40:10 on: pending at
+    // 09:49, alerting once 10 minutes have passed. sebentar's B1 was past target from 09:45:10
+    // until its call at 09:50: pending, never alerting.
+    let states = states_at(&influx, &breach, &rule, at("2026-11-25T09:49:00+07:00")).await;
+    assert_eq!(states.get(&office("lambat")), Some(&State::Pending), "{states:?}");
+    assert_eq!(states.get(&office("sebentar")), Some(&State::Pending), "{states:?}");
+    assert_eq!(alerting(&influx, &breach, &rule, at(NOW)).await, BTreeSet::from([office("lambat")]));
+
+    // Every ticket called within its target.
+    assert_eq!(alerting(&influx, &healthy, &rule, at(NOW)).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_waiting_with_every_counter_closed_fire_only_for_offices_that_report_counters() {
+    let rule = rule("queuewatch-waiting-no-counter");
+    let influx = Influx1::start();
+    let breach = load_events(&influx, "breach", "waiting-no-counter-breach.ndjson").await;
+    let healthy = load_events(&influx, "healthy", "waiting-no-counter-healthy.ndjson").await;
+
+    // tutup closed its only counter at 09:45 with A1 waiting; buka keeps its counter open;
+    // tanpa-loket sends no counter events, so nothing is known about its counters.
+    let waiting = reduced_values(&influx, &breach, &rule, "C", at(NOW)).await;
+    assert_eq!(waiting, BTreeMap::from([(office("buka"), 1.0), (office("tanpa-loket"), 1.0), (office("tutup"), 1.0)]));
+    let counters_open = reduced_values(&influx, &breach, &rule, "D", at(NOW)).await;
+    assert_eq!(counters_open, BTreeMap::from([(office("buka"), 1.0), (office("tutup"), 0.0)]));
+    assert_eq!(alerting(&influx, &breach, &rule, at(NOW)).await, BTreeSet::from([office("tutup")]));
+
+    // tutup served everyone before closing its counter.
+    assert_eq!(alerting(&influx, &healthy, &rule, at(NOW)).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_office_fires_until_its_latest_row_says_it_is_heard_again() {
+    let rule = rule("queuewatch-office-silent");
+    let influx = Influx1::start();
+    // `silent` is wall-clock state of `queuewatch run`; replay never writes it.
+    let breach = load_line_protocol(&influx, "breach", &fixture_text("office-silent-breach.lp")).await;
+    let healthy = load_line_protocol(&influx, "healthy", &fixture_text("office-silent-healthy.lp")).await;
+
+    // sepi went silent at 09:30; ramai is heard; tanpa-jam has no opening hours, so no `silent`.
+    assert_eq!(alerting(&influx, &breach, &rule, at(NOW)).await, BTreeSet::from([office("sepi")]));
+    // sepi was silent at 08:00 and heard again at 08:30.
+    assert_eq!(alerting(&influx, &healthy, &rule, at(NOW)).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_messages_in_the_last_15_minutes_fire_for_the_office_that_sent_them() {
+    let rule = rule("queuewatch-messages-rejected");
+    let influx = Influx1::start();
+    let breach = load_events(&influx, "breach", "messages-rejected-breach.ndjson").await;
+    let healthy = load_events(&influx, "healthy", "messages-rejected-healthy.ndjson").await;
+
+    // rusak sent an unknown type and an `issued` without a ticket around 09:50.
+    let values = reduced_values(&influx, &breach, &rule, "B", at(NOW)).await;
+    assert_eq!(values.get(&office("rusak")), Some(&2.0), "{values:?}");
+    assert_eq!(alerting(&influx, &breach, &rule, at(NOW)).await, BTreeSet::from([office("rusak")]));
+
+    // The same two rejections around 09:20, over 15 minutes ago.
+    assert_eq!(alerting(&influx, &healthy, &rule, at(NOW)).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_heartbeat_row_for_3_minutes_fires_on_no_data_whatever_the_offices_do() {
+    let rule = rule("queuewatch-stopped");
+    let influx = Influx1::start();
+    let now = at(NOW);
+    // The daemon writes a row at every whole minute; in the breach it stopped after 09:56.
+    let stopped_at = now - 4 * 60_000;
+    let breach = load_line_protocol(&influx, "breach", &heartbeat_rows(now - 3_600_000, stopped_at)).await;
+    // Offices quiet for hours are no reason to alert: the healthy database has no office row.
+    let healthy = load_line_protocol(&influx, "healthy", &heartbeat_rows(now - 3_600_000, now)).await;
+
+    assert_eq!(evaluate(&influx, &breach, &rule, now).await, Evaluation::NoData);
+    assert_eq!(alerting(&influx, &breach, &rule, now).await, BTreeSet::from([Labels::new()]));
+    assert_eq!(alerting(&influx, &healthy, &rule, now).await, BTreeSet::new());
+    // Two minutes after its last row, the breach database does not alert yet.
+    assert_eq!(alerting(&influx, &breach, &rule, stopped_at + 2 * 60_000).await, BTreeSet::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The provisioning file
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Provisioning {
+    api_version: u32,
+    groups: Vec<Group>,
+    contact_points: Vec<ContactPoint>,
+    policies: Vec<Policy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Group {
+    name: String,
+    folder: String,
+    interval: String,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Rule {
+    uid: String,
+    title: String,
+    condition: String,
+    data: Vec<RuleQuery>,
+    #[serde(rename = "for")]
+    for_duration: String,
+    no_data_state: String,
+    exec_err_state: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    /// The group's evaluation interval, filled in when rules are looked up.
+    #[serde(skip)]
+    interval_ms: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleQuery {
+    ref_id: String,
+    relative_time_range: Option<RelativeTimeRange>,
+    datasource_uid: String,
+    model: Value,
+}
+
+/// Seconds before the evaluation time.
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct RelativeTimeRange {
+    from: i64,
+    to: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContactPoint {
+    name: String,
+    receivers: Vec<Receiver>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Receiver {
+    uid: String,
+    #[serde(rename = "type")]
+    kind: String,
+    settings: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct Policy {
+    receiver: String,
+    group_by: Vec<String>,
+}
+
+fn provisioning() -> Provisioning {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(PROVISIONING_FILE);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+fn all_rules() -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for group in provisioning().groups {
+        let interval = humantime::parse_duration(&group.interval).expect("group interval");
+        for mut rule in group.rules {
+            rule.interval_ms = interval.as_millis() as i64;
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+fn rule(uid: &str) -> Rule {
+    all_rules().into_iter().find(|rule| rule.uid == uid).unwrap_or_else(|| panic!("no rule {uid}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/alerting").join(name)
+}
+
+fn fixture_text(name: &str) -> String {
+    let path = fixture_path(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
+
+/// Creates database `db` and fills it with `queuewatch replay` of the fixture (wait target 10 min).
+async fn load_events(influx: &Influx1, db: &str, fixture: &str) -> String {
+    influx.create_database(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[influxdb]\napi = \"v1\"\nurl = \"{}\"\ndatabase = \"{db}\"\nflush_interval = \"100ms\"\n\
+             [sla]\nwait_target = \"10m\"\nservice_target = \"20m\"\n",
+            influx.url
+        ),
+    );
+    let output = Command::new(queuewatch_bin())
+        .args(["replay", "--config"])
+        .arg(&config)
+        .arg(fixture_path(fixture))
+        .output()
+        .expect("queuewatch replay runs");
+    assert!(
+        output.status.success(),
+        "replay of {fixture} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    db.to_string()
+}
+
+/// Creates database `db` and writes `lines` (line protocol, nanosecond times) into it.
+async fn load_line_protocol(influx: &Influx1, db: &str, lines: &str) -> String {
+    influx.create_database(db).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/write", influx.url))
+        .query(&[("db", db)])
+        .body(lines.to_string())
+        .send()
+        .await
+        .expect("InfluxDB answers /write");
+    let status = response.status();
+    assert_eq!(status.as_u16(), 204, "write refused: {}", response.text().await.unwrap_or_default());
+    db.to_string()
+}
+
+/// `queuewatch` rows as `queuewatch run` writes them, at every whole minute in [from, to].
+fn heartbeat_rows(from_ms: i64, to_ms: i64) -> String {
+    let start_ms = from_ms.div_euclid(60_000) * 60_000;
+    (start_ms..=to_ms)
+        .step_by(60_000)
+        .filter(|minute| *minute >= from_ms)
+        .map(|minute| {
+            let uptime_s = (minute - start_ms) / 1000;
+            format!(
+                "queuewatch,instance=queuewatch accepted={uptime_s}i,rejected=0i,points_written={uptime_s}i,\
+                 points_refused=0i,open_tickets=3i,newest_event_age_s=1.5,uptime_s={uptime_s} {}\n",
+                minute * 1_000_000
+            )
+        })
+        .collect()
+}
+
+/// Unix milliseconds of an RFC 3339 time.
+fn at(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).expect("RFC 3339").timestamp_millis()
+}
+
+fn office(name: &str) -> Labels {
+    Labels::from([("office".to_string(), name.to_string())])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation, the way Grafana evaluates a rule
+// ---------------------------------------------------------------------------------------------
+
+type Labels = BTreeMap<String, String>;
+
+/// A datasource query's answer: one series per InfluxDB series (its tags are the labels).
+#[derive(Debug, Clone)]
+struct Series {
+    labels: Labels,
+    values: Vec<Option<f64>>,
+}
+
+#[derive(Debug, Clone)]
+enum Results {
+    Series(Vec<Series>),
+    Numbers(Vec<(Labels, f64)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Evaluation {
+    /// The condition returned nothing: `noDataState` decides.
+    NoData,
+    /// The condition's value per instance (labels).
+    Values(BTreeMap<Labels, f64>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Normal,
+    Pending,
+    Alerting,
+}
+
+/// The query with Grafana's `$timeFilter` rendered for the range [from, to] (Unix milliseconds),
+/// as Grafana's InfluxQL backend renders it for a raw query.
+fn render_macros(influxql: &str, from_ms: i64, to_ms: i64) -> String {
+    influxql.replace("$timeFilter", &format!("time > {from_ms}ms and time < {to_ms}ms"))
+}
+
+/// Runs every node of the rule at `now_ms` and returns every node's results.
+async fn evaluate_nodes(influx: &Influx1, db: &str, rule: &Rule, now_ms: i64) -> BTreeMap<String, Results> {
+    let mut results: BTreeMap<String, Results> = BTreeMap::new();
+    for query in &rule.data {
+        let result = if query.datasource_uid == "__expr__" {
+            evaluate_expression(&query.model, &results)
+        } else {
+            let range = query.relative_time_range.expect("relativeTimeRange");
+            let influxql = query.model["query"].as_str().expect("model.query");
+            let rendered = render_macros(influxql, now_ms - range.from * 1000, now_ms - range.to * 1000);
+            Results::Series(run_query(influx, db, &rendered).await)
+        };
+        results.insert(query.ref_id.clone(), result);
+    }
+    results
+}
+
+async fn evaluate(influx: &Influx1, db: &str, rule: &Rule, now_ms: i64) -> Evaluation {
+    let mut results = evaluate_nodes(influx, db, rule, now_ms).await;
+    match results.remove(&rule.condition).expect("condition node") {
+        Results::Numbers(numbers) if numbers.is_empty() => Evaluation::NoData,
+        Results::Numbers(numbers) => Evaluation::Values(numbers.into_iter().collect()),
+        Results::Series(series) if series.iter().all(|series| series.values.is_empty()) => Evaluation::NoData,
+        Results::Series(series) => panic!("condition {} is a time series, not numbers: {series:?}", rule.condition),
+    }
+}
+
+/// The values of one expression node, per instance.
+async fn reduced_values(influx: &Influx1, db: &str, rule: &Rule, ref_id: &str, now_ms: i64) -> BTreeMap<Labels, f64> {
+    match evaluate_nodes(influx, db, rule, now_ms).await.remove(ref_id) {
+        Some(Results::Numbers(numbers)) => numbers.into_iter().collect(),
+        other => panic!("{ref_id} is not a numbers node: {other:?}"),
+    }
+}
+
+/// Each instance's state after evaluating the rule at its group interval from long enough before
+/// `now_ms` (its `for` plus two intervals) up to `now_ms`, as Grafana's scheduler would.
+async fn states_at(influx: &Influx1, db: &str, rule: &Rule, now_ms: i64) -> BTreeMap<Labels, State> {
+    let for_ms = humantime::parse_duration(&rule.for_duration).expect("for").as_millis() as i64;
+    let interval_ms = rule.interval_ms;
+    let mut evaluation_ms = now_ms - for_ms - 2 * interval_ms;
+    let mut pending_since: BTreeMap<Labels, i64> = BTreeMap::new();
+    let mut states: BTreeMap<Labels, State> = BTreeMap::new();
+    while evaluation_ms <= now_ms {
+        let firing: BTreeSet<Labels> = match evaluate(influx, db, rule, evaluation_ms).await {
+            Evaluation::Values(values) => values
+                .into_iter()
+                .filter(|(_, value)| *value != 0.0 && !value.is_nan())
+                .map(|(labels, _)| labels)
+                .collect(),
+            Evaluation::NoData => match rule.no_data_state.as_str() {
+                "Alerting" => BTreeSet::from([Labels::new()]),
+                "OK" => BTreeSet::new(),
+                other => panic!("noDataState {other} is not modelled here"),
+            },
+        };
+        for labels in states.keys().cloned().collect::<Vec<_>>() {
+            if !firing.contains(&labels) {
+                states.insert(labels.clone(), State::Normal);
+                pending_since.remove(&labels);
+            }
+        }
+        for labels in firing {
+            let since = *pending_since.entry(labels.clone()).or_insert(evaluation_ms);
+            let state = if evaluation_ms - since >= for_ms { State::Alerting } else { State::Pending };
+            states.insert(labels, state);
+        }
+        evaluation_ms += interval_ms;
+    }
+    states
+}
+
+/// The instances alerting at `now_ms`.
+async fn alerting(influx: &Influx1, db: &str, rule: &Rule, now_ms: i64) -> BTreeSet<Labels> {
+    states_at(influx, db, rule, now_ms)
+        .await
+        .into_iter()
+        .filter(|(_, state)| *state == State::Alerting)
+        .map(|(labels, _)| labels)
+        .collect()
+}
+
+/// One series per InfluxDB series and value column; the query must run without error.
+async fn run_query(influx: &Influx1, db: &str, influxql: &str) -> Vec<Series> {
+    let response = influx.query(db, influxql).await;
+    let result = &response["results"][0];
+    if let Some(error) = response.get("error").or_else(|| result.get("error")) {
+        panic!("{influxql}: {error}");
+    }
+    let mut all_series = Vec::new();
+    for series in result.get("series").and_then(Value::as_array).into_iter().flatten() {
+        let columns = series["columns"].as_array().expect("columns");
+        assert_eq!(columns.len(), 2, "{influxql}: one value column per query, so labels stay unique: {columns:?}");
+        let labels: Labels = series
+            .get("tags")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_default().to_string()))
+            .collect();
+        let values = series["values"].as_array().into_iter().flatten().map(|row| row[1].as_f64()).collect();
+        all_series.push(Series { labels, values });
+    }
+    all_series
+}
+
+fn evaluate_expression(model: &Value, results: &BTreeMap<String, Results>) -> Results {
+    let kind = model["type"].as_str().expect("expression type");
+    let expression = model["expression"].as_str().expect("expression");
+    match kind {
+        "reduce" => {
+            let Some(Results::Series(input)) = results.get(expression) else {
+                panic!("reduce of {expression}: not a time series")
+            };
+            let reducer = model["reducer"].as_str().expect("reducer");
+            let mode = model.pointer("/settings/mode").and_then(Value::as_str).unwrap_or("strict");
+            let replacement = model.pointer("/settings/replaceWithValue").and_then(Value::as_f64);
+            Results::Numbers(
+                input
+                    .iter()
+                    .map(|series| (series.labels.clone(), reduce(&series.values, reducer, mode, replacement)))
+                    .collect(),
+            )
+        }
+        "threshold" => {
+            let Some(Results::Numbers(input)) = results.get(expression) else {
+                panic!("threshold of {expression}: not numbers")
+            };
+            let evaluator = &model["conditions"][0]["evaluator"];
+            let kind = evaluator["type"].as_str().expect("evaluator type");
+            let params: Vec<f64> =
+                evaluator["params"].as_array().expect("params").iter().map(|p| p.as_f64().expect("number")).collect();
+            let holds = |value: f64| match kind {
+                "gt" => value > params[0],
+                "lt" => value < params[0],
+                "within_range" => value > params[0] && value < params[1],
+                "outside_range" => value < params[0] || value > params[1],
+                other => panic!("evaluator {other}"),
+            };
+            Results::Numbers(
+                input.iter().map(|(labels, value)| (labels.clone(), if holds(*value) { 1.0 } else { 0.0 })).collect(),
+            )
+        }
+        "math" => Results::Numbers(math::evaluate(expression, results)),
+        other => panic!("expression type {other}"),
+    }
+}
+
+/// Grafana's reduce: the mode first (strict: a null or NaN makes the result NaN; dropNN: drop
+/// them; replaceNN: replace them), then the reducer; an empty series reduces to NaN (count: 0).
+fn reduce(values: &[Option<f64>], reducer: &str, mode: &str, replacement: Option<f64>) -> f64 {
+    let mut kept = Vec::with_capacity(values.len());
+    for value in values {
+        match (value.filter(|value| !value.is_nan()), mode) {
+            (Some(value), _) => kept.push(value),
+            (None, "dropNN") => {}
+            (None, "replaceNN") => kept.push(replacement.expect("replaceWithValue")),
+            (None, _) => return f64::NAN,
+        }
+    }
+    if kept.is_empty() {
+        return if reducer == "count" { 0.0 } else { f64::NAN };
+    }
+    match reducer {
+        "last" => kept[kept.len() - 1],
+        "mean" => kept.iter().sum::<f64>() / kept.len() as f64,
+        "sum" => kept.iter().sum(),
+        "min" => kept.iter().copied().fold(f64::INFINITY, f64::min),
+        "max" => kept.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        "count" => kept.len() as f64,
+        other => panic!("reducer {other}"),
+    }
+}
+
+/// The `$X` names a math expression reads.
+fn math_references(expression: &str) -> Vec<String> {
+    math::tokens(expression)
+        .into_iter()
+        .filter_map(|token| match token {
+            math::Token::Reference(name) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The part of Grafana's math expressions the rules use: `$refId`, numbers, comparisons,
+/// `&&`, `||`, parentheses. Binary operations join numbers by labels as Grafana does: a pair
+/// matches when one side's labels are a subset of the other's (a side with a single unlabelled
+/// number matches everything); unmatched numbers are dropped.
+mod math {
+    use super::{Labels, Results};
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Token {
+        Reference(String),
+        Number(f64),
+        Operator(&'static str),
+        Open,
+        Close,
+    }
+
+    pub fn tokens(expression: &str) -> Vec<Token> {
+        let chars: Vec<char> = expression.chars().collect();
+        let mut tokens = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            if c.is_whitespace() {
+                i += 1;
+            } else if c == '$' {
+                let start = i + 1;
+                i = start;
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+                tokens.push(Token::Reference(chars[start..i].iter().collect()));
+            } else if c.is_ascii_digit() || c == '.' {
+                let start = i;
+                while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                    i += 1;
+                }
+                let text: String = chars[start..i].iter().collect();
+                tokens.push(Token::Number(text.parse().unwrap_or_else(|_| panic!("number {text:?}"))));
+            } else if c == '(' {
+                tokens.push(Token::Open);
+                i += 1;
+            } else if c == ')' {
+                tokens.push(Token::Close);
+                i += 1;
+            } else {
+                let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
+                let operator = ["&&", "||", "==", "!=", ">=", "<="]
+                    .into_iter()
+                    .find(|operator| *operator == two)
+                    .or_else(|| [">", "<"].into_iter().find(|operator| operator.starts_with(c)))
+                    .unwrap_or_else(|| panic!("math expression {expression:?}: unexpected {c:?}"));
+                i += operator.len();
+                tokens.push(Token::Operator(operator));
+            }
+        }
+        tokens
+    }
+
+    type Numbers = Vec<(Labels, f64)>;
+
+    pub fn evaluate(expression: &str, results: &BTreeMap<String, Results>) -> Numbers {
+        let tokens = tokens(expression);
+        let mut position = 0;
+        let value = parse(&tokens, &mut position, 0, results);
+        assert_eq!(position, tokens.len(), "math expression {expression:?}: trailing tokens");
+        value
+    }
+
+    fn precedence(operator: &str) -> u8 {
+        match operator {
+            "||" => 1,
+            "&&" => 2,
+            _ => 3,
+        }
+    }
+
+    fn parse(
+        tokens: &[Token],
+        position: &mut usize,
+        min_precedence: u8,
+        results: &BTreeMap<String, Results>,
+    ) -> Numbers {
+        let mut left = match tokens.get(*position) {
+            Some(Token::Reference(name)) => {
+                *position += 1;
+                match results.get(name) {
+                    Some(Results::Numbers(numbers)) => numbers.clone(),
+                    other => panic!("${name} is not numbers: {other:?}"),
+                }
+            }
+            Some(Token::Number(number)) => {
+                *position += 1;
+                vec![(Labels::new(), *number)]
+            }
+            Some(Token::Open) => {
+                *position += 1;
+                let inner = parse(tokens, position, 0, results);
+                assert_eq!(tokens.get(*position), Some(&Token::Close), "missing ')'");
+                *position += 1;
+                inner
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        while let Some(Token::Operator(operator)) = tokens.get(*position) {
+            let operator_precedence = precedence(operator);
+            if operator_precedence <= min_precedence {
+                break;
+            }
+            *position += 1;
+            let right = parse(tokens, position, operator_precedence, results);
+            left = combine(&left, &right, operator);
+        }
+        left
+    }
+
+    fn combine(left: &Numbers, right: &Numbers, operator: &str) -> Numbers {
+        let apply = |a: f64, b: f64| -> f64 {
+            let truth = match operator {
+                "&&" => a != 0.0 && b != 0.0,
+                "||" => a != 0.0 || b != 0.0,
+                "==" => a == b,
+                "!=" => a != b,
+                ">" => a > b,
+                "<" => a < b,
+                ">=" => a >= b,
+                "<=" => a <= b,
+                other => panic!("operator {other}"),
+            };
+            if truth {
+                1.0
+            } else {
+                0.0
+            }
+        };
+        let is_scalar = |side: &Numbers| side.len() == 1 && side[0].0.is_empty();
+        let subset = |small: &Labels, large: &Labels| small.iter().all(|(key, value)| large.get(key) == Some(value));
+        let mut combined = Vec::new();
+        for (left_labels, left_value) in left {
+            for (right_labels, right_value) in right {
+                let matches = is_scalar(left)
+                    || is_scalar(right)
+                    || subset(left_labels, right_labels)
+                    || subset(right_labels, left_labels);
+                if matches {
+                    let labels = if left_labels.len() >= right_labels.len() {
+                        left_labels.clone()
+                    } else {
+                        right_labels.clone()
+                    };
+                    combined.push((labels, apply(*left_value, *right_value)));
+                }
+            }
+        }
+        combined
+    }
+}
