@@ -123,6 +123,38 @@ fn free_port() -> std::io::Result<u16> {
 /// that session, so the daemon (same client id, `clean_session = false`) gets
 /// all of them whenever it connects.
 pub async fn create_session(port: u16, client_id: &str, topics: &[String]) -> anyhow::Result<()> {
+    retry_while_starting(STARTUP_TIMEOUT, || try_create_session(port, client_id, topics))
+        .await
+        .with_context(|| format!("cannot create the MQTT session {client_id:?}"))
+}
+
+/// Retries `attempt` until it succeeds or `timeout` has passed: a broker
+/// that has just started listening may still reset the first connections
+/// while its router comes up (seen on a loaded machine).
+async fn retry_while_starting<T, F, Fut>(timeout: Duration, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let error = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error,
+            Err(_) => anyhow::anyhow!("timed out after {timeout:?}"),
+        };
+        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The pause between two attempts to reach a starting broker.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+async fn try_create_session(port: u16, client_id: &str, topics: &[String]) -> anyhow::Result<()> {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_clean_session(false).set_keep_alive(Duration::from_secs(10));
     let (client, mut event_loop) = AsyncClient::new(options, 16);
@@ -138,10 +170,7 @@ pub async fn create_session(port: u16, client_id: &str, topics: &[String]) -> an
             }
         }
     };
-    tokio::time::timeout(STARTUP_TIMEOUT, exchange)
-        .await
-        .context("timed out")?
-        .with_context(|| format!("cannot create the MQTT session {client_id:?}"))
+    exchange.await
 }
 
 /// Counts the messages on `topic` (QoS 0, its own clean session) until aborted.
@@ -153,16 +182,16 @@ pub struct Monitor {
 impl Monitor {
     /// Connects, subscribes, and returns once the broker has confirmed the subscription.
     pub async fn start(port: u16, client_id: &str, topic: &str, max_packet_bytes: usize) -> anyhow::Result<Monitor> {
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-        options.set_clean_session(true).set_max_packet_size(max_packet_bytes, 64 * 1024);
-        let (client, mut event_loop) = AsyncClient::new(options, 16);
-        let subscribed = async {
+        let subscribe = || async {
+            let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+            options.set_clean_session(true).set_max_packet_size(max_packet_bytes, 64 * 1024);
+            let (client, mut event_loop) = AsyncClient::new(options, 16);
             client.subscribe(topic, QoS::AtMostOnce).await?;
-            wait_for_subacks(&mut event_loop, 1).await
+            wait_for_subacks(&mut event_loop, 1).await?;
+            anyhow::Ok((client, event_loop))
         };
-        tokio::time::timeout(STARTUP_TIMEOUT, subscribed)
+        let (client, event_loop) = retry_while_starting(STARTUP_TIMEOUT, subscribe)
             .await
-            .context("timed out")?
             .context("cannot subscribe the demo's event counter")?;
         let count = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(count_publishes(client, event_loop, topic.to_string(), Arc::clone(&count)));
@@ -205,5 +234,41 @@ async fn count_publishes(client: AsyncClient, mut event_loop: EventLoop, topic: 
             // The count is for display only: reconnect quietly.
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_starting_broker_that_resets_the_first_connections_is_tried_again() {
+        let mut attempts = 0;
+        let value = retry_while_starting(STARTUP_TIMEOUT, || {
+            attempts += 1;
+            let attempt = attempts;
+            async move {
+                if attempt < 3 {
+                    anyhow::bail!("Connection reset by peer (os error 104)")
+                }
+                Ok(attempt)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, 3);
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_never_answers_fails_with_the_last_error_once_the_time_is_up() {
+        let mut attempts = 0;
+        let error = retry_while_starting(Duration::from_millis(350), || {
+            attempts += 1;
+            async { anyhow::bail!("Connection refused") as anyhow::Result<()> }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(error.to_string(), "Connection refused");
+        assert!(attempts >= 2, "tried again before giving up: {attempts}");
     }
 }
