@@ -103,14 +103,14 @@ pub enum ConnectError {
     Refused(ConnectReturnCode),
     /// The network, a timeout or the protocol.
     #[error("{0}")]
-    Connection(ConnectionError),
+    Connection(Box<ConnectionError>),
 }
 
 impl ConnectError {
     fn from_poll(error: ConnectionError) -> ConnectError {
         match error {
             ConnectionError::ConnectionRefused(code) => ConnectError::Refused(code),
-            other => ConnectError::Connection(other),
+            other => ConnectError::Connection(Box::new(other)),
         }
     }
 
@@ -263,13 +263,13 @@ impl MqttSource {
                 Ok(_) => {}
                 Err(error) => {
                     let delay = backoff.next_delay();
-                    if let Some(attempts_unlogged) = failure_log.allow(&error.to_string(), Instant::now()) {
+                    if let Some(repeats_not_logged) = failure_log.allow(&error.to_string(), Instant::now()) {
                         let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                         let username = self.credentials.username.as_deref().unwrap_or("(anonymous)");
                         if error.needs_an_operator() {
-                            error!(%error, username, retry_in_ms, attempts_unlogged, "MQTT connection failed; retrying.");
+                            error!(%error, username, retry_in_ms, repeats_not_logged, "MQTT connection failed; retrying.");
                         } else {
-                            warn!(%error, retry_in_ms, attempts_unlogged, "MQTT connection failed; retrying.");
+                            warn!(%error, retry_in_ms, repeats_not_logged, "MQTT connection failed; retrying.");
                         }
                     }
                     tokio::select! {
