@@ -416,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unusable_password_source_names_its_key_and_never_the_secret() {
+    fn an_unusable_password_source_is_reported_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("password");
         let missing = from_file(&path).read_password().unwrap_err().to_string();
