@@ -98,10 +98,10 @@ async fn queuewatch_logs_in_with_its_password_from_the_environment_and_writes_ti
     let dir = tempfile::tempdir().unwrap();
     let credentials = "username = \"queuewatch\"\npassword_env = \"QUEUEWATCH_TEST_MQTT_PASSWORD\"";
     let config = daemon_config(dir.path(), &broker, &influx, credentials);
-    let daemon = Daemon::spawn(&config, &[("QUEUEWATCH_TEST_MQTT_PASSWORD", QUEUEWATCH_PASSWORD)]);
+    let mut daemon = Daemon::spawn(&config, &[("QUEUEWATCH_TEST_MQTT_PASSWORD", QUEUEWATCH_PASSWORD)]);
 
     let mut machine_a = broker.client("mpp-a-kiosk-1", OFFICE_A).await;
-    wait_until_queuewatch_listens(&mut machine_a, &daemon).await;
+    wait_until_queuewatch_listens(&mut machine_a, &mut daemon).await;
     publish_ticket(&mut machine_a, "A1").await;
     let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
     assert_eq!((rows[0]["office"].as_str(), rows[0]["ticket"].as_str()), (Some(OFFICE_A), Some("A1")));
@@ -136,7 +136,7 @@ async fn a_wrong_password_is_logged_once_with_the_brokers_answer_and_a_corrected
 
     std::fs::write(&password_file, format!("{QUEUEWATCH_PASSWORD}\n")).unwrap();
     let mut machine_a = broker.client("mpp-a-kiosk-1", OFFICE_A).await;
-    wait_until_queuewatch_listens(&mut machine_a, &daemon).await;
+    wait_until_queuewatch_listens(&mut machine_a, &mut daemon).await;
     publish_ticket(&mut machine_a, "A2").await;
     let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
     assert_eq!(rows[0]["ticket"], "A2");
@@ -349,7 +349,7 @@ reorder_window = "1s"
 /// office's rejection topic: queuewatch is then logged in and subscribed
 /// (it has no session before its first login, so earlier events are not
 /// kept for it). Proves along the way that it may write rejection echoes.
-async fn wait_until_queuewatch_listens(machine: &mut Client, daemon: &Daemon) {
+async fn wait_until_queuewatch_listens(machine: &mut Client, daemon: &mut Daemon) {
     machine.subscribe("queue/mpp-a/rejected").await;
     let deadline = Instant::now() + GENEROUS;
     loop {
@@ -358,6 +358,7 @@ async fn wait_until_queuewatch_listens(machine: &mut Client, daemon: &Daemon) {
             assert_eq!(echo.topic, "queue/mpp-a/rejected");
             return;
         }
+        assert!(daemon.is_running(), "queuewatch ended:\n{}", daemon.log());
         assert!(Instant::now() < deadline, "queuewatch never echoed a rejection:\n{}", daemon.log());
     }
 }
@@ -406,9 +407,10 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
-    async fn wait_for_log(&self, text: &str) {
+    async fn wait_for_log(&mut self, text: &str) {
         let deadline = Instant::now() + GENEROUS;
         while !self.log().contains(text) {
+            assert!(self.is_running(), "queuewatch ended:\n{}", self.log());
             assert!(Instant::now() < deadline, "no {text:?} in:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
