@@ -117,6 +117,13 @@ pub struct MqttConfig {
     pub topics: Vec<String>,
     pub max_payload_bytes: usize,
     pub keep_alive: Duration,
+    /// The MQTT user name; without it queuewatch connects anonymously.
+    pub username: Option<String>,
+    /// The name of the environment variable that holds the password.
+    pub password_env: Option<String>,
+    /// A file that holds the password (one trailing newline is ignored),
+    /// read again on every connection attempt.
+    pub password_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +295,9 @@ impl Default for MqttConfig {
             topics: vec!["queue/+/events".into()],
             max_payload_bytes: 16 * 1024,
             keep_alive: Duration::from_secs(30),
+            username: None,
+            password_env: None,
+            password_file: None,
         }
     }
 }
@@ -379,6 +389,7 @@ impl Config {
                     defaults.keep_alive = keep_alive;
                 }
             }
+            parse_mqtt_credentials(&mut section, defaults, &mut problems);
             section.finish(&mut problems);
         }
 
@@ -549,6 +560,47 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// `mqtt.username`, `mqtt.password_env`, `mqtt.password_file`. Only where
+/// the password is: it is read when connecting, never from this file.
+fn parse_mqtt_credentials(section: &mut Section<'_>, mqtt: &mut MqttConfig, problems: &mut Vec<String>) {
+    if let Some(username) = section.string("username", problems) {
+        // MQTT strings carry a 16-bit length.
+        if username.is_empty() || username.len() > usize::from(u16::MAX) {
+            problems.push("mqtt.username: must be 1-65535 bytes".into());
+        } else {
+            mqtt.username = Some(username);
+        }
+    }
+    if let Some(name) = section.string("password_env", problems) {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            problems.push(format!("mqtt.password_env: {name:?} is not an environment variable name"));
+        } else {
+            mqtt.password_env = Some(name);
+        }
+    }
+    if let Some(path) = section.string("password_file", problems) {
+        if path.is_empty() {
+            problems.push("mqtt.password_file: must not be empty".into());
+        } else {
+            mqtt.password_file = Some(path);
+        }
+    }
+    if section.has("password") {
+        problems.push(
+            "mqtt.password: secrets are never read from the config file; use password_env or password_file".into(),
+        );
+        section.mark_seen("password");
+    }
+    if mqtt.password_env.is_some() && mqtt.password_file.is_some() {
+        problems.push("mqtt.password_file: give password_env or password_file, not both".into());
+    }
+    // MQTT 3.1.1 sends a password only with a user name.
+    let has_password = section.has("password_env") || section.has("password_file");
+    if has_password && !section.has("username") {
+        problems.push("mqtt.username: needed with mqtt.password_env or mqtt.password_file".into());
     }
 }
 
@@ -978,6 +1030,54 @@ wait_target = "1m"
         assert_eq!(parse_mqtt_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
         assert!(parse_mqtt_url("http://broker").is_err());
         assert!(parse_mqtt_url("mqtt://broker:0").is_err());
+    }
+
+    #[test]
+    fn mqtt_credentials_name_where_the_password_is() {
+        let config =
+            Config::parse("[mqtt]\nusername = \"queuewatch\"\npassword_file = \"/etc/queuewatch/mqtt-password\"\n")
+                .unwrap();
+        assert_eq!(config.mqtt.username.as_deref(), Some("queuewatch"));
+        assert_eq!(config.mqtt.password_file.as_deref(), Some("/etc/queuewatch/mqtt-password"));
+        assert_eq!(config.mqtt.password_env, None);
+        let config =
+            Config::parse("[mqtt]\nusername = \"queuewatch\"\npassword_env = \"QUEUEWATCH_MQTT_PASSWORD\"\n").unwrap();
+        assert_eq!(config.mqtt.password_env.as_deref(), Some("QUEUEWATCH_MQTT_PASSWORD"));
+        let config = Config::parse("[mqtt]\nusername = \"queuewatch\"\n").unwrap();
+        assert_eq!((config.mqtt.password_env, config.mqtt.password_file), (None, None), "a user name alone is valid");
+        assert_eq!(Config::parse("").unwrap().mqtt.username, None, "anonymous by default");
+    }
+
+    #[test]
+    fn mqtt_credential_problems_are_all_reported_and_never_show_a_secret() {
+        let problems = problems_of(
+            r#"
+[mqtt]
+password = "hunter2"
+password_env = "QUEUEWATCH_MQTT_PASSWORD"
+password_file = "/etc/queuewatch/mqtt-password"
+"#,
+        );
+        assert_reported(
+            &problems,
+            &[
+                "mqtt.password: secrets are never read from the config file",
+                "mqtt.password_file: give password_env or password_file, not both",
+                "mqtt.username: needed with mqtt.password_env or mqtt.password_file",
+            ],
+        );
+        assert!(!problems.contains("hunter2"), "{problems}");
+        assert!(!problems.contains("unknown key"), "{problems}");
+        let problems = problems_of("[mqtt]\nusername = \"\"\npassword_env = \"A=B\"\npassword_file = \"\"\n");
+        assert_reported(
+            &problems,
+            &[
+                "mqtt.username: must be 1-65535 bytes",
+                "mqtt.password_env: \"A=B\" is not an environment variable name",
+                "mqtt.password_file: must not be empty",
+            ],
+        );
+        assert_reported(&problems_of("[mqtt]\nusername = 7\n"), &["mqtt.username: expected a string"]);
     }
 
     #[test]

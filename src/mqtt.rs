@@ -11,16 +11,29 @@
 //!   the broker holds the rest (QoS 1, `clean_session = false`), bounded by its
 //!   in-flight window since nothing unprocessed is acknowledged.
 //! - Reconnects back off exponentially (rumqttc's poll does not), capped.
+//!   A failed connection never ends the loop: an operator fixes the broker
+//!   or the password while queuewatch waits, and each distinct failure
+//!   (a refused CONNACK names the broker's answer) is logged once.
+//! - The password is read where `mqtt.password_env` or `mqtt.password_file`
+//!   says before every connection attempt (a corrected file takes effect
+//!   without a restart), and is never logged nor shown in an error.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Packet, Publish, QoS,
+};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::MqttConfig;
 use crate::event::{RejectReason, Rejection};
 use crate::ids::OfficeId;
+use crate::stats::LogLimiter;
+
+/// A failure that repeats on every attempt is logged again only this often,
+/// with the number of attempts in between.
+const REPEATED_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// One message received, with what is needed to acknowledge it.
 #[derive(Debug)]
@@ -71,6 +84,105 @@ pub struct MqttSource {
     client: AsyncClient,
     event_loop: EventLoop,
     topics: Vec<String>,
+    credentials: CredentialSource,
+}
+
+/// Why a connection attempt failed. Never carries the password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("mqtt.password_env: the environment variable {name} is not set")]
+    PasswordEnvUnset { name: String },
+    #[error("mqtt.password_env: the environment variable {name} is empty or not UTF-8")]
+    PasswordEnvUnusable { name: String },
+    #[error("mqtt.password_file: cannot read {path:?}: {source}")]
+    PasswordFileUnreadable { path: String, source: std::io::Error },
+    #[error("mqtt.password_file: {path:?} is empty")]
+    PasswordFileEmpty { path: String },
+    /// The broker answered the CONNECT with a refusal.
+    #[error("the broker refused the connection: {} (CONNACK return code {})", refusal_text(*.0), *.0 as u8)]
+    Refused(ConnectReturnCode),
+    /// The network, a timeout or the protocol.
+    #[error("{0}")]
+    Connection(Box<ConnectionError>),
+}
+
+impl ConnectError {
+    fn from_poll(error: ConnectionError) -> ConnectError {
+        match error {
+            ConnectionError::ConnectionRefused(code) => ConnectError::Refused(code),
+            other => ConnectError::Connection(Box::new(other)),
+        }
+    }
+
+    /// Only a change of broker, config or secret ends these; plain network
+    /// failures are also expected while a broker restarts.
+    fn needs_an_operator(&self) -> bool {
+        !matches!(self, ConnectError::Connection(_))
+    }
+}
+
+/// What MQTT 3.1.1 (section 3.2.2.3) calls each CONNACK return code.
+fn refusal_text(code: ConnectReturnCode) -> &'static str {
+    match code {
+        ConnectReturnCode::Success => "connection accepted",
+        ConnectReturnCode::RefusedProtocolVersion => "unacceptable protocol version",
+        ConnectReturnCode::BadClientId => "identifier rejected (mqtt.client_id)",
+        ConnectReturnCode::ServiceUnavailable => "server unavailable",
+        ConnectReturnCode::BadUserNamePassword => "bad user name or password",
+        ConnectReturnCode::NotAuthorized => "not authorized",
+    }
+}
+
+/// Where the user name and password come from: the config names them, the
+/// password itself is read on every connection attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialSource {
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+}
+
+impl CredentialSource {
+    pub fn from_config(config: &MqttConfig) -> CredentialSource {
+        CredentialSource {
+            username: config.username.clone(),
+            password_env: config.password_env.clone(),
+            password_file: config.password_file.clone(),
+        }
+    }
+
+    /// The password as it is now: the variable's value, or the file's text
+    /// without one trailing newline (`echo` and editors add one). `None`
+    /// when no password is configured.
+    pub fn read_password(&self) -> Result<Option<String>, ConnectError> {
+        if let Some(name) = &self.password_env {
+            return match std::env::var(name) {
+                Ok(password) if !password.is_empty() => Ok(Some(password)),
+                Err(std::env::VarError::NotPresent) => Err(ConnectError::PasswordEnvUnset { name: name.clone() }),
+                _ => Err(ConnectError::PasswordEnvUnusable { name: name.clone() }),
+            };
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConnectError::PasswordFileUnreadable { path: path.clone(), source })?;
+            let password =
+                text.strip_suffix('\n').map_or(text.as_str(), |line| line.strip_suffix('\r').unwrap_or(line));
+            if password.is_empty() {
+                return Err(ConnectError::PasswordFileEmpty { path: path.clone() });
+            }
+            return Ok(Some(password.to_string()));
+        }
+        Ok(None)
+    }
+
+    /// Puts the current user name and password into `options`.
+    fn apply(&self, options: &mut MqttOptions) -> Result<(), ConnectError> {
+        let password = self.read_password()?;
+        if let Some(username) = &self.username {
+            options.set_credentials(username.clone(), password.unwrap_or_default());
+        }
+        Ok(())
+    }
 }
 
 /// Incoming packet limit: far above the payload limit so that an oversized
@@ -93,7 +205,8 @@ impl MqttSource {
         // Room for in-flight acks plus subscriptions and alert publishes;
         // acks that do not fit wait in the `Acker`, alerts are counted and dropped.
         let (client, event_loop) = AsyncClient::new(options, 16_384);
-        MqttSource { client, event_loop, topics: config.topics.clone() }
+        let credentials = CredentialSource::from_config(config);
+        MqttSource { client, event_loop, topics: config.topics.clone(), credentials }
     }
 
     /// The acknowledger for the task that processes this source's messages.
@@ -111,12 +224,17 @@ impl MqttSource {
     pub async fn run(mut self, messages: mpsc::Sender<Incoming>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let mut failures_logged = 0u32;
+        let mut failure_log = LogLimiter::new(REPEATED_FAILURE_LOG_INTERVAL);
         loop {
-            let polled = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                polled = self.event_loop.poll() => polled,
+            // rumqttc connects on the next poll when it has no connection.
+            let connecting = self.event_loop.network.is_none();
+            let polled = match connecting.then(|| self.credentials.apply(&mut self.event_loop.mqtt_options)) {
+                Some(Err(error)) => Err(error),
+                _ => tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    polled = self.event_loop.poll() => polled.map_err(ConnectError::from_poll),
+                },
             };
             match polled {
                 Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
@@ -130,7 +248,7 @@ impl MqttSource {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(connack))) => {
                     info!(session_present = connack.session_present, "Connected to the MQTT broker.");
                     backoff.reset();
-                    failures_logged = 0;
+                    failure_log = LogLimiter::new(REPEATED_FAILURE_LOG_INTERVAL);
                     // Subscribing again when the session survived is harmless,
                     // and covers a broker that lost it or a changed topic list.
                     for topic in &self.topics {
@@ -145,11 +263,15 @@ impl MqttSource {
                 Ok(_) => {}
                 Err(error) => {
                     let delay = backoff.next_delay();
-                    // Log the first failures, then only occasionally while the broker stays away.
-                    if failures_logged < 3 || failures_logged % 20 == 0 {
-                        warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed.");
+                    if let Some(repeats_not_logged) = failure_log.allow(&error.to_string(), Instant::now()) {
+                        let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                        let username = self.credentials.username.as_deref().unwrap_or("(anonymous)");
+                        if error.needs_an_operator() {
+                            error!(%error, username, retry_in_ms, repeats_not_logged, "MQTT connection failed; retrying.");
+                        } else {
+                            warn!(%error, retry_in_ms, repeats_not_logged, "MQTT connection failed; retrying.");
+                        }
                     }
-                    failures_logged += 1;
                     tokio::select! {
                         biased;
                         () = &mut shutdown => break,
@@ -267,6 +389,67 @@ mod tests {
     fn an_office_level_that_is_not_an_identifier_is_rejected() {
         let rejection = office_from_topic(&filters(&["queue/+/events"]), "queue/bad office/events").unwrap_err();
         assert_eq!(rejection.reason, RejectReason::InvalidIdentifier);
+    }
+
+    fn from_file(path: &std::path::Path) -> CredentialSource {
+        CredentialSource {
+            username: Some("queuewatch".into()),
+            password_env: None,
+            password_file: Some(path.display().to_string()),
+        }
+    }
+
+    #[test]
+    fn a_password_file_loses_one_trailing_newline_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        for (written, read) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            (" pass word \n\n", " pass word \n"),
+        ] {
+            std::fs::write(&path, written).unwrap();
+            let password = from_file(&path).read_password().unwrap().unwrap();
+            assert_eq!(password, read, "{written:?}");
+        }
+    }
+
+    #[test]
+    fn an_unusable_password_source_is_reported_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        let missing = from_file(&path).read_password().unwrap_err().to_string();
+        assert!(missing.starts_with("mqtt.password_file: cannot read"), "{missing}");
+        std::fs::write(&path, "\n").unwrap();
+        let empty = from_file(&path).read_password().unwrap_err().to_string();
+        assert!(empty.starts_with("mqtt.password_file:") && empty.ends_with("is empty"), "{empty}");
+        let unset = CredentialSource {
+            username: Some("queuewatch".into()),
+            password_env: Some("QUEUEWATCH_TEST_UNSET_MQTT_PASSWORD".into()),
+            password_file: None,
+        };
+        let message = unset.read_password().unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "mqtt.password_env: the environment variable QUEUEWATCH_TEST_UNSET_MQTT_PASSWORD is not set"
+        );
+        let anonymous = CredentialSource { username: None, password_env: None, password_file: None };
+        assert_eq!(anonymous.read_password().unwrap(), None);
+    }
+
+    #[test]
+    fn a_refused_connack_names_the_brokers_answer_and_its_code() {
+        let refused = ConnectError::from_poll(ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized));
+        assert_eq!(refused.to_string(), "the broker refused the connection: not authorized (CONNACK return code 5)");
+        assert!(refused.needs_an_operator());
+        let bad_password = ConnectError::Refused(ConnectReturnCode::BadUserNamePassword).to_string();
+        assert_eq!(
+            bad_password,
+            "the broker refused the connection: bad user name or password (CONNACK return code 4)"
+        );
+        let network = ConnectError::from_poll(ConnectionError::NetworkTimeout);
+        assert!(!network.needs_an_operator());
     }
 
     #[test]

@@ -39,6 +39,17 @@ impl Mosquitto {
     }
 
     pub fn try_start(options: &MosquittoOptions) -> Result<Mosquitto, Error> {
+        Mosquitto::try_start_with_config(|port| config_text(port, options))
+    }
+
+    /// A broker with the configuration that `config(port)` returns, for a
+    /// port picked here that its `listener` line must use (called again with
+    /// a fresh port if the broker exits during startup). Panics if it does not start.
+    pub fn start_with_config(config: impl Fn(u16) -> String) -> Mosquitto {
+        or_panic(Mosquitto::try_start_with_config(config))
+    }
+
+    pub fn try_start_with_config(config: impl Fn(u16) -> String) -> Result<Mosquitto, Error> {
         let program = find_binary("mosquitto", "/usr/sbin/mosquitto", "mosquitto")?;
         let dir = temp_dir("mosquitto")?;
         let config_path = dir.path().join("mosquitto.conf");
@@ -46,7 +57,7 @@ impl Mosquitto {
         let (process, port) = start_on_free_ports(
             || {
                 let port = try_free_port()?;
-                write_file(&config_path, &config_text(port, options))?;
+                write_file(&config_path, &config(port))?;
                 let process = ServerProcess::new("mosquitto", program.clone(), log_path.clone())
                     .debian_package("mosquitto")
                     .args(["-c".to_string(), config_path.display().to_string()]);

@@ -1,0 +1,429 @@
+//! The shipped Mosquitto config (`deploy/mosquitto/`) on a real Mosquitto,
+//! and queuewatch logging in to it: only the listener, the persistence folder
+//! and the password and ACL files' paths are swapped for the test's, every
+//! other line is as shipped.
+//!
+//! Mosquitto acknowledges a QoS 1 publish that the ACL denies and then drops
+//! it, so the ACL is proven by delivery: a denied message is sent first, an
+//! allowed marker after it by the same client, and the subscriber must see
+//! the marker and not the denied one (the broker keeps each client's order).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{queuewatch_bin, write_config, Influx1, Mosquitto};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Only a hang fails a wait: far beyond what any step needs, even on a busy machine.
+const GENEROUS: Duration = Duration::from_secs(60);
+
+const QUEUEWATCH_PASSWORD: &str = "qw-secret pass";
+const OFFICE_A: &str = "mpp-a";
+const OFFICE_B: &str = "mpp-b";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_config_starts_and_lets_in_only_known_users_with_their_password() {
+    let broker = Broker::start();
+    for refused in [None, Some((OFFICE_A, "wrong")), Some(("mpp-unknown", "password-of-a"))] {
+        let outcome = Client::connect(&broker, "refused-client", refused).await;
+        let Err(ConnectionError::ConnectionRefused(code)) = outcome else {
+            panic!("{refused:?}: not refused by the broker");
+        };
+        // Mosquitto answers an MQTT 3.1.1 client's failed login with "not authorized".
+        assert_eq!(code, ConnectReturnCode::NotAuthorized, "{refused:?}");
+    }
+    let machine = Client::connect(&broker, "mpp-a-kiosk-1", Some((OFFICE_A, "password-of-a"))).await;
+    assert!(machine.is_ok(), "{:?}\n{}", machine.err(), broker.mqtt.log());
+    let queuewatch = Client::connect(&broker, "queuewatch", Some(("queuewatch", QUEUEWATCH_PASSWORD))).await;
+    assert!(queuewatch.is_ok(), "{:?}", queuewatch.err());
+    assert!(!broker.mqtt.log().contains("Error"), "{}", broker.mqtt.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_machine_cannot_publish_events_or_alerts_for_another_office() {
+    let broker = Broker::start();
+    let mut events_reader = broker.client("queuewatch-reader", "queuewatch").await;
+    events_reader.subscribe("queue/+/events").await;
+    let mut machine_b = broker.client("mpp-b-kiosk-1", OFFICE_B).await;
+    machine_b.subscribe("queue/mpp-b/alerts").await;
+    let mut machine_a = broker.client("mpp-a-kiosk-1", OFFICE_A).await;
+
+    machine_a.publish("queue/mpp-b/events", "forged event").await;
+    machine_a.publish("queue/mpp-b/alerts", "forged alert").await;
+    machine_a.publish("queue/mpp-a/events", "own event").await;
+
+    let seen = events_reader.receive_until("own event").await;
+    assert!(!seen.iter().any(|message| message.payload == "forged event"), "{seen:?}");
+    // queuewatch's own alert goes through after the forged one was refused.
+    let mut queuewatch = broker.client("queuewatch", "queuewatch").await;
+    queuewatch.publish("queue/mpp-b/alerts", "real alert").await;
+    let seen = machine_b.receive_until("real alert").await;
+    assert!(!seen.iter().any(|message| message.payload == "forged alert"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_machine_never_receives_another_offices_alerts_or_rejections() {
+    let broker = Broker::start();
+    let mut machine_a = broker.client("mpp-a-kiosk-1", OFFICE_A).await;
+    for filter in ["queue/+/alerts", "queue/mpp-b/alerts", "queue/+/rejected", "queue/#", "#"] {
+        machine_a.subscribe(filter).await;
+    }
+    let mut machine_b = broker.client("mpp-b-kiosk-1", OFFICE_B).await;
+    machine_b.subscribe("queue/mpp-b/alerts").await;
+    machine_b.subscribe("queue/mpp-b/rejected").await;
+
+    let mut queuewatch = broker.client("queuewatch", "queuewatch").await;
+    queuewatch.publish("queue/mpp-b/alerts", "alert for b").await;
+    queuewatch.publish("queue/mpp-b/rejected", "rejection for b").await;
+    queuewatch.publish("queue/mpp-a/alerts", "alert for a").await;
+
+    let seen_by_b = machine_b.receive_until("rejection for b").await;
+    assert!(seen_by_b.iter().any(|message| message.payload == "alert for b"), "{seen_by_b:?}");
+    let seen_by_a = machine_a.receive_until("alert for a").await;
+    assert!(seen_by_a.iter().all(|message| message.topic.starts_with("queue/mpp-a/")), "{seen_by_a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queuewatch_logs_in_with_its_password_from_the_environment_and_writes_tickets() {
+    let broker = Broker::start();
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = "username = \"queuewatch\"\npassword_env = \"QUEUEWATCH_TEST_MQTT_PASSWORD\"";
+    let config = daemon_config(dir.path(), &broker, &influx, credentials);
+    let mut daemon = Daemon::spawn(&config, &[("QUEUEWATCH_TEST_MQTT_PASSWORD", QUEUEWATCH_PASSWORD)]);
+
+    let mut machine_a = broker.client("mpp-a-kiosk-1", OFFICE_A).await;
+    wait_until_queuewatch_listens(&mut machine_a, &mut daemon).await;
+    publish_ticket(&mut machine_a, "A1").await;
+    let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
+    assert_eq!((rows[0]["office"].as_str(), rows[0]["ticket"].as_str()), (Some(OFFICE_A), Some("A1")));
+    assert!(!daemon.log().contains(QUEUEWATCH_PASSWORD), "{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_logged_once_with_the_brokers_answer_and_a_corrected_file_needs_no_restart() {
+    let broker = Broker::start();
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("mqtt-password");
+    std::fs::write(&password_file, "an old password\n").unwrap();
+    let credentials = format!("username = \"queuewatch\"\npassword_file = \"{}\"", password_file.display());
+    let config = daemon_config(dir.path(), &broker, &influx, &credentials);
+    let mut daemon = Daemon::spawn(&config, &[]);
+
+    let refusal = "the broker refused the connection: not authorized (CONNACK return code 5)";
+    daemon.wait_for_log(refusal).await;
+    // Several attempts, each refused by the broker, while the daemon runs on
+    // (no other client connects meanwhile; Mosquitto does not name a client
+    // it refused).
+    let deadline = Instant::now() + GENEROUS;
+    while broker.mqtt.log().matches("disconnected, not authorised").count() < 3 {
+        assert!(Instant::now() < deadline, "fewer than 3 attempts:\n{}", broker.mqtt.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(daemon.is_running(), "the daemon ended:\n{}", daemon.log());
+    assert_eq!(daemon.log().matches(refusal).count(), 1, "{}", daemon.log());
+    assert!(!daemon.log().contains("an old password"), "{}", daemon.log());
+
+    std::fs::write(&password_file, format!("{QUEUEWATCH_PASSWORD}\n")).unwrap();
+    let mut machine_a = broker.client("mpp-a-kiosk-1", OFFICE_A).await;
+    wait_until_queuewatch_listens(&mut machine_a, &mut daemon).await;
+    publish_ticket(&mut machine_a, "A2").await;
+    let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
+    assert_eq!(rows[0]["ticket"], "A2");
+    assert_eq!(daemon.log().matches(refusal).count(), 1, "{}", daemon.log());
+}
+
+/// The shipped broker config with the test's port and files, and the users
+/// `queuewatch`, `mpp-a` and `mpp-b` (password `password-of-<office>`).
+struct Broker {
+    mqtt: Mosquitto,
+    /// The password and ACL files and the persistence folder.
+    _files: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let files = tempfile::tempdir().unwrap();
+        let password_file = files.path().join("passwd");
+        std::fs::write(&password_file, "").unwrap();
+        for (user, password) in
+            [("queuewatch", QUEUEWATCH_PASSWORD), (OFFICE_A, "password-of-a"), (OFFICE_B, "password-of-b")]
+        {
+            mosquitto_passwd(&password_file, user, password);
+        }
+        let acl_file = files.path().join("acl");
+        std::fs::write(&acl_file, include_str!("../deploy/mosquitto/acl")).unwrap();
+        let persistence = files.path().join("persistence");
+        std::fs::create_dir(&persistence).unwrap();
+        // Mosquitto started by root runs as the `mosquitto` user: it must
+        // reach the files and write its database.
+        set_mode(files.path(), 0o755);
+        set_mode(&persistence, 0o777);
+        let shipped = include_str!("../deploy/mosquitto/queuewatch.conf");
+        let mqtt = Mosquitto::start_with_config(|port| {
+            test_broker_config(shipped, port, &password_file, &acl_file, &persistence)
+        });
+        Broker { mqtt, _files: files }
+    }
+
+    /// A connected client logged in as `user`.
+    async fn client(&self, client_id: &str, user: &str) -> Client {
+        let password = match user {
+            "queuewatch" => QUEUEWATCH_PASSWORD.to_string(),
+            office => format!("password-of-{}", office.trim_start_matches("mpp-")),
+        };
+        match Client::connect(self, client_id, Some((user, &password))).await {
+            Ok(client) => client,
+            Err(error) => panic!("{user} cannot log in: {error}\n{}", self.mqtt.log()),
+        }
+    }
+}
+
+/// `shipped` with the test's listener and files. What Debian's main
+/// mosquitto.conf adds to the shipped drop-in (the persistence folder and the
+/// log) is appended.
+fn test_broker_config(shipped: &str, port: u16, password_file: &Path, acl_file: &Path, persistence: &Path) -> String {
+    let mut swapped = Vec::new();
+    let mut config = String::new();
+    for line in shipped.lines() {
+        let setting = line.split_whitespace().next().unwrap_or("");
+        let replacement = match setting {
+            "listener" => format!("listener {port} 127.0.0.1"),
+            "password_file" => format!("password_file {}", password_file.display()),
+            "acl_file" => format!("acl_file {}", acl_file.display()),
+            _ => line.to_string(),
+        };
+        if replacement != line {
+            swapped.push(setting);
+        }
+        config.push_str(&replacement);
+        config.push('\n');
+    }
+    assert_eq!(swapped, ["listener", "password_file", "acl_file"], "the shipped config changed shape");
+    config.push_str(&format!("persistence_location {}/\nlog_dest stderr\nlog_timestamp true\n", persistence.display()));
+    config
+}
+
+fn mosquitto_passwd(file: &Path, user: &str, password: &str) {
+    let program = queuewatch_servers::find_binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd", "mosquitto")
+        .unwrap_or_else(|error| panic!("{error}"));
+    let output = Command::new(&program).arg("-b").arg(file).arg(user).arg(password).output().unwrap();
+    assert!(output.status.success(), "mosquitto_passwd: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// An MQTT client for the test: what it receives, and how many of its
+/// publishes and subscriptions the broker has acknowledged.
+struct Client {
+    client: AsyncClient,
+    received: mpsc::UnboundedReceiver<Publish>,
+    acknowledged: watch::Receiver<(usize, usize)>,
+    sent: (usize, usize),
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects with `login` (user, password), or anonymously; the broker's
+    /// refusal as an error.
+    async fn connect(broker: &Broker, client_id: &str, login: Option<(&str, &str)>) -> Result<Client, ConnectionError> {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.mqtt.port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
+        let (client, mut event_loop) = AsyncClient::new(options, 64);
+        loop {
+            let polled = tokio::time::timeout(GENEROUS, event_loop.poll()).await.expect("a CONNACK");
+            if let Event::Incoming(Packet::ConnAck(_)) = polled? {
+                break;
+            }
+        }
+        let (received_sender, received) = mpsc::unbounded_channel();
+        let (acknowledged_sender, acknowledged) = watch::channel((0, 0));
+        let pump = tokio::spawn(async move {
+            while let Ok(event) = event_loop.poll().await {
+                match event {
+                    Event::Incoming(Packet::Publish(publish)) => {
+                        let _ = received_sender.send(publish);
+                    }
+                    Event::Incoming(Packet::PubAck(_)) => acknowledged_sender.send_modify(|counts| counts.0 += 1),
+                    Event::Incoming(Packet::SubAck(_)) => acknowledged_sender.send_modify(|counts| counts.1 += 1),
+                    _ => {}
+                }
+            }
+        });
+        Ok(Client { client, received, acknowledged, sent: (0, 0), pump })
+    }
+
+    /// Subscribes with QoS 1 and waits for the broker's SUBACK.
+    async fn subscribe(&mut self, filter: &str) {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        self.sent.1 += 1;
+        self.wait_acknowledged().await;
+    }
+
+    /// Publishes with QoS 1 and waits for the broker's PUBACK (which it also
+    /// sends for what its ACL denies).
+    async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
+        self.sent.0 += 1;
+        self.wait_acknowledged().await;
+    }
+
+    async fn wait_acknowledged(&mut self) {
+        let sent = self.sent;
+        let waited = tokio::time::timeout(
+            GENEROUS,
+            self.acknowledged.wait_for(|(published, subscribed)| *published >= sent.0 && *subscribed >= sent.1),
+        );
+        assert!(
+            matches!(waited.await, Ok(Ok(_))),
+            "the broker acknowledged {:?} of {sent:?}",
+            *self.acknowledged.borrow()
+        );
+    }
+
+    /// Everything received up to and including the message whose payload is `marker`.
+    async fn receive_until(&mut self, marker: &str) -> Vec<Publish> {
+        let mut seen = Vec::new();
+        loop {
+            let next = tokio::time::timeout(GENEROUS, self.received.recv()).await;
+            let message = next.unwrap_or_else(|_| panic!("no {marker:?} after {seen:?}")).expect("connected");
+            let found = message.payload == marker;
+            seen.push(message);
+            if found {
+                return seen;
+            }
+        }
+    }
+
+    /// The next message within `wait`, if any.
+    async fn next_within(&mut self, wait: Duration) -> Option<Publish> {
+        tokio::time::timeout(wait, self.received.recv()).await.ok().flatten()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// queuewatch's config for the test broker, with `credentials` in `[mqtt]`.
+fn daemon_config(dir: &Path, broker: &Broker, influx: &Influx1, credentials: &str) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"
+[mqtt]
+url = "{}"
+client_id = "queuewatch-auth"
+{credentials}
+[influxdb]
+api = "v1"
+url = "{}"
+database = "qw"
+flush_interval = "100ms"
+[tracking]
+reorder_window = "1s"
+"#,
+            broker.mqtt.url, influx.url
+        ),
+    )
+}
+
+/// Publishes a message queuewatch rejects until its echo arrives on the
+/// office's rejection topic: queuewatch is then logged in and subscribed
+/// (it has no session before its first login, so earlier events are not
+/// kept for it). Proves along the way that it may write rejection echoes.
+async fn wait_until_queuewatch_listens(machine: &mut Client, daemon: &mut Daemon) {
+    machine.subscribe("queue/mpp-a/rejected").await;
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        machine.publish("queue/mpp-a/events", r#"{"type":"probe","ts":1,"id":"probe"}"#).await;
+        if let Some(echo) = machine.next_within(Duration::from_millis(500)).await {
+            assert_eq!(echo.topic, "queue/mpp-a/rejected");
+            return;
+        }
+        assert!(daemon.is_running(), "queuewatch ended:\n{}", daemon.log());
+        assert!(Instant::now() < deadline, "queuewatch never echoed a rejection:\n{}", daemon.log());
+    }
+}
+
+/// A ticket served at office A, and a later event that moves the office's
+/// clock past the reorder window so that its point is written.
+async fn publish_ticket(machine: &mut Client, ticket: &str) {
+    for event in [
+        format!(r#"{{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"{ticket}","service":"ktp"}}"#),
+        format!(r#"{{"type":"called","ts":"2026-11-20T08:00:10+07:00","ticket":"{ticket}","counter":"c1"}}"#),
+        format!(r#"{{"type":"finished","ts":"2026-11-20T08:00:20+07:00","ticket":"{ticket}","counter":"c1"}}"#),
+        r#"{"type":"heartbeat","ts":"2026-11-20T08:05:00+07:00"}"#.to_string(),
+    ] {
+        machine.publish("queue/mpp-a/events", event).await;
+    }
+}
+
+/// The `queuewatch run` binary, its log (stderr) collected as it comes.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn spawn(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(queuewatch_bin());
+        command.arg("run").arg("--config").arg(config).env("QUEUEWATCH_LOG", "info").stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start queuewatch");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let collected = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = collected.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    async fn wait_for_log(&mut self, text: &str) {
+        let deadline = Instant::now() + GENEROUS;
+        while !self.log().contains(text) {
+            assert!(self.is_running(), "queuewatch ended:\n{}", self.log());
+            assert!(Instant::now() < deadline, "no {text:?} in:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("the daemon's status").is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
