@@ -128,6 +128,12 @@ pub enum Tapped {
 
 /// Runs the daemon until `shutdown` resolves, writing to the configured InfluxDB.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<RunReport> {
+    // A password variable cannot change while the daemon runs, so a missing
+    // one is an error at start; a password file is read again on every
+    // connection attempt, so an operator may still fix it while we retry.
+    if config.mqtt.password_env.is_some() {
+        crate::mqtt::CredentialSource::from_config(&config.mqtt).read_password().context("MQTT credentials")?;
+    }
     let secrets = Secrets::resolve(&config.influxdb).context("InfluxDB credentials")?;
     let sink = sink::spawn(&config.influxdb, secrets, SHUTDOWN_DEADLINE).context("InfluxDB writer")?;
     run_with(config, Outputs { sinks: vec![sink], tap: None }, shutdown).await
@@ -380,6 +386,17 @@ async fn stopped(mut receiver: watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn an_unset_mqtt_password_variable_stops_the_daemon_at_start() {
+        let mut config = Config::default();
+        config.mqtt.username = Some("queuewatch".into());
+        config.mqtt.password_env = Some("QUEUEWATCH_TEST_PASSWORD_NEVER_SET".into());
+        let error = run(config, std::future::pending()).await.unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("MQTT credentials"), "{message}");
+        assert!(message.contains("QUEUEWATCH_TEST_PASSWORD_NEVER_SET"), "{message}");
+    }
     use super::*;
 
     const WALL: Millis = Millis(1_795_737_600_000);
