@@ -54,13 +54,15 @@ impl Point {
 
     /// Appends this point as one line of line protocol, with its newline.
     pub fn write_line(&self, out: &mut String) {
-        escape_into(out, self.measurement, &[',', ' ']);
+        // Measurement names and keys are `&'static str` of this crate, all
+        // plain identifiers: only tag values and string fields are escaped.
+        push_plain(out, self.measurement);
         for (key, value) in &self.tags {
             if value.is_empty() {
                 continue; // InfluxDB refuses empty tag values; absent is the honest encoding.
             }
             out.push(',');
-            escape_into(out, key, &[',', ' ', '=']);
+            push_plain(out, key);
             out.push('=');
             escape_into(out, value, &[',', ' ', '=']);
         }
@@ -68,7 +70,7 @@ impl Point {
         for (key, value) in &self.fields {
             out.push(separator);
             separator = ',';
-            escape_into(out, key, &[',', ' ', '=']);
+            push_plain(out, key);
             out.push('=');
             match value {
                 FieldValue::Float(number) => write_float(out, *number),
@@ -117,9 +119,8 @@ fn write_float(out: &mut String, number: f64) {
 /// (control characters are rejected at decode), so they become spaces here as
 /// a last line of defence.
 fn escape_into(out: &mut String, text: &str, specials: &[char]) {
-    // Identifiers, field names and most tickets need no escaping at all.
-    let plain = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-' | b':' | b'/');
-    if text.bytes().all(plain) {
+    // Identifiers and most tickets need no escaping at all.
+    if text.bytes().all(is_plain) {
         out.push_str(text);
         return;
     }
@@ -133,6 +134,17 @@ fn escape_into(out: &mut String, text: &str, specials: &[char]) {
             out.push(character);
         }
     }
+}
+
+/// A byte that needs no escaping anywhere in line protocol.
+fn is_plain(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-' | b':' | b'/')
+}
+
+/// A measurement name or key of this crate: always plain (checked in debug builds).
+fn push_plain(out: &mut String, name: &'static str) {
+    debug_assert!(name.bytes().all(is_plain), "{name:?} needs escaping");
+    out.push_str(name);
 }
 
 /// Seconds with millisecond resolution, from a span in milliseconds.

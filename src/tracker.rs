@@ -36,7 +36,9 @@ mod live;
 mod store;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use store::{stamp, unstamp, NameId, Names, Seen, SlotId, Stamp, Tickets, PENDING};
@@ -389,6 +391,8 @@ struct OfficeContext {
     services: Names<ServiceId>,
     counters: Names<CounterId>,
     staff: Names<StaffId>,
+    /// Targets by service `NameId` (index 0: the `unknown` service).
+    targets_cache: std::cell::RefCell<Vec<Option<Targets>>>,
 }
 
 impl OfficeContext {
@@ -396,8 +400,20 @@ impl OfficeContext {
         service.map_or_else(ServiceId::unknown, |id| self.services.get(id).clone())
     }
 
+    /// The targets in force for a service, looked up in the config once per
+    /// service and office and kept (they are asked for at every snapshot).
     fn targets(&self, settings: &TrackerSettings, service: Option<NameId>) -> Targets {
-        settings.sla.targets_for(settings.office_sla(&self.office), &self.service_name(service))
+        let index = service.map_or(0, |id| id.get() as usize);
+        if let Some(Some(targets)) = self.targets_cache.borrow().get(index) {
+            return *targets;
+        }
+        let targets = settings.sla.targets_for(settings.office_sla(&self.office), &self.service_name(service));
+        let mut cache = self.targets_cache.borrow_mut();
+        if cache.len() <= index {
+            cache.resize(index + 1, None);
+        }
+        cache[index] = Some(targets);
+        targets
     }
 
     /// A point with the tags every point of this office carries.
@@ -599,6 +615,7 @@ impl OfficeState {
                 services: Names::default(),
                 counters: Names::default(),
                 staff: Names::default(),
+                targets_cache: Default::default(),
             },
             clock_base: None,
             released_upto: Millis(i64::MIN),

@@ -20,7 +20,9 @@
 //! here, so the decision depends on event-time state alone.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use super::store::{NameId, SlotId};
@@ -133,6 +135,8 @@ pub(super) struct OfficeLive {
     rejected_in_interval: i64,
     /// Events stamped ahead of the wall clock since the last `office` row.
     clock_ahead_in_interval: i64,
+    /// Whether an event was applied since the last snapshot.
+    applied_since_snapshot: bool,
     /// Idle-counter deadlines, lazily validated against the counter's idle start.
     idle_deadlines: BinaryHeap<Reverse<(Millis, NameId)>>,
     /// What the last written `office` row said, to write the next only when it carries news.
@@ -300,6 +304,7 @@ impl OfficeLive {
         if self.last_event_ts.is_none() {
             self.next_snapshot = Some(ceil_to(ts, settings.snapshot_interval_ms));
         }
+        self.applied_since_snapshot = true;
         self.last_event_ts = Some(self.last_event_ts.map_or(ts, |last| last.max(ts)));
     }
 
@@ -410,6 +415,21 @@ impl OfficeLive {
         self.services.retain(|_, gauge| {
             gauge.waiting > 0 || gauge.in_service > 0 || gauge.last_event.is_some_and(|last| last >= idle_before)
         });
+
+        // Nothing applied since the last snapshot, nobody waiting (so no
+        // over_target can change and no keepalive is due), no counts
+        // pending and no wall-clock field: every row would repeat the last
+        // written one, so none is due. Most snapshots of a night end here.
+        let applied = std::mem::take(&mut self.applied_since_snapshot);
+        let wall_clock_fields = settings.mode == Mode::Live && ctx.config.as_ref().is_some_and(|c| c.has_hours());
+        let unchanged = !applied
+            && !wall_clock_fields
+            && self.rejected_in_interval == 0
+            && self.clock_ahead_in_interval == 0
+            && self.services.values().all(|gauge| gauge.waiting == 0 && gauge.issued == 0 && gauge.called == 0);
+        if unchanged {
+            return;
+        }
 
         let keepalive_due = at.0.rem_euclid(settings.gauge_keepalive_ms) == 0;
         let time_ns = at.0.saturating_mul(1_000_000);

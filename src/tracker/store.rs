@@ -13,7 +13,7 @@
 //!   been closed for the dedup horizon, found by an occasional sweep rather
 //!   than by a list of keys per segment.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::num::{NonZeroI64, NonZeroU32};
 
@@ -233,7 +233,12 @@ impl Seen {
         let closed = &self.closed;
         self.keys.retain(|entry| closed.get(&entry[2]).is_none_or(|closed_at| *closed_at >= cutoff));
         self.closed.retain(|_, closed_at| *closed_at >= cutoff);
-        self.keys.shrink_to(0, join);
+        // Shrinking to fit after every sweep would reallocate and rehash the
+        // table each time only for it to grow again; give memory back only
+        // when most of it is unused.
+        if self.keys.capacity() > 4 * self.keys.len().max(1024) {
+            self.keys.shrink_to(2 * self.keys.len(), join);
+        }
         self.len_after_sweep = self.keys.len();
     }
 
