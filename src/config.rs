@@ -164,6 +164,9 @@ pub struct TrackingConfig {
     pub snapshot_interval: Duration,
     pub gauge_idle_after: Duration,
     pub silence_after: Duration,
+    /// Whether `queue` and `office` gauge rows are written at all (a
+    /// backfill of months may do without them).
+    pub gauges: bool,
     /// A `queue`/`office` row is written at least this often while something
     /// waits (a multiple of `snapshot_interval`), keeping `oldest_wait_s` fresh.
     pub gauge_keepalive: Duration,
@@ -267,6 +270,7 @@ impl Default for TrackingConfig {
             gauge_idle_after: Duration::from_secs(3600),
             silence_after: Duration::from_secs(15 * 60),
             gauge_keepalive: Duration::from_secs(60),
+            gauges: true,
             // 2020-01-01T00:00:00Z
             min_timestamp: Millis(1_577_836_800_000),
             clock: ClockMode::Wall,
@@ -467,6 +471,12 @@ impl Config {
             ] {
                 if let Some(value) = section.duration(key, &mut problems) {
                     *slot = value;
+                }
+            }
+            if let Some(value) = section.get("gauges") {
+                match value.as_bool() {
+                    Some(gauges) => tracking.gauges = gauges,
+                    None => problems.push("tracking.gauges: expected true or false".into()),
                 }
             }
             match section.duration("gauge_keepalive", &mut problems) {
@@ -1250,6 +1260,14 @@ service_target = "367days"
         assert_reported(&problems, &["tracking.dedup_horizon: must be at least tracking.reorder_window (30s)"]);
         let config = Config::parse("[tracking]\nreorder_window = \"0s\"\ndedup_horizon = \"0s\"\n").unwrap();
         assert_eq!(config.tracking.reorder_window, Duration::ZERO);
+    }
+
+    #[test]
+    fn gauges_can_be_turned_off() {
+        assert!(Config::default().tracking.gauges);
+        assert!(!Config::parse("[tracking]\ngauges = false\n").unwrap().tracking.gauges);
+        let problems = Config::parse("[tracking]\ngauges = \"no\"\n").unwrap_err();
+        assert_eq!(problems, ["tracking.gauges: expected true or false"]);
     }
 
     #[test]

@@ -37,6 +37,11 @@ enum Command {
         /// Write line protocol to this file instead of InfluxDB.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Gauge rows (`queue`, `office`): `off`, or an interval such as `1h` instead of the config's
+        /// tracking.snapshot_interval (backfills of months rarely need 10-second gauges). Other points
+        /// do not change.
+        #[arg(long, value_name = "off|INTERVAL", value_parser = queuewatch::replay::Gauges::parse)]
+        gauges: Option<queuewatch::replay::Gauges>,
         #[arg(required = true, value_name = "EVENTS")]
         events: Vec<String>,
     },
@@ -169,11 +174,14 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Replay { config, out, events } => {
-            let config = match load_config(&config) {
+        Command::Replay { config, out, gauges, events } => {
+            let mut config = match load_config(&config) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
+            if let Some(gauges) = gauges {
+                gauges.apply(&mut config);
+            }
             let output = out.map_or(ReplayOutput::Influx, ReplayOutput::File);
             runtime().block_on(async {
                 match replay(&config, &events, output).await {

@@ -59,6 +59,48 @@ impl ReplayReport {
     }
 }
 
+/// `replay --gauges`: the config's gauge interval, a coarser one, or none.
+/// Backfills of months rarely need gauge rows every 10 s; the `ticket`,
+/// `breach`, `counter` and `feedback` points do not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauges {
+    Off,
+    Every(Duration),
+}
+
+impl Gauges {
+    /// `off`, or a duration of at least one second (`1h`, `15m`).
+    pub fn parse(text: &str) -> Result<Gauges, String> {
+        if text == "off" {
+            return Ok(Gauges::Off);
+        }
+        match humantime::parse_duration(text) {
+            Ok(interval) if interval >= Duration::from_secs(1) && interval <= Duration::from_secs(365 * 86_400) => {
+                Ok(Gauges::Every(interval))
+            }
+            Ok(_) => Err(format!("{text:?}: the gauge interval must be between 1s and 365 days")),
+            Err(_) => Err(format!("{text:?}: expected \"off\" or a duration such as \"1h\"")),
+        }
+    }
+
+    /// Applies the choice to `config`: an interval becomes
+    /// `tracking.snapshot_interval`, with `gauge_keepalive` rounded up to a
+    /// multiple of it.
+    pub fn apply(self, config: &mut Config) {
+        let tracking = &mut config.tracking;
+        match self {
+            Gauges::Off => tracking.gauges = false,
+            Gauges::Every(interval) => {
+                tracking.gauges = true;
+                tracking.snapshot_interval = interval;
+                let interval_ms = interval.as_millis().max(1);
+                let keepalive_ms = tracking.gauge_keepalive.as_millis().div_ceil(interval_ms) * interval_ms;
+                tracking.gauge_keepalive = Duration::from_millis(u64::try_from(keepalive_ms).unwrap_or(u64::MAX));
+            }
+        }
+    }
+}
+
 /// The tracker's wall time during a replay: constant, so office clocks are event time.
 const REPLAY_WALL: Millis = Millis(0);
 
@@ -190,6 +232,21 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn gauges_off_or_every_interval() {
+        assert_eq!(Gauges::parse("off"), Ok(Gauges::Off));
+        assert_eq!(Gauges::parse("1h"), Ok(Gauges::Every(Duration::from_secs(3600))));
+        assert!(Gauges::parse("500ms").is_err());
+        assert!(Gauges::parse("sometimes").is_err());
+        let mut config = Config::default();
+        Gauges::parse("90s").unwrap().apply(&mut config);
+        assert_eq!(config.tracking.snapshot_interval, Duration::from_secs(90));
+        assert_eq!(config.tracking.gauge_keepalive, Duration::from_secs(90));
+        assert!(config.tracking.gauges);
+        Gauges::Off.apply(&mut config);
+        assert!(!config.tracking.gauges);
+    }
     use super::*;
     use crate::sink::{WriteFuture, Writer};
 

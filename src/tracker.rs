@@ -74,6 +74,8 @@ pub struct TrackerSettings {
     pub silence_after_ms: i64,
     /// Whether office clocks may run ahead of the wall clock ([`Mode::Live`] only).
     pub clock: ClockMode,
+    /// Whether `queue` and `office` gauge rows are written at all.
+    pub gauges: bool,
     pub sla: SlaConfig,
     pub offices: BTreeMap<OfficeId, OfficeConfig>,
     pub mode: Mode,
@@ -92,6 +94,7 @@ impl TrackerSettings {
             gauge_keepalive_ms: duration_ms(tracking.gauge_keepalive).max(snapshot_interval_ms),
             silence_after_ms: duration_ms(tracking.silence_after).max(1),
             clock: tracking.clock,
+            gauges: tracking.gauges,
             sla: config.sla.clone(),
             offices: config.offices.clone(),
             mode,

@@ -301,7 +301,7 @@ impl OfficeLive {
     /// which (unlike the first arrival) does not depend on arrival order,
     /// at the first multiple of the interval at or after it.
     pub(super) fn note_applied(&mut self, settings: &TrackerSettings, ts: Millis) {
-        if self.last_event_ts.is_none() {
+        if self.last_event_ts.is_none() && settings.gauges {
             self.next_snapshot = Some(ceil_to(ts, settings.snapshot_interval_ms));
         }
         self.applied_since_snapshot = true;
@@ -329,7 +329,7 @@ impl OfficeLive {
         now: Millis,
         out: &mut Output,
     ) {
-        if settings.mode != Mode::Live {
+        if settings.mode != Mode::Live || !settings.gauges {
             return;
         }
         let limit = now.minus_ms(settings.reorder_window_ms);

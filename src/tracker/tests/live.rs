@@ -681,3 +681,29 @@ fn an_office_clock_never_passes_the_wall_clock_when_a_stall_shift_ends() {
     tracker.ingest_with_wall(event, real.minus_ms(60_000), real, &mut out);
     assert_eq!(tracker.office_clock(&o1, real.plus_ms(1000)), Some(real.plus_ms(61_000)));
 }
+
+#[test]
+fn with_gauges_off_no_queue_or_office_rows_are_written_and_nothing_else_changes() {
+    let script = "08:00 counter_opened counter=c1
+                  08:00:05 issued A1 service=ktp
+                  08:12 called A1 counter=c1
+                  08:20 finished A1 counter=c1
+                  08:30 counter_closed counter=c1";
+    let on = live_config("");
+    let mut off = live_config("");
+    off.tracking.gauges = false;
+    for measurement in ["queue", "office"] {
+        assert!(!points_of(&on, script, measurement).is_empty());
+        assert!(points_of(&off, script, measurement).is_empty(), "{measurement}");
+    }
+    for measurement in ["ticket", "breach", "counter"] {
+        assert_eq!(points_of(&off, script, measurement), points_of(&on, script, measurement), "{measurement}");
+    }
+    // Nor for configured offices never heard, in a live run.
+    let mut quiet = live_config("[offices.quiet]\nname = \"Quiet\"\n");
+    quiet.tracking.gauges = false;
+    let mut live = Live::new(&quiet);
+    live.at("08:00:10");
+    live.at("08:05:00");
+    assert!(live.out.points.is_empty());
+}
