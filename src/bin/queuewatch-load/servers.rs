@@ -5,7 +5,7 @@
 //! removed when [`Servers`] drops, whether the scenario succeeds, fails or is
 //! interrupted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -403,6 +403,18 @@ impl Influx {
             .map(|statement| {
                 value.pointer(&format!("/results/{statement}/series/0/values/0/1")).and_then(Value::as_u64).unwrap_or(0)
             })
+            .collect())
+    }
+
+    /// The values of tag `key` in any measurement.
+    pub async fn tag_values(&self, key: &str) -> anyhow::Result<BTreeSet<String>> {
+        let value = self.query(&format!("SHOW TAG VALUES WITH KEY = {}", quote_ident(key))).await?;
+        let empty = Vec::new();
+        let series = value.pointer("/results/0/series").and_then(Value::as_array).unwrap_or(&empty);
+        Ok(series
+            .iter()
+            .flat_map(|one| one.get("values").and_then(Value::as_array).unwrap_or(&empty))
+            .filter_map(|row| row.get(1).and_then(Value::as_str).map(str::to_string))
             .collect())
     }
 
