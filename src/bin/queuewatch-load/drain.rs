@@ -67,8 +67,9 @@ pub struct DrainArgs {
 const MOST_TICKET_POINTS: f64 = 0.995;
 /// A Node-RED flow (mqtt-in, a pairing function, influxdb batch) drained the
 /// same kind of backlog at 8,000 to 11,000 events/s on this kind of machine;
-/// the target is five times its better figure.
-const TARGET_EVENTS_PER_S: f64 = 5.0 * 11_000.0;
+/// the target is five times that, shown against both ends.
+const NODE_RED_EVENTS_PER_S: [f64; 2] = [8_000.0, 11_000.0];
+const TARGET_TIMES_NODE_RED: f64 = 5.0;
 /// queuewatch's own CPU per event during the drain.
 const TARGET_CPU_US_PER_EVENT: f64 = 5.0;
 /// How often progress goes to standard error.
@@ -209,12 +210,23 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
         match most_s {
             Some(most_s) => {
                 let rate = events as f64 / most_s;
+                let against: Vec<String> = NODE_RED_EVENTS_PER_S
+                    .iter()
+                    .map(|node_red| {
+                        let target = TARGET_TIMES_NODE_RED * node_red;
+                        format!(
+                            ">= {} (5x {node_red}): {} ({:.1}x Node-RED)",
+                            rate_text(target),
+                            verdict(rate >= target, rate / target),
+                            rate / node_red
+                        )
+                    })
+                    .collect();
                 format!(
                     "{most_ticket_points} of {ticket_keys} queryable {most_s:.1} s after the daemon's start: {} \
-                     [target >= {} (5x a Node-RED flow's 8,000-11,000 events/s): {}]",
+                     [target 5x a Node-RED flow's 8,000-11,000 events/s: {}]",
                     rate_text(rate),
-                    rate_text(TARGET_EVENTS_PER_S),
-                    verdict(rate >= TARGET_EVENTS_PER_S, rate / TARGET_EVENTS_PER_S)
+                    against.join("; ")
                 )
             }
             None => format!("not reached within {} s", args.timeout_s),
