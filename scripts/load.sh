@@ -5,7 +5,7 @@
 # written to target/load-report.txt.
 #
 # Usage: bash scripts/load.sh [SCENARIO...]
-#   replay memory e2e latency (the default: all four), and the diagnostic
+#   replay memory e2e latency drain (the default: all five), and the diagnostic
 #   e2e-hourly-gauges (e2e with gauges every hour instead of every 10 s).
 # The daemon's, Mosquitto's and InfluxDB's logs of each run are kept in
 # target/load-logs/SCENARIO/, the progress of each in target/load-SCENARIO.log.
@@ -23,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if (($# > 0)); then
     scenarios=("$@")
 else
-    scenarios=(replay memory e2e latency e2e-hourly-gauges)
+    scenarios=(replay memory e2e latency drain e2e-hourly-gauges)
 fi
 
 cargo build --release --bin queuewatch --bin queuewatch-load
@@ -76,12 +76,13 @@ for scenario in "${scenarios[@]}"; do
         memory) run memory 300 "$load" memory --tickets 1000000 --offices 1000 --idle-seconds 5 --keep-logs "$logs/memory" ;;
         e2e) run e2e 1200 "$load" e2e --events 500000 --offices 50 --keep-logs "$logs/e2e" ;;
         latency) run latency 300 "$load" latency --rate 5000 --seconds 60 --poll-ms 50 --keep-logs "$logs/latency" ;;
+        drain) run drain 1200 "$load" drain --events 500000 --offices 40 --keep-logs "$logs/drain" ;;
         e2e-hourly-gauges)
             run e2e-hourly-gauges 1200 "$load" e2e --events 500000 --offices 50 \
                 --set 'tracking.snapshot_interval="1h"' --keep-logs "$logs/e2e-hourly-gauges"
             ;;
         *)
-            echo "unknown scenario: $scenario (replay, memory, e2e, latency, e2e-hourly-gauges)" >&2
+            echo "unknown scenario: $scenario (replay, memory, e2e, latency, drain, e2e-hourly-gauges)" >&2
             exit 2
             ;;
     esac

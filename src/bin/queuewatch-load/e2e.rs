@@ -6,20 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use clap::Args;
 
 use queuewatch::config::Config;
-use queuewatch::mqtt::office_from_topic;
-use queuewatch::pipeline::Pipeline;
-use queuewatch::simulate::{SimOptions, Simulation};
-use queuewatch::time::Millis;
-use queuewatch::tracker::Mode;
 
+use crate::input::{replay_points, simulated, InputEnd, SimulatedInput};
 use crate::publisher::Publisher;
 use crate::report::{rate_text, verdict, Report};
 use crate::servers::{broker_summary, daemon_config, settings_text, DaemonArgs, Influx, Servers};
-use crate::{FAR_FUTURE_WALL, REPLAY_NOW};
 
 #[derive(Args)]
 pub struct E2eArgs {
@@ -45,26 +40,10 @@ pub struct E2eArgs {
 }
 
 pub async fn e2e(args: E2eArgs) -> anyhow::Result<()> {
-    // Timestamps must be in the past for a live daemon: the simulation starts
-    // at 06:00 (UTC+7) three weeks ago, so the events are the same every day
-    // but for whole days.
-    let start = local_morning_days_ago(21);
-    let options = SimOptions { offices: args.offices, counters: 6, seed: args.seed, days: 0, ..SimOptions::new(start) };
-    let mut messages: Vec<(String, String)> = Vec::with_capacity(args.events + args.offices as usize);
-    let mut last_at = start;
-    for event in Simulation::new(&options).take(args.events) {
-        last_at = event.at;
-        messages.push((event.topic, event.payload));
-    }
+    let SimulatedInput { mut messages, start, last_at, last_at_by_office } =
+        simulated(args.events, args.offices, args.seed)?;
     let events = messages.len();
-    ensure!(events == args.events, "the simulation gave {events} events, not {}", args.events);
-    let mut office_names: Vec<String> = messages
-        .iter()
-        .filter_map(|(topic, _)| topic.split('/').nth(1).map(str::to_string))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    office_names.sort();
+    let office_names: Vec<String> = last_at_by_office.into_keys().collect();
 
     // The tail, per office: a sentinel ticket (issued, finished) after the
     // last event, then a heartbeat past it + the reorder window. The heartbeat
@@ -275,34 +254,17 @@ struct Expected {
 /// The points a replay of `messages` writes before any wall time passes (the
 /// daemon's points, held events aside: the flush heartbeats release them).
 fn expected_points(config: &Config, messages: &[(String, String)]) -> anyhow::Result<Expected> {
-    let mut pipeline = Pipeline::new(config, Mode::Replay);
     let mut expected = Expected { ticket_points: 0, ticket_keys: 0, all_points: 0, by_measurement: BTreeMap::new() };
     let mut keys = HashSet::new();
-    let mut count_lines = |lines: &str| {
-        for line in lines.lines() {
-            let measurement = line.split([',', ' ']).next().unwrap_or_default();
-            *expected.by_measurement.entry(measurement.to_string()).or_default() += 1;
-            expected.all_points += 1;
-            if measurement == "ticket" {
-                expected.ticket_points += 1;
-                let series = line.split(' ').next().unwrap_or_default();
-                let time = line.rsplit(' ').next().unwrap_or_default();
-                keys.insert(format!("{series} {time}"));
-            }
+    for point in replay_points(config, messages, InputEnd::Advance)? {
+        *expected.by_measurement.entry(point.measurement.to_string()).or_default() += 1;
+        expected.all_points += 1;
+        if point.measurement == "ticket" {
+            expected.ticket_points += 1;
+            let line = point.to_line();
+            let series = line.split(' ').next().unwrap_or_default();
+            keys.insert(format!("{series} {}", point.time_ns));
         }
-    };
-    for (topic, payload) in messages {
-        let topic_office = office_from_topic(&config.mqtt.topics, topic);
-        if let Err(rejection) = pipeline.handle(topic_office, payload.as_bytes(), REPLAY_NOW, FAR_FUTURE_WALL) {
-            bail!("the pipeline rejected a simulated event: {rejection}: {payload}");
-        }
-        if let Some((lines, _)) = pipeline.take_lines() {
-            count_lines(&lines);
-        }
-    }
-    pipeline.advance(REPLAY_NOW);
-    if let Some((lines, _)) = pipeline.take_lines() {
-        count_lines(&lines);
     }
     expected.ticket_keys = keys.len();
     Ok(expected)
@@ -351,13 +313,4 @@ async fn wait_for_sentinels(
         }
         tokio::time::sleep(poll).await;
     }
-}
-
-/// 06:00 at UTC+7 (where most simulated offices are), `days` days before today there.
-fn local_morning_days_ago(days: i64) -> Millis {
-    const DAY_MS: i64 = 86_400_000;
-    const OFFSET_MS: i64 = 7 * 3_600_000;
-    let local = Millis::now().0 + OFFSET_MS;
-    let local_midnight = local - local.rem_euclid(DAY_MS);
-    Millis(local_midnight - OFFSET_MS - days * DAY_MS + 6 * 3_600_000)
 }

@@ -1,6 +1,6 @@
 //! `queuewatch-load`: the load harness behind `scripts/load.sh`.
 //!
-//! Four scenarios, each a subcommand that prints its figures on standard
+//! Five scenarios, each a subcommand that prints its figures on standard
 //! output (progress goes to standard error):
 //! - `replay`: events/s through decode, and through decode + track + encode,
 //!   on one thread with nothing written, plus allocations per event;
@@ -8,7 +8,10 @@
 //!   open tickets, and the resident memory of an idle `queuewatch run`;
 //! - `e2e`: events/s from a QoS 1 publisher through a real Mosquitto and
 //!   `queuewatch run` into a real InfluxDB 1.x, checking nothing is lost;
-//! - `latency`: event-to-point latency at a fixed offered rate.
+//! - `latency`: event-to-point latency at a fixed offered rate;
+//! - `drain`: a backlog queued in a real Mosquitto while the daemon is away,
+//!   timed from the daemon's start until its points are in InfluxDB 1.x and
+//!   checked point for point.
 //!
 //! What must stay true:
 //! - Servers listen on 127.0.0.1 only, on free ports, in a temporary folder
@@ -22,14 +25,18 @@
 //! The global allocator counts allocations while counting is switched on,
 //! which the timed passes never do, so counting costs them one relaxed load.
 //!
-//! Layout: one module per scenario (`replay`, `memory`, `e2e`, `latency`);
+//! Layout: one module per scenario (`replay`, `memory`, `e2e`, `latency`,
+//! `drain`); `input` (the simulated input and the points the pipeline makes
+//! of it),
 //! `servers` (Mosquitto and InfluxDB from `queuewatch-servers`, and the daemon
 //! run against them), `publisher` (a QoS 1 publisher counting PUBACKs),
 //! `measure` (CPU, memory, statistics), `alloc` (the counting allocator) and
 //! `report` (how figures are printed) are shared by them.
 
 mod alloc;
+mod drain;
 mod e2e;
+mod input;
 mod latency;
 mod measure;
 mod memory;
@@ -69,6 +76,8 @@ enum Scenario {
     E2e(e2e::E2eArgs),
     /// Event-to-point latency at a fixed offered rate.
     Latency(latency::LatencyArgs),
+    /// A backlog queued in Mosquitto while the daemon is away, drained into InfluxDB 1.x: time and exactness.
+    Drain(drain::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +87,7 @@ fn main() -> ExitCode {
         Scenario::Memory(args) => memory::memory(&args),
         Scenario::E2e(args) => servers::with_servers(e2e::e2e(args)),
         Scenario::Latency(args) => servers::with_servers(latency::latency(args)),
+        Scenario::Drain(args) => servers::with_servers(drain::drain(args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

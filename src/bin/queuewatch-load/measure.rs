@@ -24,6 +24,28 @@ impl CpuSample {
         }
         format!("over {elapsed_s:.1} s on {} cores: {}", cores(), parts.join(", "))
     }
+
+    /// CPU seconds `name` used from `earlier` to `self` (0 for a process not in both).
+    pub fn used_since(&self, earlier: &CpuSample, name: &str) -> f64 {
+        let at =
+            |sample: &CpuSample| sample.seconds.iter().find(|(other, _)| *other == name).map_or(0.0, |(_, used)| *used);
+        at(self) - at(earlier)
+    }
+
+    /// `name 12.3 s (43% of the 2 cores)` for each process, from `earlier` to `self`.
+    pub fn shares_since(&self, earlier: &CpuSample) -> String {
+        let elapsed_s = self.at.duration_since(earlier.at).as_secs_f64().max(1e-9);
+        let cores = cores();
+        let parts: Vec<String> = self
+            .seconds
+            .iter()
+            .map(|(name, _)| {
+                let used = self.used_since(earlier, name);
+                format!("{name} {used:.1} s ({:.0}% of the {cores} cores)", used / (elapsed_s * cores as f64) * 100.0)
+            })
+            .collect();
+        format!("over {elapsed_s:.1} s: {}", parts.join(", "))
+    }
 }
 
 pub fn cores() -> usize {

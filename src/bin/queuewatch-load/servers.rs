@@ -5,19 +5,20 @@
 //! removed when [`Servers`] drops, whether the scenario succeeds, fails or is
 //! interrupted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use clap::Args;
 use queuewatch_servers::{
-    temp_dir, try_create_session, Influx1, InfluxClient, Mosquitto, MosquittoOptions, ServerProcess, TempDir,
-    STARTUP_TIMEOUT,
+    quote_ident, temp_dir, try_create_session, Influx1, InfluxClient, Mosquitto, MosquittoOptions, ServerProcess,
+    TempDir, STARTUP_TIMEOUT,
 };
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 use queuewatch::config::Config;
@@ -79,6 +80,36 @@ pub fn daemon_config(overrides: &[String]) -> anyhow::Result<Config> {
     Config::parse(&text).map_err(|problems| anyhow::anyhow!("daemon config: {}\n{text}", problems.join("; ")))
 }
 
+/// Where Mosquitto keeps its sessions and queues.
+#[derive(Clone, Copy)]
+pub enum BrokerStore {
+    /// In memory only (`persistence false`): enough when the daemon is connected throughout.
+    Memory,
+    /// `persistence true` in the scenario's folder, as a production broker
+    /// holding a backlog for an absent subscriber runs; it saves on shutdown
+    /// (and every 30 min), so saving costs nothing during a run. It also
+    /// publishes `$SYS` every second, for [`Servers::broker_stored_messages`].
+    Persistent,
+}
+
+/// Mosquitto's config for [`BrokerStore::Persistent`].
+fn persistent_broker_config(port: u16, options: &MosquittoOptions, persistence_dir: &Path) -> String {
+    let MosquittoOptions { max_queued_messages, max_inflight_messages } = options;
+    format!(
+        "listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence true\n\
+         persistence_location {}/\n\
+         autosave_interval 1800\n\
+         max_queued_messages {max_queued_messages}\n\
+         max_inflight_messages {max_inflight_messages}\n\
+         sys_interval 1\n\
+         log_dest stderr\n\
+         log_timestamp true\n",
+        persistence_dir.display()
+    )
+}
+
 /// Runs a scenario that starts servers, stopping early (and so cleaning up)
 /// on SIGINT or SIGTERM.
 pub fn with_servers(scenario: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -135,15 +166,28 @@ impl Drop for Servers {
 }
 
 impl Servers {
+    /// Mosquitto without persistence, and InfluxDB.
     pub async fn start(scenario: &str, options: &DaemonArgs) -> anyhow::Result<Servers> {
+        Servers::start_with(scenario, options, BrokerStore::Memory).await
+    }
+
+    pub async fn start_with(scenario: &str, options: &DaemonArgs, store: BrokerStore) -> anyhow::Result<Servers> {
         let dir = temp_dir(&format!("load-{scenario}"))?;
         let broker_options = MosquittoOptions {
             max_queued_messages: BROKER_MAX_QUEUED_MESSAGES,
             max_inflight_messages: options.broker_inflight,
         };
+        let persistence_dir = dir.path().join("mosquitto-data");
+        fs::create_dir_all(&persistence_dir).context("the broker's persistence folder")?;
         // Starting waits for each server on this thread.
         let (mosquitto, influxd) = tokio::task::block_in_place(|| {
-            anyhow::Ok((Mosquitto::try_start(&broker_options)?, Influx1::try_start()?))
+            let mosquitto = match store {
+                BrokerStore::Memory => Mosquitto::try_start(&broker_options)?,
+                BrokerStore::Persistent => Mosquitto::try_start_with_config(|port| {
+                    persistent_broker_config(port, &broker_options, &persistence_dir)
+                })?,
+            };
+            anyhow::Ok((mosquitto, Influx1::try_start()?))
         })?;
         let influx = Influx { client: influxd.client() };
         influx.client.create_database(DATABASE).await?;
@@ -154,10 +198,25 @@ impl Servers {
         self.mosquitto.port
     }
 
+    /// Creates the daemon's persistent session: from now on the broker
+    /// queues what is published for the daemon, running or not.
+    pub async fn create_daemon_session(&self) -> anyhow::Result<()> {
+        try_create_session(self.mosquitto.port, DAEMON_CLIENT_ID, "queue/+/events").await?;
+        Ok(())
+    }
+
     /// Creates the daemon's persistent session first (so nothing published
     /// from now on is lost), then starts `queuewatch run` and waits until it
     /// is connected.
     pub async fn start_daemon(&mut self, options: &DaemonArgs) -> anyhow::Result<()> {
+        self.create_daemon_session().await?;
+        self.spawn_daemon(options).await
+    }
+
+    /// Starts `queuewatch run` on the session created before (which must not
+    /// be touched again: a client resuming it would be sent its queue) and
+    /// waits until it is connected.
+    pub async fn spawn_daemon(&mut self, options: &DaemonArgs) -> anyhow::Result<()> {
         let binary = match &options.queuewatch {
             Some(path) => path.clone(),
             None => std::env::current_exe().context("locate this binary")?.with_file_name("queuewatch"),
@@ -167,7 +226,6 @@ impl Servers {
             "{} not found: build it (cargo build --release) or pass --queuewatch",
             binary.display()
         );
-        try_create_session(self.mosquitto.port, DAEMON_CLIENT_ID, "queue/+/events").await?;
         let config_path = self.dir.path().join("queuewatch.toml");
         fs::write(&config_path, daemon_config_text(&self.mosquitto.url, &self.influxd.url, &options.set)?)?;
         let mut daemon = ServerProcess::new("queuewatch", binary, self.dir.path().join("queuewatch.log"))
@@ -184,6 +242,32 @@ impl Servers {
         }
         self.daemon = Some(daemon);
         Ok(())
+    }
+
+    /// The messages Mosquitto holds in its store (`$SYS/broker/store/messages/count`:
+    /// those queued for sessions, retained ones included), as it next reports
+    /// them; needs [`BrokerStore::Persistent`], whose broker reports every second.
+    pub async fn broker_stored_messages(&self) -> anyhow::Result<u64> {
+        const TOPIC: &str = "$SYS/broker/store/messages/count";
+        let mut options = MqttOptions::new("queuewatch-load-sys", "127.0.0.1", self.mosquitto.port);
+        options.set_clean_session(true);
+        let (client, mut event_loop) = AsyncClient::new(options, 16);
+        client.subscribe(TOPIC, QoS::AtMostOnce).await.context("subscribe to the broker's $SYS")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let count = loop {
+            ensure!(Instant::now() < deadline, "the broker did not report {TOPIC} within 10 s");
+            match tokio::time::timeout(Duration::from_secs(1), event_loop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(publish)))) if publish.topic == TOPIC => {
+                    let text = String::from_utf8_lossy(&publish.payload).to_string();
+                    break text.trim().parse::<u64>().with_context(|| format!("{TOPIC}: {text:?}"))?;
+                }
+                Ok(Err(error)) => bail!("asking the broker for {TOPIC}: {error}"),
+                _ => {}
+            }
+        };
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), event_loop.poll()).await;
+        Ok(count)
     }
 
     /// The broker's own complaints (dropped messages, errors, connections
@@ -305,6 +389,80 @@ impl Influx {
         Ok((count(0), count(1)))
     }
 
+    /// `SELECT COUNT(field) FROM measurement` for each (measurement, field),
+    /// in one request; 0 for a measurement not written yet.
+    pub async fn counts(&self, measurement_fields: &[(String, String)]) -> anyhow::Result<Vec<u64>> {
+        let influxql: Vec<String> = measurement_fields
+            .iter()
+            .map(|(measurement, field)| {
+                format!("SELECT COUNT({}) FROM {}", quote_ident(field), quote_ident(measurement))
+            })
+            .collect();
+        let value = self.query(&influxql.join("; ")).await?;
+        Ok((0..measurement_fields.len())
+            .map(|statement| {
+                value.pointer(&format!("/results/{statement}/series/0/values/0/1")).and_then(Value::as_u64).unwrap_or(0)
+            })
+            .collect())
+    }
+
+    /// The values of tag `key` in any measurement.
+    pub async fn tag_values(&self, key: &str) -> anyhow::Result<BTreeSet<String>> {
+        let value = self.query(&format!("SHOW TAG VALUES WITH KEY = {}", quote_ident(key))).await?;
+        let empty = Vec::new();
+        let series = value.pointer("/results/0/series").and_then(Value::as_array).unwrap_or(&empty);
+        Ok(series
+            .iter()
+            .flat_map(|one| one.get("values").and_then(Value::as_array).unwrap_or(&empty))
+            .filter_map(|row| row.get(1).and_then(Value::as_str).map(str::to_string))
+            .collect())
+    }
+
+    /// Every point of `SELECT * FROM ... GROUP BY *` style queries: tags
+    /// (empty ones left out) apart from fields (null ones left out).
+    pub async fn points(&self, influxql: &str) -> anyhow::Result<Vec<StoredPoint>> {
+        let value = self.query(influxql).await?;
+        let mut points = Vec::new();
+        let empty = Vec::new();
+        let series = value.pointer("/results/0/series").and_then(Value::as_array).unwrap_or(&empty);
+        for one in series {
+            let measurement = one.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let mut tags = BTreeMap::new();
+            if let Some(series_tags) = one.get("tags").and_then(Value::as_object) {
+                for (key, tag) in series_tags {
+                    if let Some(tag) = tag.as_str().filter(|tag| !tag.is_empty()) {
+                        tags.insert(key.clone(), tag.to_string());
+                    }
+                }
+            }
+            let columns: Vec<&str> = one
+                .get("columns")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+                .iter()
+                .map(|column| column.as_str().unwrap_or_default())
+                .collect();
+            for row in one.get("values").and_then(Value::as_array).unwrap_or(&empty) {
+                let row = row.as_array().unwrap_or(&empty);
+                let mut point = StoredPoint {
+                    measurement: measurement.clone(),
+                    tags: tags.clone(),
+                    fields: BTreeMap::new(),
+                    time_ns: 0,
+                };
+                for (column, cell) in columns.iter().zip(row) {
+                    if *column == "time" {
+                        point.time_ns = cell.as_i64().with_context(|| format!("{influxql}: time {cell}"))?;
+                    } else if !cell.is_null() {
+                        point.fields.insert(column.to_string(), cell.clone());
+                    }
+                }
+                points.push(point);
+            }
+        }
+        Ok(points)
+    }
+
     /// Rows of a two-column query (besides time), as strings.
     pub async fn rows(&self, influxql: &str) -> anyhow::Result<Vec<(String, String)>> {
         let value = self.query(influxql).await?;
@@ -319,6 +477,14 @@ impl Influx {
         }
         Ok(rows)
     }
+}
+
+/// A point as InfluxDB returns it.
+pub struct StoredPoint {
+    pub measurement: String,
+    pub tags: BTreeMap<String, String>,
+    pub fields: BTreeMap<String, Value>,
+    pub time_ns: i64,
 }
 
 /// The daemon's settings in one phrase.
