@@ -135,8 +135,9 @@ pub(super) struct OfficeLive {
     rejected_in_interval: i64,
     /// Events stamped ahead of the wall clock since the last `office` row.
     clock_ahead_in_interval: i64,
-    /// Whether an event was applied since the last snapshot.
-    applied_since_snapshot: bool,
+    /// Whether an event was applied or a queue or counter changed (an
+    /// expiry changes them without an event) since the last snapshot.
+    changed_since_snapshot: bool,
     /// Idle-counter deadlines, lazily validated against the counter's idle start.
     idle_deadlines: BinaryHeap<Reverse<(Millis, NameId)>>,
     /// What the last written `office` row said, to write the next only when it carries news.
@@ -220,6 +221,7 @@ impl OfficeLive {
     }
 
     pub(super) fn queue_add(&mut self, share: QueueShare, slot: SlotId) {
+        self.changed_since_snapshot = true;
         let gauge = self.services.entry(share.service).or_default();
         if share.waiting {
             gauge.waiting += 1;
@@ -232,6 +234,7 @@ impl OfficeLive {
     }
 
     pub(super) fn queue_remove(&mut self, share: QueueShare, slot: SlotId) {
+        self.changed_since_snapshot = true;
         let Some(gauge) = self.services.get_mut(&share.service) else { return };
         if share.waiting {
             gauge.waiting -= 1;
@@ -244,6 +247,7 @@ impl OfficeLive {
     }
 
     fn service_gauge(&mut self, service: Option<NameId>, at: Millis) -> &mut ServiceGauge {
+        self.changed_since_snapshot = true;
         let gauge = self.services.entry(service).or_default();
         gauge.last_event = Some(gauge.last_event.map_or(at, |last| last.max(at)));
         gauge
@@ -304,7 +308,7 @@ impl OfficeLive {
         if self.last_event_ts.is_none() && settings.gauges {
             self.next_snapshot = Some(ceil_to(ts, settings.snapshot_interval_ms));
         }
-        self.applied_since_snapshot = true;
+        self.changed_since_snapshot = true;
         self.last_event_ts = Some(self.last_event_ts.map_or(ts, |last| last.max(ts)));
     }
 
@@ -420,9 +424,9 @@ impl OfficeLive {
         // over_target can change and no keepalive is due), no counts
         // pending and no wall-clock field: every row would repeat the last
         // written one, so none is due. Most snapshots of a night end here.
-        let applied = std::mem::take(&mut self.applied_since_snapshot);
+        let changed = std::mem::take(&mut self.changed_since_snapshot);
         let wall_clock_fields = settings.mode == Mode::Live && ctx.config.as_ref().is_some_and(|c| c.has_hours());
-        let unchanged = !applied
+        let unchanged = !changed
             && !wall_clock_fields
             && self.rejected_in_interval == 0
             && self.clock_ahead_in_interval == 0

@@ -707,3 +707,15 @@ fn with_gauges_off_no_queue_or_office_rows_are_written_and_nothing_else_changes(
     live.at("08:05:00");
     assert!(live.out.points.is_empty());
 }
+
+#[test]
+fn a_segment_expiring_while_nobody_waits_is_news_at_the_next_multiple() {
+    // A customer called and never finished: the segment expires 12 h after
+    // its last event with no event applied around it; the queue row that
+    // follows must show it gone at once, not at the next event.
+    let script = "08:00:00 issued A1 service=ktp
+                  08:01:00 called A1 counter=c1
+                  d1/07:00:00 heartbeat";
+    let points = points_of(&live_config(""), script, "queue");
+    assert!(points.iter().any(|p| p.starts_with("queue service=ktp @20:01:00 waiting=0 in_service=0")), "{points:#?}");
+}
