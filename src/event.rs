@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::ids::{CounterId, InvalidId, OfficeId, ServiceId, StaffId, TicketNo};
+use crate::ids::{CounterId, IdCache, InvalidId, OfficeId, ServiceId, StaffId, TicketNo};
 use crate::time::Millis;
 
 /// The closed set of event types ticket machines publish.
@@ -237,6 +237,18 @@ pub fn decode(
     wall_now: Millis,
     limits: &DecodeLimits,
 ) -> Result<Event, Rejection> {
+    decode_with(payload, topic_office, wall_now, limits, &mut IdCache::default())
+}
+
+/// [`decode`], sharing identifiers already seen through `ids` rather than
+/// allocating them again (what a long-running pipeline uses).
+pub fn decode_with(
+    payload: &[u8],
+    topic_office: Option<&OfficeId>,
+    wall_now: Millis,
+    limits: &DecodeLimits,
+    ids: &mut IdCache,
+) -> Result<Event, Rejection> {
     let office_hint = topic_office.cloned();
     let reject = |reason: RejectReason, detail: String, id: Option<String>| Rejection {
         reason,
@@ -287,8 +299,10 @@ pub fn decode(
 
     let office = match (raw.office.as_deref(), topic_office) {
         (Some(text), topic) => {
-            let office =
-                OfficeId::parse(text).map_err(|e| reject(RejectReason::InvalidIdentifier, format!("office: {e}")))?;
+            let office = ids
+                .offices
+                .get(text, OfficeId::parse)
+                .map_err(|e| reject(RejectReason::InvalidIdentifier, format!("office: {e}")))?;
             if let Some(topic) = topic {
                 if *topic != office {
                     return Err(reject(
@@ -349,11 +363,30 @@ pub fn decode(
         }
         None => None,
     };
-    let service = parse_opt(raw.service.as_deref(), ServiceId::parse).map_err(|e| ident_error("service", e))?;
-    let counter = parse_opt(raw.counter.as_deref(), CounterId::parse).map_err(|e| ident_error("counter", e))?;
-    let to_service =
-        parse_opt(raw.to_service.as_deref(), ServiceId::parse).map_err(|e| ident_error("to_service", e))?;
-    let staff = parse_opt(raw.staff.as_deref(), StaffId::parse).map_err(|e| ident_error("staff", e))?;
+    let service = raw
+        .service
+        .as_deref()
+        .map(|text| ids.services.get(text, ServiceId::parse))
+        .transpose()
+        .map_err(|e| ident_error("service", e))?;
+    let counter = raw
+        .counter
+        .as_deref()
+        .map(|text| ids.counters.get(text, CounterId::parse))
+        .transpose()
+        .map_err(|e| ident_error("counter", e))?;
+    let to_service = raw
+        .to_service
+        .as_deref()
+        .map(|text| ids.services.get(text, ServiceId::parse))
+        .transpose()
+        .map_err(|e| ident_error("to_service", e))?;
+    let staff = raw
+        .staff
+        .as_deref()
+        .map(|text| ids.staff.get(text, StaffId::parse))
+        .transpose()
+        .map_err(|e| ident_error("staff", e))?;
     let rating = match raw.rating {
         None => None,
         Some(value) if (1..=5).contains(&value) => Some(value as u8),
@@ -397,10 +430,6 @@ pub fn parse_rfc3339(text: &str) -> Option<Millis> {
     // timestamp_millis floors, which truncates for instants after 1970; for
     // earlier ones flooring is the consistent choice too.
     Some(Millis(datetime.timestamp_millis()))
-}
-
-fn parse_opt<T>(text: Option<&str>, parse: fn(&str) -> Result<T, InvalidId>) -> Result<Option<T>, InvalidId> {
-    text.map(parse).transpose()
 }
 
 /// The payload as JSON gives it, borrowing strings where it can. Unknown

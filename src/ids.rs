@@ -92,6 +92,48 @@ ident_type!(
     StaffId
 );
 
+/// Identifiers seen before, handed out again instead of validated and
+/// allocated again: publishers repeat the same few offices, services,
+/// counters and staff in every message. Bounded: a publisher inventing a
+/// name per message only empties the cache now and then.
+#[derive(Debug, Default)]
+pub struct IdCache {
+    pub(crate) offices: Interned<OfficeId>,
+    pub(crate) services: Interned<ServiceId>,
+    pub(crate) counters: Interned<CounterId>,
+    pub(crate) staff: Interned<StaffId>,
+}
+
+/// Names of one kind kept by [`IdCache`].
+#[derive(Debug)]
+pub(crate) struct Interned<T> {
+    known: hashbrown::HashMap<Box<str>, T>,
+}
+
+impl<T> Default for Interned<T> {
+    fn default() -> Self {
+        Interned { known: hashbrown::HashMap::new() }
+    }
+}
+
+/// How many names of one kind an [`IdCache`] keeps before starting afresh.
+const MAX_INTERNED: usize = 4096;
+
+impl<T: Clone> Interned<T> {
+    /// The identifier for `text`, parsed (and kept) only the first time.
+    pub(crate) fn get(&mut self, text: &str, parse: fn(&str) -> Result<T, InvalidId>) -> Result<T, InvalidId> {
+        if let Some(id) = self.known.get(text) {
+            return Ok(id.clone());
+        }
+        let id = parse(text)?;
+        if self.known.len() >= MAX_INTERNED {
+            self.known.clear();
+        }
+        self.known.insert(text.into(), id.clone());
+        Ok(id)
+    }
+}
+
 impl ServiceId {
     /// The service of a ticket no event has named a service for.
     pub fn unknown() -> ServiceId {
@@ -138,6 +180,20 @@ impl fmt::Debug for TicketNo {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_cache_hands_out_the_same_identifier_and_still_rejects_bad_ones() {
+        let mut cache = IdCache::default();
+        let first = cache.services.get("ktp", ServiceId::parse).unwrap();
+        let second = cache.services.get("ktp", ServiceId::parse).unwrap();
+        assert!(Arc::ptr_eq(&first.0, &second.0), "shared, not allocated again");
+        assert!(cache.services.get("k t p", ServiceId::parse).is_err());
+        assert!(cache.offices.get("", OfficeId::parse).is_err());
+        for n in 0..(MAX_INTERNED + 10) {
+            cache.counters.get(&format!("c{n}"), CounterId::parse).unwrap();
+        }
+        assert!(cache.counters.known.len() <= MAX_INTERNED, "bounded");
+    }
     use super::*;
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::config::Config;
-use crate::event::{decode, DecodeLimits, Rejection};
+use crate::event::{decode_with, DecodeLimits, Rejection};
+use crate::ids::IdCache;
 use crate::ids::OfficeId;
 use crate::point::Point;
 use crate::stats::{LogLimiter, Stats};
@@ -23,6 +24,8 @@ pub type PointObserver = Box<dyn FnMut(&Point) + Send>;
 pub struct Pipeline {
     tracker: Tracker,
     limits: DecodeLimits,
+    /// Identifiers already seen, shared rather than allocated per message.
+    ids: IdCache,
     stats: Stats,
     out: Output,
     lines: String,
@@ -39,6 +42,7 @@ impl Pipeline {
     pub fn new(config: &Config, mode: Mode) -> Pipeline {
         Pipeline {
             tracker: Tracker::new(TrackerSettings::new(config, mode)),
+            ids: IdCache::default(),
             limits: DecodeLimits {
                 max_payload_bytes: config.mqtt.max_payload_bytes,
                 max_future_skew_ms: duration_ms(config.tracking.max_future_skew),
@@ -68,7 +72,8 @@ impl Pipeline {
         tracker_now: Millis,
         wall_now: Millis,
     ) -> Result<(), Rejection> {
-        let decoded = topic_office.and_then(|office| decode(payload, office.as_ref(), wall_now, &self.limits));
+        let decoded = topic_office
+            .and_then(|office| decode_with(payload, office.as_ref(), wall_now, &self.limits, &mut self.ids));
         match decoded {
             Ok(event) => {
                 self.stats.accepted += 1;
