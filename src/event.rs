@@ -237,7 +237,7 @@ pub fn decode(
     wall_now: Millis,
     limits: &DecodeLimits,
 ) -> Result<Event, Rejection> {
-    decode_with(payload, topic_office, wall_now, limits, &mut IdCache::default())
+    decode_ids(payload, topic_office, wall_now, limits, Ids::Fresh)
 }
 
 /// [`decode`], sharing identifiers already seen through `ids` rather than
@@ -248,6 +248,52 @@ pub fn decode_with(
     wall_now: Millis,
     limits: &DecodeLimits,
     ids: &mut IdCache,
+) -> Result<Event, Rejection> {
+    decode_ids(payload, topic_office, wall_now, limits, Ids::Cached(ids))
+}
+
+/// Where identifiers come from: parsed afresh, or shared through a cache.
+enum Ids<'a> {
+    Fresh,
+    Cached(&'a mut IdCache),
+}
+
+impl Ids<'_> {
+    fn office(&mut self, text: &str) -> Result<OfficeId, InvalidId> {
+        match self {
+            Ids::Fresh => OfficeId::parse(text),
+            Ids::Cached(cache) => cache.offices.get(text, OfficeId::parse),
+        }
+    }
+
+    fn service(&mut self, text: &str) -> Result<ServiceId, InvalidId> {
+        match self {
+            Ids::Fresh => ServiceId::parse(text),
+            Ids::Cached(cache) => cache.services.get(text, ServiceId::parse),
+        }
+    }
+
+    fn counter(&mut self, text: &str) -> Result<CounterId, InvalidId> {
+        match self {
+            Ids::Fresh => CounterId::parse(text),
+            Ids::Cached(cache) => cache.counters.get(text, CounterId::parse),
+        }
+    }
+
+    fn staff(&mut self, text: &str) -> Result<StaffId, InvalidId> {
+        match self {
+            Ids::Fresh => StaffId::parse(text),
+            Ids::Cached(cache) => cache.staff.get(text, StaffId::parse),
+        }
+    }
+}
+
+fn decode_ids(
+    payload: &[u8],
+    topic_office: Option<&OfficeId>,
+    wall_now: Millis,
+    limits: &DecodeLimits,
+    mut ids: Ids<'_>,
 ) -> Result<Event, Rejection> {
     let office_hint = topic_office.cloned();
     let reject = |reason: RejectReason, detail: String, id: Option<String>| Rejection {
@@ -299,10 +345,8 @@ pub fn decode_with(
 
     let office = match (raw.office.as_deref(), topic_office) {
         (Some(text), topic) => {
-            let office = ids
-                .offices
-                .get(text, OfficeId::parse)
-                .map_err(|e| reject(RejectReason::InvalidIdentifier, format!("office: {e}")))?;
+            let office =
+                ids.office(text).map_err(|e| reject(RejectReason::InvalidIdentifier, format!("office: {e}")))?;
             if let Some(topic) = topic {
                 if *topic != office {
                     return Err(reject(
@@ -363,30 +407,17 @@ pub fn decode_with(
         }
         None => None,
     };
-    let service = raw
-        .service
-        .as_deref()
-        .map(|text| ids.services.get(text, ServiceId::parse))
-        .transpose()
-        .map_err(|e| ident_error("service", e))?;
-    let counter = raw
-        .counter
-        .as_deref()
-        .map(|text| ids.counters.get(text, CounterId::parse))
-        .transpose()
-        .map_err(|e| ident_error("counter", e))?;
+    let service =
+        raw.service.as_deref().map(|text| ids.service(text)).transpose().map_err(|e| ident_error("service", e))?;
+    let counter =
+        raw.counter.as_deref().map(|text| ids.counter(text)).transpose().map_err(|e| ident_error("counter", e))?;
     let to_service = raw
         .to_service
         .as_deref()
-        .map(|text| ids.services.get(text, ServiceId::parse))
+        .map(|text| ids.service(text))
         .transpose()
         .map_err(|e| ident_error("to_service", e))?;
-    let staff = raw
-        .staff
-        .as_deref()
-        .map(|text| ids.staff.get(text, StaffId::parse))
-        .transpose()
-        .map_err(|e| ident_error("staff", e))?;
+    let staff = raw.staff.as_deref().map(|text| ids.staff(text)).transpose().map_err(|e| ident_error("staff", e))?;
     let rating = match raw.rating {
         None => None,
         Some(value) if (1..=5).contains(&value) => Some(value as u8),
