@@ -278,22 +278,12 @@ async fn a_live_run_raises_a_wait_alert_resolves_it_on_call_and_echoes_rejection
     let mqtt = Mosquitto::start();
     let influx = Influx1::start();
     influx.create_database("qw").await;
-    let config = queuewatch::config::Config::parse(&format!(
-        r#"
-[mqtt]
-url = "{}"
-client_id = "live-daemon"
-[influxdb]
-api = "v1"
-url = "{}"
-database = "qw"
-flush_interval = "100ms"
-[tracking]
-reorder_window = "1s"
-[sla.services.fast]
-wait_target = "3s"
-"#,
-        mqtt.url, influx.url
+    let config = queuewatch::config::Config::parse(&common::daemon_config_text(
+        &mqtt.url,
+        "live-daemon",
+        "",
+        &influx.url,
+        "[sla.services.fast]\nwait_target = \"3s\"\n",
     ))
     .unwrap();
     common::create_session(&mqtt, "live-daemon", "queue/+/events").await;

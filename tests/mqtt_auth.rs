@@ -324,25 +324,7 @@ impl Drop for Client {
 
 /// queuewatch's config for the test broker, with `credentials` in `[mqtt]`.
 fn daemon_config(dir: &Path, broker: &Broker, influx: &Influx1, credentials: &str) -> PathBuf {
-    write_config(
-        dir,
-        &format!(
-            r#"
-[mqtt]
-url = "{}"
-client_id = "queuewatch-auth"
-{credentials}
-[influxdb]
-api = "v1"
-url = "{}"
-database = "qw"
-flush_interval = "100ms"
-[tracking]
-reorder_window = "1s"
-"#,
-            broker.mqtt.url, influx.url
-        ),
-    )
+    write_config(dir, &common::daemon_config_text(&broker.mqtt.url, "queuewatch-auth", credentials, &influx.url, ""))
 }
 
 /// Publishes a message queuewatch rejects until its echo arrives on the

@@ -14,23 +14,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{oneshot, watch};
 
 fn config(mqtt: &Mosquitto, influx: &Influx1, extra_mqtt: &str) -> Config {
-    Config::parse(&format!(
-        r#"
-[mqtt]
-url = "{}"
-client_id = "robust"
-{extra_mqtt}
-[influxdb]
-api = "v1"
-url = "{}"
-database = "qw"
-flush_interval = "100ms"
-[tracking]
-reorder_window = "1s"
-"#,
-        mqtt.url, influx.url
-    ))
-    .expect("valid test config")
+    Config::parse(&common::daemon_config_text(&mqtt.url, "robust", extra_mqtt, &influx.url, ""))
+        .expect("valid test config")
 }
 
 /// Only a hang fails a wait: far beyond what any step needs, even on a busy machine.

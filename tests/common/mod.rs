@@ -19,6 +19,28 @@ pub fn queuewatch_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_queuewatch"))
 }
 
+/// The config text of a daemon under test: the broker at `mqtt_url` as
+/// `client_id` (with `mqtt_extra` lines in `[mqtt]`), InfluxDB 1.x at
+/// `influx_url`, database `qw`, flushed every 100 ms, a 1 s reorder window;
+/// `more` is appended (further sections).
+pub fn daemon_config_text(mqtt_url: &str, client_id: &str, mqtt_extra: &str, influx_url: &str, more: &str) -> String {
+    format!(
+        r#"
+[mqtt]
+url = "{mqtt_url}"
+client_id = "{client_id}"
+{mqtt_extra}
+[influxdb]
+api = "v1"
+url = "{influx_url}"
+database = "qw"
+flush_interval = "100ms"
+[tracking]
+reorder_window = "1s"
+{more}"#
+    )
+}
+
 /// Writes `toml` to `dir/queuewatch.toml` and returns that path.
 pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
     let path = dir.join("queuewatch.toml");
