@@ -19,9 +19,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{queuewatch_bin, write_config, Influx1};
+use common::Influx1;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -416,28 +415,8 @@ fn fixture_text(name: &str) -> String {
 
 /// Creates database `db` and fills it with `queuewatch replay` of the fixture (wait target 10 min).
 async fn load_events(influx: &Influx1, db: &str, fixture: &str) -> String {
-    influx.create_database(db).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "[influxdb]\napi = \"v1\"\nurl = \"{}\"\ndatabase = \"{db}\"\nflush_interval = \"100ms\"\n\
-             [sla]\nwait_target = \"10m\"\nservice_target = \"20m\"\n",
-            influx.url
-        ),
-    );
-    let output = Command::new(queuewatch_bin())
-        .args(["replay", "--config"])
-        .arg(&config)
-        .arg(fixture_path(fixture))
-        .output()
-        .expect("queuewatch replay runs");
-    assert!(
-        output.status.success(),
-        "replay of {fixture} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let events = std::fs::read_to_string(fixture_path(fixture)).expect("fixture exists");
+    common::replay_into(influx, db, "[sla]\nwait_target = \"10m\"\nservice_target = \"20m\"\n", &events).await;
     db.to_string()
 }
 

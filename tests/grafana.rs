@@ -13,10 +13,9 @@ mod model;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 use chrono::{NaiveDate, TimeZone};
-use common::{queuewatch_bin, write_config, Influx1};
+use common::Influx1;
 use grafana_kit::{
     all_panels, dashboard_queries, grafana_dir, variables_used, Substitution, VariableValue, BUILT_IN_VARIABLES,
     DATASOURCE_UID,
@@ -332,25 +331,7 @@ fn dashboards_are_well_formed_and_use_only_the_provisioned_datasource_and_define
 /// A real InfluxDB 1.x holding what `queuewatch replay` wrote for the fixture day.
 async fn loaded_influx() -> Influx1 {
     let influx = Influx1::start();
-    influx.create_database(DB).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "[influxdb]\napi = \"v1\"\nurl = \"{}\"\ndatabase = \"{DB}\"\nflush_interval = \"100ms\"\n{CONFIG}",
-            influx.url
-        ),
-    );
-    let events = dir.path().join("day.ndjson");
-    std::fs::write(&events, FIXTURE).unwrap();
-    let output =
-        Command::new(queuewatch_bin()).args(["replay", "--config"]).arg(&config).arg(&events).output().unwrap();
-    assert!(
-        output.status.success(),
-        "replay failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::replay_into(&influx, DB, CONFIG, FIXTURE).await;
     influx
 }
 

@@ -8,10 +8,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{queuewatch_bin, write_config, Influx1, Mosquitto};
+use common::{Influx1, Mosquitto};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
@@ -62,20 +61,7 @@ fn assert_row(row: &Map<String, Value>, expected: &[(&str, Value)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_morning_writes_exactly_the_expected_live_points() {
     let influx = Influx1::start();
-    influx.create_database("qw").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "[influxdb]\napi = \"v1\"\nurl = \"{}\"\ndatabase = \"qw\"\nflush_interval = \"100ms\"\n{CONFIG}",
-            influx.url
-        ),
-    );
-    let events = dir.path().join("morning.ndjson");
-    std::fs::write(&events, EVENTS).unwrap();
-    let output =
-        Command::new(queuewatch_bin()).args(["replay", "--config"]).arg(&config).arg(&events).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    common::replay_into(&influx, "qw", CONFIG, EVENTS).await;
 
     let region = ("region", Value::from("jatim"));
     let office = ("office", Value::from("mpp-sby"));

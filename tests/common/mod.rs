@@ -41,6 +41,35 @@ reorder_window = "1s"
     )
 }
 
+/// Creates database `db` in `influx` and writes `events` (NDJSON text) into it
+/// with `queuewatch replay`, under `config` (sections besides `[influxdb]`);
+/// fails the test, with the replay's output, if the replay fails.
+pub async fn replay_into(influx: &Influx1, db: &str, config: &str, events: &str) {
+    influx.create_database(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(
+        dir.path(),
+        &format!(
+            "[influxdb]\napi = \"v1\"\nurl = \"{}\"\ndatabase = \"{db}\"\nflush_interval = \"100ms\"\n{config}",
+            influx.url
+        ),
+    );
+    let events_path = dir.path().join("events.ndjson");
+    fs::write(&events_path, events).unwrap();
+    let output = std::process::Command::new(queuewatch_bin())
+        .args(["replay", "--config"])
+        .arg(&config_path)
+        .arg(&events_path)
+        .output()
+        .expect("queuewatch replay runs");
+    assert!(
+        output.status.success(),
+        "replay failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Writes `toml` to `dir/queuewatch.toml` and returns that path.
 pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
     let path = dir.join("queuewatch.toml");
