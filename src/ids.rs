@@ -61,6 +61,19 @@ macro_rules! ident_type {
             }
         }
 
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        /// Through [`Self::parse`]: stored state (a snapshot) cannot make an invalid identifier.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.deserialize_str(CheckedVisitor(Self::parse))
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
@@ -166,6 +179,34 @@ impl TicketNo {
     }
 }
 
+impl serde::Serialize for TicketNo {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Through [`TicketNo::parse`]: stored state (a snapshot) cannot make an invalid ticket number.
+impl<'de> serde::Deserialize<'de> for TicketNo {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(CheckedVisitor(TicketNo::parse))
+    }
+}
+
+/// Deserialises a string through a checked constructor, so a bad value is an error.
+struct CheckedVisitor<T>(fn(&str) -> Result<T, InvalidId>);
+
+impl<T> serde::de::Visitor<'_> for CheckedVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a valid identifier")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+        (self.0)(text).map_err(|error| E::custom(format_args!("identifier {text:?} {error}")))
+    }
+}
+
 impl fmt::Display for TicketNo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -204,6 +245,20 @@ mod tests {
         assert_eq!(OfficeId::parse("a,b"), Err(InvalidId::BadCharacter));
         assert_eq!(OfficeId::parse(&"x".repeat(65)), Err(InvalidId::TooLong));
         assert!(OfficeId::parse(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn stored_identifiers_are_checked_when_read_back() {
+        let office = OfficeId::parse("o-1").unwrap();
+        let bytes = postcard::to_allocvec(&office).unwrap();
+        assert_eq!(postcard::from_bytes::<OfficeId>(&bytes).unwrap(), office);
+        let bad = postcard::to_allocvec("o 1").unwrap();
+        assert!(postcard::from_bytes::<OfficeId>(&bad).is_err());
+        let ticket = TicketNo::parse("A-017 é").unwrap();
+        let bytes = postcard::to_allocvec(&ticket).unwrap();
+        assert_eq!(postcard::from_bytes::<TicketNo>(&bytes).unwrap(), ticket);
+        let bad = postcard::to_allocvec("A\n1").unwrap();
+        assert!(postcard::from_bytes::<TicketNo>(&bad).is_err());
     }
 
     #[test]

@@ -33,12 +33,14 @@
 //! office's identity and interned names from one [`OfficeContext`].
 
 mod live;
+pub mod state;
 mod store;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use store::{stamp, unstamp, NameId, Names, Seen, SlotId, Stamp, Tickets, PENDING};
@@ -255,8 +257,9 @@ impl Outcome {
     }
 }
 
-/// Follows every ticket at every office.
-#[derive(Debug)]
+/// Follows every ticket at every office. A clone is a snapshot of the
+/// whole state (see [`state`]).
+#[derive(Debug, Clone)]
 pub struct Tracker {
     settings: TrackerSettings,
     offices: HashMap<OfficeId, OfficeState>,
@@ -385,7 +388,7 @@ struct TimerKey {
 
 /// Who an office is, and the names interned for it: what both the ticket
 /// side ([`OfficeState`]) and the live side ([`live::OfficeLive`]) read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct OfficeContext {
     office: OfficeId,
     office_tag: Arc<str>,
@@ -435,7 +438,7 @@ impl OfficeContext {
 /// sessions, feedback, idle counters, silence) is `live`, which this side
 /// tells what changed through a narrow set of calls and which reads nothing
 /// of it but the counts it is handed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct OfficeState {
     ctx: OfficeContext,
     /// `(newest ts, wall time it arrived)`; `None` until the office is heard.
@@ -460,7 +463,7 @@ struct OfficeState {
 
 /// A ticket number's state: its open segment, or the memory of its last
 /// close (when, and its service, for feedback after the close).
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum TicketState {
     Open(Segment),
     Closed { at: Stamp, service: Option<NameId> },
@@ -491,7 +494,7 @@ impl TicketState {
 
 /// One waiting-and-service segment of a ticket, kept small (about 100
 /// bytes): times as `Option<Stamp>` (8 bytes), names interned.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Segment {
     generation: u32,
     /// Saturates at 255: no customer is called more often.
@@ -524,7 +527,7 @@ struct Segment {
 }
 
 /// Whether a breach was raised for a segment, and whether its alert is still firing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 enum BreachState {
     #[default]
     None,

@@ -23,6 +23,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::store::{NameId, SlotId};
@@ -123,7 +124,7 @@ impl Alert {
 }
 
 /// Per-office live state.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(super) struct OfficeLive {
     next_snapshot: Option<Millis>,
     /// Newest ts among applied events.
@@ -152,22 +153,26 @@ pub(super) struct OfficeLive {
 }
 
 /// One service's queue, kept up to date as segments change so that a
-/// snapshot costs nothing per ticket.
-#[derive(Debug, Default)]
+/// snapshot costs nothing per ticket. A stored state leaves out what the
+/// open segments determine (see [`OfficeLive::restore_queues`]).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct ServiceGauge {
     issued: i64,
     called: i64,
     last_event: Option<Millis>,
+    #[serde(skip)]
     waiting: i64,
+    #[serde(skip)]
     in_service: i64,
     /// Waiting segments whose issue time is known, oldest first.
+    #[serde(skip)]
     waiting_since: BTreeSet<(Millis, SlotId)>,
     /// What the last written `queue` row of this service said.
     last_row: Option<QueueRow>,
 }
 
 /// The state fields of a `queue` row: a row is news when one of them changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct QueueRow {
     waiting: i64,
     in_service: i64,
@@ -175,7 +180,7 @@ struct QueueRow {
 }
 
 /// The state fields of an `office` row: a row is news when one of them changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct OfficeRow {
     waiting: i64,
     in_service: i64,
@@ -191,7 +196,7 @@ pub(super) struct QueueShare {
     pub(super) issue: Option<Millis>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct CounterState {
     open_since: Option<Millis>,
     staff: Option<NameId>,
@@ -274,6 +279,47 @@ impl OfficeLive {
 
     pub(super) fn count_served(&mut self, counter: NameId) {
         self.counters.entry(counter).or_default().served += 1;
+    }
+}
+
+/// What a stored state (`state`) needs of the live side.
+impl OfficeLive {
+    /// The interned (services, counters, staff) this state refers to, for
+    /// checking a decoded state against its office's names.
+    pub(super) fn name_ids(&self) -> [Vec<NameId>; 3] {
+        let services = self.services.keys().flatten().copied().collect();
+        let counters = self.counters.keys().chain(self.idle_deadlines.iter().map(|Reverse((_, id))| id)).copied();
+        let staff = self.counters.values().filter_map(|counter| counter.staff).collect();
+        [services, counters.collect(), staff]
+    }
+
+    /// Rebuilds the queue counts, which are not stored, from the open
+    /// segments' shares: the same calls that built them, without marking
+    /// a change for the next snapshot.
+    pub(super) fn restore_queues(&mut self, shares: impl IntoIterator<Item = (QueueShare, SlotId)>) {
+        let changed = self.changed_since_snapshot;
+        for gauge in self.services.values_mut() {
+            (gauge.waiting, gauge.in_service) = (0, 0);
+            gauge.waiting_since.clear();
+        }
+        for (share, slot) in shares {
+            self.queue_add(share, slot);
+        }
+        self.changed_since_snapshot = changed;
+    }
+
+    /// After a restart (see `Tracker::resume`): what is measured on the wall
+    /// clock starts again at `now`. The last arrival moves to `now`, so the
+    /// downtime does not count as the office's silence; an office never
+    /// heard restarts its wall-clock gauges from `now`, as at a first start,
+    /// rather than writing rows for the downtime.
+    pub(super) fn resume(&mut self, now: Millis, heard: bool) {
+        if self.last_arrival_wall.is_some() {
+            self.last_arrival_wall = Some(now);
+        }
+        if !heard {
+            self.next_snapshot = None;
+        }
     }
 }
 

@@ -52,7 +52,7 @@ pub(super) type NameId = NonZeroU32;
 
 /// Interns one kind of identifier for one office. Names are never
 /// forgotten; their number is bounded by what the office's devices send.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Names<T> {
     values: Vec<T>,
     index: HashMap<T, NameId>,
@@ -83,6 +83,11 @@ impl<T: Clone + Eq + Hash> Names<T> {
     pub(super) fn get(&self, id: NameId) -> &T {
         &self.values[id.get() as usize - 1]
     }
+
+    /// In `NameId` order (for snapshots: interning them again in this order gives the same ids).
+    pub(super) fn values(&self) -> &[T] {
+        &self.values
+    }
 }
 
 /// A slot number in [`Tickets`].
@@ -90,7 +95,7 @@ pub(super) type SlotId = u32;
 
 /// Ticket states by ticket number: a slab of slots and a hash table of slot
 /// numbers (4 bytes a ticket) that hashes through the slot's ticket.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Tickets<S> {
     slots: Vec<Slot<S>>,
     free: Vec<SlotId>,
@@ -99,7 +104,7 @@ pub(super) struct Tickets<S> {
     len: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Slot<S> {
     ticket: TicketNo,
     state: Option<S>,
@@ -174,6 +179,37 @@ impl<S> Tickets<S> {
     pub(super) fn len(&self) -> usize {
         self.len
     }
+
+    /// Every slot in slot order, free ones too (with the ticket they last
+    /// held, which is never read again), for snapshots.
+    pub(super) fn slots(&self) -> impl ExactSizeIterator<Item = (&TicketNo, Option<&S>)> {
+        self.slots.iter().map(|slot| (&slot.ticket, slot.state.as_ref()))
+    }
+
+    /// The free list, in the order slots are reused (last first).
+    pub(super) fn free_slots(&self) -> &[SlotId] {
+        &self.free
+    }
+
+    /// Rebuilds the store from [`Self::slots`] and [`Self::free_slots`],
+    /// indexing the occupied slots. The caller has checked that occupied
+    /// tickets are distinct and that `free` lists exactly the empty slots.
+    pub(super) fn from_slots(slots: Vec<(TicketNo, Option<S>)>, free: Vec<SlotId>) -> Tickets<S> {
+        let mut tickets = Tickets {
+            slots: slots.into_iter().map(|(ticket, state)| Slot { ticket, state }).collect(),
+            free,
+            ..Tickets::default()
+        };
+        let (slots, hasher) = (&tickets.slots, &tickets.hasher);
+        let occupied = slots.iter().filter(|slot| slot.state.is_some()).count();
+        tickets.index.reserve(occupied, |slot| hasher.hash_one(&slots[*slot as usize].ticket));
+        for (id, slot) in slots.iter().enumerate().filter(|(_, slot)| slot.state.is_some()) {
+            let hash = hasher.hash_one(&slot.ticket);
+            tickets.index.insert_unique(hash, id as SlotId, |slot| hasher.hash_one(&slots[*slot as usize].ticket));
+            tickets.len += 1;
+        }
+        tickets
+    }
 }
 
 /// A tag meaning "applied to nothing yet" (the event is held for reordering).
@@ -181,7 +217,7 @@ pub(super) const PENDING: u32 = u32::MAX;
 
 /// Dedup keys, 12 bytes each: the 64-bit key and the generation tag of the
 /// segment (or the one-off tag of a ticketless event) it belongs to.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Seen {
     keys: HashTable<[u32; 3]>,
     /// When closed generations closed; their keys go `dedup_horizon` later.
@@ -244,6 +280,35 @@ impl Seen {
 
     pub(super) fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Every key with its tag, in no particular order (for snapshots).
+    pub(super) fn entries(&self) -> impl ExactSizeIterator<Item = (u64, u32)> + '_ {
+        self.keys.iter().map(|entry| (join(entry), entry[2]))
+    }
+
+    /// Closed generations and when they closed (for snapshots).
+    pub(super) fn closed(&self) -> impl ExactSizeIterator<Item = (u32, Millis)> + '_ {
+        self.closed.iter().map(|(tag, at)| (*tag, *at))
+    }
+
+    /// What paces the sweep: when it last ran, and the table's size after it.
+    pub(super) fn sweep_pacing(&self) -> (Option<Millis>, usize) {
+        (self.last_sweep, self.len_after_sweep)
+    }
+
+    /// Rebuilds the table from [`Self::entries`], [`Self::closed`] and
+    /// [`Self::sweep_pacing`].
+    pub(super) fn from_parts(
+        entries: impl IntoIterator<Item = (u64, u32)>,
+        closed: impl IntoIterator<Item = (u32, Millis)>,
+        (last_sweep, len_after_sweep): (Option<Millis>, usize),
+    ) -> Seen {
+        let mut seen = Seen { closed: closed.into_iter().collect(), last_sweep, len_after_sweep, ..Seen::default() };
+        for (key, tag) in entries {
+            seen.insert(key, tag);
+        }
+        seen
     }
 }
 

@@ -649,3 +649,4 @@ mod properties {
 }
 
 mod live;
+mod state;
