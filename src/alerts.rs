@@ -117,7 +117,7 @@ impl AlertPublisher {
             Ok(()) => self.published += 1,
             Err(error) => {
                 self.dropped += 1;
-                if self.dropped == 1 || self.dropped % 100 == 0 {
+                if self.dropped == 1 || self.dropped.is_multiple_of(100) {
                     warn!(%error, dropped = self.dropped, "Alert not published: the MQTT queue is full.");
                 }
             }

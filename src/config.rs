@@ -43,6 +43,28 @@ pub struct Config {
     pub sla: SlaConfig,
     pub offices: BTreeMap<OfficeId, OfficeConfig>,
     pub alerts: AlertsConfig,
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: where `run` keeps what it has acknowledged (see `crate::storage`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// The state folder: lock file, journal, snapshots.
+    pub data_dir: std::path::PathBuf,
+    /// How often the tracker's state is snapshotted (and the journal cut behind it).
+    pub checkpoint_interval: Duration,
+    /// `false`: no journal, messages acknowledged once taken in (a crash loses what was held).
+    pub journal: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: "/var/lib/queuewatch".into(),
+            checkpoint_interval: Duration::from_secs(60),
+            journal: true,
+        }
+    }
 }
 
 /// `[offices.<id>]`: what is known about an office beyond its events.
@@ -564,6 +586,29 @@ impl Config {
             section.finish(&mut problems);
         }
 
+        if let Some(table) = top.table("storage", &mut problems) {
+            let mut section = Section::new(table, "storage");
+            if let Some(dir) = section.string("data_dir", &mut problems) {
+                if dir.is_empty() {
+                    problems.push("storage.data_dir: must not be empty".into());
+                } else {
+                    config.storage.data_dir = dir.into();
+                }
+            }
+            if let Some(interval) = section.duration("checkpoint_interval", &mut problems) {
+                if at_least("storage.checkpoint_interval", interval, SECOND, &mut problems) {
+                    config.storage.checkpoint_interval = interval;
+                }
+            }
+            if let Some(value) = section.get("journal") {
+                match value.as_bool() {
+                    Some(journal) => config.storage.journal = journal,
+                    None => problems.push("storage.journal: expected true or false".into()),
+                }
+            }
+            section.finish(&mut problems);
+        }
+
         top.finish(&mut problems);
         if problems.is_empty() {
             Ok(config)
@@ -638,7 +683,9 @@ fn check_tracking(tracking: &TrackingConfig, problems: &mut Vec<String>) {
     }
     // Keep-alive rows are written at snapshot times.
     let interval_ns = tracking.snapshot_interval.as_nanos();
-    if tracking.gauge_keepalive.is_zero() || interval_ns == 0 || tracking.gauge_keepalive.as_nanos() % interval_ns != 0
+    if tracking.gauge_keepalive.is_zero()
+        || interval_ns == 0
+        || !tracking.gauge_keepalive.as_nanos().is_multiple_of(interval_ns)
     {
         problems.push(format!(
             "tracking.gauge_keepalive: must be a positive multiple of tracking.snapshot_interval ({})",

@@ -29,6 +29,7 @@ use tracing::{error, info};
 
 use crate::alerts::AlertPublisher;
 use crate::config::Config;
+use crate::durable::Durability;
 use crate::mqtt::{office_from_topic, Incoming, MqttSource};
 use crate::pipeline::Pipeline;
 use crate::point::{FieldValue, Point};
@@ -56,6 +57,10 @@ enum Input {
     Tick,
     /// The wall clock reached this whole minute: time for a [`SelfReport`].
     SelfReport(Millis),
+    /// More journal records are on disk: their acknowledgements may go.
+    Durable,
+    /// Time to snapshot the tracker's state (`storage.checkpoint_interval`).
+    Checkpoint,
     Shutdown,
 }
 
@@ -154,6 +159,34 @@ pub async fn run_with(
         let _ = stop_sender.send(true);
     });
 
+    let mut pipeline = Pipeline::new(&config, Mode::Live);
+    // Recover before reading any message: the broker redelivers what the
+    // journal lacks, and the recovered state must be in place to take it.
+    let mut durability = if config.storage.journal {
+        let (durability, recovery) = Durability::recover(&config, &mut pipeline, Millis::now())
+            .await
+            .context("state folder (storage.data_dir)")?;
+        info!(
+            data_dir = %config.storage.data_dir.display(),
+            snapshot = recovery.snapshot,
+            replayed = recovery.replayed,
+            bytes_discarded = recovery.bytes_discarded,
+            open_tickets = recovery.open_tickets,
+            "State recovered."
+        );
+        Some(durability)
+    } else {
+        None
+    };
+    let mut checkpoint_due = tokio::time::interval(config.storage.checkpoint_interval);
+    checkpoint_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    checkpoint_due.tick().await;
+    if let Some(tap) = &tap {
+        let tap = tap.clone();
+        pipeline.observe_points(Box::new(move |point| {
+            let _ = tap.try_send(Tapped::Point(point.clone()));
+        }));
+    }
     let source = MqttSource::new(&config.mqtt);
     let mut acker = source.acker();
     let mut alerts = AlertPublisher::new(source.client(), &config.alerts);
@@ -161,13 +194,6 @@ pub async fn run_with(
     let source_task = tokio::spawn(source.run(message_sender, stopped(stop_receiver.clone())));
     info!(mqtt = %config.mqtt.url, topics = ?config.mqtt.topics, influxdb = %config.influxdb.url, "queuewatch running.");
 
-    let mut pipeline = Pipeline::new(&config, Mode::Live);
-    if let Some(tap) = &tap {
-        let tap = tap.clone();
-        pipeline.observe_points(Box::new(move |point| {
-            let _ = tap.try_send(Tapped::Point(point.clone()));
-        }));
-    }
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_log = tokio::time::interval(Duration::from_secs(60));
@@ -206,7 +232,9 @@ pub async fn run_with(
                 Some(message) => Input::Message(message),
                 None => Input::Shutdown,
             },
+            () = durable_changed(&mut durability) => Input::Durable,
             _ = tick.tick() => Input::Tick,
+            _ = checkpoint_due.tick(), if durability.is_some() => Input::Checkpoint,
             _ = stats_log.tick() => {
                 info!(stats = %pipeline.stats().one_line(), "Totals so far.");
                 continue;
@@ -217,18 +245,29 @@ pub async fn run_with(
             Input::Message(message) => {
                 if alerts.is_own_topic(&message.publish.topic) {
                     // Our own alerts, matched by a broad subscription: not events.
-                    acker.ack(&message.publish);
+                    match &mut durability {
+                        Some(durability) => durability.ack_in_order(message.publish),
+                        None => acker.ack(&message.publish),
+                    }
                     continue;
                 }
                 let topic_office = office_from_topic(&config.mqtt.topics, &message.publish.topic);
                 // A rejection is counted and logged inside; it is still acknowledged,
                 // since redelivering a bad message would only repeat the rejection.
-                let handled =
-                    pipeline.handle(topic_office, &message.publish.payload, clock.now(Millis::now()), Millis::now());
+                let (tracker_now, wall_now) = (clock.now(Millis::now()), Millis::now());
+                let handled = pipeline.handle(topic_office, &message.publish.payload, tracker_now, wall_now);
                 if let Err(rejection) = handled {
                     alerts.rejection(&rejection, std::time::Instant::now());
                 }
-                acker.ack(&message.publish);
+                match &mut durability {
+                    Some(durability) => {
+                        let started = std::time::Instant::now();
+                        durability.message(message.publish, tracker_now, wall_now).await;
+                        durability.release_acks(&mut acker);
+                        clock.exclude(started.elapsed());
+                    }
+                    None => acker.ack(&message.publish),
+                }
             }
             // While messages wait in the channel the daemon is behind: letting
             // wall time move the office clocks now would make those messages
@@ -236,9 +275,39 @@ pub async fn run_with(
             Input::Tick if messages.is_empty() => {
                 acker.flush();
                 clock.caught_up();
-                pipeline.advance(clock.now(Millis::now()));
+                let tracker_now = clock.now(Millis::now());
+                pipeline.advance(tracker_now);
+                if let Some(durability) = &mut durability {
+                    durability.advance(tracker_now).await;
+                    durability.poll_checkpoint(&sinks).await;
+                }
             }
-            Input::Tick => acker.flush(),
+            Input::Tick => {
+                acker.flush();
+                if let Some(durability) = &mut durability {
+                    durability.poll_checkpoint(&sinks).await;
+                }
+            }
+            Input::Durable => {
+                if let Some(durability) = &mut durability {
+                    durability.release_acks(&mut acker);
+                }
+                continue;
+            }
+            Input::Checkpoint => {
+                // Every point of the records the snapshot covers goes to the
+                // writers first, so that their settling can be awaited.
+                if let Some((lines, count)) = pipeline.take_lines() {
+                    if !send_to_all(&sinks, lines, count).await {
+                        error!(points = count, "The InfluxDB writer has stopped; points lost.");
+                    }
+                }
+                if let Some(durability) = durability.as_mut().filter(|durability| durability.checkpoint_wanted()) {
+                    let tracker = pipeline.tracker().clone();
+                    durability.begin_checkpoint(tracker, &sinks).await;
+                }
+                continue;
+            }
             Input::SelfReport(at) => {
                 self_report(at, &pipeline).to_point().write_line(&mut own_lines);
                 own_count += 1;
@@ -281,7 +350,12 @@ pub async fn run_with(
     drop(messages);
     let _ = tokio::time::timeout(Duration::from_secs(2), source_task).await;
     // Phase 2: apply what the tracker holds, write what that completes.
-    pipeline.drain(clock.now(Millis::now()));
+    let tracker_now = clock.now(Millis::now());
+    pipeline.drain(tracker_now);
+    if let Some(mut durability) = durability.take() {
+        durability.drain(tracker_now).await;
+        durability.close(&mut acker).await;
+    }
     let (mut lines, mut count) = pipeline.take_lines().unwrap_or_default();
     lines.push_str(&own_lines);
     count += own_count;
@@ -373,6 +447,14 @@ async fn send_to_all(sinks: &[SinkHandle], lines: String, count: usize) -> bool 
         delivered &= last.send(lines, count).await.is_ok();
     }
     delivered
+}
+
+/// Resolves when more journal records are durable; never without a journal.
+async fn durable_changed(durability: &mut Option<Durability>) {
+    match durability {
+        Some(durability) => durability.durable_changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once the stop flag is set.

@@ -27,6 +27,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod durable;
 pub mod event;
 pub mod ids;
 pub mod mqtt;
@@ -37,5 +38,6 @@ pub mod replay;
 pub mod simulate;
 pub mod sink;
 pub mod stats;
+pub mod storage;
 pub mod time;
 pub mod tracker;

@@ -117,6 +117,17 @@ impl Pipeline {
         self.collect();
     }
 
+    /// Office clocks restart at wall time `now` from the newest event time
+    /// they had (after recovering state on a restart; see `Tracker::resume`).
+    pub fn resume(&mut self, now: Millis) {
+        self.tracker.resume(now);
+    }
+
+    /// Puts a recovered tracker in place of this one's.
+    pub fn replace_tracker(&mut self, tracker: Tracker) {
+        self.tracker = tracker;
+    }
+
     /// Encoded lines not yet taken, and how many.
     pub fn take_lines(&mut self) -> Option<(String, usize)> {
         if self.pending_lines == 0 {

@@ -209,7 +209,7 @@ impl Progress {
     }
 
     fn maybe_report(&mut self, name: &str, pipeline: &Pipeline) {
-        if self.lines % 4096 != 0 {
+        if !self.lines.is_multiple_of(4096) {
             return;
         }
         let now = Instant::now();

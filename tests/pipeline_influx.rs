@@ -27,8 +27,11 @@ api = "v1"
 url = "{}"
 database = "{database}"
 flush_interval = "200ms"
+[storage]
+data_dir = "{}"
 {}"#,
         influx.url,
+        common::state_dir().display(),
         scenario::TRACKING_AND_SLA
     )
 }

@@ -194,7 +194,11 @@ pub async fn run(
     let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(mqtt_port, max_packet_bytes))
         .await
         .context("the embedded MQTT broker's start failed")??;
-    let config = demo_config(broker.port, &offices, influx);
+    let mut config = demo_config(broker.port, &offices, influx);
+    // The embedded broker keeps nothing across runs, so neither does the daemon.
+    let state_dir =
+        tempfile::Builder::new().prefix("queuewatch-demo-").tempdir().context("a temporary state folder")?;
+    config.storage.data_dir = state_dir.path().to_path_buf();
     broker::create_session(broker.port, CLIENT_ID, &config.mqtt.topics).await?;
     let monitor =
         broker::Monitor::start(broker.port, "queuewatch-demo-monitor", &config.mqtt.topics[0], max_packet_bytes)

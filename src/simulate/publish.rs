@@ -247,7 +247,7 @@ async fn drive(mut event_loop: EventLoop, link: watch::Sender<Link>, mut stop: o
                 }
                 link.send_modify(|link| link.connected = false);
                 let delay = backoff.next_delay();
-                if failures_logged < 3 || failures_logged % 20 == 0 {
+                if failures_logged < 3 || failures_logged.is_multiple_of(20) {
                     warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost; reconnecting.");
                 }
                 failures_logged += 1;

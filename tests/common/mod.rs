@@ -37,8 +37,17 @@ database = "qw"
 flush_interval = "100ms"
 [tracking]
 reorder_window = "1s"
-{more}"#
+[storage]
+data_dir = "{}"
+{more}"#,
+        state_dir().display()
     )
+}
+
+/// A new, empty state folder (`storage.data_dir`) for a daemon under test,
+/// in cargo's folder for test output.
+pub fn state_dir() -> PathBuf {
+    tempfile::Builder::new().prefix("state-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap().keep()
 }
 
 /// Creates database `db` in `influx` and writes `events` (NDJSON text) into it

@@ -50,8 +50,14 @@ const BROKER_MAX_QUEUED_MESSAGES: u64 = 10_000_000;
 
 /// The daemon's config: defaults but for where the servers are, and the
 /// `--set` overrides (`section.key=value`, the value in TOML).
-fn daemon_config_text(mqtt_url: &str, influx_url: &str, overrides: &[String]) -> anyhow::Result<String> {
+fn daemon_config_text(
+    mqtt_url: &str,
+    influx_url: &str,
+    state_dir: &Path,
+    overrides: &[String],
+) -> anyhow::Result<String> {
     let mut sections: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    sections.entry("storage").or_default().push(format!("data_dir = {:?}", state_dir.display().to_string()));
     sections
         .entry("mqtt")
         .or_default()
@@ -76,7 +82,7 @@ fn daemon_config_text(mqtt_url: &str, influx_url: &str, overrides: &[String]) ->
 
 /// The daemon's config as the daemon will read it (with placeholder addresses).
 pub fn daemon_config(overrides: &[String]) -> anyhow::Result<Config> {
-    let text = daemon_config_text("mqtt://127.0.0.1:1", "http://127.0.0.1:1", overrides)?;
+    let text = daemon_config_text("mqtt://127.0.0.1:1", "http://127.0.0.1:1", Path::new("/nonexistent"), overrides)?;
     Config::parse(&text).map_err(|problems| anyhow::anyhow!("daemon config: {}\n{text}", problems.join("; ")))
 }
 
@@ -227,7 +233,10 @@ impl Servers {
             binary.display()
         );
         let config_path = self.dir.path().join("queuewatch.toml");
-        fs::write(&config_path, daemon_config_text(&self.mosquitto.url, &self.influxd.url, &options.set)?)?;
+        fs::write(
+            &config_path,
+            daemon_config_text(&self.mosquitto.url, &self.influxd.url, &self.dir.path().join("state"), &options.set)?,
+        )?;
         let mut daemon = ServerProcess::new("queuewatch", binary, self.dir.path().join("queuewatch.log"))
             .args(["run".to_string(), "--config".to_string(), config_path.display().to_string()])
             .env("QUEUEWATCH_LOG", "info");

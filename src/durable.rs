@@ -1,0 +1,470 @@
+//! The daemon's durability: every input given to the pipeline is journaled,
+//! a message is acknowledged only once its record is on disk, the tracker's
+//! state is snapshotted in the background, and on start the latest snapshot
+//! plus the journal after it rebuild the state the daemon had.
+//!
+//! Invariants (checked by `tests/durability.rs` and this module's tests):
+//! - **Ack after durable.** A message's acknowledgement waits until the
+//!   journal thread reports its record synced; acknowledgements leave in
+//!   the order the messages arrived (MQTT requires it), including those of
+//!   messages that are not events (our own alerts).
+//! - **Journal order is application order.** A record is appended right
+//!   after the pipeline applied it, from the one loop that owns the pipeline,
+//!   with the times it was applied at; applying the records again in order
+//!   rebuilds the same state and writes the same points.
+//! - **A snapshot is committed only when its points are settled.** The
+//!   snapshot after record n is put in place (and the journal up to n
+//!   removed) only once the journal holds n and every writer has written or
+//!   refused every point handed to it up to then; points still in flight at
+//!   a crash are written again by replaying the journal after the snapshot.
+//! - **Downtime is not office time.** Recovery ends with a `resume` record:
+//!   office clocks restart from the newest event time they had, so the
+//!   backlog the broker kept is not late and no deadline fires for time
+//!   nobody observed. Deadlines that fell in the downtime fire once the
+//!   backlog has moved the clocks past them, as they would have live.
+//! - **Recovery publishes no alerts.** Alerts of replayed records were
+//!   published before the crash; the points they go with are written again
+//!   (idempotent), alerts are not (each carries a stable id regardless).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rumqttc::Publish;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::mqtt::{office_from_topic, Acker};
+use crate::pipeline::Pipeline;
+use crate::sink::SinkHandle;
+use crate::storage::journal::{self, Command, JournalHandle};
+use crate::storage::record::Record;
+use crate::storage::{snapshot, Session, StateDir, StorageError};
+use crate::time::Millis;
+use crate::tracker::{state, Tracker};
+
+/// What recovery found and did, for the start-up log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The snapshot's record number (0: none).
+    pub snapshot: u64,
+    /// Journal records applied after it.
+    pub replayed: u64,
+    /// Bytes cut off a torn or corrupt journal end.
+    pub bytes_discarded: u64,
+    pub open_tickets: usize,
+}
+
+/// The journal, the acknowledgements waiting for it and the checkpoint in progress.
+pub struct Durability {
+    dir: StateDir,
+    journal: JournalHandle,
+    /// The number of the last record appended.
+    last: u64,
+    /// Acknowledgements waiting for their record (or the one before them) to be durable.
+    acks: VecDeque<(u64, Publish)>,
+    checkpoint: Option<Checkpoint>,
+    /// The last committed snapshot's record number.
+    committed: u64,
+    record: Vec<u8>,
+}
+
+/// A snapshot being written or waiting for its points to be settled.
+struct Checkpoint {
+    number: u64,
+    /// Points each writer had been handed when the snapshot was taken.
+    handed: Vec<u64>,
+    started: Instant,
+    writing: Option<tokio::task::JoinHandle<Result<PathBuf, StorageError>>>,
+    written: Option<PathBuf>,
+}
+
+impl Durability {
+    /// Opens the state folder (taking its lock), rebuilds `pipeline`'s state
+    /// from the snapshot and the journal, and starts the journal thread.
+    /// `now` is the wall time office clocks resume at.
+    pub async fn recover(
+        config: &Config,
+        pipeline: &mut Pipeline,
+        now: Millis,
+    ) -> Result<(Durability, Recovery), StorageError> {
+        let session = Session { mqtt_url: config.mqtt.url.clone(), client_id: config.mqtt.client_id.clone() };
+        let dir = StateDir::open(&config.storage.data_dir, &session)?;
+        let mut recovery = Recovery::default();
+        snapshot::remove_pending(dir.path())?;
+        if let Some((number, bytes)) = snapshot::load_newest(dir.path())? {
+            let tracker = state::decode(pipeline.tracker().settings().clone(), &bytes).map_err(|error| {
+                StorageError::Corrupt {
+                    path: dir.path().join(snapshot::snapshot_name(number)),
+                    detail: error.to_string(),
+                }
+            })?;
+            pipeline.replace_tracker(tracker);
+            recovery.snapshot = number;
+        }
+        let topics = config.mqtt.topics.clone();
+        let mut malformed = 0u64;
+        let summary = journal::read(dir.path(), recovery.snapshot, |_, bytes| match Record::decode(bytes) {
+            Ok(record) => apply(pipeline, &topics, &record),
+            Err(_) => malformed += 1,
+        })?;
+        if malformed > 0 {
+            error!(records = malformed, "Journal records this version cannot read were skipped.");
+        }
+        recovery.replayed = summary.applied;
+        recovery.bytes_discarded = summary.bytes_discarded;
+        // Alerts of replayed records went out before the crash.
+        drop(pipeline.take_alerts());
+
+        let journal = JournalHandle::start(dir.path(), summary.last + 1)?;
+        let mut durability = Durability {
+            dir,
+            journal,
+            last: summary.last,
+            acks: VecDeque::new(),
+            checkpoint: None,
+            committed: recovery.snapshot,
+            record: Vec::new(),
+        };
+        if summary.last > 0 {
+            let resume = Record::Resume { now };
+            apply(pipeline, &topics, &resume);
+            durability.append(&resume).await;
+        }
+        recovery.open_tickets = pipeline.tracker().open_segments();
+        Ok((durability, recovery))
+    }
+
+    /// Journals a message the pipeline has just taken in; its acknowledgement
+    /// waits for the record to be durable.
+    pub async fn message(&mut self, publish: Publish, tracker_now: Millis, wall_now: Millis) {
+        let topic = String::from_utf8_lossy(publish.topic.as_ref());
+        let record = Record::Message { topic, payload: publish.payload.as_ref().into(), tracker_now, wall_now };
+        self.append(&record).await;
+        self.acks.push_back((self.last, publish));
+    }
+
+    /// A message that is not an event (our own alert): acknowledged in order,
+    /// once the records before it are durable.
+    pub fn ack_in_order(&mut self, publish: Publish) {
+        self.acks.push_back((self.last, publish));
+    }
+
+    /// Journals `Pipeline::advance(tracker_now)`, just applied.
+    pub async fn advance(&mut self, tracker_now: Millis) {
+        self.append(&Record::Advance { tracker_now }).await;
+    }
+
+    /// Journals `Pipeline::drain(tracker_now)`, just applied.
+    pub async fn drain(&mut self, tracker_now: Millis) {
+        self.append(&Record::Drain { tracker_now }).await;
+    }
+
+    async fn append(&mut self, record: &Record<'_>) {
+        self.record.clear();
+        record.encode(&mut self.record);
+        self.last += 1;
+        let bytes = std::mem::replace(&mut self.record, Vec::with_capacity(256));
+        if !self.journal.send(Command::Append { number: self.last, record: bytes }).await {
+            error!("The journal thread has stopped; nothing more is acknowledged.");
+        }
+    }
+
+    /// Hands the acknowledgements whose records are durable to `acker`.
+    pub fn release_acks(&mut self, acker: &mut Acker) {
+        let durable = self.journal.durable();
+        while let Some((number, _)) = self.acks.front() {
+            if *number > durable {
+                break;
+            }
+            if let Some((_, publish)) = self.acks.pop_front() {
+                acker.ack(&publish);
+            }
+        }
+    }
+
+    /// Resolves when more records are durable.
+    pub async fn durable_changed(&mut self) {
+        self.journal.durable_changed().await;
+    }
+
+    /// Acknowledgements waiting for the journal.
+    pub fn acks_waiting(&self) -> usize {
+        self.acks.len()
+    }
+
+    /// Whether the journal cannot be written (a full disk).
+    pub fn failing(&self) -> bool {
+        self.journal.failing()
+    }
+
+    /// Whether a snapshot is due: none in progress and records since the last.
+    pub fn checkpoint_wanted(&self) -> bool {
+        self.checkpoint.is_none() && self.last != self.committed
+    }
+
+    /// Starts a snapshot of `tracker`, the pipeline's state after the last
+    /// record. The caller has handed every pending point to `sinks`.
+    pub async fn begin_checkpoint(&mut self, tracker: Tracker, sinks: &[SinkHandle]) {
+        let number = self.last;
+        if !self.journal.send(Command::Roll { first: number + 1 }).await {
+            return;
+        }
+        let dir = self.dir.path().to_path_buf();
+        let writing =
+            tokio::task::spawn_blocking(move || snapshot::write_pending(&dir, number, &state::encode(&tracker)));
+        self.checkpoint = Some(Checkpoint {
+            number,
+            handed: sinks.iter().map(|sink| sink.progress().points_handed).collect(),
+            started: Instant::now(),
+            writing: Some(writing),
+            written: None,
+        });
+    }
+
+    /// Commits the snapshot in progress once it is written, the journal
+    /// holds its records, and the writers have settled its points.
+    pub async fn poll_checkpoint(&mut self, sinks: &[SinkHandle]) {
+        let Some(checkpoint) = &mut self.checkpoint else { return };
+        if let Some(writing) = checkpoint.writing.take_if(|writing| writing.is_finished()) {
+            match writing.await {
+                Ok(Ok(path)) => checkpoint.written = Some(path),
+                Ok(Err(error)) => {
+                    warn!(error = %error, "Cannot write a snapshot; the journal is kept until the next one.");
+                    self.checkpoint = None;
+                    return;
+                }
+                Err(error) => {
+                    error!(error = %error, "The snapshot task failed; the journal is kept until the next one.");
+                    self.checkpoint = None;
+                    return;
+                }
+            }
+        }
+        let Some(written) = &checkpoint.written else { return };
+        let settled = sinks.iter().zip(&checkpoint.handed).all(|(sink, handed)| {
+            let progress = sink.progress();
+            progress.points_written + progress.points_rejected >= *handed
+        });
+        if !settled || self.journal.durable() < checkpoint.number {
+            return;
+        }
+        let number = checkpoint.number;
+        match snapshot::commit(self.dir.path(), written, number) {
+            Ok(()) => {
+                info!(
+                    record = number,
+                    took_ms = checkpoint.started.elapsed().as_millis() as u64,
+                    "Snapshot taken; the journal before it is removed."
+                );
+                self.committed = number;
+                self.journal.send(Command::Forget { below: number + 1 }).await;
+            }
+            Err(error) => {
+                warn!(error = %error, "Cannot put a snapshot in place; the journal is kept until the next one.")
+            }
+        }
+        self.checkpoint = None;
+    }
+
+    /// Commits every record appended and stops the journal thread; the
+    /// acknowledgements that became durable go to `acker`.
+    pub async fn close(mut self, acker: &mut Acker) {
+        let durable = self.journal.close().await;
+        while let Some((number, publish)) = self.acks.pop_front() {
+            if number <= durable {
+                acker.ack(&publish);
+            }
+        }
+        if let Some(Checkpoint { writing: Some(writing), .. }) = self.checkpoint.take() {
+            let _ = writing.await;
+        }
+    }
+}
+
+/// Gives one journaled input to the pipeline: the single place that maps a
+/// record onto the pipeline, for the live loop's inputs and recovery alike.
+fn apply(pipeline: &mut Pipeline, topics: &[String], record: &Record<'_>) {
+    match record {
+        Record::Message { topic, payload, tracker_now, wall_now } => {
+            let _ = pipeline.handle(office_from_topic(topics, topic), payload, *tracker_now, *wall_now);
+        }
+        Record::Advance { tracker_now } => pipeline.advance(*tracker_now),
+        Record::Drain { tracker_now } => pipeline.drain(*tracker_now),
+        Record::Resume { now } => pipeline.resume(*now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    use rumqttc::QoS;
+
+    use crate::tracker::Mode;
+
+    const START: i64 = 1_795_737_600_000; // 2026-11-27T00:00:00Z
+
+    /// A morning at three offices: every ticket issued, called, started and
+    /// finished, some messages twice, neighbours swapped within seconds.
+    /// `(topic, payload, ts)` in publishing order.
+    fn morning() -> Vec<(String, String, i64)> {
+        let mut messages = Vec::new();
+        for office in ["o1", "o2", "o3"] {
+            for number in 0..60i64 {
+                let issued = START + number * 45_000 + office.len() as i64 * 1_000;
+                let called = issued + 120_000 + (number % 7) * 60_000;
+                let steps = [
+                    ("issued", issued, r#","service":"ktp""#.to_string()),
+                    ("called", called, r#","counter":"c1""#.to_string()),
+                    ("started", called + 30_000, r#","counter":"c1""#.to_string()),
+                    ("finished", called + 330_000 + (number % 5) * 120_000, r#","counter":"c1""#.to_string()),
+                ];
+                for (kind, ts, extra) in steps {
+                    let payload = format!(
+                        r#"{{"type":"{kind}","ts":{ts},"ticket":"A{number:03}","id":"{office}-{number}-{kind}"{extra}}}"#
+                    );
+                    messages.push((format!("queue/{office}/events"), payload, ts));
+                }
+            }
+        }
+        messages.sort_by_key(|(_, _, ts)| *ts);
+        for index in (5..messages.len()).step_by(17) {
+            if messages[index].2 - messages[index - 1].2 < 5_000 {
+                messages.swap(index, index - 1);
+            }
+        }
+        let duplicates: Vec<_> = messages.iter().step_by(23).cloned().collect();
+        for (offset, duplicate) in duplicates.into_iter().enumerate() {
+            let at = (offset * 23 + 40).min(messages.len());
+            messages.insert(at, duplicate);
+        }
+        messages
+    }
+
+    fn config(dir: &std::path::Path) -> Config {
+        let mut config = Config::default();
+        config.tracking.reorder_window = std::time::Duration::from_secs(30);
+        config.storage.data_dir = dir.to_path_buf();
+        config
+    }
+
+    /// Arrival wall time of a message: just after its timestamp.
+    fn arrival(ts: i64) -> Millis {
+        Millis(ts + 200)
+    }
+
+    fn lines(pipeline: &mut Pipeline, into: &mut BTreeSet<String>) {
+        if let Some((text, _)) = pipeline.take_lines() {
+            into.extend(text.lines().map(str::to_owned));
+        }
+    }
+
+    fn feed(pipeline: &mut Pipeline, topics: &[String], (topic, payload, ts): &(String, String, i64)) {
+        let _ = pipeline.handle(office_from_topic(topics, topic), payload.as_bytes(), arrival(*ts), arrival(*ts));
+    }
+
+    async fn wait_until_durable(durability: &mut Durability) {
+        while durability.journal.durable() < durability.last {
+            durability.durable_changed().await;
+        }
+    }
+
+    /// The uninterrupted run: every point, and the wall time it ended at.
+    fn uninterrupted(config: &Config, messages: &[(String, String, i64)]) -> BTreeSet<String> {
+        let mut pipeline = Pipeline::new(config, Mode::Live);
+        let mut points = BTreeSet::new();
+        for (index, message) in messages.iter().enumerate() {
+            feed(&mut pipeline, &config.mqtt.topics, message);
+            if index % 50 == 49 {
+                pipeline.advance(arrival(message.2));
+            }
+        }
+        pipeline.drain(arrival(messages[messages.len() - 1].2 + 3_600_000));
+        lines(&mut pipeline, &mut points);
+        points
+    }
+
+    #[tokio::test]
+    async fn a_crash_with_a_torn_journal_end_after_a_snapshot_writes_what_an_uninterrupted_run_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let messages = morning();
+        let expected = uninterrupted(&config, &messages);
+        assert!(expected.iter().filter(|line| line.starts_with("ticket,")).count() == 180, "{expected:#?}");
+
+        let topics = config.mqtt.topics.clone();
+        let mut points = BTreeSet::new();
+        let mut pipeline = Pipeline::new(&config, Mode::Live);
+        let (mut durability, recovery) = Durability::recover(&config, &mut pipeline, Millis(START)).await.unwrap();
+        assert_eq!(recovery, Recovery::default(), "a new folder holds nothing");
+        // The record number each message's record got.
+        let mut records = Vec::new();
+        let crash_at = messages.len() * 2 / 3;
+        for (index, message) in messages.iter().enumerate().take(crash_at) {
+            feed(&mut pipeline, &topics, message);
+            let publish = Publish::new(message.0.as_str(), QoS::AtLeastOnce, message.1.as_bytes());
+            durability.message(publish, arrival(message.2), arrival(message.2)).await;
+            records.push(durability.last);
+            if index % 50 == 49 {
+                pipeline.advance(arrival(message.2));
+                durability.advance(arrival(message.2)).await;
+            }
+            if index == crash_at / 2 {
+                // A snapshot while events keep arriving: written on another
+                // thread while the loop goes on, committed once its records are durable.
+                lines(&mut pipeline, &mut points);
+                durability.begin_checkpoint(pipeline.tracker().clone(), &[]).await;
+            }
+            if index > crash_at / 2 {
+                durability.poll_checkpoint(&[]).await;
+            }
+        }
+        wait_until_durable(&mut durability).await;
+        durability.poll_checkpoint(&[]).await;
+        assert!(durability.committed > 0, "the snapshot was committed");
+        lines(&mut pipeline, &mut points);
+        let last_now = arrival(messages[crash_at - 1].2);
+        // The crash: the process is gone, its last frame half written.
+        drop(pipeline);
+        drop(durability);
+        let state = dir.path().join("state");
+        let (_, newest) = journal::segments(&state).unwrap().pop().unwrap();
+        let length = std::fs::metadata(&newest).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&newest).unwrap().set_len(length - 5).unwrap();
+
+        let mut pipeline = Pipeline::new(&config, Mode::Live);
+        let (mut durability, recovery) = Durability::recover(&config, &mut pipeline, last_now).await.unwrap();
+        assert!(recovery.snapshot > 0 && recovery.replayed > 0 && recovery.bytes_discarded > 0, "{recovery:?}");
+        let recovered_up_to = recovery.snapshot + recovery.replayed;
+        // The broker redelivers every message whose record was not kept.
+        let redeliver_from = records.iter().position(|number| *number > recovered_up_to).unwrap();
+        assert!(redeliver_from < crash_at, "the torn record's message comes again");
+        for (index, message) in messages.iter().enumerate().skip(redeliver_from) {
+            feed(&mut pipeline, &topics, message);
+            let publish = Publish::new(message.0.as_str(), QoS::AtLeastOnce, message.1.as_bytes());
+            durability.message(publish, arrival(message.2), arrival(message.2)).await;
+            if index % 50 == 49 {
+                pipeline.advance(arrival(message.2));
+                durability.advance(arrival(message.2)).await;
+            }
+        }
+        pipeline.drain(arrival(messages[messages.len() - 1].2 + 3_600_000));
+        lines(&mut pipeline, &mut points);
+        let missing: Vec<_> = expected.difference(&points).collect();
+        let extra: Vec<_> = points.difference(&expected).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "missing {missing:#?}\nextra {extra:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_second_daemon_on_the_same_state_folder_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut pipeline = Pipeline::new(&config, Mode::Live);
+        let _first = Durability::recover(&config, &mut pipeline, Millis(START)).await.unwrap();
+        let error =
+            Durability::recover(&config, &mut Pipeline::new(&config, Mode::Live), Millis(START)).await.err().unwrap();
+        assert!(matches!(error, StorageError::Locked { .. }), "{error}");
+    }
+}
