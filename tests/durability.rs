@@ -30,9 +30,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use common::Subscriber;
 use common::{Influx1, Mosquitto};
 use daemon::{data_dir_of, wait_until_journaled, Daemon, DEADLINE};
-use mqtt::{Message, Publisher, Subscriber};
+use mqtt::{next_on, Message, Publisher};
 use points::Row;
 use queuewatch::time::Millis;
 
@@ -48,9 +49,10 @@ mod kills {
 
     use rand::{Rng, SeedableRng};
 
+    use crate::common::Subscriber;
     use crate::common::{self, Influx1, Mosquitto};
     use crate::daemon::{Daemon, Recovery, DEADLINE};
-    use crate::mqtt::{Publisher, Subscriber};
+    use crate::mqtt::{next_on, Publisher};
     use crate::points::{self, Row, MEASUREMENTS};
     use crate::scenario::{Scenario, END_OFFICE};
 
@@ -190,7 +192,7 @@ mod kills {
         // The end marker comes last: once it is echoed, every message before
         // it was taken in, and a graceful stop applies and writes the rest.
         let mut skipped = Vec::new();
-        if ends.next_on(&end_topic, &mut skipped).await.is_none() {
+        if next_on(&mut ends, &end_topic, &mut skipped).await.is_none() {
             panic!("{name}: the end marker was not echoed in {DEADLINE:?}\n{}", daemon.log_tails(60));
         }
         daemon.terminate().await;
@@ -315,7 +317,7 @@ async fn a_breach_due_during_the_downtime_fires_once_after_it() {
     daemon.restart();
 
     let mut others = Vec::new();
-    let Some(firing) = alerts.next_on(&alerts_topic, &mut others).await else {
+    let Some(firing) = next_on(&mut alerts, &alerts_topic, &mut others).await else {
         panic!("no alert in {DEADLINE:?}\n{}", daemon.log_tails(40));
     };
     assert_eq!(
@@ -333,7 +335,7 @@ async fn a_breach_due_during_the_downtime_fires_once_after_it() {
     kiosk.publish_all(&[marker]).await;
     let mut alerts_for_a771 = vec![firing.clone()];
     loop {
-        let Some(alert) = alerts.next_on(&alerts_topic, &mut others).await else {
+        let Some(alert) = next_on(&mut alerts, &alerts_topic, &mut others).await else {
             panic!("the marker did not arrive in {DEADLINE:?}");
         };
         if alert.get("marker").is_some() {

@@ -10,8 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Influx1, Mosquitto};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use common::{Influx1, Mosquitto, Subscriber};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -209,52 +209,13 @@ async fn a_replayed_morning_writes_exactly_the_expected_live_points() {
     assert_eq!((last["waiting"].as_i64(), last["counters_open"].as_i64()), (Some(0), Some(0)));
 }
 
-/// Collects messages on `filter` in the background.
-struct Subscriber {
-    messages: tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
-    _pump: tokio::task::JoinHandle<()>,
-}
-
-impl Subscriber {
-    async fn start(mqtt: &Mosquitto, filter: &str) -> Subscriber {
-        let mut options = MqttOptions::new("alert-watcher", "127.0.0.1", mqtt.port);
-        options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut event_loop) = AsyncClient::new(options, 64);
-        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-        let (sender, messages) = tokio::sync::mpsc::unbounded_channel();
-        let (subscribed, is_subscribed) = oneshot::channel();
-        let pump = tokio::spawn(async move {
-            let mut subscribed = Some(subscribed);
-            let _client = client;
-            loop {
-                match event_loop.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(subscribed) = subscribed.take() {
-                            let _ = subscribed.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let value = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
-                        let _ = sender.send((publish.topic.clone(), value));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), is_subscribed).await.unwrap().unwrap();
-        Subscriber { messages, _pump: pump }
-    }
-
-    /// The next alert or echo (the kiosk's own events on the same filter are skipped).
-    async fn next(&mut self, timeout: Duration) -> (String, Value) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let message = tokio::time::timeout_at(deadline, self.messages.recv()).await;
-            let (topic, value) = message.expect("a message in time").expect("open channel");
-            if !topic.ends_with("/events") {
-                return (topic, value);
-            }
+/// The next alert or echo within `timeout` (the kiosk's own events on the same filter are skipped).
+async fn next_alert_or_echo(subscriber: &mut Subscriber, timeout: Duration) -> (String, Value) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (topic, value) = subscriber.next_before(deadline).await.expect("a message in time");
+        if !topic.ends_with("/events") {
+            return (topic, value);
         }
     }
 }
@@ -273,7 +234,7 @@ async fn a_live_run_raises_a_wait_alert_resolves_it_on_call_and_echoes_rejection
     ))
     .unwrap();
     common::create_session(&mqtt, "live-daemon", "queue/+/events").await;
-    let mut watcher = Subscriber::start(&mqtt, "queue/o1/+").await;
+    let mut watcher = Subscriber::start(mqtt.port, "alert-watcher", "queue/o1/+").await;
     let (stop, stopped) = oneshot::channel::<()>();
     let daemon_started = queuewatch::time::Millis::now();
     let daemon = tokio::spawn(queuewatch::daemon::run(config, async {
@@ -309,10 +270,10 @@ async fn a_live_run_raises_a_wait_alert_resolves_it_on_call_and_echoes_rejection
 
     // The rejection is echoed at once; the alert follows the deadline (3 s) + window (1 s).
     let started = Instant::now();
-    let (topic, echo) = watcher.next(Duration::from_secs(20)).await;
+    let (topic, echo) = next_alert_or_echo(&mut watcher, Duration::from_secs(20)).await;
     assert_eq!(topic, "queue/o1/rejected");
     assert_eq!((echo["reason"].as_str(), echo["id"].as_str()), (Some("unknown_type"), Some("fw-7")));
-    let (topic, firing) = watcher.next(Duration::from_secs(30)).await;
+    let (topic, firing) = next_alert_or_echo(&mut watcher, Duration::from_secs(30)).await;
     assert_eq!(topic, "queue/o1/alerts");
     assert_eq!(firing["state"], "firing");
     assert_eq!(firing["kind"], "wait");
@@ -325,7 +286,7 @@ async fn a_live_run_raises_a_wait_alert_resolves_it_on_call_and_echoes_rejection
     let called =
         format!(r#"{{"type":"called","ts":{},"ticket":"F1","counter":"c1"}}"#, queuewatch::time::Millis::now().0);
     kiosk.publish("queue/o1/events", QoS::AtLeastOnce, false, called).await.unwrap();
-    let (_, resolved) = watcher.next(Duration::from_secs(30)).await;
+    let (_, resolved) = next_alert_or_echo(&mut watcher, Duration::from_secs(30)).await;
     assert_eq!(resolved["state"], "resolved");
     assert_eq!(resolved["id"], firing["id"]);
 

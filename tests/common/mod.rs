@@ -85,3 +85,52 @@ pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
     fs::write(&path, toml).unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
     path
 }
+
+/// Collects every message on an MQTT filter from the moment the broker
+/// confirmed the subscription, in the background.
+pub struct Subscriber {
+    messages: tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+    _pump: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Subscribes to `filter` on the broker at `port` as `client_id` and waits for the SUBACK.
+    pub async fn start(port: u16, client_id: &str, filter: &str) -> Subscriber {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_keep_alive(std::time::Duration::from_secs(30));
+        let (client, mut event_loop) = AsyncClient::new(options, 64);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let (sender, messages) = tokio::sync::mpsc::unbounded_channel();
+        let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
+        let pump = tokio::spawn(async move {
+            let mut subscribed = Some(subscribed);
+            let _client = client;
+            loop {
+                match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(subscribed) = subscribed.take() {
+                            let _ = subscribed.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let value = serde_json::from_slice(&publish.payload).unwrap_or(serde_json::Value::Null);
+                        let _ = sender.send((publish.topic.clone(), value));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), is_subscribed)
+            .await
+            .expect("the broker confirms the subscription")
+            .unwrap();
+        Subscriber { messages, _pump: pump }
+    }
+
+    /// The next message (topic, JSON payload or null) before `deadline`, or `None`.
+    pub async fn next_before(&mut self, deadline: tokio::time::Instant) -> Option<(String, serde_json::Value)> {
+        tokio::time::timeout_at(deadline, self.messages.recv()).await.ok().flatten()
+    }
+}

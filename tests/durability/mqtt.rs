@@ -1,6 +1,6 @@
 //! The test's own MQTT clients: a kiosk-side publisher (QoS 1, optionally
-//! paced at a steady rate, counting what the broker acknowledged) and a
-//! subscriber that collects what arrives on a filter.
+//! paced at a steady rate, counting what the broker acknowledged), and
+//! picking one topic's messages out of what a subscriber collects.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
 
+use super::common::Subscriber;
 use super::daemon::DEADLINE;
 
 /// One message as a ticket machine publishes it.
@@ -104,57 +104,15 @@ impl Publisher {
     }
 }
 
-/// Collects every message on a filter from the moment the broker confirmed
-/// the subscription.
-pub struct Subscriber {
-    messages: mpsc::UnboundedReceiver<(String, Value)>,
-    _pump: tokio::task::JoinHandle<()>,
-}
-
-impl Subscriber {
-    pub async fn start(port: u16, client_id: &str, filter: &str) -> Subscriber {
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-        options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut event_loop) = AsyncClient::new(options, 64);
-        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-        let (sender, messages) = mpsc::unbounded_channel();
-        let (subscribed, is_subscribed) = oneshot::channel();
-        let pump = tokio::spawn(async move {
-            let mut subscribed = Some(subscribed);
-            let _client = client;
-            loop {
-                match event_loop.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(subscribed) = subscribed.take() {
-                            let _ = subscribed.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let value = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
-                        let _ = sender.send((publish.topic.clone(), value));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), is_subscribed)
-            .await
-            .expect("the broker confirms the subscription")
-            .unwrap();
-        Subscriber { messages, _pump: pump }
-    }
-
-    /// The next message on `topic` within `DEADLINE` (others are returned in
-    /// `skipped`), or `None`.
-    pub async fn next_on(&mut self, topic: &str, skipped: &mut Vec<(String, Value)>) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            match tokio::time::timeout_at(deadline, self.messages.recv()).await {
-                Ok(Some((received, value))) if received == topic => return Some(value),
-                Ok(Some(other)) => skipped.push(other),
-                Ok(None) | Err(_) => return None,
-            }
+/// The next message on `topic` within `DEADLINE` (others are returned in
+/// `skipped`), or `None`.
+pub async fn next_on(subscriber: &mut Subscriber, topic: &str, skipped: &mut Vec<(String, Value)>) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match subscriber.next_before(deadline).await {
+            Some((received, value)) if received == topic => return Some(value),
+            Some(other) => skipped.push(other),
+            None => return None,
         }
     }
 }
