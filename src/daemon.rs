@@ -163,6 +163,7 @@ pub async fn run_with(
     // Recover before reading any message: the broker redelivers what the
     // journal lacks, and the recovered state must be in place to take it.
     let mut durability = if config.storage.journal {
+        let recovery_started = std::time::Instant::now();
         let (durability, recovery) = Durability::recover(&config, &mut pipeline, Millis::now())
             .await
             .context("state folder (storage.data_dir)")?;
@@ -172,6 +173,7 @@ pub async fn run_with(
             replayed = recovery.replayed,
             bytes_discarded = recovery.bytes_discarded,
             open_tickets = recovery.open_tickets,
+            took_ms = recovery_started.elapsed().as_millis() as u64,
             "State recovered."
         );
         Some(durability)

@@ -60,10 +60,19 @@ pub struct Session {
     pub client_id: String,
 }
 
+/// The layout of the state folder (the `SESSION` file's first line); the
+/// journal and snapshot files carry versions of their own.
+pub const STATE_FOLDER_VERSION: u32 = 1;
+
 impl Session {
     fn to_text(&self) -> String {
-        format!("mqtt_url = {:?}\nclient_id = {:?}\n", self.mqtt_url, self.client_id)
+        format!("format = {STATE_FOLDER_VERSION}\nmqtt_url = {:?}\nclient_id = {:?}\n", self.mqtt_url, self.client_id)
     }
+}
+
+/// The folder format a `SESSION` file names, if it names one.
+fn folder_version(session_text: &str) -> Option<u32> {
+    session_text.lines().next()?.strip_prefix("format = ")?.trim().parse().ok()
 }
 
 /// The open, locked state folder.
@@ -102,6 +111,10 @@ impl StateDir {
         let state = data_dir.join("state");
         let session_path = state.join("SESSION");
         match std::fs::read_to_string(&session_path) {
+            Ok(text) if folder_version(&text).is_some_and(|found| found > STATE_FOLDER_VERSION) => {
+                let found = folder_version(&text).unwrap_or_default();
+                return Err(StorageError::Version { path: session_path, found, supported: STATE_FOLDER_VERSION });
+            }
             Ok(text) if text == session.to_text() => {}
             Ok(_) | Err(_) if state.exists() => {
                 let aside = data_dir.join(format!("state.set-aside-{}", crate::time::Millis::now().0));
@@ -159,6 +172,17 @@ mod tests {
         assert!(message.contains(&format!("process {}", std::process::id())), "{message}");
         drop(first);
         StateDir::open(dir.path(), &session("qw")).expect("the lock goes with the daemon");
+    }
+
+    #[test]
+    fn a_state_folder_of_a_newer_format_is_refused_not_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(StateDir::open(dir.path(), &session("qw")).unwrap());
+        let session_path = dir.path().join("state").join("SESSION");
+        std::fs::write(&session_path, "format = 7\nsomething new\n").unwrap();
+        let error = StateDir::open(dir.path(), &session("qw")).unwrap_err();
+        assert!(error.to_string().contains("format version 7 is newer"), "{error}");
+        assert!(session_path.exists());
     }
 
     #[test]
