@@ -286,7 +286,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
 
 /// Polls the broker's store count until it holds `events` messages (its
 /// `$SYS` report lags up to a second), at most 10 times.
-async fn wait_until_stored(servers: &Servers, events: u64) -> anyhow::Result<u64> {
+pub async fn wait_until_stored(servers: &Servers, events: u64) -> anyhow::Result<u64> {
     let mut stored = 0;
     for _ in 0..10 {
         stored = servers.broker_stored_messages().await?;

@@ -34,6 +34,7 @@
 //! `report` (how figures are printed) are shared by them.
 
 mod alloc;
+mod baseline;
 mod drain;
 mod e2e;
 mod input;
@@ -78,6 +79,8 @@ enum Scenario {
     Latency(latency::LatencyArgs),
     /// A backlog queued in Mosquitto while the daemon is away, drained into InfluxDB 1.x: time and exactness.
     Drain(drain::DrainArgs),
+    /// The drain's backlog through a plain MQTT-to-InfluxDB consumer: the floor the broker and InfluxDB set.
+    Baseline(baseline::BaselineArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Scenario::E2e(args) => servers::with_servers(e2e::e2e(args)),
         Scenario::Latency(args) => servers::with_servers(latency::latency(args)),
         Scenario::Drain(args) => servers::with_servers(drain::drain(args)),
+        Scenario::Baseline(args) => servers::with_servers(baseline::baseline(args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,7 +43,7 @@ pub struct DaemonArgs {
 }
 
 /// The daemon's MQTT client id (its persistent session) and InfluxDB database.
-const DAEMON_CLIENT_ID: &str = "queuewatch-load";
+pub const DAEMON_CLIENT_ID: &str = "queuewatch-load";
 const DATABASE: &str = "queuewatch";
 /// Mosquitto's queue for the daemon's session: the whole backlog of a run must fit.
 const BROKER_MAX_QUEUED_MESSAGES: u64 = 10_000_000;
@@ -198,6 +198,10 @@ impl Servers {
         let influx = Influx { client: influxd.client() };
         influx.client.create_database(DATABASE).await?;
         Ok(Servers { daemon: None, mosquitto, influxd, influx, keep_logs: options.keep_logs.clone(), dir })
+    }
+
+    pub fn influx_url(&self) -> String {
+        self.influxd.url.clone()
     }
 
     pub fn mqtt_port(&self) -> u16 {
