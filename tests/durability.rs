@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use common::Subscriber;
-use common::{Influx1, Mosquitto};
+use common::{Influx1, Mosquitto, MosquittoOptions};
 use daemon::{data_dir_of, wait_until_journaled, Daemon, DEADLINE};
 use mqtt::{next_on, Message, Publisher};
 use points::Row;
@@ -147,7 +147,7 @@ mod kills {
     /// what it wrote.
     async fn run(scenario: &Scenario, name: &str, kill_after: &[usize]) -> Outcome {
         let started = Instant::now();
-        let mqtt = Mosquitto::start();
+        let mqtt = Mosquitto::start_persistent(&crate::common::MosquittoOptions::default());
         let influx = Influx1::start();
         influx.create_database("qw").await;
         let dir = tempfile::tempdir().unwrap();
@@ -221,7 +221,7 @@ const OFFICE: &str = "mpp-durable";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_issued_before_a_kill_and_served_after_the_restart_is_one_exact_point() {
-    let mqtt = Mosquitto::start();
+    let mqtt = Mosquitto::start_persistent(&MosquittoOptions::default());
     let influx = Influx1::start();
     influx.create_database("qw").await;
     let (dir, config, data_dir) = config_for(&mqtt, &influx, "");
@@ -286,7 +286,7 @@ async fn a_ticket_issued_before_a_kill_and_served_after_the_restart_is_one_exact
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breach_due_during_the_downtime_fires_once_after_it() {
-    let mqtt = Mosquitto::start();
+    let mqtt = Mosquitto::start_persistent(&MosquittoOptions::default());
     let influx = Influx1::start();
     influx.create_database("qw").await;
     let (dir, config, data_dir) = config_for(&mqtt, &influx, "[sla]\nwait_target = \"5m\"\n");

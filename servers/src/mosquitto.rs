@@ -50,14 +50,32 @@ impl Mosquitto {
     }
 
     pub fn try_start_with_config(config: impl Fn(u16) -> String) -> Result<Mosquitto, Error> {
+        Mosquitto::start_in_folder(|port, _| config(port))
+    }
+
+    /// A broker that keeps its sessions and queues on disk (in its folder):
+    /// what it holds survives a restart that lets it save (a graceful stop),
+    /// as a production broker's does.
+    pub fn try_start_persistent(options: &MosquittoOptions) -> Result<Mosquitto, Error> {
+        Mosquitto::start_in_folder(|port, dir| persistent_config_text(port, options, &dir.join("data")))
+    }
+
+    pub fn start_persistent(options: &MosquittoOptions) -> Mosquitto {
+        or_panic(Mosquitto::try_start_persistent(options))
+    }
+
+    fn start_in_folder(config: impl Fn(u16, &Path) -> String) -> Result<Mosquitto, Error> {
         let program = find_binary("mosquitto", "/usr/sbin/mosquitto", "mosquitto")?;
         let dir = temp_dir("mosquitto")?;
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)
+            .map_err(|source| Error::Io { what: format!("create {}", data.display()), source })?;
         let config_path = dir.path().join("mosquitto.conf");
         let log_path = dir.path().join("mosquitto.log");
         let (process, port) = start_on_free_ports(
             || {
                 let port = try_free_port()?;
-                write_file(&config_path, &config(port))?;
+                write_file(&config_path, &config(port, dir.path()))?;
                 let process = ServerProcess::new("mosquitto", program.clone(), log_path.clone())
                     .debian_package("mosquitto")
                     .args(["-c".to_string(), config_path.display().to_string()]);
@@ -115,5 +133,25 @@ fn config_text(port: u16, options: &MosquittoOptions) -> String {
          # stderr: unbuffered, so the log is complete while the broker runs.\n\
          log_dest stderr\n\
          log_timestamp true\n"
+    )
+}
+
+/// `config_text` with persistence in `data` (a trailing slash: Mosquitto
+/// joins the file name to it as it is). Saved on a graceful stop and every
+/// 30 min; `sys_interval 1` so that `$SYS` store counts are fresh.
+pub fn persistent_config_text(port: u16, options: &MosquittoOptions, data: &Path) -> String {
+    let MosquittoOptions { max_queued_messages, max_inflight_messages } = options;
+    format!(
+        "listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence true\n\
+         persistence_location {}/\n\
+         autosave_interval 1800\n\
+         max_queued_messages {max_queued_messages}\n\
+         max_inflight_messages {max_inflight_messages}\n\
+         sys_interval 1\n\
+         log_dest stderr\n\
+         log_timestamp true\n",
+        data.display()
     )
 }

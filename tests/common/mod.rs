@@ -12,7 +12,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub use queuewatch_servers::{create_session, free_port, Influx1, Mosquitto, VictoriaMetrics};
+pub use queuewatch_servers::{create_session, free_port, Influx1, Mosquitto, MosquittoOptions, VictoriaMetrics};
 
 /// The `queuewatch` binary that cargo built for this integration test.
 pub fn queuewatch_bin() -> PathBuf {

@@ -98,24 +98,6 @@ pub enum BrokerStore {
     Persistent,
 }
 
-/// Mosquitto's config for [`BrokerStore::Persistent`].
-fn persistent_broker_config(port: u16, options: &MosquittoOptions, persistence_dir: &Path) -> String {
-    let MosquittoOptions { max_queued_messages, max_inflight_messages } = options;
-    format!(
-        "listener {port} 127.0.0.1\n\
-         allow_anonymous true\n\
-         persistence true\n\
-         persistence_location {}/\n\
-         autosave_interval 1800\n\
-         max_queued_messages {max_queued_messages}\n\
-         max_inflight_messages {max_inflight_messages}\n\
-         sys_interval 1\n\
-         log_dest stderr\n\
-         log_timestamp true\n",
-        persistence_dir.display()
-    )
-}
-
 /// Runs a scenario that starts servers, stopping early (and so cleaning up)
 /// on SIGINT or SIGTERM.
 pub fn with_servers(scenario: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -183,15 +165,11 @@ impl Servers {
             max_queued_messages: BROKER_MAX_QUEUED_MESSAGES,
             max_inflight_messages: options.broker_inflight,
         };
-        let persistence_dir = dir.path().join("mosquitto-data");
-        fs::create_dir_all(&persistence_dir).context("the broker's persistence folder")?;
         // Starting waits for each server on this thread.
         let (mosquitto, influxd) = tokio::task::block_in_place(|| {
             let mosquitto = match store {
                 BrokerStore::Memory => Mosquitto::try_start(&broker_options)?,
-                BrokerStore::Persistent => Mosquitto::try_start_with_config(|port| {
-                    persistent_broker_config(port, &broker_options, &persistence_dir)
-                })?,
+                BrokerStore::Persistent => Mosquitto::try_start_persistent(&broker_options)?,
             };
             anyhow::Ok((mosquitto, Influx1::try_start()?))
         })?;
