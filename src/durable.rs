@@ -41,7 +41,8 @@ use crate::storage::journal::{self, Command, JournalHandle};
 use crate::storage::record::Record;
 use crate::storage::{snapshot, Session, StateDir, StorageError};
 use crate::time::Millis;
-use crate::tracker::{state, Tracker};
+use crate::tracker::state::{self, StateError};
+use crate::tracker::Tracker;
 
 /// What recovery found and did, for the start-up log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,11 +94,10 @@ impl Durability {
         let mut recovery = Recovery::default();
         snapshot::remove_pending(dir.path())?;
         if let Some((number, bytes)) = snapshot::load_newest(dir.path())? {
-            let tracker = state::decode(pipeline.tracker().settings().clone(), &bytes).map_err(|error| {
-                StorageError::Corrupt {
-                    path: dir.path().join(snapshot::snapshot_name(number)),
-                    detail: error.to_string(),
-                }
+            let path = dir.path().join(snapshot::snapshot_name(number));
+            let tracker = state::decode(pipeline.tracker().settings().clone(), &bytes).map_err(|error| match error {
+                StateError::NewerVersion { found, supported } => StorageError::Version { path, found, supported },
+                error => StorageError::Corrupt { path, detail: error.to_string() },
             })?;
             pipeline.replace_tracker(tracker);
             recovery.snapshot = number;
