@@ -522,7 +522,7 @@ mod tests {
             started: WALL.minus_ms(90_500),
             accepted: 1200,
             rejected: 3,
-            sink: SinkProgress { points_handed: 9000, points_written: 8990, points_rejected: 2 },
+            sink: SinkProgress { points_handed: 9000, points_written: 8990, points_rejected: 2, points_settled: 8992 },
             open_tickets: 41,
             newest_event: Some(WALL.minus_ms(2_250)),
         };
