@@ -96,6 +96,18 @@ impl AlertPublisher {
         [&self.config.topic, &self.config.rejects_topic].into_iter().any(|template| template_matches(template, topic))
     }
 
+    /// Whether a subscription to `filters` can bring messages on this
+    /// publisher's topics at all. Decided once at start: when none can (the
+    /// default `queue/+/events` against `queue/{office}/alerts`), no message
+    /// needs [`AlertPublisher::is_own_topic`]. Errs towards `true`.
+    pub fn may_receive_own(&self, filters: &[String]) -> bool {
+        filters.iter().any(|filter| {
+            [&self.config.topic, &self.config.rejects_topic]
+                .into_iter()
+                .any(|template| filter_may_match_template(filter, template))
+        })
+    }
+
     fn take_token(&mut self, office: &OfficeId, now: Instant) -> bool {
         if self.buckets.len() > 10_000 {
             self.buckets.clear(); // offices come from input; keep the map bounded
@@ -149,9 +161,40 @@ fn template_matches(template: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether the MQTT filter `filter` (`+`, `#`) may match a topic made from
+/// `template`; a level naming `{office}` may be anything.
+fn filter_may_match_template(filter: &str, template: &str) -> bool {
+    let mut filter_levels = filter.split('/');
+    let mut template_levels = template.split('/');
+    loop {
+        match (filter_levels.next(), template_levels.next()) {
+            (None, None) | (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(_), Some(level)) if level.contains("{office}") => {}
+            (Some(pattern), Some(level)) if pattern == level => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_subscriptions_that_can_reach_the_alert_topics_need_the_per_message_check() {
+        let templates = ["queue/{office}/alerts", "queue/{office}/rejected"];
+        let reaches = |filter: &str| templates.iter().any(|template| filter_may_match_template(filter, template));
+        assert!(!reaches("queue/+/events"));
+        assert!(!reaches("queue/mpp-1/events"));
+        assert!(!reaches("queue/+"));
+        assert!(!reaches("other/+/alerts"));
+        assert!(reaches("queue/#"));
+        assert!(reaches("#"));
+        assert!(reaches("queue/+/+"));
+        assert!(reaches("+/+/alerts"));
+        assert!(reaches("queue/mpp-1/rejected"));
+    }
 
     #[test]
     fn templates_name_the_office_and_match_their_own_topics() {

@@ -192,6 +192,7 @@ pub async fn run_with(
     let source = MqttSource::new(&config.mqtt);
     let mut acker = source.acker();
     let mut alerts = AlertPublisher::new(source.client(), &config.alerts);
+    let own_topics_reachable = alerts.may_receive_own(&config.mqtt.topics);
     let (message_sender, mut messages) = mpsc::channel(MESSAGE_CHANNEL_CAPACITY);
     let source_task = tokio::spawn(source.run(message_sender, stopped(stop_receiver.clone())));
     info!(mqtt = %config.mqtt.url, topics = ?config.mqtt.topics, influxdb = %config.influxdb.url, "queuewatch running.");
@@ -245,7 +246,7 @@ pub async fn run_with(
         let send_now = matches!(input, Input::Tick | Input::SelfReport(_));
         match input {
             Input::Message(message) => {
-                if alerts.is_own_topic(&message.publish.topic) {
+                if own_topics_reachable && alerts.is_own_topic(&message.publish.topic) {
                     // Our own alerts, matched by a broad subscription: not events.
                     match &mut durability {
                         Some(durability) => durability.ack_in_order(message.publish),
@@ -524,7 +525,7 @@ mod tests {
             started: WALL.minus_ms(90_500),
             accepted: 1200,
             rejected: 3,
-            sink: SinkProgress { points_handed: 9000, points_written: 8990, points_rejected: 2 },
+            sink: SinkProgress { points_handed: 9000, points_written: 8990, points_rejected: 2, points_settled: 8992 },
             open_tickets: 41,
             newest_event: Some(WALL.minus_ms(2_250)),
         };

@@ -242,10 +242,8 @@ impl Durability {
             }
         }
         let Some(written) = &checkpoint.written else { return };
-        let settled = sinks.iter().zip(&checkpoint.handed).all(|(sink, handed)| {
-            let progress = sink.progress();
-            progress.points_written + progress.points_rejected >= *handed
-        });
+        let settled =
+            sinks.iter().zip(&checkpoint.handed).all(|(sink, handed)| sink.progress().points_settled >= *handed);
         if !settled || self.journal.durable() < checkpoint.number {
             return;
         }

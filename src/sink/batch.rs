@@ -2,9 +2,10 @@
 //!
 //! Pure data: no IO, no clock (arrival times are passed in). Every cut is at a
 //! line boundary, so a batch is always whole lines of line protocol, each
-//! ending with `'\n'`, in the order they arrived.
+//! ending with `'\n'`, in the order they arrived. [`Watermark`] turns batches
+//! settled in any order into the prefix of lines that are all settled.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -103,6 +104,40 @@ impl Pending {
     }
 }
 
+/// The longest prefix of lines (numbered from 0 in arrival order) that are
+/// all settled, from ranges settled in any order. Ranges never overlap and
+/// each is settled once.
+#[derive(Debug, Default)]
+pub(crate) struct Watermark {
+    prefix: u64,
+    /// Ranges settled beyond a gap: first line → number of lines.
+    ahead: BTreeMap<u64, u64>,
+}
+
+impl Watermark {
+    /// Records lines `first .. first + lines` as settled; returns the prefix.
+    pub fn settle(&mut self, first: u64, lines: u64) -> u64 {
+        debug_assert!(first >= self.prefix, "lines {first}.. settled twice");
+        if lines == 0 {
+            return self.prefix;
+        }
+        if first == self.prefix {
+            self.prefix += lines;
+            while let Some(next) = self.ahead.remove(&self.prefix) {
+                self.prefix += next;
+            }
+        } else {
+            self.ahead.insert(first, lines);
+        }
+        self.prefix
+    }
+
+    /// How many lines from the first are all settled.
+    pub fn prefix(&self) -> u64 {
+        self.prefix
+    }
+}
+
 pub(crate) fn count_lines(text: &str) -> usize {
     text.bytes().filter(|byte| *byte == b'\n').count()
 }
@@ -182,6 +217,55 @@ mod tests {
             assert_eq!(count_lines(&second.text), second.lines);
             assert_eq!(first.text + &second.text, lines(0..count));
         }
+    }
+
+    #[test]
+    fn the_watermark_waits_for_the_earliest_unsettled_line() {
+        let mut settled = Watermark::default();
+        // Batches [0, 5), [5, 9), [9, 12) complete second, third, first.
+        assert_eq!(settled.settle(5, 4), 0);
+        assert_eq!(settled.settle(9, 3), 0);
+        assert_eq!(settled.settle(0, 5), 12, "the gap closes and both ranges ahead join");
+        // 413 halves of [12, 20): the second half settles before the first.
+        assert_eq!(settled.settle(16, 4), 12);
+        assert_eq!(settled.settle(12, 4), 20);
+        assert_eq!(settled.settle(20, 0), 20, "an empty range changes nothing");
+        assert_eq!(settled.prefix(), 20);
+    }
+
+    #[test]
+    fn the_watermark_is_the_settled_prefix_for_every_completion_order() {
+        // Ranges of 1, 2, 3, 4 lines, settled in each of the 24 orders.
+        let ranges = [(0u64, 1u64), (1, 2), (3, 3), (6, 4)];
+        let orders = permutations(&[0, 1, 2, 3]);
+        assert_eq!(orders.len(), 24);
+        for order in orders {
+            let mut settled = Watermark::default();
+            let mut done = [false; 4];
+            for index in order {
+                let (first, lines) = ranges[index];
+                done[index] = true;
+                let expected: u64 =
+                    ranges.iter().zip(done).take_while(|(_, done)| *done).map(|((_, lines), _)| lines).sum();
+                assert_eq!(settled.settle(first, lines), expected, "{done:?}");
+            }
+            assert_eq!(settled.prefix(), 10);
+        }
+    }
+
+    fn permutations(items: &[usize]) -> Vec<Vec<usize>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut all = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let mut rest = items.to_vec();
+            rest.remove(index);
+            for tail in permutations(&rest) {
+                all.push([vec![*item], tail].concat());
+            }
+        }
+        all
     }
 
     #[test]

@@ -8,12 +8,18 @@
 //!   producers only hold [`SinkHandle`]s and nothing is shared or locked.
 //! - Producers and the task talk over a bounded channel of
 //!   [`CHANNEL_CAPACITY`] chunks. When it is full, [`SinkHandle::send`]
-//!   waits: the daemon slows down rather than drop points. While InfluxDB
-//!   answers with transient errors the task retries the same batch and reads
-//!   nothing new, so the backpressure reaches the producers.
+//!   waits: the daemon slows down rather than drop points. At most
+//!   [`MAX_IN_FLIGHT`] batches are being written at once; while they are
+//!   (InfluxDB slow, or answering with transient errors that are retried),
+//!   the task reads nothing new once a full batch waits, so the
+//!   backpressure reaches the producers.
 //! - A batch leaves when it holds `batch_size` lines, when its oldest line
 //!   has waited `flush_interval`, or on [`SinkHandle::flush`]. Cuts are at
-//!   line boundaries; lines keep their order.
+//!   line boundaries; the lines of a batch (and of its 413 halves, sent one
+//!   after the other) keep their order, but two batches in flight may land
+//!   in either order. That is harmless because no two lines of a run share
+//!   a series and a time (points are pure functions of the events, each
+//!   ticket with its own time offset), so no line overwrites another.
 //! - Every line ends up counted exactly once in [`SinkReport`]: written
 //!   (2xx), rejected (a 4xx other than 413, or a single line still too large),
 //!   or unwritten at shutdown. Nothing is dropped silently.
@@ -26,7 +32,11 @@
 //!   in time, the report it returns still counts every point handed over
 //!   and not written or refused as unwritten, and names the failure.
 //! - [`SinkHandle::progress`] reads the counts while the task runs (shared
-//!   atomic counters, written only by the handles and the task).
+//!   atomic counters, written only by the handles and the task), among them
+//!   `points_settled`: the longest prefix of the lines handed over that are
+//!   all written or refused, exact whatever order batches end in. A
+//!   checkpoint waits for it (`durable.rs`), not for the written and refused
+//!   counts, which may include lines after one still in flight.
 //! - Secrets come from [`Secrets`], resolved from the environment or a file,
 //!   never from the config file, and never appear in logs or `Debug` output.
 //!
@@ -47,7 +57,8 @@ use tokio::task::JoinHandle;
 use tracing::error;
 
 pub use crate::config::{InfluxApi, InfluxConfig};
-pub use writer::{DiscardWriter, FileWriter, V1Writer, V2Writer, WriteError, WriteFuture, Writer};
+pub use task::MAX_IN_FLIGHT;
+pub use writer::{DiscardWriter, Encoder, FileWriter, V1Writer, V2Writer, WriteError, WriteFuture, Writer};
 
 /// How many chunks (calls to [`SinkHandle::send`]) the channel holds before
 /// producers wait.
@@ -167,15 +178,20 @@ pub struct SinkProgress {
     pub points_written: u64,
     /// Refused permanently by the server.
     pub points_rejected: u64,
+    /// The longest prefix of the points handed over (in the order they were
+    /// handed) that are all written or refused. Batches end in any order, so
+    /// this can be less than written plus refused; a checkpoint waits for it.
+    pub points_settled: u64,
 }
 
 /// The live counts behind [`SinkProgress`]. Relaxed ordering: each counter is
-/// read on its own, for reporting.
+/// read on its own and only grows.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     handed: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    pub(crate) settled: AtomicU64,
 }
 
 impl Counters {
@@ -184,6 +200,7 @@ impl Counters {
             points_handed: self.handed.load(Ordering::Relaxed),
             points_written: self.written.load(Ordering::Relaxed),
             points_rejected: self.rejected.load(Ordering::Relaxed),
+            points_settled: self.settled.load(Ordering::Relaxed),
         }
     }
 }
@@ -260,7 +277,13 @@ pub fn spawn_with(
 ) -> (SinkHandle, JoinHandle<SinkReport>) {
     let (commands, command_receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let (alive, alive_receiver) = mpsc::channel(1);
-    let settings = task::Settings { batch_size: batch_size.max(1), flush_interval, max_backoff, shutdown_deadline };
+    let settings = task::Settings {
+        batch_size: batch_size.max(1),
+        flush_interval,
+        max_backoff,
+        shutdown_deadline,
+        max_in_flight: MAX_IN_FLIGHT,
+    };
     let counters = Arc::new(Counters::default());
     let writer_task = task::WriterTask::new(writer, settings, command_receiver, alive_receiver, Arc::clone(&counters));
     (SinkHandle { commands, _alive: alive, counters, shutdown_deadline }, tokio::spawn(writer_task.run()))
@@ -411,7 +434,10 @@ mod tests {
         sink.send("a v=1i 1\nb v=2i 2\n".into(), 2).await.unwrap();
         sink.send("bad v=3i 3\n".into(), 1).await.unwrap();
         sink.flush().await.unwrap();
-        assert_eq!(sink.progress(), SinkProgress { points_handed: 3, points_written: 2, points_rejected: 1 });
+        assert_eq!(
+            sink.progress(),
+            SinkProgress { points_handed: 3, points_written: 2, points_rejected: 1, points_settled: 3 }
+        );
         let report = finish(sink, task).await;
         assert_eq!((report.points_written, report.points_rejected, report.failure), (2, 1, None));
     }
@@ -443,6 +469,47 @@ mod tests {
         let report = finish_within(sink, stuck, 10 * MS).await;
         assert_eq!(report.failure, Some(SinkFailure::TimedOut));
         assert_eq!((report.points_written, report.points_unwritten_at_shutdown), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn points_settled_waits_for_an_earlier_batch_that_ends_after_a_later_one() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (sink, task) = spawn_with(
+            Box::new(GatedWriter(Arc::clone(&gate))),
+            2,
+            Duration::from_secs(60),
+            MS,
+            Duration::from_secs(1),
+        );
+        sink.send("slow v=1i 1\nslow v=2i 2\n".into(), 2).await.unwrap();
+        sink.send("b v=3i 3\nc v=4i 4\n".into(), 2).await.unwrap();
+        while sink.progress().points_written < 2 {
+            tokio::time::sleep(MS).await;
+        }
+        let progress = SinkProgress { points_handed: 4, points_written: 2, points_rejected: 0, points_settled: 0 };
+        assert_eq!(sink.progress(), progress, "the second batch is written, the first still in flight");
+        gate.add_permits(1);
+        sink.flush().await.unwrap();
+        assert_eq!(sink.progress(), SinkProgress { points_written: 4, points_settled: 4, ..progress });
+        assert_eq!(finish(sink, task).await.points_written, 4);
+    }
+
+    /// Holds every body with a `slow` line until the test lets it through.
+    struct GatedWriter(Arc<tokio::sync::Semaphore>);
+
+    impl Writer for GatedWriter {
+        fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a> {
+            Box::pin(async move {
+                if body.contains("slow") {
+                    let _ = self.0.acquire().await.map(|permit| permit.forget());
+                }
+                Ok(())
+            })
+        }
+
+        fn describe(&self) -> String {
+            "gated".into()
+        }
     }
 
     const MS: Duration = Duration::from_millis(1);

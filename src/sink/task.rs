@@ -1,17 +1,34 @@
-//! The writer task: owns the pending lines, cuts batches, writes them with
-//! retries, splits on 413 and counts every line into exactly one of written,
-//! rejected or unwritten-at-shutdown.
+//! The writer task: owns the pending lines, cuts batches, writes up to
+//! [`MAX_IN_FLIGHT`] of them at once with retries, splits on 413 and counts
+//! every line into exactly one of written, rejected or unwritten-at-shutdown.
+//!
+//! Each batch on its way is a [`Delivery`]: its parts (the batch, or the
+//! halves a 413 left of it) go out one after another, in order, each encoded
+//! (gzip) on a blocking thread before its first attempt. So encoding never
+//! holds up the async threads, and one batch is encoded while another is
+//! being written: neither InfluxDB nor this task waits on the other. Each
+//! attempt runs as its own Tokio task; this task alone decides what follows
+//! (count, retry, split) from its result. Deliveries end in any order, so
+//! [`Watermark`] keeps the prefix of lines that are all written or refused.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{error, info, warn};
 
-use super::batch::{Batch, Pending};
+use super::batch::{Batch, Pending, Watermark};
 use super::{Counters, SinkReport, WriteError, Writer};
+
+/// Batches being written at once (their retries and 413 halves included).
+/// Two keep InfluxDB busy while the next batch is encoded and sent; more
+/// would only queue inside InfluxDB.
+pub const MAX_IN_FLIGHT: usize = 2;
 
 /// What producers put in the channel.
 #[derive(Debug)]
@@ -26,6 +43,7 @@ pub(crate) struct Settings {
     pub flush_interval: Duration,
     pub max_backoff: Duration,
     pub shutdown_deadline: Duration,
+    pub max_in_flight: usize,
 }
 
 /// The first retry waits this long; each further one twice as long, up to `max_backoff`.
@@ -34,13 +52,28 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 pub(crate) struct WriterTask {
-    writer: Box<dyn Writer>,
+    writer: Arc<dyn Writer>,
     settings: Settings,
     commands: mpsc::Receiver<Command>,
-    shutdown: Shutdown,
+    /// Never carries a message: closes when the last handle is dropped.
+    handles_alive: mpsc::Receiver<()>,
+    /// Whether `commands` may still yield something.
+    commands_open: bool,
+    /// When shutdown began: the last handle was dropped.
+    shutdown_started: Option<Instant>,
     pending: Pending,
+    /// Lines received so far; a line's number is how many came before it.
+    received: u64,
+    /// Lines numbered below this leave without waiting for a full batch (a flush asked for them).
+    flush_upto: u64,
+    /// Flush requests: answered once every line numbered below theirs is settled.
+    flushes: VecDeque<(u64, oneshot::Sender<()>)>,
+    attempts: JoinSet<(Delivery, Result<(), WriteError>)>,
+    /// Lines of the deliveries in `attempts`, not yet counted anywhere.
+    in_flight_lines: u64,
+    settled: Watermark,
     report: SinkReport,
-    /// The written and rejected counts of `report`, readable while the task runs.
+    /// The written, rejected and settled counts, readable while the task runs.
     counters: Arc<Counters>,
     failure_log: FailureLog,
     /// Set once the shutdown deadline has passed: nothing more is attempted.
@@ -50,22 +83,40 @@ pub(crate) struct WriterTask {
 /// The inputs of the main loop.
 enum Input {
     Command(Command),
+    CommandsClosed,
+    Attempted(Delivery, Result<(), WriteError>),
     FlushIntervalElapsed,
     HandlesDropped,
+    DeadlinePassed,
 }
 
-/// How one batch (or half of one) ended.
-enum Delivery {
-    Written,
-    Rejected { status: u16, message: String },
-    TooLarge,
-    GaveUp,
+/// One batch on its way: the part being attempted and the parts after it.
+struct Delivery {
+    part: Part,
+    /// Parts still to send after `part`, the next one last.
+    later: Vec<Part>,
+    failures_in_a_row: u32,
+}
+
+/// Whole lines sent in one request, with their place among all lines.
+struct Part {
+    /// The number of its first line.
+    first: u64,
+    batch: Batch,
+    /// What the writer's encoder made of `batch`, once made.
+    encoded: Option<Bytes>,
+}
+
+impl Delivery {
+    fn lines(&self) -> u64 {
+        (self.part.batch.lines + self.later.iter().map(|part| part.batch.lines).sum::<usize>()) as u64
+    }
 }
 
 impl WriterTask {
     /// `handles_alive` never carries a message: it closes when the last
-    /// handle is dropped, which is how a task busy retrying learns that
-    /// shutdown has begun without taking lines out of `commands`.
+    /// handle is dropped, which is how a task whose channel is full learns
+    /// that shutdown has begun without taking lines out of `commands`.
     pub fn new(
         writer: Box<dyn Writer>,
         settings: Settings,
@@ -74,11 +125,19 @@ impl WriterTask {
         counters: Arc<Counters>,
     ) -> WriterTask {
         WriterTask {
-            writer,
+            writer: Arc::from(writer),
             settings,
             commands,
-            shutdown: Shutdown { handles_alive, started: None, deadline: settings.shutdown_deadline },
+            handles_alive,
+            commands_open: true,
+            shutdown_started: None,
             pending: Pending::default(),
+            received: 0,
+            flush_upto: 0,
+            flushes: VecDeque::new(),
+            attempts: JoinSet::new(),
+            in_flight_lines: 0,
+            settled: Watermark::default(),
             report: SinkReport::default(),
             counters,
             failure_log: FailureLog::default(),
@@ -87,20 +146,38 @@ impl WriterTask {
     }
 
     pub async fn run(mut self) -> SinkReport {
-        // Running: until every handle is dropped (and the channel is empty)
-        // or the shutdown deadline passed while a write was being retried.
-        while !self.gave_up {
-            self.write_full_batches().await;
-            let due_at = self.pending.due_at(self.settings.flush_interval);
-            if due_at.is_some_and(|due_at| due_at <= Instant::now()) {
-                self.write_all_pending().await;
-                continue;
+        loop {
+            if !self.gave_up {
+                self.start_due_batches(Instant::now());
             }
+            self.answer_flushes();
+            if !self.commands_open && self.pending.lines() == 0 && self.attempts.is_empty() {
+                break;
+            }
+            let slot_free = self.attempts.len() < self.settings.max_in_flight.max(1);
+            let due_at = self.pending.due_at(self.settings.flush_interval).filter(|_| slot_free && !self.gave_up);
+            // Lines are read while there is room for them: with a full batch
+            // waiting for a free slot, producers wait (the backpressure).
+            let reading = self.commands_open && (self.gave_up || self.pending.lines() < self.settings.batch_size);
+            let deadline = self.shutdown_started.map(|started| started + self.settings.shutdown_deadline);
             let input = tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(command) => Input::Command(command),
-                    None => Input::HandlesDropped,
+                biased;
+                Some(joined) = self.attempts.join_next() => match joined {
+                    Ok((delivery, result)) => Input::Attempted(delivery, result),
+                    // A writer that panics is a bug: the task fails with it,
+                    // and `finish` counts what was not written.
+                    Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                    Err(_) => continue,
                 },
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !self.gave_up => {
+                    Input::DeadlinePassed
+                }
+                command = self.commands.recv(), if reading => match command {
+                    Some(command) => Input::Command(command),
+                    None => Input::CommandsClosed,
+                },
+                // Only ever yields `None`, once every handle is gone.
+                _ = self.handles_alive.recv(), if self.shutdown_started.is_none() => Input::HandlesDropped,
                 () = sleep_until(due_at.unwrap_or_else(Instant::now)), if due_at.is_some() => {
                     Input::FlushIntervalElapsed
                 }
@@ -109,29 +186,28 @@ impl WriterTask {
                 Input::Command(Command::Lines { text, count }) => {
                     let added = self.pending.push(text, Instant::now());
                     debug_assert_eq!(added, count, "SinkHandle::send: count disagrees with the lines");
-                }
-                Input::Command(Command::Flush(reply)) => {
-                    self.write_all_pending().await;
-                    if !self.gave_up {
-                        // The caller may have stopped waiting; nothing to do then.
-                        let _ = reply.send(());
+                    self.received += added as u64;
+                    if self.gave_up {
+                        self.report.points_unwritten_at_shutdown += self.pending.discard() as u64;
                     }
                 }
-                Input::FlushIntervalElapsed => self.write_all_pending().await,
-                Input::HandlesDropped => break,
+                Input::Command(Command::Flush(reply)) => {
+                    self.flush_upto = self.received;
+                    self.flushes.push_back((self.received, reply));
+                }
+                Input::CommandsClosed => {
+                    self.commands_open = false;
+                    self.shutdown_started.get_or_insert_with(Instant::now);
+                }
+                Input::HandlesDropped => {
+                    self.shutdown_started.get_or_insert_with(Instant::now);
+                }
+                Input::Attempted(delivery, result) => self.settle(delivery, result),
+                // Handled at the top of the loop.
+                Input::FlushIntervalElapsed => {}
+                Input::DeadlinePassed => self.give_up().await,
             }
         }
-
-        // Shutting down: write what remains until the deadline, then count the rest.
-        self.shutdown.begin(Instant::now());
-        self.write_all_pending().await;
-        while let Some(command) = self.commands.recv().await {
-            if let Command::Lines { text, .. } = command {
-                self.pending.push(text, Instant::now());
-            }
-            self.write_full_batches().await;
-        }
-        self.write_all_pending().await;
         if self.report.points_unwritten_at_shutdown > 0 {
             error!(
                 points_unwritten = self.report.points_unwritten_at_shutdown,
@@ -143,165 +219,175 @@ impl WriterTask {
         self.report
     }
 
-    async fn write_full_batches(&mut self) {
-        while self.pending.lines() >= self.settings.batch_size.max(1) {
-            self.write_next_batch().await;
-        }
-    }
-
-    async fn write_all_pending(&mut self) {
-        while self.pending.lines() > 0 {
-            self.write_next_batch().await;
-        }
-    }
-
-    async fn write_next_batch(&mut self) {
-        if self.gave_up {
-            self.report.points_unwritten_at_shutdown += self.pending.discard() as u64;
-        } else if let Some(batch) = self.pending.take(self.settings.batch_size) {
-            self.write_batch(batch).await;
-        }
-    }
-
-    /// Writes one batch, halving it on 413 until the pieces fit.
-    async fn write_batch(&mut self, batch: Batch) {
-        let mut parts = vec![batch];
-        while let Some(part) = parts.pop() {
-            let lines = part.lines as u64;
-            if self.gave_up {
-                self.report.points_unwritten_at_shutdown += lines;
-                continue;
+    /// Starts batches while a slot is free and one is due: full, old enough,
+    /// asked for by a flush, or left at shutdown.
+    fn start_due_batches(&mut self, now: Instant) {
+        while self.attempts.len() < self.settings.max_in_flight.max(1) && self.pending.lines() > 0 {
+            let first = self.received - self.pending.lines() as u64;
+            let due = self.pending.lines() >= self.settings.batch_size
+                || self.shutdown_started.is_some()
+                || first < self.flush_upto
+                || self.pending.due_at(self.settings.flush_interval).is_some_and(|due_at| due_at <= now);
+            if !due {
+                return;
             }
-            match self.write_with_retries(&part).await {
-                Delivery::Written => self.count_written(lines),
-                Delivery::Rejected { status, message } => {
+            let Some(batch) = self.pending.take(self.settings.batch_size) else { return };
+            self.in_flight_lines += batch.lines as u64;
+            let part = Part { first, batch, encoded: None };
+            self.attempt(Delivery { part, later: Vec::new(), failures_in_a_row: 0 }, Duration::ZERO);
+        }
+    }
+
+    /// Sends the delivery's current part after `delay`, encoding it first if
+    /// it never was.
+    fn attempt(&mut self, mut delivery: Delivery, delay: Duration) {
+        self.report.requests += 1;
+        let writer = Arc::clone(&self.writer);
+        self.attempts.spawn(async move {
+            if !delay.is_zero() {
+                sleep(delay).await;
+            }
+            let part = &mut delivery.part;
+            if let (None, Some(encode)) = (&part.encoded, writer.encoder()) {
+                let text = std::mem::take(&mut part.batch.text);
+                let encoding = tokio::task::spawn_blocking(move || {
+                    let encoded = encode(&text);
+                    (text, encoded)
+                });
+                let (text, encoded) = match encoding.await {
+                    Ok(done) => done,
+                    // Encoding into memory cannot fail short of a bug; its panic is the task's.
+                    Err(error) => std::panic::resume_unwind(error.into_panic()),
+                };
+                part.batch.text = text;
+                part.encoded = Some(encoded);
+            }
+            let result = writer.write_encoded(&part.batch.text, part.encoded.as_ref()).await;
+            (delivery, result)
+        });
+    }
+
+    /// Counts what one attempt decided and sends what comes next: the same
+    /// part again after a backoff, its halves, or the delivery's next part.
+    fn settle(&mut self, mut delivery: Delivery, result: Result<(), WriteError>) {
+        self.in_flight_lines -= delivery.lines();
+        let lines = delivery.part.batch.lines as u64;
+        match result {
+            Ok(()) => {
+                if let Some(failures) = self.failure_log.recovered() {
+                    info!(failures, writer = %self.writer.describe(), "InfluxDB writes succeed again.");
+                }
+                self.report.points_written += lines;
+                self.counters.written.fetch_add(lines, Ordering::Relaxed);
+                self.mark_settled(&delivery.part);
+            }
+            Err(WriteError::Permanent { status, message }) => {
+                warn!(
+                    status,
+                    message = %message,
+                    points = lines,
+                    writer = %self.writer.describe(),
+                    "InfluxDB rejected a batch; its points are counted as rejected."
+                );
+                self.count_rejected(&delivery.part);
+            }
+            Err(WriteError::TooLarge) if lines > 1 && !self.gave_up => {
+                let Part { first, batch, .. } = delivery.part;
+                let (first_half, second_half) = batch.split_in_half();
+                let second = Part { first: first + first_half.lines as u64, batch: second_half, encoded: None };
+                delivery.later.push(second);
+                delivery.part = Part { first, batch: first_half, encoded: None };
+                delivery.failures_in_a_row = 0;
+                self.in_flight_lines += delivery.lines();
+                self.attempt(delivery, Duration::ZERO);
+                return;
+            }
+            Err(WriteError::TooLarge) if !self.gave_up => {
+                warn!(
+                    status = 413,
+                    points = 1,
+                    bytes = delivery.part.batch.text.len(),
+                    writer = %self.writer.describe(),
+                    "InfluxDB refused a single line as too large; it is counted as rejected."
+                );
+                self.count_rejected(&delivery.part);
+            }
+            Err(WriteError::Transient { status, retry_after, message }) if !self.gave_up => {
+                let delay = backoff_delay(delivery.failures_in_a_row, retry_after, self.settings.max_backoff);
+                delivery.failures_in_a_row = delivery.failures_in_a_row.saturating_add(1);
+                if let Some(failures) = self.failure_log.failed(Instant::now()) {
                     warn!(
-                        status,
+                        status = ?status,
                         message = %message,
-                        points = lines,
+                        failures,
+                        retry_in = ?delay,
                         writer = %self.writer.describe(),
-                        "InfluxDB rejected a batch; its points are counted as rejected."
+                        "InfluxDB write failed; retrying."
                     );
-                    self.count_rejected(lines);
                 }
-                Delivery::TooLarge if part.lines > 1 => {
-                    let (first, second) = part.split_in_half();
-                    // Popped last-in first-out: the first half goes out first.
-                    parts.push(second);
-                    parts.push(first);
-                }
-                Delivery::TooLarge => {
-                    warn!(
-                        status = 413,
-                        points = 1,
-                        bytes = part.text.len(),
-                        writer = %self.writer.describe(),
-                        "InfluxDB refused a single line as too large; it is counted as rejected."
-                    );
-                    self.count_rejected(1);
-                }
-                Delivery::GaveUp => {
-                    self.gave_up = true;
-                    self.report.points_unwritten_at_shutdown += lines;
-                }
+                self.report.retries += 1;
+                self.in_flight_lines += delivery.lines();
+                self.attempt(delivery, delay);
+                return;
             }
+            // The deadline has passed: nothing more is attempted.
+            Err(WriteError::TooLarge | WriteError::Transient { .. }) => {
+                self.report.points_unwritten_at_shutdown += delivery.lines();
+                return;
+            }
+        }
+        if let Some(next) = delivery.later.pop() {
+            if self.gave_up {
+                self.report.points_unwritten_at_shutdown += delivery.lines() - lines;
+                return;
+            }
+            delivery.part = next;
+            delivery.failures_in_a_row = 0;
+            self.in_flight_lines += delivery.lines();
+            self.attempt(delivery, Duration::ZERO);
         }
     }
 
-    fn count_written(&mut self, lines: u64) {
-        self.report.points_written += lines;
-        self.counters.written.fetch_add(lines, Ordering::Relaxed);
-    }
-
-    fn count_rejected(&mut self, lines: u64) {
+    fn count_rejected(&mut self, part: &Part) {
+        let lines = part.batch.lines as u64;
         self.report.points_rejected += lines;
         self.counters.rejected.fetch_add(lines, Ordering::Relaxed);
+        self.mark_settled(part);
     }
 
-    /// Sends `part` until it is written, refused, or the shutdown deadline passes.
-    async fn write_with_retries(&mut self, part: &Batch) -> Delivery {
-        let mut failures_in_a_row: u32 = 0;
-        loop {
-            if self.shutdown.deadline_passed(Instant::now()) {
-                return Delivery::GaveUp;
-            }
-            self.report.requests += 1;
-            let Some(result) = self.shutdown.run_until_deadline(self.writer.write(&part.text)).await else {
-                return Delivery::GaveUp;
-            };
-            let (status, retry_after, message) = match result {
-                Ok(()) => {
-                    if let Some(failures) = self.failure_log.recovered() {
-                        info!(failures, writer = %self.writer.describe(), "InfluxDB writes succeed again.");
-                    }
-                    return Delivery::Written;
-                }
-                Err(WriteError::TooLarge) => return Delivery::TooLarge,
-                Err(WriteError::Permanent { status, message }) => return Delivery::Rejected { status, message },
-                Err(WriteError::Transient { status, retry_after, message }) => (status, retry_after, message),
-            };
-            let delay = backoff_delay(failures_in_a_row, retry_after, self.settings.max_backoff);
-            failures_in_a_row = failures_in_a_row.saturating_add(1);
-            if let Some(failures) = self.failure_log.failed(Instant::now()) {
-                warn!(
-                    status = ?status,
-                    message = %message,
-                    failures,
-                    retry_in = ?delay,
-                    writer = %self.writer.describe(),
-                    "InfluxDB write failed; retrying."
-                );
-            }
-            if self.shutdown.run_until_deadline(sleep(delay)).await.is_none() {
-                return Delivery::GaveUp;
-            }
-            self.report.retries += 1;
-        }
-    }
-}
-
-/// When shutdown began, learned either from the command channel closing or,
-/// while busy writing, from the last handle being dropped.
-struct Shutdown {
-    handles_alive: mpsc::Receiver<()>,
-    started: Option<Instant>,
-    deadline: Duration,
-}
-
-impl Shutdown {
-    fn begin(&mut self, now: Instant) {
-        self.started.get_or_insert(now);
+    fn mark_settled(&mut self, part: &Part) {
+        let prefix = self.settled.settle(part.first, part.batch.lines as u64);
+        self.counters.settled.store(prefix, Ordering::Relaxed);
     }
 
-    fn deadline_passed(&self, now: Instant) -> bool {
-        self.started.is_some_and(|started| now >= started + self.deadline)
-    }
-
-    /// Runs `work` to completion, unless shutdown begins meanwhile and its
-    /// deadline passes first: then `work` is dropped (an HTTP request is
-    /// cancelled; InfluxDB writes are idempotent, so a batch that did arrive
-    /// and is counted as unwritten is not doubled by anything) and `None` returned.
-    async fn run_until_deadline<F: std::future::Future>(&mut self, work: F) -> Option<F::Output> {
-        tokio::pin!(work);
-        loop {
-            match self.started {
-                Some(started) => {
-                    return tokio::select! {
-                        biased;
-                        output = &mut work => Some(output),
-                        () = sleep_until(started + self.deadline) => None,
-                    };
-                }
-                None => {
-                    tokio::select! {
-                        biased;
-                        output = &mut work => return Some(output),
-                        // Only ever yields `None`, once every handle is gone.
-                        _ = self.handles_alive.recv() => self.started = Some(Instant::now()),
-                    }
-                }
+    fn answer_flushes(&mut self) {
+        while self.flushes.front().is_some_and(|(upto, _)| *upto <= self.settled.prefix()) {
+            if let Some((_, reply)) = self.flushes.pop_front() {
+                // The caller may have stopped waiting; nothing to do then.
+                let _ = reply.send(());
             }
         }
+    }
+
+    /// The shutdown deadline passed: attempts still running are cancelled (an
+    /// HTTP request is dropped; InfluxDB writes are idempotent, so a batch
+    /// that did arrive and is counted as unwritten is not doubled by
+    /// anything), and every line not yet settled is counted as unwritten.
+    /// Flushes still waiting are dropped: their callers see the task gone.
+    async fn give_up(&mut self) {
+        self.gave_up = true;
+        self.attempts.abort_all();
+        while let Some(joined) = self.attempts.join_next().await {
+            match joined {
+                // Those that ended before they could be cancelled still count.
+                Ok((delivery, result)) => self.settle(delivery, result),
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => {}
+            }
+        }
+        self.report.points_unwritten_at_shutdown += std::mem::take(&mut self.in_flight_lines);
+        self.report.points_unwritten_at_shutdown += self.pending.discard() as u64;
+        self.flushes.clear();
     }
 }
 
@@ -312,7 +398,6 @@ pub(crate) fn backoff_delay(failures_in_a_row: u32, retry_after: Option<Duration
     let exponential = FIRST_BACKOFF.saturating_mul(2u32.saturating_pow(failures_in_a_row.min(31)));
     exponential.max(retry_after.unwrap_or_default()).min(max_backoff)
 }
-
 /// Rate limit for transient-failure logs: the first failure of a streak is
 /// logged, then at most one line per [`FAILURE_LOG_PERIOD`] carrying how many
 /// failures it stands for.

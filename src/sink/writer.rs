@@ -2,7 +2,9 @@
 //!
 //! A [`Writer`] sends one batch once and says how it went; it never retries
 //! and never logs. Retrying, splitting and counting belong to the writer task
-//! (`task.rs`), so every destination gets the same rules.
+//! (`task.rs`), so every destination gets the same rules. A destination that
+//! sends an encoded body (InfluxDB: gzip) names its encoder, which the writer
+//! task runs on a blocking thread once per batch, off the async threads.
 
 use std::future::Future;
 use std::io::Write as _;
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use influxdb2::api::write::TimestampPrecision;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
@@ -22,6 +25,9 @@ use super::{InfluxConfig, Secrets, SinkError};
 /// The future a [`Writer`] returns.
 pub type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send + 'a>>;
 
+/// Turns a batch into the body a [`Writer`] sends; CPU work only.
+pub type Encoder = fn(&str) -> Bytes;
+
 /// One destination for batches of line protocol.
 pub trait Writer: Send + Sync {
     /// Sends `body` (whole lines, each ending with `'\n'`) once.
@@ -29,6 +35,20 @@ pub trait Writer: Send + Sync {
 
     /// Where the lines go, for logs. Never contains a secret.
     fn describe(&self) -> String;
+
+    /// How this writer encodes a batch before sending it, if it does. The
+    /// writer task runs it on a blocking thread, once per batch however often
+    /// the batch is retried, and passes the result to [`Writer::write_encoded`].
+    fn encoder(&self) -> Option<Encoder> {
+        None
+    }
+
+    /// Sends `lines` once; `encoded` is what [`Writer::encoder`] made of them,
+    /// `None` when it was not run.
+    fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
+        let _ = encoded;
+        self.write(lines)
+    }
 }
 
 /// Why one write failed; decides what the writer task does next.
@@ -77,7 +97,7 @@ impl V1Writer {
         Ok(V1Writer { client, write_url, username: config.username.clone(), password: secrets.password.clone() })
     }
 
-    async fn write_gzipped(&self, body: Vec<u8>) -> Result<(), WriteError> {
+    async fn write_gzipped(&self, body: Bytes) -> Result<(), WriteError> {
         let mut request = self.client.post(self.write_url.clone()).body(body);
         if let Some(username) = &self.username {
             request = request.basic_auth(username, self.password.as_ref());
@@ -107,11 +127,19 @@ impl V1Writer {
 
 impl Writer for V1Writer {
     fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a> {
-        Box::pin(async move { self.write_gzipped(gzip(body)).await })
+        self.write_encoded(body, None)
     }
 
     fn describe(&self) -> String {
         format!("InfluxDB v1 {}", without_credentials(&self.write_url))
+    }
+
+    fn encoder(&self) -> Option<Encoder> {
+        Some(gzip)
+    }
+
+    fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
+        Box::pin(async move { self.write_gzipped(encoded.cloned().unwrap_or_else(|| gzip(lines))).await })
     }
 }
 
@@ -157,15 +185,23 @@ impl V2Writer {
 
 impl Writer for V2Writer {
     fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a> {
+        self.write_encoded(body, None)
+    }
+
+    fn describe(&self) -> String {
+        format!("InfluxDB v2 {} bucket {:?}", without_credentials(&self.client.base), self.bucket)
+    }
+
+    fn encoder(&self) -> Option<Encoder> {
+        Some(gzip)
+    }
+
+    fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
         Box::pin(async move {
+            let body = encoded.cloned().unwrap_or_else(|| gzip(lines));
             let result = self
                 .client
-                .write_line_protocol_with_precision(
-                    &self.org,
-                    &self.bucket,
-                    gzip(body),
-                    TimestampPrecision::Nanoseconds,
-                )
+                .write_line_protocol_with_precision(&self.org, &self.bucket, body, TimestampPrecision::Nanoseconds)
                 .await;
             match result {
                 Ok(()) => Ok(()),
@@ -178,10 +214,6 @@ impl Writer for V2Writer {
                 }
             }
         })
-    }
-
-    fn describe(&self) -> String {
-        format!("InfluxDB v2 {} bucket {:?}", without_credentials(&self.client.base), self.bucket)
     }
 }
 
@@ -298,11 +330,11 @@ fn write_headers() -> HeaderMap {
     headers
 }
 
-pub(crate) fn gzip(body: &str) -> Vec<u8> {
+pub(crate) fn gzip(body: &str) -> Bytes {
     let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
     // Writing to a Vec cannot fail.
     encoder.write_all(body.as_bytes()).expect("gzip into memory");
-    encoder.finish().expect("gzip into memory")
+    Bytes::from(encoder.finish().expect("gzip into memory"))
 }
 
 fn parse_http_url(url: &str) -> Result<Url, SinkError> {
