@@ -95,10 +95,11 @@ impl Durability {
         snapshot::remove_pending(dir.path())?;
         if let Some((number, bytes)) = snapshot::load_newest(dir.path())? {
             let path = dir.path().join(snapshot::snapshot_name(number));
-            let tracker = state::decode(pipeline.tracker().settings().clone(), &bytes).map_err(|error| match error {
-                StateError::NewerVersion { found, supported } => StorageError::Version { path, found, supported },
-                error => StorageError::Corrupt { path, detail: error.to_string() },
-            })?;
+            let tracker =
+                state::decode(pipeline.tracker().settings().clone(), &bytes).map_err(|error| match error {
+                    StateError::NewerVersion { found, supported } => StorageError::Version { path, found, supported },
+                    error => StorageError::Corrupt { path, detail: error.to_string() },
+                })?;
             pipeline.replace_tracker(tracker);
             recovery.snapshot = number;
         }

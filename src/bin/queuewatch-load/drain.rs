@@ -58,6 +58,10 @@ pub struct DrainArgs {
     /// Gives up after this many seconds from the daemon's start.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    /// Kills the daemon with SIGKILL this many seconds after its start and
+    /// starts it again at once on the same state folder (recovery under load).
+    #[arg(long, value_name = "SECONDS")]
+    kill_after_s: Option<f64>,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
@@ -123,7 +127,18 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let mut next_check = started;
     let mut next_progress = started + PROGRESS_EVERY;
     let mut last_counts = vec![0; counted.len()];
+    let mut killed: Option<(f64, f64, String)> = None;
     loop {
+        if let Some(kill_after_s) = args.kill_after_s.filter(|_| killed.is_none()) {
+            if started.elapsed().as_secs_f64() >= kill_after_s {
+                let used = servers.kill_daemon();
+                let restarted = Instant::now();
+                servers.spawn_daemon(&args.daemon).await?;
+                let recovery = servers.daemon_recovery_line().unwrap_or_else(|| "(no recovery line)".into());
+                eprintln!("drain: killed after {kill_after_s} s; restarted: {recovery}");
+                killed = Some((used, restarted.elapsed().as_secs_f64(), recovery));
+            }
+        }
         match servers.influx.counts(&counted).await {
             Ok(counts) => last_counts = counts,
             Err(error) => eprintln!("drain: count query failed: {error:#}"),
@@ -270,6 +285,15 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
             verdict(daemon_us_per_event <= TARGET_CPU_US_PER_EVENT, daemon_us_per_event / TARGET_CPU_US_PER_EVENT)
         ),
     );
+    if let Some((used_s, restart_s, recovery)) = &killed {
+        report.line(
+            "killed",
+            format!(
+                "SIGKILL after {} s (it had used {used_s:.2} s of CPU, not in the figures above), started again                  at once on the same state folder, connected {restart_s:.2} s later: {recovery}",
+                args.kill_after_s.unwrap_or_default()
+            ),
+        );
+    }
     report.line("daemon summary", summary);
     report.line("broker log", broker_summary(&servers.broker_warnings()));
     report.line("reproduce", reproduce_command(&args));
@@ -595,6 +619,9 @@ fn reproduce_command(args: &DrainArgs) -> String {
         "target/release/queuewatch-load drain --events {} --offices {} --seed {}",
         args.events, args.offices, args.seed
     );
+    if let Some(kill_after_s) = args.kill_after_s {
+        command.push_str(&format!(" --kill-after-s {kill_after_s}"));
+    }
     for setting in &args.daemon.set {
         command.push_str(&format!(" --set '{setting}'"));
     }

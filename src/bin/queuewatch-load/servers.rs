@@ -30,8 +30,10 @@ pub struct DaemonArgs {
     /// The `queuewatch` binary (default: next to this one).
     #[arg(long)]
     queuewatch: Option<PathBuf>,
-    /// Mosquitto's `max_inflight_messages`: QoS 1 messages sent to the daemon awaiting its PUBACK.
-    #[arg(long, default_value_t = 100)]
+    /// Mosquitto's `max_inflight_messages`: QoS 1 messages sent to the daemon awaiting its PUBACK
+    /// (the shipped `deploy/mosquitto/queuewatch.conf` sets 1000: acknowledgements wait for the
+    /// journal's commit, so a small window leaves the broker idle while it runs).
+    #[arg(long, default_value_t = 1000)]
     pub broker_inflight: u32,
     /// Copy the daemon's, Mosquitto's and InfluxDB's logs into this folder when the scenario ends.
     #[arg(long, value_name = "DIR")]
@@ -204,6 +206,23 @@ impl Servers {
     /// Starts `queuewatch run` on the session created before (which must not
     /// be touched again: a client resuming it would be sent its queue) and
     /// waits until it is connected.
+    /// Kills the daemon with SIGKILL (no shutdown at all) and returns the CPU
+    /// seconds it had used, which a later sample no longer sees.
+    pub fn kill_daemon(&mut self) -> f64 {
+        let used = self.daemon_pid().and_then(|pid| cpu_seconds_of(&pid.to_string())).unwrap_or(0.0);
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.stop();
+        }
+        used
+    }
+
+    /// The daemon's log line saying what its state recovery did, if it logged one.
+    pub fn daemon_recovery_line(&self) -> Option<String> {
+        let log = self.daemon.as_ref()?.log();
+        let line = log.lines().find(|line| line.contains("State recovered."))?;
+        Some(line.split_once("State recovered.").map_or(line, |(_, rest)| rest).trim().to_string())
+    }
+
     pub async fn spawn_daemon(&mut self, options: &DaemonArgs) -> anyhow::Result<()> {
         let binary = match &options.queuewatch {
             Some(path) => path.clone(),
