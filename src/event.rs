@@ -8,6 +8,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use compact_str::CompactString;
+
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
@@ -136,7 +138,9 @@ pub struct Event {
     pub office: OfficeId,
     pub kind: EventType,
     pub ts: Millis,
-    pub id: Option<Box<str>>,
+    /// Inline up to 24 bytes (publishers' ids mostly are), so that most
+    /// events need no allocation for it.
+    pub id: Option<CompactString>,
     pub ticket: Option<TicketNo>,
     pub service: Option<ServiceId>,
     pub counter: Option<CounterId>,
@@ -345,10 +349,9 @@ fn decode_ids(
                 None,
             ));
         }
-        Some(id) => Some(id.into_owned()),
-        None => None,
+        id => id,
     };
-    let reject = |reason: RejectReason, detail: String| reject(reason, detail, id.clone());
+    let reject = |reason: RejectReason, detail: String| reject(reason, detail, id.as_deref().map(str::to_owned));
 
     let office = match (raw.office.as_deref(), topic_office) {
         (Some(text), topic) => {
@@ -452,7 +455,7 @@ fn decode_ids(
         office,
         kind,
         ts,
-        id: id.map(String::into_boxed_str),
+        id: id.as_deref().map(CompactString::new),
         ticket,
         service,
         counter,
