@@ -8,11 +8,17 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use compact_str::CompactString;
+
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::ids::{CounterId, IdCache, InvalidId, OfficeId, ServiceId, StaffId, TicketNo};
 use crate::time::Millis;
+
+mod scan;
+
+pub use scan::parse_rfc3339;
 
 /// The closed set of event types ticket machines publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,7 +138,9 @@ pub struct Event {
     pub office: OfficeId,
     pub kind: EventType,
     pub ts: Millis,
-    pub id: Option<Box<str>>,
+    /// Inline up to 24 bytes (publishers' ids mostly are), so that most
+    /// events need no allocation for it.
+    pub id: Option<CompactString>,
     pub ticket: Option<TicketNo>,
     pub service: Option<ServiceId>,
     pub counter: Option<CounterId>,
@@ -318,7 +326,10 @@ fn decode_ids(
             Err(error) => reject(RejectReason::MalformedJson, error.to_string(), None),
         });
     }
-    let raw: RawEvent = match serde_json::from_slice(payload) {
+    // The scanner takes what publishers send; serde_json decides the rest,
+    // and words every rejection.
+    let scanned = scan::scan(payload).map(Ok).unwrap_or_else(|| serde_json::from_slice::<RawEvent>(payload));
+    let raw = match scanned {
         Ok(raw) => raw,
         Err(error) => {
             let reason = match error.classify() {
@@ -331,17 +342,16 @@ fn decode_ids(
 
     // The id is checked first so that every later rejection can echo it.
     let id = match raw.id {
-        Some(id) if id.chars().count() > MAX_EVENT_ID_CHARS => {
+        Some(id) if id.len() > MAX_EVENT_ID_CHARS && id.chars().count() > MAX_EVENT_ID_CHARS => {
             return Err(reject(
                 RejectReason::InvalidValue,
                 format!("id: longer than {MAX_EVENT_ID_CHARS} characters"),
                 None,
             ));
         }
-        Some(id) => Some(id.into_owned()),
-        None => None,
+        id => id,
     };
-    let reject = |reason: RejectReason, detail: String| reject(reason, detail, id.clone());
+    let reject = |reason: RejectReason, detail: String| reject(reason, detail, id.as_deref().map(str::to_owned));
 
     let office = match (raw.office.as_deref(), topic_office) {
         (Some(text), topic) => {
@@ -445,7 +455,7 @@ fn decode_ids(
         office,
         kind,
         ts,
-        id: id.map(String::into_boxed_str),
+        id: id.as_deref().map(CompactString::new),
         ticket,
         service,
         counter,
@@ -455,17 +465,10 @@ fn decode_ids(
     })
 }
 
-/// Parses RFC 3339 with an offset, truncating below the millisecond.
-pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-    let datetime = chrono::DateTime::parse_from_rfc3339(text).ok()?;
-    // timestamp_millis floors, which truncates for instants after 1970; for
-    // earlier ones flooring is the consistent choice too.
-    Some(Millis(datetime.timestamp_millis()))
-}
-
 /// The payload as JSON gives it, borrowing strings where it can. Unknown
 /// fields are ignored; `null` counts as absent.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RawEvent<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
@@ -490,6 +493,7 @@ struct RawEvent<'a> {
 /// `ts` is either RFC 3339 text or integer epoch milliseconds; anything else
 /// is kept as `Invalid` so it is rejected as `invalid_timestamp`, not as a
 /// generic type error.
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum RawTs<'a> {
     Millis(i64),
     Text(Cow<'a, str>),
@@ -498,6 +502,7 @@ enum RawTs<'a> {
 
 /// A field that is checked only for some event types: any JSON value, kept
 /// as text when it is a string.
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum AnyValue<'a> {
     Text(Cow<'a, str>),
     /// What it was instead of a string, for the rejection's detail.

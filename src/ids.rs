@@ -165,10 +165,17 @@ impl TicketNo {
         if text.is_empty() {
             return Err(InvalidId::Empty);
         }
-        if text.chars().count() > MAX_ID_CHARS {
+        // ASCII text (most ticket numbers) is checked byte by byte: its
+        // characters are its bytes, and its control characters are ASCII's.
+        if text.len() > MAX_ID_CHARS && text.chars().count() > MAX_ID_CHARS {
             return Err(InvalidId::TooLong);
         }
-        if text.chars().any(char::is_control) {
+        let control = if text.is_ascii() {
+            text.bytes().any(|byte| byte.is_ascii_control())
+        } else {
+            text.chars().any(char::is_control)
+        };
+        if control {
             return Err(InvalidId::ControlCharacter);
         }
         Ok(Self(compact_str::CompactString::from(text)))
@@ -259,6 +266,23 @@ mod tests {
         assert_eq!(postcard::from_bytes::<TicketNo>(&bytes).unwrap(), ticket);
         let bad = postcard::to_allocvec("A\n1").unwrap();
         assert!(postcard::from_bytes::<TicketNo>(&bad).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ticket_numbers_are_checked_character_by_character(text in "(\\PC|[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}]){0,70}") {
+            let characters = text.chars().count();
+            let expected = if text.is_empty() {
+                Err(InvalidId::Empty)
+            } else if characters > MAX_ID_CHARS {
+                Err(InvalidId::TooLong)
+            } else if text.chars().any(char::is_control) {
+                Err(InvalidId::ControlCharacter)
+            } else {
+                Ok(())
+            };
+            proptest::prop_assert_eq!(TicketNo::parse(&text).map(drop), expected);
+        }
     }
 
     #[test]

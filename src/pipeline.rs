@@ -134,7 +134,10 @@ impl Pipeline {
             return None;
         }
         let count = std::mem::take(&mut self.pending_lines);
-        Some((std::mem::take(&mut self.lines), count))
+        // The next lines start with room for as many as these, rather than
+        // growing (and copying) from nothing again.
+        let room = self.lines.len();
+        Some((std::mem::replace(&mut self.lines, String::with_capacity(room)), count))
     }
 
     /// Shows every point to `observer` from now on.
@@ -172,14 +175,17 @@ impl Pipeline {
         } else {
             self.out.alerts.clear(); // a replay publishes no alerts
         }
-        for point in self.out.points.drain(..) {
+        let mut points = std::mem::take(&mut self.out.points);
+        for point in points.drain(..) {
             point.write_line(&mut self.lines);
             if let Some(observer) = &mut self.observer {
                 observer(&point);
             }
             self.pending_lines += 1;
             self.stats.points += 1;
+            self.out.recycle(point);
         }
+        self.out.points = points;
     }
 }
 

@@ -109,8 +109,51 @@ fn write_float(out: &mut String, number: f64) {
         // Whole seconds are common: print them as integers (still a float
         // in line protocol, having no `i` suffix).
         out.push_str(itoa::Buffer::new().format(number as i64));
+    } else if let Some(millis) = whole_millis(number) {
+        write_millis_as_seconds(out, millis);
     } else {
         out.push_str(ryu::Buffer::new().format_finite(number));
+    }
+}
+
+/// Below this many seconds a float that is a whole number of milliseconds
+/// differs from every other such float by more than its rounding interval.
+const MAX_MILLIS_SECONDS: f64 = 1e9;
+
+/// `number` as whole milliseconds, when it is the float nearest to a whole
+/// number of milliseconds (what [`seconds`] makes) and not too large.
+fn whole_millis(number: f64) -> Option<i64> {
+    if number.abs() >= MAX_MILLIS_SECONDS {
+        return None;
+    }
+    let millis = (number * 1000.0).round();
+    (millis / 1000.0 == number).then_some(millis as i64)
+}
+
+/// Prints `millis / 1000` the way ryu prints the float nearest to it: the
+/// decimal `seconds.fraction` is the shortest text that reads back as that
+/// float (any other decimal with fewer digits is at least 1 ms away, far
+/// outside the float's rounding interval below `MAX_MILLIS_SECONDS`), and
+/// ryu prints numbers of this size without an exponent. Saves ryu's
+/// general search on the most common kind of field.
+fn write_millis_as_seconds(out: &mut String, millis: i64) {
+    if millis < 0 {
+        out.push('-');
+    }
+    let magnitude = millis.unsigned_abs();
+    out.push_str(itoa::Buffer::new().format(magnitude / 1000));
+    let fraction = magnitude % 1000;
+    let digits = [b'0' + (fraction / 100) as u8, b'0' + (fraction / 10 % 10) as u8, b'0' + (fraction % 10) as u8];
+    let used = if fraction.is_multiple_of(100) {
+        1
+    } else if fraction.is_multiple_of(10) {
+        2
+    } else {
+        3
+    };
+    out.push('.');
+    for digit in &digits[..used] {
+        out.push(char::from(*digit));
     }
 }
 
@@ -138,8 +181,20 @@ fn escape_into(out: &mut String, text: &str, specials: &[char]) {
 
 /// A byte that needs no escaping anywhere in line protocol.
 fn is_plain(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-' | b':' | b'/')
+    PLAIN[usize::from(byte)]
 }
+
+/// [`is_plain`] by table: one load a byte, on every tag value and string field.
+static PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':' | b'/');
+        byte += 1;
+    }
+    table
+};
 
 /// A measurement name or key of this crate: always plain (checked in debug builds).
 fn push_plain(out: &mut String, name: &'static str) {
@@ -200,6 +255,32 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn seconds_print_as_ryu_prints_them(millis in -999_999_999_999i64..999_999_999_999, scale in 0u32..13) {
+            let millis = millis / 10i64.pow(scale);
+            let number = millis as f64 / 1000.0;
+            let mut printed = String::new();
+            write_float(&mut printed, number);
+            let expected = if number.fract() == 0.0 {
+                itoa::Buffer::new().format(number as i64).to_string()
+            } else {
+                ryu::Buffer::new().format_finite(number).to_string()
+            };
+            proptest::prop_assert_eq!(printed, expected);
+        }
+
+        #[test]
+        fn any_float_prints_as_ryu_prints_it(number in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL) {
+            let mut printed = String::new();
+            write_float(&mut printed, number);
+            let expected = if number.fract() == 0.0 && number.abs() < 1e15 {
+                itoa::Buffer::new().format(number as i64).to_string()
+            } else {
+                ryu::Buffer::new().format_finite(number).to_string()
+            };
+            proptest::prop_assert_eq!(printed, expected);
+        }
+
         #[test]
         fn string_fields_round_trip_through_line_protocol(ticket in "\\PC{1,64}", staff in "[A-Za-z0-9_.-]{1,64}") {
             let mut point = Point::new("ticket", 1);

@@ -214,6 +214,36 @@ pub struct Output {
     pub notes: NoteCounts,
     /// Breach alerts raised and resolved (published by `run` only).
     pub alerts: Vec<Alert>,
+    /// Points already encoded, handed back for their buffers to be reused
+    /// by the next points (see [`Output::recycle`]).
+    spare_points: Vec<Point>,
+}
+
+/// How many encoded points an [`Output`] keeps for reuse.
+const MAX_SPARE_POINTS: usize = 64;
+
+impl Output {
+    /// Hands back a point that is no longer needed, so that a later point
+    /// reuses its tag and field buffers instead of allocating new ones.
+    pub fn recycle(&mut self, mut point: Point) {
+        if self.spare_points.len() < MAX_SPARE_POINTS {
+            point.tags.clear();
+            point.fields.clear();
+            self.spare_points.push(point);
+        }
+    }
+
+    /// A new point: a recycled one when there is one.
+    fn new_point(&mut self, measurement: &'static str, time_ns: i64) -> Point {
+        match self.spare_points.pop() {
+            Some(mut point) => {
+                point.measurement = measurement;
+                point.time_ns = time_ns;
+                point
+            }
+            None => Point::new(measurement, time_ns),
+        }
+    }
 }
 
 /// How a segment ended: the `outcome` tag.
@@ -423,8 +453,8 @@ impl OfficeContext {
     }
 
     /// A point with the tags every point of this office carries.
-    fn point(&self, measurement: &'static str, time_ns: i64) -> Point {
-        let mut point = Point::new(measurement, time_ns);
+    fn point(&self, out: &mut Output, measurement: &'static str, time_ns: i64) -> Point {
+        let mut point = out.new_point(measurement, time_ns);
         point.tag("office", self.office_tag.clone());
         if let Some(region) = &self.region_tag {
             point.tag("region", region.clone());
@@ -1166,7 +1196,7 @@ impl OfficeState {
         }
 
         let ticket = self.tickets.ticket(slot).clone();
-        let mut point = self.ctx.point("ticket", point_time_ns(closing.at, &ticket));
+        let mut point = self.ctx.point(out, "ticket", point_time_ns(closing.at, &ticket));
         self.fill_segment_point(&mut point, &ticket, &segment, &targets, &closing, out);
         out.points.push(point);
     }
@@ -1196,7 +1226,7 @@ impl OfficeState {
         let segment = segment.clone();
         let ticket = self.tickets.ticket(slot).clone();
         let service = self.ctx.service_name(segment.service);
-        let mut point = self.ctx.point("breach", point_time_ns(deadline, &ticket));
+        let mut point = self.ctx.point(out, "breach", point_time_ns(deadline, &ticket));
         point.tag("service", service.tag());
         point.tag("kind", kind.tag());
         if kind == AlertKind::Service {

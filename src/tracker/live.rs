@@ -501,7 +501,7 @@ impl OfficeLive {
             gauge.last_row = Some(row);
             let oldest_wait_ms = gauge.waiting_since.first().map_or(0, |(issue, _)| at.since(*issue).max(0));
             let (issued, called) = (std::mem::take(&mut gauge.issued), std::mem::take(&mut gauge.called));
-            let mut point = ctx.point("queue", time_ns);
+            let mut point = ctx.point(out, "queue", time_ns);
             point.tag("service", ctx.service_name(*service).tag());
             point.field("waiting", FieldValue::Int(row.waiting));
             point.field("in_service", FieldValue::Int(row.in_service));
@@ -532,7 +532,7 @@ impl OfficeLive {
     /// written row ride on it.
     fn write_office_row(&mut self, ctx: &OfficeContext, row: OfficeRow, at: Millis, out: &mut Output) {
         self.last_office_row = Some(row);
-        let mut point = ctx.point("office", at.0.saturating_mul(1_000_000));
+        let mut point = ctx.point(out, "office", at.0.saturating_mul(1_000_000));
         point.field("waiting", FieldValue::Int(row.waiting));
         point.field("in_service", FieldValue::Int(row.in_service));
         point.field("accepted", FieldValue::Int(std::mem::take(&mut self.accepted_in_interval)));
@@ -593,7 +593,7 @@ impl OfficeLive {
         state.served = 0;
         state.active_since = event.ts;
 
-        let mut point = ctx.point("counter", event.ts.0.saturating_mul(1_000_000));
+        let mut point = ctx.point(out, "counter", event.ts.0.saturating_mul(1_000_000));
         point.tag("counter", counter.tag());
         match open_ms {
             Some(open_ms) if open_ms < 0 => out.notes.add(super::Note::ClockSkew),
@@ -626,7 +626,7 @@ impl OfficeLive {
             .map(|ticket| ticket.as_str())
             .or(event.counter.as_ref().map(|counter| counter.as_str()))
             .unwrap_or("");
-        let mut point = ctx.point("feedback", super::time_with_offset_ns(event.ts, offset_key));
+        let mut point = ctx.point(out, "feedback", super::time_with_offset_ns(event.ts, offset_key));
         if let Some(counter) = &event.counter {
             point.tag("counter", counter.tag());
         }
@@ -712,7 +712,7 @@ impl OfficeLive {
         let Some(idle_target_ms) = settings.sla.idle_target_ms(settings.office_sla(&ctx.office)) else { return };
         let Some(state) = self.counters.get_mut(&counter) else { return };
         state.idle_breach = BreachState::Firing;
-        let mut point = ctx.point("breach", at.0.saturating_mul(1_000_000));
+        let mut point = ctx.point(out, "breach", at.0.saturating_mul(1_000_000));
         point.tag("counter", ctx.counters.get(counter).tag());
         point.tag("kind", AlertKind::Idle.tag());
         point.field("target_s", seconds(idle_target_ms));

@@ -270,7 +270,7 @@ impl<'a> HeldEvent<'a> {
             office: office.clone(),
             kind,
             ts: self.ts,
-            id: self.id.map(|id| id.into_owned().into_boxed_str()),
+            id: self.id.as_deref().map(compact_str::CompactString::new),
             ticket: self.ticket.map(Cow::into_owned),
             service: self.service.map(Cow::into_owned),
             counter: self.counter.map(Cow::into_owned),

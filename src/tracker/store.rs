@@ -226,6 +226,10 @@ pub(super) struct Seen {
     len_after_sweep: usize,
 }
 
+/// Above this span of expired generation tags a sweep looks each key's tag
+/// up in `closed` instead of in a bitmap (8 KiB at most).
+const MAX_SWEEP_BITMAP_BITS: u32 = 1 << 16;
+
 fn split(key: u64) -> (u32, u32) {
     (key as u32, (key >> 32) as u32)
 }
@@ -266,9 +270,34 @@ impl Seen {
             return;
         }
         self.last_sweep = Some(now);
-        let closed = &self.closed;
-        self.keys.retain(|entry| closed.get(&entry[2]).is_none_or(|closed_at| *closed_at >= cutoff));
+        // The generations whose keys go now: none (nothing to scan), or
+        // usually a short run of recent tags, looked up in a bitmap.
+        let expired = self.closed.iter().filter(|(_, closed_at)| **closed_at < cutoff).map(|(tag, _)| *tag);
+        let Some((low, high)) = expired.fold(None, |span: Option<(u32, u32)>, tag| {
+            Some(span.map_or((tag, tag), |(low, high)| (low.min(tag), high.max(tag))))
+        }) else {
+            return self.after_sweep();
+        };
+        if high - low < MAX_SWEEP_BITMAP_BITS {
+            let mut bitmap = vec![0u64; (high - low) as usize / 64 + 1];
+            for (tag, _) in self.closed.iter().filter(|(_, closed_at)| **closed_at < cutoff) {
+                let bit = (tag - low) as usize;
+                bitmap[bit / 64] |= 1 << (bit % 64);
+            }
+            self.keys.retain(|entry| {
+                let bit = entry[2].wrapping_sub(low) as usize;
+                bitmap.get(bit / 64).is_none_or(|word| word & (1 << (bit % 64)) == 0)
+            });
+        } else {
+            let closed = &self.closed;
+            self.keys.retain(|entry| closed.get(&entry[2]).is_none_or(|closed_at| *closed_at >= cutoff));
+        }
         self.closed.retain(|_, closed_at| *closed_at >= cutoff);
+        self.after_sweep();
+    }
+
+    /// What follows every sweep: memory back when most is unused, and the size the next one is paced by.
+    fn after_sweep(&mut self) {
         // Shrinking to fit after every sweep would reallocate and rehash the
         // table each time only for it to grow again; give memory back only
         // when most of it is unused.
@@ -354,6 +383,27 @@ mod tests {
         seen.maybe_sweep(Millis(101), Millis(2000), 0);
         assert!(!seen.contains(1));
         assert!(seen.contains(2) && seen.contains(3), "open and pending keys are never forgotten");
+    }
+
+    #[test]
+    fn a_sweep_forgets_exactly_the_keys_of_expired_generations_however_far_apart_their_tags() {
+        for tags in [[5u32, 6, 9, 70, 200], [1, 2, 3, 1 << 20, u32::MAX - 2]] {
+            let mut seen = Seen::default();
+            for (index, tag) in tags.iter().enumerate() {
+                seen.insert(index as u64 * 2, *tag);
+                seen.insert(index as u64 * 2 + 1, *tag);
+                let closed_at = [Some(0), Some(10), None, Some(40), Some(20)][index];
+                if let Some(at) = closed_at {
+                    seen.close(*tag, Millis(at));
+                }
+            }
+            seen.insert(100, 7);
+            seen.maybe_sweep(Millis(25), Millis(1000), 0);
+            let kept: Vec<bool> = (0..10).map(|key| seen.contains(key)).collect();
+            assert_eq!(kept, [false, false, false, false, true, true, true, true, false, false], "{tags:?}");
+            assert!(seen.contains(100), "a tag that never closed");
+            assert_eq!(seen.closed().count(), 1, "{tags:?}");
+        }
     }
 }
 
