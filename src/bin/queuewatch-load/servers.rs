@@ -127,6 +127,8 @@ pub async fn interruptible<T>(scenario: impl std::future::Future<Output = anyhow
 /// daemon's folder (fields drop in declaration order).
 pub struct Servers {
     daemon: Option<ServerProcess>,
+    /// Daemons killed so far (each restart logs to a file of its own).
+    starts: usize,
     mosquitto: Mosquitto,
     influxd: Influx1,
     pub influx: Influx,
@@ -177,7 +179,7 @@ impl Servers {
         })?;
         let influx = Influx { client: influxd.client() };
         influx.client.create_database(DATABASE).await?;
-        Ok(Servers { daemon: None, mosquitto, influxd, influx, keep_logs: options.keep_logs.clone(), dir })
+        Ok(Servers { daemon: None, starts: 0, mosquitto, influxd, influx, keep_logs: options.keep_logs.clone(), dir })
     }
 
     pub fn influx_url(&self) -> String {
@@ -213,6 +215,7 @@ impl Servers {
         if let Some(mut daemon) = self.daemon.take() {
             daemon.stop();
         }
+        self.starts += 1;
         used
     }
 
@@ -238,7 +241,12 @@ impl Servers {
             &config_path,
             daemon_config_text(&self.mosquitto.url, &self.influxd.url, &self.dir.path().join("state"), &options.set)?,
         )?;
-        let mut daemon = ServerProcess::new("queuewatch", binary, self.dir.path().join("queuewatch.log"))
+        // A start after a kill logs to a file of its own, so that its lines are not the killed one's.
+        let log_name = match self.starts {
+            0 => "queuewatch.log".to_string(),
+            restarts => format!("queuewatch-restart-{restarts}.log"),
+        };
+        let mut daemon = ServerProcess::new("queuewatch", binary, self.dir.path().join(log_name))
             .args(["run".to_string(), "--config".to_string(), config_path.display().to_string()])
             .env("QUEUEWATCH_LOG", "info");
         daemon.spawn()?;
