@@ -254,6 +254,15 @@ pub async fn run_with(
                     }
                     continue;
                 }
+                if let Some(durability) = &mut durability {
+                    if durability.is_redelivery(&message.publish) {
+                        // Taken in and journaled before the restart.
+                        pipeline.note_redelivery();
+                        durability.ack_in_order(message.publish);
+                        durability.release_acks(&mut acker);
+                        continue;
+                    }
+                }
                 let topic_office = office_from_topic(&config.mqtt.topics, &message.publish.topic);
                 // A rejection is counted and logged inside; it is still acknowledged,
                 // since redelivering a bad message would only repeat the rejection.
@@ -282,13 +291,13 @@ pub async fn run_with(
                 pipeline.advance(tracker_now);
                 if let Some(durability) = &mut durability {
                     durability.advance(tracker_now).await;
-                    durability.poll_checkpoint(&sinks).await;
+                    durability.poll_checkpoint(&sinks, &acker).await;
                 }
             }
             Input::Tick => {
                 acker.flush();
                 if let Some(durability) = &mut durability {
-                    durability.poll_checkpoint(&sinks).await;
+                    durability.poll_checkpoint(&sinks, &acker).await;
                 }
             }
             Input::Durable => {

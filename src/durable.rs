@@ -22,11 +22,24 @@
 //!   backlog the broker kept is not late and no deadline fires for time
 //!   nobody observed. Deadlines that fell in the downtime fire once the
 //!   backlog has moved the clocks past them, as they would have live.
+//! - **A redelivery of a journaled message is not taken twice.** The broker
+//!   redelivers (DUP set) what it sent but had not seen acknowledged when the
+//!   daemon died, and acknowledgements can lag far behind intake while a
+//!   backlog floods in. Those messages are in the journal (or the snapshot):
+//!   taken again, hours or days old in event time, they would be late events
+//!   past the dedup horizon. So recovery collects the hashes of the journal's
+//!   messages after the snapshot and of the last messages before it (kept in
+//!   the snapshot), and a redelivered message matching one is acknowledged
+//!   and counted a duplicate, until the first message that is not a
+//!   redelivery. A snapshot is committed only once every acknowledgement up
+//!   to it has been handed to the MQTT client, whose queue is smaller than
+//!   the hashes kept.
 //! - **Recovery publishes no alerts.** Alerts of replayed records were
 //!   published before the crash; the points they go with are written again
 //!   (idempotent), alerts are not (each carries a stable id regardless).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -68,6 +81,45 @@ pub struct Durability {
     /// The last committed snapshot's record number.
     committed: u64,
     record: Vec<u8>,
+    /// Hashes of the last messages journaled, oldest first (kept in snapshots).
+    recent: VecDeque<u64>,
+    /// After a recovery, until the first message that is not a redelivery:
+    /// hashes of journaled messages, with how many copies.
+    redeliveries: Option<HashMap<u64, u32>>,
+}
+
+/// Messages whose hashes are kept for recognising redeliveries: well above
+/// the MQTT client's request queue (16,384), which is all that may still be
+/// unacknowledged before a committed snapshot.
+const RECENT_MESSAGES: usize = 65_536;
+
+/// A message's identity for recognising its redelivery: topic and payload.
+fn message_hash(topic: &[u8], payload: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut hasher);
+    payload.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A snapshot's body: the recent message hashes, then the tracker's state.
+fn snapshot_body(recent: &[u64], state: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(4 + recent.len() * 8 + state.len());
+    body.extend_from_slice(&u32::try_from(recent.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for hash in recent {
+        body.extend_from_slice(&hash.to_le_bytes());
+    }
+    body.extend_from_slice(state);
+    body
+}
+
+/// The recent message hashes and the state bytes of a snapshot's body.
+fn split_snapshot_body(body: &[u8]) -> Option<(Vec<u64>, &[u8])> {
+    let (count, rest) = body.split_first_chunk::<4>()?;
+    let count = u32::from_le_bytes(*count) as usize;
+    let hashes_bytes = rest.get(..count.checked_mul(8)?)?;
+    let hashes =
+        hashes_bytes.chunks_exact(8).filter_map(|chunk| Some(u64::from_le_bytes(chunk.try_into().ok()?))).collect();
+    Some((hashes, &rest[count * 8..]))
 }
 
 /// A snapshot being written or waiting for its points to be settled.
@@ -93,22 +145,37 @@ impl Durability {
         let dir = StateDir::open(&config.storage.data_dir, &session)?;
         let mut recovery = Recovery::default();
         snapshot::remove_pending(dir.path())?;
-        if let Some((number, bytes)) = snapshot::load_newest(dir.path())? {
+        let mut recent = VecDeque::new();
+        if let Some((number, body)) = snapshot::load_newest(dir.path())? {
             let path = dir.path().join(snapshot::snapshot_name(number));
-            let tracker =
-                state::decode(pipeline.tracker().settings().clone(), &bytes).map_err(|error| match error {
-                    StateError::NewerVersion { found, supported } => StorageError::Version { path, found, supported },
-                    error => StorageError::Corrupt { path, detail: error.to_string() },
-                })?;
+            let (hashes, bytes) = split_snapshot_body(&body)
+                .ok_or_else(|| StorageError::Corrupt { path: path.clone(), detail: "cut-off message hashes".into() })?;
+            recent.extend(hashes);
+            let tracker = state::decode(pipeline.tracker().settings().clone(), bytes).map_err(|error| match error {
+                StateError::NewerVersion { found, supported } => StorageError::Version { path, found, supported },
+                error => StorageError::Corrupt { path, detail: error.to_string() },
+            })?;
             pipeline.replace_tracker(tracker);
             recovery.snapshot = number;
         }
         let topics = config.mqtt.topics.clone();
         let mut malformed = 0u64;
         let summary = journal::read(dir.path(), recovery.snapshot, |_, bytes| match Record::decode(bytes) {
-            Ok(record) => apply(pipeline, &topics, &record),
+            Ok(record) => {
+                if let Record::Message { topic, payload, .. } = &record {
+                    recent.push_back(message_hash(topic.as_bytes(), payload));
+                }
+                apply(pipeline, &topics, &record);
+            }
             Err(_) => malformed += 1,
         })?;
+        let mut redeliveries: HashMap<u64, u32> = HashMap::with_capacity(recent.len());
+        for hash in &recent {
+            *redeliveries.entry(*hash).or_default() += 1;
+        }
+        while recent.len() > RECENT_MESSAGES {
+            recent.pop_front();
+        }
         if malformed > 0 {
             error!(records = malformed, "Journal records this version cannot read were skipped.");
         }
@@ -126,6 +193,8 @@ impl Durability {
             checkpoint: None,
             committed: recovery.snapshot,
             record: Vec::new(),
+            recent,
+            redeliveries: (!redeliveries.is_empty()).then_some(redeliveries),
         };
         if summary.last > 0 {
             let resume = Record::Resume { now };
@@ -139,10 +208,33 @@ impl Durability {
     /// Journals a message the pipeline has just taken in; its acknowledgement
     /// waits for the record to be durable.
     pub async fn message(&mut self, publish: Publish, tracker_now: Millis, wall_now: Millis) {
+        if self.recent.len() == RECENT_MESSAGES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(message_hash(publish.topic.as_ref(), &publish.payload));
         let topic = String::from_utf8_lossy(publish.topic.as_ref());
         let record = Record::Message { topic, payload: publish.payload.as_ref().into(), tracker_now, wall_now };
         self.append(&record).await;
         self.acks.push_back((self.last, publish));
+    }
+
+    /// Whether `publish` is the broker's redelivery of a message already
+    /// journaled before the last restart (see the module's invariants); the
+    /// caller acknowledges it in order and counts it a duplicate.
+    pub fn is_redelivery(&mut self, publish: &Publish) -> bool {
+        let Some(redeliveries) = &mut self.redeliveries else { return false };
+        if !publish.dup {
+            // Redeliveries come first after a reconnection: they are over.
+            self.redeliveries = None;
+            return false;
+        }
+        match redeliveries.get_mut(&message_hash(publish.topic.as_ref(), &publish.payload)) {
+            Some(copies) if *copies > 0 => {
+                *copies -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A message that is not an event (our own alert): acknowledged in order,
@@ -212,8 +304,10 @@ impl Durability {
             return;
         }
         let dir = self.dir.path().to_path_buf();
-        let writing =
-            tokio::task::spawn_blocking(move || snapshot::write_pending(&dir, number, &state::encode(&tracker)));
+        let recent: Vec<u64> = self.recent.iter().copied().collect();
+        let writing = tokio::task::spawn_blocking(move || {
+            snapshot::write_pending(&dir, number, &snapshot_body(&recent, &state::encode(&tracker)))
+        });
         self.checkpoint = Some(Checkpoint {
             number,
             handed: sinks.iter().map(|sink| sink.progress().points_handed).collect(),
@@ -225,7 +319,7 @@ impl Durability {
 
     /// Commits the snapshot in progress once it is written, the journal
     /// holds its records, and the writers have settled its points.
-    pub async fn poll_checkpoint(&mut self, sinks: &[SinkHandle]) {
+    pub async fn poll_checkpoint(&mut self, sinks: &[SinkHandle], acker: &Acker) {
         let Some(checkpoint) = &mut self.checkpoint else { return };
         if let Some(writing) = checkpoint.writing.take_if(|writing| writing.is_finished()) {
             match writing.await {
@@ -245,7 +339,9 @@ impl Durability {
         let Some(written) = &checkpoint.written else { return };
         let settled =
             sinks.iter().zip(&checkpoint.handed).all(|(sink, handed)| sink.progress().points_settled >= *handed);
-        if !settled || self.journal.durable() < checkpoint.number {
+        let acks_handed =
+            acker.waiting() == 0 && self.acks.front().is_none_or(|(number, _)| *number > checkpoint.number);
+        if !settled || !acks_handed || self.journal.durable() < checkpoint.number {
             return;
         }
         let number = checkpoint.number;
@@ -398,6 +494,10 @@ mod tests {
         let mut pipeline = Pipeline::new(&config, Mode::Live);
         let (mut durability, recovery) = Durability::recover(&config, &mut pipeline, Millis(START)).await.unwrap();
         assert_eq!(recovery, Recovery::default(), "a new folder holds nothing");
+        // A client that is never connected: its request queue takes every acknowledgement.
+        let (client, _never_polled) =
+            rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 100_000);
+        let mut acker = Acker::new(client);
         // The record number each message's record got.
         let mut records = Vec::new();
         let crash_at = messages.len() * 2 / 3;
@@ -416,12 +516,14 @@ mod tests {
                 lines(&mut pipeline, &mut points);
                 durability.begin_checkpoint(pipeline.tracker().clone(), &[]).await;
             }
+            durability.release_acks(&mut acker);
             if index > crash_at / 2 {
-                durability.poll_checkpoint(&[]).await;
+                durability.poll_checkpoint(&[], &acker).await;
             }
         }
         wait_until_durable(&mut durability).await;
-        durability.poll_checkpoint(&[]).await;
+        durability.release_acks(&mut acker);
+        durability.poll_checkpoint(&[], &acker).await;
         assert!(durability.committed > 0, "the snapshot was committed");
         lines(&mut pipeline, &mut points);
         let last_now = arrival(messages[crash_at - 1].2);
@@ -436,19 +538,31 @@ mod tests {
         let mut pipeline = Pipeline::new(&config, Mode::Live);
         let (mut durability, recovery) = Durability::recover(&config, &mut pipeline, last_now).await.unwrap();
         assert!(recovery.snapshot > 0 && recovery.replayed > 0 && recovery.bytes_discarded > 0, "{recovery:?}");
-        let recovered_up_to = recovery.snapshot + recovery.replayed;
-        // The broker redelivers every message whose record was not kept.
-        let redeliver_from = records.iter().position(|number| *number > recovered_up_to).unwrap();
-        assert!(redeliver_from < crash_at, "the torn record's message comes again");
-        for (index, message) in messages.iter().enumerate().skip(redeliver_from) {
+        // The broker redelivers (DUP) everything it had sent and not seen
+        // acknowledged, here from well before the snapshot (acknowledgements
+        // lagging far behind intake), then what it had not sent yet.
+        let stale_from = crash_at / 4;
+        let mut recognised = 0;
+        for (index, message) in messages.iter().enumerate().skip(stale_from) {
+            let mut publish = Publish::new(message.0.as_str(), QoS::AtLeastOnce, message.1.as_bytes());
+            publish.dup = index < crash_at;
+            if durability.is_redelivery(&publish) {
+                recognised += 1;
+                continue;
+            }
             feed(&mut pipeline, &topics, message);
-            let publish = Publish::new(message.0.as_str(), QoS::AtLeastOnce, message.1.as_bytes());
             durability.message(publish, arrival(message.2), arrival(message.2)).await;
             if index % 50 == 49 {
                 pipeline.advance(arrival(message.2));
                 durability.advance(arrival(message.2)).await;
             }
         }
+        let kept = records.iter().filter(|number| **number <= recovery.snapshot + recovery.replayed).count();
+        assert_eq!(
+            recognised,
+            kept - stale_from,
+            "every redelivered message the journal or snapshot kept, and no other"
+        );
         pipeline.drain(arrival(messages[messages.len() - 1].2 + 3_600_000));
         lines(&mut pipeline, &mut points);
         let missing: Vec<_> = expected.difference(&points).collect();

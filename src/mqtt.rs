@@ -51,6 +51,11 @@ pub struct Acker {
 }
 
 impl Acker {
+    /// Acknowledges through `client` (normally from [`MqttSource::acker`]).
+    pub fn new(client: AsyncClient) -> Acker {
+        Acker { client, waiting: std::collections::VecDeque::new() }
+    }
+
     /// Queues the acknowledgement of `publish` after those still waiting.
     pub fn ack(&mut self, publish: &Publish) {
         if publish.qos == QoS::AtMostOnce {

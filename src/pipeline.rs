@@ -105,6 +105,13 @@ impl Pipeline {
         }
     }
 
+    /// Counts a message the broker redelivered after a restart that the
+    /// journal already holds: accepted once more, and a duplicate.
+    pub fn note_redelivery(&mut self) {
+        self.stats.accepted += 1;
+        self.stats.notes.add(crate::tracker::Note::Duplicate);
+    }
+
     /// Lets wall time pass (live runs).
     pub fn advance(&mut self, tracker_now: Millis) {
         self.tracker.advance(tracker_now, &mut self.out);
