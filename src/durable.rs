@@ -39,7 +39,6 @@
 //!   (idempotent), alerts are not (each carries a stable id regardless).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -55,7 +54,7 @@ use crate::storage::record::Record;
 use crate::storage::{snapshot, Session, StateDir, StorageError};
 use crate::time::Millis;
 use crate::tracker::state::{self, StateError};
-use crate::tracker::Tracker;
+use crate::tracker::{Fnv, Tracker};
 
 /// What recovery found and did, for the start-up log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,7 +79,6 @@ pub struct Durability {
     checkpoint: Option<Checkpoint>,
     /// The last committed snapshot's record number.
     committed: u64,
-    record: Vec<u8>,
     /// Hashes of the last messages journaled, oldest first (kept in snapshots).
     recent: VecDeque<u64>,
     /// After a recovery, until the first message that is not a redelivery:
@@ -94,10 +92,13 @@ pub struct Durability {
 const RECENT_MESSAGES: usize = 65_536;
 
 /// A message's identity for recognising its redelivery: topic and payload.
+/// Stored in snapshots, so it must not change between builds: the tracker's
+/// FNV hash, not std's, whose algorithm may change with the compiler.
 fn message_hash(topic: &[u8], payload: &[u8]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    topic.hash(&mut hasher);
-    payload.hash(&mut hasher);
+    let mut hasher = Fnv::new();
+    hasher.write(&(topic.len() as u64).to_le_bytes());
+    hasher.write(topic);
+    hasher.write(payload);
     hasher.finish()
 }
 
@@ -192,7 +193,6 @@ impl Durability {
             acks: VecDeque::new(),
             checkpoint: None,
             committed: recovery.snapshot,
-            record: Vec::new(),
             recent,
             redeliveries: (!redeliveries.is_empty()).then_some(redeliveries),
         };
@@ -254,10 +254,9 @@ impl Durability {
     }
 
     async fn append(&mut self, record: &Record<'_>) {
-        self.record.clear();
-        record.encode(&mut self.record);
+        let mut bytes = Vec::with_capacity(256);
+        record.encode(&mut bytes);
         self.last += 1;
-        let bytes = std::mem::replace(&mut self.record, Vec::with_capacity(256));
         if !self.journal.send(Command::Append { number: self.last, record: bytes }).await {
             error!("The journal thread has stopped; nothing more is acknowledged.");
         }

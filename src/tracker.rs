@@ -1454,21 +1454,21 @@ fn dedup_keys(event: &Event) -> (Option<u64>, u64) {
 
 /// FNV-1a, 64 bit: stable across releases and platforms, unlike std's
 /// hasher, because point times derived from it must never change.
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Fnv {
-    fn new() -> Fnv {
+    pub(crate) fn new() -> Fnv {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
 
-    fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         for byte in bytes {
             self.0 ^= u64::from(*byte);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 
-    fn finish(&self) -> u64 {
+    pub(crate) fn finish(&self) -> u64 {
         // A final avalanche so that short keys spread over all bits.
         let mut x = self.0;
         x ^= x >> 33;

@@ -212,7 +212,7 @@ pub struct JournalHandle {
     commands: mpsc::Sender<Command>,
     durable: watch::Receiver<u64>,
     failing: watch::Receiver<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl JournalHandle {
@@ -226,7 +226,7 @@ impl JournalHandle {
             .name("queuewatch-journal".into())
             .spawn(move || Committer { files, durable: durable_sender, failing: failing_sender }.run(receiver))
             .map_err(|source| StorageError::io(dir, source))?;
-        Ok(JournalHandle { commands, durable, failing, thread: Some(thread) })
+        Ok(JournalHandle { commands, durable, failing, thread })
     }
 
     /// Hands a command over, waiting while the thread is behind (full channel).
@@ -253,13 +253,11 @@ impl JournalHandle {
     }
 
     /// Commits what was handed over and stops the thread.
-    pub async fn close(mut self) -> u64 {
-        let JournalHandle { commands, durable, thread, .. } = &mut self;
-        let (closed_sender, _) = mpsc::channel(1);
-        drop(std::mem::replace(commands, closed_sender));
-        if let Some(thread) = thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+    pub async fn close(self) -> u64 {
+        let JournalHandle { commands, durable, thread, .. } = self;
+        // The thread commits what is left and ends once the channel is closed.
+        drop(commands);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         let last = *durable.borrow();
         last
     }

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Args;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -26,31 +25,15 @@ use queuewatch::ids::TicketNo;
 use queuewatch::time::Millis;
 use queuewatch::tracker::point_time_ns;
 
-use crate::drain::wait_until_stored;
+use crate::drain::{queue_backlog, BacklogArgs};
 use crate::input::{simulated, SimulatedInput};
-use crate::publisher::Publisher;
 use crate::report::{rate_text, Report};
 use crate::servers::{BrokerStore, DaemonArgs, Servers, DAEMON_CLIENT_ID};
 
 #[derive(Args)]
 pub struct BaselineArgs {
-    /// Simulator events queued in the broker.
-    #[arg(long, default_value_t = 500_000)]
-    events: usize,
-    /// Simulated offices.
-    #[arg(long, default_value_t = 40)]
-    offices: u32,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// The publisher's QoS 1 messages awaiting PUBACK at once.
-    #[arg(long, default_value_t = 1_000)]
-    inflight: u16,
-    /// How often InfluxDB is asked for the count of points, in ms.
-    #[arg(long, default_value_t = 250)]
-    poll_ms: u64,
-    /// Gives up after this many seconds from the consumer's start.
-    #[arg(long, default_value_t = 600)]
-    timeout_s: u64,
+    #[command(flatten)]
+    backlog: BacklogArgs,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
@@ -60,7 +43,7 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const MOST: f64 = 0.995;
 
 pub async fn baseline(args: BaselineArgs) -> anyhow::Result<()> {
-    let SimulatedInput { messages, .. } = simulated(args.events, args.offices, args.seed)?;
+    let SimulatedInput { messages, .. } = simulated(args.backlog.events, args.backlog.offices, args.backlog.seed)?;
     let events = messages.len() as u64;
     let mut pairing = Pairing::default();
     let expected = messages.iter().filter(|(topic, payload)| pairing.line(topic, payload.as_bytes()).is_some()).count();
@@ -68,24 +51,13 @@ pub async fn baseline(args: BaselineArgs) -> anyhow::Result<()> {
     let most = (MOST * expected as f64).ceil() as u64;
 
     let servers = Servers::start_with("baseline", &args.daemon, BrokerStore::Persistent).await?;
-    servers.create_daemon_session().await?;
-    let publisher = Publisher::connect(servers.mqtt_port(), "queuewatch-load-publisher", args.inflight).await?;
-    let publish_started = Instant::now();
-    for (topic, payload) in messages {
-        publisher.publish(topic, payload).await?;
-    }
-    publisher
-        .wait_acked(events, publish_started + Duration::from_secs(args.timeout_s))
-        .await
-        .with_context(|| format!("the broker did not acknowledge all {events} events"))?;
-    publisher.close().await;
-    let stored = wait_until_stored(&servers, events).await?;
+    let (_, stored) = queue_backlog(&servers, messages, &args.backlog).await?;
     eprintln!("baseline: {events} events queued; the broker holds {stored}; expecting {expected} ticket points");
 
     let cpu_before = servers.cpu();
     let started = cpu_before.at;
     let consumer = tokio::spawn(consume(servers.mqtt_port(), servers.influx_url(), events));
-    let deadline = started + Duration::from_secs(args.timeout_s);
+    let deadline = started + Duration::from_secs(args.backlog.timeout_s);
     let mut most_at = None;
     let all_at = loop {
         let tickets = servers.influx.count_ticket_points().await.unwrap_or(0);
@@ -98,7 +70,7 @@ pub async fn baseline(args: BaselineArgs) -> anyhow::Result<()> {
         if Instant::now() >= deadline || consumer.is_finished() && tickets < expected as u64 && most_at.is_some() {
             break None;
         }
-        tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+        tokio::time::sleep(Duration::from_millis(args.backlog.poll_ms)).await;
     };
     consumer.abort();
 
@@ -110,7 +82,7 @@ pub async fn baseline(args: BaselineArgs) -> anyhow::Result<()> {
              max_inflight_messages {}) -> a plain consumer in this process (see src/bin/queuewatch-load/baseline.rs: \
              acknowledgement on receipt, generic JSON, issued/finished pairing, batches of {BATCH_LINES} lines or 1 s, \
              one request at a time) -> InfluxDB 1.x",
-            args.offices, args.seed, args.daemon.broker_inflight
+            args.backlog.offices, args.backlog.seed, args.daemon.broker_inflight
         ),
     );
     let seconds = |at: Instant| at.duration_since(started).as_secs_f64();
@@ -126,7 +98,7 @@ pub async fn baseline(args: BaselineArgs) -> anyhow::Result<()> {
                     rate_text(events as f64 / seconds(sample.at)),
                     sample.shares_since(&cpu_before)
                 ),
-                None => format!("not reached within {} s", args.timeout_s),
+                None => format!("not reached within {} s", args.backlog.timeout_s),
             },
         );
     }

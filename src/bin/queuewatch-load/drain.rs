@@ -39,25 +39,33 @@ use crate::servers::{
     broker_summary, daemon_config, settings_text, BrokerStore, DaemonArgs, Influx, Servers, StoredPoint,
 };
 
+/// The backlog queued in the broker while its consumer is away, and how it is
+/// watched: what `drain` and `baseline` share.
 #[derive(Args)]
-pub struct DrainArgs {
+pub struct BacklogArgs {
     /// Simulator events queued in the broker.
     #[arg(long, default_value_t = 500_000)]
-    events: usize,
+    pub events: usize,
     /// Simulated offices.
     #[arg(long, default_value_t = 40)]
-    offices: u32,
+    pub offices: u32,
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub seed: u64,
     /// The publisher's QoS 1 messages awaiting PUBACK at once.
     #[arg(long, default_value_t = 1_000)]
-    inflight: u16,
+    pub inflight: u16,
     /// How often InfluxDB is asked for the count of points, in ms.
     #[arg(long, default_value_t = 250)]
-    poll_ms: u64,
-    /// Gives up after this many seconds from the daemon's start.
+    pub poll_ms: u64,
+    /// Gives up after this many seconds from the consumer's start.
     #[arg(long, default_value_t = 600)]
-    timeout_s: u64,
+    pub timeout_s: u64,
+}
+
+#[derive(Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    backlog: BacklogArgs,
     /// Kills the daemon with SIGKILL this many seconds after its start and
     /// starts it again at once on the same state folder (recovery under load).
     #[arg(long, value_name = "SECONDS")]
@@ -82,7 +90,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const RECHECK_AFTER: Duration = Duration::from_secs(2);
 
 pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
-    let SimulatedInput { messages, start, last_at_by_office, .. } = simulated(args.events, args.offices, args.seed)?;
+    let SimulatedInput { messages, start, last_at_by_office, .. } =
+        simulated(args.backlog.events, args.backlog.offices, args.backlog.seed)?;
     let events = messages.len() as u64;
     let config = daemon_config(&args.daemon.set)?;
     let window_ms = config.tracking.reorder_window.as_millis() as i64;
@@ -98,20 +107,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
 
     // The backlog: the daemon's session first, then every event, with the daemon away.
     let mut servers = Servers::start_with("drain", &args.daemon, BrokerStore::Persistent).await?;
-    servers.create_daemon_session().await?;
-    let publisher = Publisher::connect(servers.mqtt_port(), "queuewatch-load-publisher", args.inflight).await?;
-    let publish_started = Instant::now();
-    let publish_deadline = publish_started + Duration::from_secs(args.timeout_s);
-    for (topic, payload) in messages {
-        publisher.publish(topic, payload).await?;
-    }
-    let acked_at = publisher.wait_acked(events, publish_deadline).await;
-    publisher.close().await;
-    let queued_s = acked_at
-        .with_context(|| format!("the broker did not acknowledge all {events} events within {} s", args.timeout_s))?
-        .duration_since(publish_started)
-        .as_secs_f64();
-    let stored = wait_until_stored(&servers, events).await?;
+    let (queued_s, stored) = queue_backlog(&servers, messages, &args.backlog).await?;
     eprintln!("drain: {events} events queued in {queued_s:.1} s; the broker holds {stored} messages");
 
     // The drain, timed from the daemon's start.
@@ -119,7 +115,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let started = cpu_before.at;
     servers.spawn_daemon(&args.daemon).await?;
     let connected_s = started.elapsed().as_secs_f64();
-    let deadline = started + Duration::from_secs(args.timeout_s);
+    let deadline = started + Duration::from_secs(args.backlog.timeout_s);
     let counted = expected.counted_fields()?;
     let ticket_index = counted.iter().position(|(measurement, _)| measurement == "ticket").context("no ticket")?;
     let mut milestones = Milestones::default();
@@ -181,7 +177,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
             }
             break;
         }
-        tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+        tokio::time::sleep(Duration::from_millis(args.backlog.poll_ms)).await;
     }
     let end_sample = milestones.everything.as_ref().map_or_else(|| servers.cpu(), clone_sample);
     servers.ensure_daemon_alive()?;
@@ -195,7 +191,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
             "{events} simulator events (seed {}, {} offices, from {start}), queued in Mosquitto (persistence on, \
              max_queued_messages large enough, the daemon's persistent session created first) by a QoS 1 publisher \
              in {queued_s:.1} s; the broker's store then held {stored} messages",
-            args.seed, args.offices
+            args.backlog.seed, args.backlog.offices
         ),
     );
     report.line(
@@ -205,7 +201,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
              connected after {connected_s:.2} s) -> InfluxDB 1.x; counts polled every {} ms",
             args.daemon.broker_inflight,
             settings_text(&args.daemon.set),
-            args.poll_ms
+            args.backlog.poll_ms
         ),
     );
     report.line(
@@ -244,7 +240,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
                     against.join("; ")
                 )
             }
-            None => format!("not reached within {} s", args.timeout_s),
+            None => format!("not reached within {} s", args.backlog.timeout_s),
         },
     );
     report.line(
@@ -257,7 +253,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
                 rate_text(events as f64 / seconds(at)),
                 window_ms
             ),
-            None => format!("not reached within {} s: {} queryable", args.timeout_s, last_counts[ticket_index]),
+            None => format!("not reached within {} s: {} queryable", args.backlog.timeout_s, last_counts[ticket_index]),
         },
     );
     report.line(
@@ -268,7 +264,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
                 seconds(sample.at),
                 rate_text(events as f64 / seconds(sample.at))
             ),
-            None => format!("not reached within {} s", args.timeout_s),
+            None => format!("not reached within {} s", args.backlog.timeout_s),
         },
     );
     report.line("point for point", comparison.text(&expected));
@@ -289,7 +285,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
         report.line(
             "killed",
             format!(
-                "SIGKILL after {} s (it had used {used_s:.2} s of CPU, not in the figures above), started again                  at once on the same state folder, connected {restart_s:.2} s later: {recovery}",
+                "SIGKILL after {} s (it had used {used_s:.2} s of CPU, not in the figures above), started again at once on the same state folder, connected {restart_s:.2} s later: {recovery}",
                 args.kill_after_s.unwrap_or_default()
             ),
         );
@@ -299,7 +295,11 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     report.line("reproduce", reproduce_command(&args));
     report.print();
 
-    ensure!(milestones.everything.is_some(), "not every expected point was queryable within {} s", args.timeout_s);
+    ensure!(
+        milestones.everything.is_some(),
+        "not every expected point was queryable within {} s",
+        args.backlog.timeout_s
+    );
     ensure!(
         comparison.is_exact(),
         "InfluxDB does not hold exactly the expected points: {}",
@@ -308,9 +308,34 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the daemon's session, publishes `messages` into it with the
+/// consumer away, and waits until the broker acknowledged and stored them
+/// all: the seconds that took and the broker's store count.
+pub async fn queue_backlog(
+    servers: &Servers,
+    messages: Vec<(String, String)>,
+    backlog: &BacklogArgs,
+) -> anyhow::Result<(f64, u64)> {
+    let events = messages.len() as u64;
+    servers.create_daemon_session().await?;
+    let publisher = Publisher::connect(servers.mqtt_port(), "queuewatch-load-publisher", backlog.inflight).await?;
+    let publish_started = Instant::now();
+    for (topic, payload) in messages {
+        publisher.publish(topic, payload).await?;
+    }
+    let acked_at = publisher.wait_acked(events, publish_started + Duration::from_secs(backlog.timeout_s)).await;
+    publisher.close().await;
+    let queued_s = acked_at
+        .with_context(|| format!("the broker did not acknowledge all {events} events within {} s", backlog.timeout_s))?
+        .duration_since(publish_started)
+        .as_secs_f64();
+    let stored = wait_until_stored(servers, events).await?;
+    Ok((queued_s, stored))
+}
+
 /// Polls the broker's store count until it holds `events` messages (its
 /// `$SYS` report lags up to a second), at most 10 times.
-pub async fn wait_until_stored(servers: &Servers, events: u64) -> anyhow::Result<u64> {
+async fn wait_until_stored(servers: &Servers, events: u64) -> anyhow::Result<u64> {
     let mut stored = 0;
     for _ in 0..10 {
         stored = servers.broker_stored_messages().await?;
@@ -617,7 +642,7 @@ fn same(written: &FieldValue, stored: &Value) -> bool {
 fn reproduce_command(args: &DrainArgs) -> String {
     let mut command = format!(
         "target/release/queuewatch-load drain --events {} --offices {} --seed {}",
-        args.events, args.offices, args.seed
+        args.backlog.events, args.backlog.offices, args.backlog.seed
     );
     if let Some(kill_after_s) = args.kill_after_s {
         command.push_str(&format!(" --kill-after-s {kill_after_s}"));
