@@ -28,6 +28,9 @@ const MILLISECOND: Duration = Duration::from_millis(1);
 /// silence shorter than a second is no silence.
 const SECOND: Duration = Duration::from_secs(1);
 
+/// Longer than any supervisor waits before it kills the process.
+const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// MQTT carries the keep-alive in a 16-bit count of seconds.
 const MAX_KEEP_ALIVE: Duration = Duration::from_secs(u16::MAX as u64);
 
@@ -35,7 +38,7 @@ const MAX_KEEP_ALIVE: Duration = Duration::from_secs(u16::MAX as u64);
 /// device sends a real time before it; a negative epoch is a clock never set).
 const UNIX_EPOCH: Millis = Millis(0);
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub mqtt: MqttConfig,
     pub influxdb: InfluxConfig,
@@ -44,6 +47,43 @@ pub struct Config {
     pub offices: BTreeMap<OfficeId, OfficeConfig>,
     pub alerts: AlertsConfig,
     pub storage: StorageConfig,
+    pub http: HttpConfig,
+    /// `shutdown_timeout`: from SIGTERM (or SIGINT) to exit, every phase of
+    /// the stop included (see `daemon::ShutdownBudget`).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mqtt: MqttConfig::default(),
+            influxdb: InfluxConfig::default(),
+            tracking: TrackingConfig::default(),
+            sla: SlaConfig::default(),
+            offices: BTreeMap::new(),
+            alerts: AlertsConfig::default(),
+            storage: StorageConfig::default(),
+            http: HttpConfig::default(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// Docker stops a container 10 s after SIGTERM and systemd's unit allows
+/// more; 8 s leaves room for the process to exit on its own.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// `[http]`: the operations endpoint (`/healthz`, `/readyz`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// `listen`: the address to serve on; `None` (an empty string) turns the endpoint off.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9108))) }
+    }
 }
 
 /// `[storage]`: where `run` keeps what it has acknowledged (see `crate::storage`).
@@ -609,6 +649,24 @@ impl Config {
             section.finish(&mut problems);
         }
 
+        if let Some(table) = top.table("http", &mut problems) {
+            let mut section = Section::new(table, "http");
+            if let Some(listen) = section.string("listen", &mut problems) {
+                match parse_listen(&listen) {
+                    Ok(address) => config.http.listen = address,
+                    Err(why) => problems.push(format!("http.listen: {listen:?} {why}")),
+                }
+            }
+            section.finish(&mut problems);
+        }
+
+        if let Some(timeout) = top.duration("shutdown_timeout", &mut problems) {
+            let within = at_most("shutdown_timeout", timeout, MAX_SHUTDOWN_TIMEOUT, &mut problems);
+            if at_least("shutdown_timeout", timeout, SECOND, &mut problems) && within {
+                config.shutdown_timeout = timeout;
+            }
+        }
+
         top.finish(&mut problems);
         if problems.is_empty() {
             Ok(config)
@@ -692,6 +750,16 @@ fn check_tracking(tracking: &TrackingConfig, problems: &mut Vec<String>) {
             show(tracking.snapshot_interval)
         ));
     }
+}
+
+/// `http.listen`: empty for no endpoint, else an IP address and a port
+/// (`127.0.0.1:9108`, `[::1]:9108`, `0.0.0.0:9108`; port 0 picks a free one).
+/// Names are not resolved: the endpoint binds where it is told, nowhere else.
+fn parse_listen(text: &str) -> Result<Option<std::net::SocketAddr>, &'static str> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| "is not an IP address and port such as \"127.0.0.1:9108\" (or \"\" for none)")
 }
 
 /// Reports `key` when `value` is below `min`; true when it is not.
@@ -1379,5 +1447,38 @@ service_target = "367days"
     fn day_ranges_may_wrap_the_week() {
         assert_eq!(parse_days("Sat-Mon").unwrap(), [true, false, false, false, false, true, true]);
         assert_eq!(parse_days("Mon,Wed").unwrap(), [true, false, true, false, false, false, false]);
+    }
+    #[test]
+    fn the_operations_endpoint_and_the_shutdown_timeout_have_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.http.listen, Some("127.0.0.1:9108".parse().unwrap()));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(8));
+        let config = Config::parse("shutdown_timeout = \"20s\"\n[http]\nlisten = \"[::1]:0\"\n").unwrap();
+        assert_eq!(config.http.listen, Some("[::1]:0".parse().unwrap()));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn an_empty_listen_address_turns_the_endpoint_off() {
+        assert_eq!(Config::parse("[http]\nlisten = \"\"\n").unwrap().http.listen, None);
+    }
+
+    #[test]
+    fn bad_listen_addresses_and_shutdown_timeouts_are_each_reported_with_the_key() {
+        for (text, expected) in [
+            ("[http]\nlisten = \"localhost:9108\"\n", "http.listen: \"localhost:9108\" is not an IP address and port"),
+            ("[http]\nlisten = \"127.0.0.1\"\n", "http.listen: \"127.0.0.1\" is not an IP address and port"),
+            ("[http]\nlisten = \"127.0.0.1:99999\"\n", "http.listen: \"127.0.0.1:99999\""),
+            ("[http]\nlisten = 9108\n", "http.listen: expected a string"),
+            ("[http]\nport = 9108\n", "http.port: unknown key"),
+            ("shutdown_timeout = \"500ms\"\n", "shutdown_timeout: must be at least 1s"),
+            ("shutdown_timeout = \"1h\"\n", "shutdown_timeout: must be at most 10m"),
+            ("shutdown_timeout = \"eight\"\n", "shutdown_timeout: invalid duration \"eight\""),
+            ("shutdown_timeout = 8\n", "shutdown_timeout: expected a duration string"),
+        ] {
+            assert_reported(&problems_of(text), &[expected]);
+        }
+        let both = problems_of("shutdown_timeout = \"0s\"\n[http]\nlisten = \"nowhere\"\n");
+        assert_reported(&both, &["shutdown_timeout: must be at least 1s", "http.listen: \"nowhere\""]);
     }
 }
