@@ -189,7 +189,7 @@ impl Pipeline {
                 observer(&point);
             }
             self.pending_lines += 1;
-            self.stats.points += 1;
+            self.stats.point(point.measurement);
             self.out.recycle(point);
         }
         self.out.points = points;

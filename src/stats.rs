@@ -18,9 +18,27 @@ pub struct Stats {
     pub notes: NoteCounts,
     /// Points handed to the sink.
     pub points: u64,
+    /// The same points by measurement, in the order of [`MEASUREMENTS`].
+    pub points_by_measurement: [u64; MEASUREMENTS.len()],
 }
 
+/// The measurements the pipeline writes (the daemon's own `queuewatch` row aside).
+pub const MEASUREMENTS: [&str; 6] = ["ticket", "breach", "queue", "counter", "feedback", "office"];
+
 impl Stats {
+    /// Counts one point of `measurement` (one of [`MEASUREMENTS`]).
+    pub fn point(&mut self, measurement: &str) {
+        self.points += 1;
+        if let Some(index) = MEASUREMENTS.iter().position(|known| *known == measurement) {
+            self.points_by_measurement[index] += 1;
+        }
+    }
+
+    /// Points of `measurement` so far.
+    pub fn points_of(&self, measurement: &str) -> u64 {
+        MEASUREMENTS.iter().position(|known| *known == measurement).map_or(0, |index| self.points_by_measurement[index])
+    }
+
     pub fn reject(&mut self, reason: RejectReason) {
         self.rejected[reason as usize] += 1;
     }
@@ -63,6 +81,11 @@ impl Stats {
             }
         }
         let _ = writeln!(text, "points produced: {}", self.points);
+        for (measurement, count) in MEASUREMENTS.iter().zip(self.points_by_measurement) {
+            if count > 0 {
+                let _ = writeln!(text, "  {measurement}: {count}");
+            }
+        }
         text
     }
 
