@@ -13,11 +13,22 @@
 //! whole minute of the wall clock ([`SelfReport`]), through the same sinks,
 //! so that a dashboard sees it alive while every office is quiet.
 //!
-//! Shutdown is a parameter: when the `shutdown` future resolves, the source
-//! stops reading (what it had not handed over stays unacknowledged with the
-//! broker), the tracker applies the events it holds for reordering and
-//! writes the points that completes, and the sink flushes within
-//! [`sink::SHUTDOWN_DEADLINE`].
+//! The operations endpoint ([`crate::ops`]) renders a snapshot this loop
+//! publishes once a second; it never reads the pipeline itself.
+//!
+//! Shutdown is a parameter: when the `shutdown` future resolves, one budget
+//! of `shutdown_timeout` starts ([`ShutdownBudget`]), shared by the phases:
+//! the source stops reading (what it had not handed over stays
+//! unacknowledged with the broker), the journal is synced and closed (with
+//! `storage.journal = false`, the tracker first applies the events it holds
+//! for reordering, which would otherwise be lost), the pending points go to
+//! the writers, and the writers flush within what is left. With a journal
+//! the events held for reordering stay held: the next start recovers them
+//! and they are released as if the daemon had never stopped, so an event
+//! that arrives after the restart within the reorder window is still in
+//! time. Points not written by then are not lost either: no snapshot covers
+//! them until they are settled, so the next start writes them again from
+//! the journal.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,9 +42,10 @@ use crate::alerts::AlertPublisher;
 use crate::config::Config;
 use crate::durable::Durability;
 use crate::mqtt::{office_from_topic, Incoming, MqttSource};
+use crate::ops::{self, OpsPublisher, OpsSnapshot, SinkWatch};
 use crate::pipeline::Pipeline;
 use crate::point::{FieldValue, Point};
-use crate::sink::{self, Secrets, SinkHandle, SinkProgress, SinkReport, SHUTDOWN_DEADLINE};
+use crate::sink::{self, Secrets, SinkHandle, SinkProgress, SinkReport};
 use crate::stats::Stats;
 use crate::time::Millis;
 use crate::tracker::Mode;
@@ -62,6 +74,90 @@ enum Input {
     /// Time to snapshot the tracker's state (`storage.checkpoint_interval`).
     Checkpoint,
     Shutdown,
+}
+
+/// How often the loop publishes its counts for the operations endpoint.
+const OPS_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When the loop publishes for the endpoint: on its own timer while it has
+/// time, and, while a backlog keeps it from the timer (messages come first),
+/// after every [`OPS_CHECK_EVERY`] inputs once a second has passed. An input
+/// costs an increment and a comparison.
+#[derive(Debug)]
+struct OpsCadence {
+    inputs: u32,
+    last: std::time::Instant,
+}
+
+/// Inputs between looks at the clock (at 55,000 messages a second, about 50 a second).
+const OPS_CHECK_EVERY: u32 = 1024;
+
+impl OpsCadence {
+    fn new() -> OpsCadence {
+        OpsCadence { inputs: 0, last: std::time::Instant::now() }
+    }
+
+    /// Counts one input; true when it is time to publish.
+    fn input_due(&mut self) -> bool {
+        self.inputs += 1;
+        if self.inputs < OPS_CHECK_EVERY {
+            return false;
+        }
+        self.inputs = 0;
+        self.last.elapsed() >= OPS_PUBLISH_INTERVAL
+    }
+
+    fn published(&mut self) {
+        self.inputs = 0;
+        self.last = std::time::Instant::now();
+    }
+}
+
+/// The one time budget of a shutdown, from the moment it was asked for, and
+/// its split among the phases (shares of `shutdown_timeout`; 8 s by default):
+/// - the source stops: until 1/8 (1 s); it stops reading at once, and
+///   spends at most half a second on a clean DISCONNECT;
+/// - the journal is synced and closed and the last points are handed to the
+///   writers: until 3/8 (3 s); a sync takes milliseconds, unless the disk
+///   stalls, and then what is not synced is not acknowledged either;
+/// - the writers write what they hold, retrying, for 1/2 (4 s) from when
+///   they are asked to finish, so by 7/8 at the latest;
+/// - and the daemon waits for them until 15/16 (7.5 s), leaving the rest
+///   to log and exit.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownBudget {
+    started: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl ShutdownBudget {
+    pub fn new(started: tokio::time::Instant, timeout: Duration) -> ShutdownBudget {
+        ShutdownBudget { started, timeout }
+    }
+
+    /// How long a writer may keep writing once asked to finish.
+    pub fn writer_deadline(timeout: Duration) -> Duration {
+        timeout / 2
+    }
+
+    fn at(&self, sixteenths: u32) -> tokio::time::Instant {
+        self.started + self.timeout * sixteenths / 16
+    }
+
+    /// When the source must have stopped.
+    pub fn source_stopped(&self) -> tokio::time::Instant {
+        self.at(2)
+    }
+
+    /// When the journal must be closed and the last points handed over.
+    pub fn handed_over(&self) -> tokio::time::Instant {
+        self.at(6)
+    }
+
+    /// When the daemon stops waiting for its writers.
+    pub fn writers_finished(&self) -> tokio::time::Instant {
+        self.at(15)
+    }
 }
 
 /// Lines gathered before they are handed to the writers between ticks.
@@ -140,7 +236,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         crate::mqtt::CredentialSource::from_config(&config.mqtt).read_password().context("MQTT credentials")?;
     }
     let secrets = Secrets::resolve(&config.influxdb).context("InfluxDB credentials")?;
-    let sink = sink::spawn(&config.influxdb, secrets, SHUTDOWN_DEADLINE).context("InfluxDB writer")?;
+    let writer_deadline = ShutdownBudget::writer_deadline(config.shutdown_timeout);
+    let sink = sink::spawn(&config.influxdb, secrets, writer_deadline).context("InfluxDB writer")?;
     run_with(config, Outputs { sinks: vec![sink], tap: None }, shutdown).await
 }
 
@@ -153,10 +250,17 @@ pub async fn run_with(
     let (sinks, sink_tasks): (Vec<SinkHandle>, Vec<_>) = outputs.sinks.into_iter().unzip();
     let tap = outputs.tap;
 
-    let (stop_sender, stop_receiver) = watch::channel(false);
+    // Bound before anything else is opened: a port in use stops the start at once.
+    let ops_listener = match config.http.listen {
+        Some(address) => Some(ops::Listener::bind(address)?),
+        None => None,
+    };
+
+    // When the shutdown was asked for: the start of its budget.
+    let (stop_sender, stop_receiver) = watch::channel(None);
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_sender.send(true);
+        let _ = stop_sender.send(Some(tokio::time::Instant::now()));
     });
 
     let mut pipeline = Pipeline::new(&config, Mode::Live);
@@ -190,6 +294,23 @@ pub async fn run_with(
         }));
     }
     let source = MqttSource::new(&config.mqtt);
+    let ops_publisher = match ops_listener {
+        Some(listener) => {
+            let stall_limit = config.influxdb.request_timeout + config.influxdb.max_backoff;
+            let (endpoint, publisher) = ops::Endpoint::new(source.connection(), stall_limit);
+            info!(address = %listener.address(), "Operations endpoint listening.");
+            let stop = stopped(stop_receiver.clone());
+            tokio::spawn(async move {
+                if let Err(error) = ops::serve(listener, endpoint, stop).await {
+                    error!(%error, "The operations endpoint stopped.");
+                }
+            });
+            Some(publisher)
+        }
+        None => None,
+    };
+    let mut sink_watch = SinkWatch::default();
+    let mut ops_cadence = OpsCadence::new();
     let mut acker = source.acker();
     let mut alerts = AlertPublisher::new(source.client(), &config.alerts);
     let own_topics_reachable = alerts.may_receive_own(&config.mqtt.topics);
@@ -201,6 +322,8 @@ pub async fn run_with(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_log = tokio::time::interval(Duration::from_secs(60));
     stats_log.tick().await;
+    let mut ops_due = tokio::time::interval(OPS_PUBLISH_INTERVAL);
+    ops_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop = std::pin::pin!(stopped(stop_receiver.clone()));
     let mut clock = LoopClock::default();
     let mut unsent_at_shutdown = 0usize;
@@ -242,7 +365,18 @@ pub async fn run_with(
                 info!(stats = %pipeline.stats().one_line(), "Totals so far.");
                 continue;
             }
+            _ = ops_due.tick(), if ops_publisher.is_some() => {
+                if let Some(publisher) = &ops_publisher {
+                    publish_ops(publisher, &pipeline, durability.as_ref(), &sinks, &mut sink_watch);
+                    ops_cadence.published();
+                }
+                continue;
+            }
         };
+        if let Some(publisher) = ops_publisher.as_ref().filter(|_| ops_cadence.input_due()) {
+            publish_ops(publisher, &pipeline, durability.as_ref(), &sinks, &mut sink_watch);
+            ops_cadence.published();
+        }
         let send_now = matches!(input, Input::Tick | Input::SelfReport(_));
         match input {
             Input::Message(message) => {
@@ -345,39 +479,64 @@ pub async fn run_with(
         own_lines.clear();
         if count > 0 {
             let started = std::time::Instant::now();
-            tokio::select! {
-                sent = send_to_all(&sinks, lines, count) => if !sent {
-                    error!(points = count, "The InfluxDB writer has stopped; points lost.");
-                },
-                () = stopped(stop_receiver.clone()) => {
-                    unsent_at_shutdown += count;
-                    break;
+            let mut sending = std::pin::pin!(send_to_all(&sinks, lines, count));
+            let stopping = loop {
+                tokio::select! {
+                    sent = &mut sending => {
+                        if !sent {
+                            error!(points = count, "The InfluxDB writer has stopped; points lost.");
+                        }
+                        break false;
+                    }
+                    () = stopped(stop_receiver.clone()) => break true,
+                    // A writer that takes nothing (InfluxDB down) holds the
+                    // loop here; the endpoint still sees the counts move.
+                    _ = ops_due.tick(), if ops_publisher.is_some() => {
+                        if let Some(publisher) = &ops_publisher {
+                            publish_ops(publisher, &pipeline, durability.as_ref(), &sinks, &mut sink_watch);
+                        }
+                    }
                 }
+            };
+            if stopping {
+                unsent_at_shutdown += count;
+                break;
             }
             clock.exclude(started.elapsed());
         }
     }
+    let budget =
+        ShutdownBudget::new(stop_receiver.borrow().unwrap_or_else(tokio::time::Instant::now), config.shutdown_timeout);
+    if let Some(publisher) = &ops_publisher {
+        publisher.send_modify(|snapshot| snapshot.stopping = true);
+    }
 
     // Phase 1: stop the source; unprocessed messages stay with the broker.
     drop(messages);
-    let _ = tokio::time::timeout(Duration::from_secs(2), source_task).await;
-    // Phase 2: apply what the tracker holds, write what that completes.
-    let tracker_now = clock.now(Millis::now());
-    pipeline.drain(tracker_now);
-    if let Some(mut durability) = durability.take() {
-        durability.drain(tracker_now).await;
-        durability.close(&mut acker).await;
+    let _ = tokio::time::timeout_at(budget.source_stopped(), source_task).await;
+    // Phase 2: make the state durable. With a journal, the events held for
+    // reordering stay held (the next start recovers them from the journal);
+    // without one they would be lost, so they are applied now.
+    let handed_over = budget.handed_over();
+    match durability.take() {
+        Some(durability) => {
+            if tokio::time::timeout_at(handed_over, durability.close(&mut acker)).await.is_err() {
+                error!("The journal did not sync in time; what it lacks is still with the broker.");
+            }
+        }
+        None => pipeline.drain(clock.now(Millis::now())),
     }
     let (mut lines, mut count) = pipeline.take_lines().unwrap_or_default();
     lines.push_str(&own_lines);
     count += own_count;
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, send_to_all(&sinks, lines, count)).await.is_err() {
+    if tokio::time::timeout_at(handed_over, send_to_all(&sinks, lines, count)).await.is_err() {
         unsent_at_shutdown += count;
     }
-    // Phase 3: the sinks flush within their deadline once the last handle is gone.
+    // Phase 3: the writers flush within their deadline once the last handle
+    // is gone, and the daemon waits for them within the budget.
     let mut sink_report = SinkReport::default();
     for (sink, task) in sinks.into_iter().zip(sink_tasks) {
-        sink_report.add(&sink::finish(sink, task).await);
+        sink_report.add(&sink::finish_by(sink, task, budget.writers_finished()).await);
     }
     if unsent_at_shutdown > 0 {
         error!(points = unsent_at_shutdown, "Points not handed to the writer before shutdown.");
@@ -469,9 +628,34 @@ async fn durable_changed(durability: &mut Option<Durability>) {
     }
 }
 
-/// Resolves once the stop flag is set.
-async fn stopped(mut receiver: watch::Receiver<bool>) {
-    while !*receiver.borrow_and_update() {
+/// Publishes the loop's counts for the operations endpoint.
+fn publish_ops(
+    publisher: &OpsPublisher,
+    pipeline: &Pipeline,
+    durability: Option<&Durability>,
+    sinks: &[SinkHandle],
+    sink_watch: &mut SinkWatch,
+) {
+    let now = std::time::Instant::now();
+    // `run` has one writer; with several (the demo), the first one's counts.
+    let sink = sinks.first().map(SinkHandle::progress).unwrap_or_default();
+    let snapshot = OpsSnapshot {
+        at: Some(now),
+        stats: pipeline.stats().clone(),
+        sink,
+        sink_stalled_since: sink_watch.observe(&sink, now),
+        open_tickets: pipeline.tracker().open_segments() as u64,
+        newest_event: pipeline.newest_event(),
+        journal_bytes: durability.map(Durability::journal_bytes),
+        last_snapshot_at: durability.and_then(Durability::last_snapshot_at),
+        stopping: false,
+    };
+    publisher.send_replace(snapshot);
+}
+
+/// Resolves once the stop was asked for.
+async fn stopped(mut receiver: watch::Receiver<Option<tokio::time::Instant>>) {
+    while receiver.borrow_and_update().is_none() {
         if receiver.changed().await.is_err() {
             return;
         }
@@ -545,6 +729,20 @@ mod tests {
         );
         let before_any_event = SelfReport { newest_event: None, ..report };
         assert!(!before_any_event.to_point().to_line().contains("newest_event_age_s"));
+    }
+
+    #[test]
+    fn every_phase_of_a_shutdown_ends_within_its_timeout() {
+        let timeout = Duration::from_secs(8);
+        let signal = tokio::time::Instant::now();
+        let budget = ShutdownBudget::new(signal, timeout);
+        assert_eq!(budget.source_stopped() - signal, Duration::from_secs(1));
+        assert_eq!(budget.handed_over() - signal, Duration::from_secs(3));
+        // A writer asked to finish at the latest hand-over time gives up before the daemon stops waiting.
+        let writer_gives_up = budget.handed_over() + ShutdownBudget::writer_deadline(timeout);
+        assert_eq!(writer_gives_up - signal, Duration::from_secs(7));
+        assert!(writer_gives_up < budget.writers_finished());
+        assert_eq!(budget.writers_finished() - signal, Duration::from_millis(7_500));
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct Durability {
     checkpoint: Option<Checkpoint>,
     /// The last committed snapshot's record number.
     committed: u64,
+    /// When it was committed (the file's time for one found at start).
+    committed_at: Option<std::time::SystemTime>,
     /// Hashes of the last messages journaled, oldest first (kept in snapshots).
     recent: VecDeque<u64>,
     /// After a recovery, until the first message that is not a redelivery:
@@ -147,6 +149,7 @@ impl Durability {
         let mut recovery = Recovery::default();
         snapshot::remove_pending(dir.path())?;
         let mut recent = VecDeque::new();
+        let mut committed_at = None;
         if let Some((number, body)) = snapshot::load_newest(dir.path())? {
             let path = dir.path().join(snapshot::snapshot_name(number));
             let (hashes, bytes) = split_snapshot_body(&body)
@@ -158,6 +161,9 @@ impl Durability {
             })?;
             pipeline.replace_tracker(tracker);
             recovery.snapshot = number;
+            committed_at = std::fs::metadata(dir.path().join(snapshot::snapshot_name(number)))
+                .and_then(|metadata| metadata.modified())
+                .ok();
         }
         let topics = config.mqtt.topics.clone();
         let mut malformed = 0u64;
@@ -193,6 +199,7 @@ impl Durability {
             acks: VecDeque::new(),
             checkpoint: None,
             committed: recovery.snapshot,
+            committed_at,
             recent,
             redeliveries: (!redeliveries.is_empty()).then_some(redeliveries),
         };
@@ -290,6 +297,19 @@ impl Durability {
         self.journal.failing()
     }
 
+    /// The bytes of the journal's segment files on disk now (a directory
+    /// listing: called once a second for the operations endpoint, not per
+    /// message).
+    pub fn journal_bytes(&self) -> u64 {
+        let Ok(segments) = journal::segments(self.dir.path()) else { return 0 };
+        segments.iter().filter_map(|(_, path)| std::fs::metadata(path).ok()).map(|metadata| metadata.len()).sum()
+    }
+
+    /// When the newest snapshot in place was committed; `None` before the first.
+    pub fn last_snapshot_at(&self) -> Option<std::time::SystemTime> {
+        self.committed_at
+    }
+
     /// Whether a snapshot is due: none in progress and records since the last.
     pub fn checkpoint_wanted(&self) -> bool {
         self.checkpoint.is_none() && self.last != self.committed
@@ -352,6 +372,7 @@ impl Durability {
                     "Snapshot taken; the journal before it is removed."
                 );
                 self.committed = number;
+                self.committed_at = Some(std::time::SystemTime::now());
                 self.journal.send(Command::Forget { below: number + 1 }).await;
             }
             Err(error) => {

@@ -14,6 +14,7 @@
 //! - [`sink`]: batching writer to InfluxDB (v1 `/write`, v2 `/api/v2/write`).
 //! - [`mqtt`]: the MQTT adapter (subscribe, manual acknowledgement, reconnect).
 //! - [`alerts`]: breach alerts and rejection echoes over MQTT (`run` only).
+//! - [`ops`]: the operations endpoint (`/healthz`, `/readyz`, `/metrics`) for `run`.
 //! - [`daemon`]: `run`, wiring MQTT, tracker and sink together.
 //! - [`replay`]: the tracker fed from NDJSON files.
 //! - `simulate`: simulated offices' events, published over MQTT or written as NDJSON
@@ -31,6 +32,7 @@ pub mod durable;
 pub mod event;
 pub mod ids;
 pub mod mqtt;
+pub mod ops;
 pub mod pipeline;
 pub mod point;
 pub mod replay;

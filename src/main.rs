@@ -167,12 +167,18 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            runtime().block_on(async {
+            let runtime = runtime();
+            let code = runtime.block_on(async {
                 match queuewatch::daemon::run(config, shutdown_signal()).await {
                     Ok(_) => ExitCode::SUCCESS,
                     Err(error) => fail(&error),
                 }
-            })
+            });
+            // `run` kept to its shutdown budget; a blocking task still
+            // running (an encoding whose batch was given up) must not hold
+            // the exit, which dropping the runtime would wait for.
+            runtime.shutdown_background();
+            code
         }
         Command::Replay { config, out, gauges, events } => {
             let mut config = match load_config(&config) {

@@ -14,10 +14,15 @@
 //!   A failed connection never ends the loop: an operator fixes the broker
 //!   or the password while queuewatch waits, and each distinct failure
 //!   (a refused CONNACK names the broker's answer) is logged once.
+//! - Whether the connection is up is this module's to say
+//!   ([`ConnectionState`]): set on every CONNACK, cleared on every failure,
+//!   read by the operations endpoint without asking the poll loop.
 //! - The password is read where `mqtt.password_env` or `mqtt.password_file`
 //!   says before every connection attempt (a corrected file takes effect
 //!   without a restart), and is never logged nor shown in an error.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
@@ -90,6 +95,22 @@ pub struct MqttSource {
     event_loop: EventLoop,
     topics: Vec<String>,
     credentials: CredentialSource,
+    connected: ConnectionState,
+}
+
+/// Whether the source is connected to the broker now: written by the poll
+/// loop alone, read by anyone (the operations endpoint).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionState(Arc<AtomicBool>);
+
+impl ConnectionState {
+    pub fn is_connected(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, connected: bool) {
+        self.0.store(connected, Ordering::Relaxed);
+    }
 }
 
 /// Why a connection attempt failed. Never carries the password.
@@ -211,7 +232,12 @@ impl MqttSource {
         // acks that do not fit wait in the `Acker`, alerts are counted and dropped.
         let (client, event_loop) = AsyncClient::new(options, 16_384);
         let credentials = CredentialSource::from_config(config);
-        MqttSource { client, event_loop, topics: config.topics.clone(), credentials }
+        MqttSource { client, event_loop, topics: config.topics.clone(), credentials, connected: Default::default() }
+    }
+
+    /// Whether this source is connected, as it changes.
+    pub fn connection(&self) -> ConnectionState {
+        self.connected.clone()
     }
 
     /// The acknowledger for the task that processes this source's messages.
@@ -252,6 +278,7 @@ impl MqttSource {
                 }
                 Ok(MqttEvent::Incoming(Packet::ConnAck(connack))) => {
                     info!(session_present = connack.session_present, "Connected to the MQTT broker.");
+                    self.connected.set(true);
                     backoff.reset();
                     failure_log = LogLimiter::new(REPEATED_FAILURE_LOG_INTERVAL);
                     // Subscribing again when the session survived is harmless,
@@ -267,6 +294,7 @@ impl MqttSource {
                 }
                 Ok(_) => {}
                 Err(error) => {
+                    self.connected.set(false);
                     let delay = backoff.next_delay();
                     if let Some(repeats_not_logged) = failure_log.allow(&error.to_string(), Instant::now()) {
                         let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -285,6 +313,7 @@ impl MqttSource {
                 }
             }
         }
+        self.connected.set(false);
         // Best effort: a clean DISCONNECT. Unacknowledged messages stay with
         // the broker's session either way.
         let _ = self.client.try_disconnect();

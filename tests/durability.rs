@@ -12,6 +12,8 @@
 //!   point and alert, after the restart.
 
 mod common;
+// Its operations endpoint is for `tests/ops_http.rs`.
+#[allow(dead_code)]
 #[path = "durability/daemon.rs"]
 mod daemon;
 // Paced publishing and comparing whole databases serve only the kill test,

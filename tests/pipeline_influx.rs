@@ -27,6 +27,8 @@ api = "v1"
 url = "{}"
 database = "{database}"
 flush_interval = "200ms"
+[http]
+listen = "127.0.0.1:0"
 [storage]
 data_dir = "{}"
 {}"#,

@@ -45,7 +45,9 @@ use tokio::task::JoinHandle;
 
 pub use self::board::{Board, BoardOffice, Phase, Status};
 pub use self::broker::{broker_config, EmbeddedBroker};
-use crate::config::{ClockMode, Config, InfluxApi, InfluxConfig, MqttConfig, OfficeConfig, ServiceSla, SlaConfig};
+use crate::config::{
+    ClockMode, Config, HttpConfig, InfluxApi, InfluxConfig, MqttConfig, OfficeConfig, ServiceSla, SlaConfig,
+};
 use crate::daemon::{self, Outputs, RunReport, Tapped};
 use crate::ids::{validate_ident, OfficeId, ServiceId};
 use crate::mqtt::incoming_packet_limit;
@@ -457,6 +459,8 @@ pub fn demo_config(broker_port: u16, offices: &[DemoOffice], influx: Option<Infl
         },
         influxdb: influx.unwrap_or_default(),
         sla: SlaConfig { idle_target: Some(IDLE_TARGET), ..SlaConfig::default() },
+        // The demo runs beside anything, a production daemon on 9108 included.
+        http: HttpConfig { listen: None },
         ..Config::default()
     };
     config.tracking.max_future_skew = MAX_FUTURE_SKEW;

@@ -299,6 +299,15 @@ pub async fn finish(handle: SinkHandle, task: JoinHandle<SinkReport>) -> SinkRep
     finish_within(handle, task, wait).await
 }
 
+/// [`finish`], waiting no later than `deadline` (the daemon's shutdown
+/// budget): a writer still running then is reported as timed out, with every
+/// point it had not settled counted unwritten.
+pub async fn finish_by(handle: SinkHandle, task: JoinHandle<SinkReport>, deadline: tokio::time::Instant) -> SinkReport {
+    let wait = handle.shutdown_deadline.saturating_add(FINISH_GRACE);
+    let wait = wait.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    finish_within(handle, task, wait).await
+}
+
 async fn finish_within(handle: SinkHandle, task: JoinHandle<SinkReport>, wait: Duration) -> SinkReport {
     let counters = Arc::clone(&handle.counters);
     drop(handle);

@@ -21,7 +21,8 @@ pub fn queuewatch_bin() -> PathBuf {
 
 /// The config text of a daemon under test: the broker at `mqtt_url` as
 /// `client_id` (with `mqtt_extra` lines in `[mqtt]`), InfluxDB 1.x at
-/// `influx_url`, database `qw`, flushed every 100 ms, a 1 s reorder window;
+/// `influx_url`, database `qw`, flushed every 100 ms, a 1 s reorder window,
+/// the operations endpoint on a free port (logged at start);
 /// `more` is appended (further sections).
 pub fn daemon_config_text(mqtt_url: &str, client_id: &str, mqtt_extra: &str, influx_url: &str, more: &str) -> String {
     format!(
@@ -37,6 +38,8 @@ database = "qw"
 flush_interval = "100ms"
 [tracking]
 reorder_window = "1s"
+[http]
+listen = "127.0.0.1:0"
 [storage]
 data_dir = "{}"
 {more}"#,

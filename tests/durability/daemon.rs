@@ -91,15 +91,30 @@ impl Daemon {
         child.wait().unwrap();
     }
 
-    /// SIGTERM, then waits for the exit; fails with the logs unless it exits 0.
-    pub async fn terminate(&mut self) {
+    /// SIGTERM, then waits for the exit; fails with the logs unless it exits
+    /// 0. Returns how long it took from the signal to the exit.
+    pub async fn terminate(&mut self) -> Duration {
         let pid = self.child.as_ref().expect("a running daemon to stop").id();
+        let signalled = Instant::now();
         let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
         assert!(status.success(), "kill -TERM {pid}");
         let exit = self.wait_for_exit().await;
+        let took = signalled.elapsed();
         assert!(exit.success(), "{} exited {exit} after SIGTERM\n{}", self.name, self.log_tails(60));
         let log = self.current_log();
         assert!(log.contains("queuewatch stopped."), "{} stopped without saying so\n{}", self.name, self.log_tails(60));
+        took
+    }
+
+    /// The operations endpoint's base URL (`http://127.0.0.1:<port>`), as the
+    /// running start logged it; waits for the line.
+    pub async fn ops_url(&mut self) -> String {
+        const LISTENING: &str = "Operations endpoint listening.";
+        self.wait_for_log(LISTENING).await;
+        let log = self.current_log();
+        let line = log.lines().find(|line| line.contains(LISTENING)).unwrap_or_default();
+        let address = line.split_once("address=").map(|(_, rest)| rest.split_whitespace().next().unwrap_or(""));
+        format!("http://{}", address.unwrap_or_else(|| panic!("no address in {line:?}")))
     }
 
     async fn wait_for_exit(&mut self) -> ExitStatus {

@@ -69,6 +69,10 @@ fn daemon_config_text(
         format!("url = \"{influx_url}\""),
         format!("database = \"{DATABASE}\""),
     ]);
+    // The operations endpoint on a free port, so that runs never collide on 9108.
+    if !overrides.iter().any(|setting| setting.trim_start().starts_with("http.listen")) {
+        sections.entry("http").or_default().push("listen = \"127.0.0.1:0\"".to_string());
+    }
     for setting in overrides {
         let (key, value) = setting.split_once('=').with_context(|| format!("--set {setting}: expected KEY=VALUE"))?;
         let (section, key) =
