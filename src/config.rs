@@ -1459,6 +1459,21 @@ service_target = "367days"
     }
 
     #[test]
+    fn the_example_config_and_the_systemd_unit_agree_on_the_stop() {
+        let example = Config::parse(include_str!("../config/queuewatch.toml")).unwrap();
+        assert_eq!((example.shutdown_timeout, &example.http), (DEFAULT_SHUTDOWN_TIMEOUT, &HttpConfig::default()));
+        let unit = include_str!("../deploy/systemd/queuewatch.service");
+        let stop_s: u64 = unit
+            .lines()
+            .find_map(|line| line.strip_prefix("TimeoutStopSec=")?.strip_suffix('s')?.parse().ok())
+            .expect("TimeoutStopSec=<n>s in the unit");
+        assert!(
+            Duration::from_secs(stop_s) > example.shutdown_timeout,
+            "systemd would SIGKILL before shutdown_timeout"
+        );
+    }
+
+    #[test]
     fn an_empty_listen_address_turns_the_endpoint_off() {
         assert_eq!(Config::parse("[http]\nlisten = \"\"\n").unwrap().http.listen, None);
     }
