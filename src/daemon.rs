@@ -648,6 +648,7 @@ fn publish_ops(
         newest_event: pipeline.newest_event(),
         journal_bytes: durability.map(Durability::journal_bytes),
         last_snapshot_at: durability.and_then(Durability::last_snapshot_at),
+        journal_failing: durability.is_some_and(Durability::failing),
         stopping: false,
     };
     publisher.send_replace(snapshot);

@@ -59,6 +59,8 @@ pub struct OpsSnapshot {
     /// The journal's bytes on disk; `None` without a journal.
     pub journal_bytes: Option<u64>,
     pub last_snapshot_at: Option<SystemTime>,
+    /// The journal cannot be written (a full disk): nothing is acknowledged.
+    pub journal_failing: bool,
     /// The daemon is stopping.
     pub stopping: bool,
 }
@@ -102,6 +104,9 @@ pub fn readiness(
     }
     if !mqtt_connected {
         return Err("mqtt: not connected to the broker".into());
+    }
+    if snapshot.journal_failing {
+        return Err("journal: cannot write to the state folder; nothing is acknowledged".into());
     }
     if let Some(since) = snapshot.sink_stalled_since {
         let stalled = now.saturating_duration_since(since);
@@ -392,6 +397,8 @@ mod tests {
             readiness(&stalled, true, LIMIT, now + Duration::from_secs(45)),
             Err("influxdb: 300 points waiting, none written for 45 s".into())
         );
+        let disk_full = OpsSnapshot { journal_failing: true, ..running(now) };
+        assert!(readiness(&disk_full, true, LIMIT, now).is_err_and(|reason| reason.starts_with("journal: ")));
         let stopping = OpsSnapshot { stopping: true, ..running(now) };
         assert_eq!(readiness(&stopping, true, LIMIT, now), Err("stopping".into()));
     }
