@@ -255,11 +255,6 @@ impl Durability {
         self.append(&Record::Advance { tracker_now }).await;
     }
 
-    /// Journals `Pipeline::drain(tracker_now)`, just applied.
-    pub async fn drain(&mut self, tracker_now: Millis) {
-        self.append(&Record::Drain { tracker_now }).await;
-    }
-
     async fn append(&mut self, record: &Record<'_>) {
         let mut bytes = Vec::with_capacity(256);
         record.encode(&mut bytes);

@@ -398,6 +398,7 @@ mod stops {
             "{trouble:?}: SIGTERM to exit took {took:?}, over shutdown_timeout {SHUTDOWN_TIMEOUT:?}\n{}",
             daemon.log_tails(40)
         );
+        println!("{trouble:?}: SIGTERM to exit {took:?} (shutdown_timeout {SHUTDOWN_TIMEOUT:?})");
         if trouble == Trouble::InfluxStalled {
             assert!(std::process::Command::new("kill").args(["-CONT", &influx_pid]).status().unwrap().success());
         }

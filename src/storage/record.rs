@@ -23,7 +23,8 @@ pub enum Record<'a> {
     Message { topic: Cow<'a, str>, payload: Cow<'a, [u8]>, tracker_now: Millis, wall_now: Millis },
     /// Wall time passed (`Pipeline::advance`).
     Advance { tracker_now: Millis },
-    /// Everything held was applied (`Pipeline::drain`, at shutdown).
+    /// Everything held was applied (`Pipeline::drain`). No longer written (a stop keeps what is
+    /// held for the next start), still read from journals that have it.
     Drain { tracker_now: Millis },
     /// The daemon restarted at `now` (`Tracker::resume`).
     Resume { now: Millis },
