@@ -29,9 +29,11 @@
 //! dedup and ticket segments with their breaches (the ticket side, in
 //! [`OfficeState`]); `live.rs` the per-office gauges, counter sessions,
 //! feedback, idle counters and silence (the live side, its own state behind
-//! a narrow interface); `store.rs` the compact storage. Both sides read the
+//! a narrow interface); `held.rs` the reorder buffer; `store.rs` the compact
+//! storage. Both sides read the
 //! office's identity and interned names from one [`OfficeContext`].
 
+mod held;
 mod live;
 pub mod state;
 mod store;
@@ -43,6 +45,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+use held::{Held, HeldKey};
 use store::{stamp, unstamp, NameId, Names, Seen, SlotId, Stamp, Tickets, PENDING};
 
 use crate::config::{ClockMode, Config, OfficeConfig, OfficeSla, SlaConfig, Targets};
@@ -397,16 +400,6 @@ impl Tracker {
     }
 }
 
-/// Where a held event sorts: time, rank, then content so that equal
-/// (ts, rank) pairs still have one order whatever their arrival order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct HeldKey {
-    ts: Millis,
-    rank: u8,
-    content: u64,
-    arrival: u64,
-}
-
 /// A segment's earliest pending deadline (wait or service target, or
 /// expiry) in an office's timer heap: 8 bytes, since every open segment has
 /// one. Lazily validated against `Segment::scheduled` and the generation.
@@ -475,7 +468,7 @@ struct OfficeState {
     clock_base: Option<(Millis, Millis)>,
     released_upto: Millis,
     /// Held events with their dedup keys, computed once at arrival.
-    held: BTreeMap<HeldKey, (Event, EventKeys)>,
+    held: Held,
     arrivals: u64,
     tickets: Tickets<TicketState>,
     open_segments: usize,
@@ -655,7 +648,7 @@ impl OfficeState {
             },
             clock_base: None,
             released_upto: Millis(i64::MIN),
-            held: BTreeMap::new(),
+            held: Held::default(),
             arrivals: 0,
             tickets: Tickets::default(),
             open_segments: 0,
@@ -752,7 +745,7 @@ impl OfficeState {
         } else {
             self.arrivals += 1;
             let key = HeldKey { ts: event.ts, rank: event.kind.rank(), content: keys.content, arrival: self.arrivals };
-            self.held.insert(key, (event, keys));
+            self.held.insert(key, event, keys);
         }
         if let Some(clock) = self.clock(settings, now) {
             let watermark = clock.minus_ms(settings.reorder_window_ms);
@@ -775,7 +768,7 @@ impl OfficeState {
         out: &mut Output,
     ) {
         loop {
-            let next_event = self.held.first_key_value().map(|(key, _)| key.ts).filter(|ts| *ts < event_limit);
+            let next_event = self.held.first_ts().filter(|ts| *ts < event_limit);
             let next_timer = self.next_timer().filter(|at| *at < timer_limit);
             let next_idle = self.live.next_idle_deadline(&self.ctx, settings).filter(|at| *at < timer_limit);
             let next_snapshot = self.live.next_snapshot().filter(|at| *at < timer_limit);
@@ -786,16 +779,22 @@ impl OfficeState {
             };
             match which {
                 0 => {
-                    if let Some((_, (event, keys))) = self.held.pop_first() {
+                    if let Some((event, keys)) = self.held.pop_first() {
                         self.apply(settings, event, keys, Arrival::InOrder, out);
                     }
                 }
                 1 => self.fire_timer(settings, out),
                 2 => self.live.fire_idle_deadline(&self.ctx, settings, self.released_upto, out),
                 _ => {
+                    // Nothing but this loop changes the office's state, so
+                    // nothing changes before the next event or deadline it
+                    // would take, nor past `timer_limit` within this call.
+                    let next_change =
+                        [next_event, next_timer, next_idle].into_iter().flatten().fold(timer_limit, Millis::min);
                     let facts = live::SnapshotFacts {
                         open_segments: self.open_segments,
-                        next_held: self.held.first_key_value().map(|(key, _)| key.ts),
+                        next_held: self.held.first_ts(),
+                        next_change,
                     };
                     self.live.snapshot(&self.ctx, settings, facts, now, out);
                 }

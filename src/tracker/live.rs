@@ -329,6 +329,9 @@ pub(super) struct SnapshotFacts {
     pub(super) open_segments: usize,
     /// The time of the earliest event still held for reordering.
     pub(super) next_held: Option<Millis>,
+    /// Before this time the loop applies no event and fires no deadline:
+    /// the office's state stands still until then.
+    pub(super) next_change: Millis,
 }
 
 impl OfficeLive {
@@ -460,11 +463,7 @@ impl OfficeLive {
             return;
         }
 
-        // Services idle for longer than gauge_idle_after drop out.
-        let idle_before = at.minus_ms(settings.gauge_idle_after_ms);
-        self.services.retain(|_, gauge| {
-            gauge.waiting > 0 || gauge.in_service > 0 || gauge.last_event.is_some_and(|last| last >= idle_before)
-        });
+        self.drop_idle_services(settings, at);
 
         // Nothing applied since the last snapshot, nobody waiting (so no
         // over_target can change and no keepalive is due), no counts
@@ -478,6 +477,7 @@ impl OfficeLive {
             && self.clock_ahead_in_interval == 0
             && self.services.values().all(|gauge| gauge.waiting == 0 && gauge.issued == 0 && gauge.called == 0);
         if unchanged {
+            self.skip_snapshots_without_news(ctx, settings, at, facts);
             return;
         }
 
@@ -519,6 +519,64 @@ impl OfficeLive {
         if self.office_row_due(row) || (waiting > 0 && keepalive_due) {
             self.write_office_row(ctx, row, at, out);
         }
+        if !wall_clock_fields {
+            self.skip_snapshots_without_news(ctx, settings, at, facts);
+        }
+    }
+
+    /// Services idle for longer than `gauge_idle_after` at `at` drop out of
+    /// the gauges (a service that comes back starts a new series of rows).
+    fn drop_idle_services(&mut self, settings: &TrackerSettings, at: Millis) {
+        let idle_before = at.minus_ms(settings.gauge_idle_after_ms);
+        self.services.retain(|_, gauge| {
+            gauge.waiting > 0 || gauge.in_service > 0 || gauge.last_event.is_some_and(|last| last >= idle_before)
+        });
+    }
+
+    /// After the snapshot at `at`, every series' state equals its last
+    /// written row and no counts are pending. Until the office's state
+    /// changes (`facts.next_change`), a later snapshot can only carry news
+    /// when `over_target` grows (a waiting ticket passes its target), when a
+    /// keepalive is due while someone waits, or when it is `quiet_for_long`
+    /// (a rule of its own). The snapshots before the first of these would
+    /// write nothing and only drop idle services, so they are taken in one
+    /// step: at night, most snapshots of a replay. Dropping idle services
+    /// once, at the last skipped time, drops the same services: one idle at
+    /// some time is idle at every later time while nothing changes. Not
+    /// used when rows carry wall-clock fields (`silent`).
+    fn skip_snapshots_without_news(
+        &mut self,
+        ctx: &OfficeContext,
+        settings: &TrackerSettings,
+        at: Millis,
+        facts: SnapshotFacts,
+    ) {
+        let mut bound = facts.next_change;
+        if let (0, Some(last)) = (facts.open_segments, self.last_event_ts) {
+            bound = bound.min(last.plus_ms(GAUGE_SPAN_AFTER_LAST_EVENT_MS).plus_ms(1));
+        }
+        let keepalive_ms = settings.gauge_keepalive_ms;
+        for (service, gauge) in &self.services {
+            if gauge.waiting > 0 {
+                let next_keepalive = at.0.div_euclid(keepalive_ms).saturating_add(1).saturating_mul(keepalive_ms);
+                bound = bound.min(Millis(next_keepalive));
+            }
+            // `over_target` counts issues before T - target: the first not
+            // yet counted at `at` is counted from its issue + target + 1 ms.
+            let wait_ms = ctx.targets(settings, *service).wait_ms;
+            if let Some((issue, _)) = gauge.waiting_since.range((at.minus_ms(wait_ms), 0)..).next() {
+                bound = bound.min(issue.plus_ms(wait_ms).plus_ms(1));
+            }
+        }
+        // Snapshots at `at + k * interval < bound`, k >= 1, are skipped.
+        let interval = settings.snapshot_interval_ms;
+        let skipped = bound.since(at).saturating_sub(1) / interval;
+        if skipped <= 0 {
+            return;
+        }
+        let last_skipped = at.plus_ms(skipped.saturating_mul(interval));
+        self.drop_idle_services(settings, last_skipped);
+        self.next_snapshot = Some(last_skipped.plus_ms(interval));
     }
 
     /// An `office` row carries news when its state changed since the last

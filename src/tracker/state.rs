@@ -48,14 +48,14 @@
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap};
 
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::live::OfficeLive;
 use super::store::{NameId, Names, Seen, SlotId, Stamp, Tickets};
-use super::{EventKeys, HeldKey, OfficeState, TicketState, TimerKey, Tracker, TrackerSettings};
+use super::{EventKeys, Held, HeldKey, OfficeState, TicketState, TimerKey, Tracker, TrackerSettings};
 use crate::event::{Event, EventType};
 use crate::ids::{CounterId, OfficeId, ServiceId, StaffId, TicketNo};
 use crate::time::Millis;
@@ -186,7 +186,7 @@ struct OfficeOut<'a> {
     released_upto: Millis,
     arrivals: u64,
     generations: u32,
-    held: Held<'a>,
+    held: HeldOut<'a>,
     slots: Slots<'a>,
     free: &'a [SlotId],
     seen: SeenOut<'a>,
@@ -221,7 +221,7 @@ impl<'a> OfficeOut<'a> {
             released_upto: office.released_upto,
             arrivals: office.arrivals,
             generations: office.generations,
-            held: Held(&office.held),
+            held: HeldOut(&office.held),
             slots: Slots(&office.tickets),
             free: office.tickets.free_slots(),
             seen: SeenOut::of(&office.seen),
@@ -329,11 +329,11 @@ impl Serialize for Offices<'_> {
     }
 }
 
-struct Held<'a>(&'a BTreeMap<HeldKey, (Event, EventKeys)>);
+struct HeldOut<'a>(&'a Held);
 
-impl Serialize for Held<'_> {
+impl Serialize for HeldOut<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|(key, (event, _))| HeldEvent::of(key.arrival, event)))
+        serializer.collect_seq(self.0.in_order().into_iter().map(|(key, event)| HeldEvent::of(key.arrival, event)))
     }
 }
 
@@ -407,6 +407,7 @@ fn restore_office(settings: &TrackerSettings, stored: OfficeIn) -> Result<Office
     counters.into_iter().try_for_each(|id| known.counter(Some(id)))?;
     staff.into_iter().try_for_each(|id| known.staff(Some(id)))?;
 
+    let mut held_keys = BTreeSet::new();
     for held in stored.held {
         let arrival = held.arrival;
         if arrival > stored.arrivals {
@@ -415,9 +416,10 @@ fn restore_office(settings: &TrackerSettings, stored: OfficeIn) -> Result<Office
         let event = held.into_event(&office.ctx.office)?;
         let keys = EventKeys::of(&event);
         let key = HeldKey { ts: event.ts, rank: event.kind.rank(), content: keys.content, arrival };
-        if office.held.insert(key, (event, keys)).is_some() {
+        if !held_keys.insert(key) {
             return Err(format!("held event number {arrival} is stored twice"));
         }
+        office.held.insert(key, event, keys);
     }
     let len_after_sweep = usize::try_from(stored.seen.len_after_sweep)
         .map_err(|_| format!("dedup table size {} does not fit this machine", stored.seen.len_after_sweep))?;

@@ -30,7 +30,8 @@
 //! of it),
 //! `servers` (Mosquitto and InfluxDB from `queuewatch-servers`, and the daemon
 //! run against them), `publisher` (a QoS 1 publisher counting PUBACKs),
-//! `measure` (CPU, memory, statistics), `alloc` (the counting allocator) and
+//! `measure` (CPU, memory, statistics), `open_tickets` (tickets issued and
+//! never called, for `memory` and `replay`), `alloc` (the counting allocator) and
 //! `report` (how figures are printed) are shared by them.
 
 mod alloc;
@@ -41,6 +42,7 @@ mod input;
 mod latency;
 mod measure;
 mod memory;
+mod open_tickets;
 mod publisher;
 mod replay;
 mod report;

@@ -1,7 +1,6 @@
 //! `memory`: resident bytes per open ticket in a tracker holding a million
 //! open tickets, and the resident memory of an idle `queuewatch run`.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
@@ -14,6 +13,7 @@ use queuewatch::tracker::{Mode, Output, Tracker, TrackerSettings};
 
 use crate::alloc::AllocCounts;
 use crate::measure::{mb, rss_of};
+use crate::open_tickets::OpenTickets;
 use crate::report::{verdict, Report};
 use crate::servers::{interruptible, runtime, DaemonArgs, Servers};
 use crate::{FAR_FUTURE_WALL, REPLAY_NOW};
@@ -68,24 +68,18 @@ fn tracker_memory(args: &MemoryArgs, report: &mut Report) -> anyhow::Result<()> 
     let mut payload = String::with_capacity(256);
     // Per office: one ticket every 600 ms, so that 1,000 tickets span 10 min,
     // within the default wait target (15 min) and far from expiry (12 h).
-    let first_ts = Millis(1_793_577_600_000); // 2026-11-02T00:00:00Z
-    let spacing_ms = 600;
+    let tickets = OpenTickets {
+        offices: &offices,
+        services: &SERVICES,
+        first_ts: Millis(1_793_577_600_000), // 2026-11-02T00:00:00Z
+        spacing_ms: 600,
+        id_infix: "",
+    };
 
     let rss_before = rss_of("self")?.0;
     let heap_before = AllocCounts::start();
     for index in 0..args.tickets {
-        let office = &offices[index % args.offices];
-        let number = index / args.offices;
-        let (service, letter) = SERVICES[number % SERVICES.len()];
-        let ts = first_ts.plus_ms(number as i64 * spacing_ms);
-        payload.clear();
-        let _ = write!(
-            payload,
-            r#"{{"type":"issued","ts":{},"office":"{office}","ticket":"{letter}-{:04}","service":"{service}","id":"{office}-{}"}}"#,
-            ts.0,
-            number / SERVICES.len() + 1,
-            number + 1
-        );
+        tickets.payload(index, &mut payload);
         let event = decode(payload.as_bytes(), None, FAR_FUTURE_WALL, &limits)
             .map_err(|rejection| anyhow::anyhow!("{payload}: {rejection}"))?;
         tracker.ingest(event, REPLAY_NOW, &mut out);
