@@ -35,6 +35,7 @@ impl Batch {
 pub(crate) struct Pending {
     chunks: VecDeque<Chunk>,
     lines: usize,
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -57,12 +58,18 @@ impl Pending {
         }
         let lines = count_lines(&text);
         self.lines += lines;
+        self.bytes += text.len();
         self.chunks.push_back(Chunk { text, lines, arrived });
         lines
     }
 
     pub fn lines(&self) -> usize {
         self.lines
+    }
+
+    /// The bytes of the lines pending.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// When the oldest unsent line has waited `flush_interval`; `None` when
@@ -94,12 +101,14 @@ impl Pending {
             batch.lines += chunk.lines;
         }
         self.lines -= batch.lines;
+        self.bytes -= batch.text.len();
         (batch.lines > 0).then_some(batch)
     }
 
     /// Empties the queue, returning how many lines it held.
     pub fn discard(&mut self) -> usize {
         self.chunks.clear();
+        self.bytes = 0;
         std::mem::take(&mut self.lines)
     }
 }
