@@ -12,6 +12,8 @@
 //!   point and alert, after the restart.
 
 mod common;
+// Shared with the spool tests, which use other parts of it.
+#[allow(dead_code)]
 #[path = "durability/daemon.rs"]
 mod daemon;
 // Paced publishing and comparing whole databases serve only the kill test,

@@ -307,9 +307,10 @@ impl WriterTask {
         self.spool.as_ref().is_some_and(|spool| !spool.is_empty()) && self.spool_failing_until.is_none()
     }
 
-    /// Whether the spool can take every line pending.
+    /// Whether the spool can take the next batch.
     fn spool_has_room(&self) -> bool {
-        self.spool.as_ref().is_some_and(|spool| spool.has_room(self.pending.bytes()))
+        let bytes = self.pending.bytes_of_next(self.settings.batch_size);
+        self.spool.as_ref().is_some_and(|spool| spool.has_room(bytes))
     }
 
     /// Whether a batch is due: full, old enough, asked for by a flush, or left at shutdown.
@@ -460,7 +461,8 @@ impl WriterTask {
         self.counters.spool_points.store(spool.lines(), Ordering::Relaxed);
         self.counters.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
         self.counters.spool_oldest_ms.store(spool.oldest().map_or(i64::MIN, |at| at.0), Ordering::Relaxed);
-        if self.counters.spool_full.load(Ordering::Relaxed) && spool.has_room(self.pending.bytes()) {
+        let next_batch = self.pending.bytes_of_next(self.settings.batch_size);
+        if self.counters.spool_full.load(Ordering::Relaxed) && spool.has_room(next_batch) {
             self.counters.spool_full.store(false, Ordering::Relaxed);
             info!(spool_bytes = spool.bytes(), "The spool has room again; points are taken again.");
         }
