@@ -172,7 +172,7 @@ async fn a_wrong_password_loses_nothing_and_the_right_one_in_the_file_lets_every
 async fn a_full_spool_stops_taking_messages_the_broker_keeps_them_and_nothing_is_lost() {
     use std::sync::Arc;
 
-    const SPOOL_MAX_BYTES: u64 = 16 * 1024;
+    const SPOOL_MAX_BYTES: u64 = 32 * 1024;
     /// Paced, so that the daemon hands its points over in small chunks (one
     /// per tick) and the writer's channel fills within seconds.
     const RATE: f64 = 400.0;
@@ -182,7 +182,7 @@ async fn a_full_spool_stops_taking_messages_the_broker_keeps_them_and_nothing_is
     let (dir, config, data_dir) = config_for(
         &mqtt,
         &influx,
-        "batch_size = 20\nmax_backoff = \"200ms\"",
+        "batch_size = 50\nmax_backoff = \"200ms\"",
         &format!("spool_max_bytes = {SPOOL_MAX_BYTES}\n"),
     );
     common::create_session(&mqtt, CLIENT_ID, "queue/+/events").await;
@@ -419,6 +419,7 @@ fn journal_messages(data_dir: &Path) -> usize {
 }
 
 /// The resident memory of process `pid`, in KiB.
+#[cfg(feature = "simulate")]
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status

@@ -35,7 +35,6 @@ impl Batch {
 pub(crate) struct Pending {
     chunks: VecDeque<Chunk>,
     lines: usize,
-    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -58,18 +57,12 @@ impl Pending {
         }
         let lines = count_lines(&text);
         self.lines += lines;
-        self.bytes += text.len();
         self.chunks.push_back(Chunk { text, lines, arrived });
         lines
     }
 
     pub fn lines(&self) -> usize {
         self.lines
-    }
-
-    /// The bytes of the lines pending.
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 
     /// The bytes of the batch [`Pending::take`] would make of `max_lines`.
@@ -116,14 +109,12 @@ impl Pending {
             batch.lines += chunk.lines;
         }
         self.lines -= batch.lines;
-        self.bytes -= batch.text.len();
         (batch.lines > 0).then_some(batch)
     }
 
     /// Empties the queue, returning how many lines it held.
     pub fn discard(&mut self) -> usize {
         self.chunks.clear();
-        self.bytes = 0;
         std::mem::take(&mut self.lines)
     }
 }
@@ -203,7 +194,7 @@ mod tests {
         again.push(lines(0..3), now);
         again.push(lines(3..10), now);
         assert_eq!(again.bytes_of_next(4), taken[0].text.len());
-        assert_eq!(again.bytes_of_next(100), again.bytes());
+        assert_eq!(again.bytes_of_next(100), lines(0..10).len());
         assert_eq!(taken.iter().map(|batch| batch.text.as_str()).collect::<String>(), lines(0..10));
         assert_eq!(pending.lines(), 0);
         assert_eq!(pending.due_at(Duration::from_secs(1)), None);

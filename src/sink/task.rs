@@ -410,7 +410,7 @@ impl WriterTask {
         if self.draining || self.spool_unreadable || self.shutdown_started.is_some() {
             return;
         }
-        if !self.spool.as_ref().is_some_and(|spool| !spool.is_empty()) {
+        if self.spool.as_ref().is_none_or(|spool| spool.is_empty()) {
             return;
         }
         match self.with_spool(Spool::next).await {
