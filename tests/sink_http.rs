@@ -125,16 +125,7 @@ async fn unauthorized_forbidden_and_not_found_wait_in_the_spool_and_go_out_once_
             .await;
             // Two batches were in flight when the failures began: they may
             // have reached the spool in either order (see the sink's invariants).
-            let mut written: Vec<String> = responder
-                .requests()
-                .iter()
-                .filter(|request| request.status == 204)
-                .flat_map(|request| request.lines().lines().map(str::to_string).collect::<Vec<_>>())
-                .collect();
-            written.sort();
-            let mut expected: Vec<String> = lines(0..20).lines().map(str::to_string).collect();
-            expected.sort();
-            assert_eq!(written, expected, "{api:?} {status}: every line once");
+            assert_eq!(written_sorted(&responder), sorted_lines(0..20), "{api:?} {status}: every line once");
             drop(handle);
             let report = within_limit(task).await.unwrap();
             assert_eq!((report.points_written, report.points_rejected, report.points_left_in_spool), (20, 0, 0));
@@ -269,17 +260,9 @@ async fn a_full_spool_stops_taking_lines_and_everything_goes_out_in_order_once_i
         (report.points_written, report.points_left_in_spool, report.points_unwritten_at_shutdown),
         ((blocked + 10) as u64, 0, 0)
     );
-    let mut written: Vec<String> = responder
-        .requests()
-        .iter()
-        .filter(|request| request.status == 204)
-        .flat_map(|request| request.lines().lines().map(str::to_string).collect::<Vec<_>>())
-        .collect();
+    let written = written_sorted(&responder);
     assert_eq!(written.len(), blocked + 10, "no line twice");
-    written.sort();
-    let mut expected: Vec<String> = lines(0..blocked + 10).lines().map(str::to_string).collect();
-    expected.sort();
-    assert_eq!(written, expected);
+    assert_eq!(written, sorted_lines(0..blocked + 10));
 }
 
 #[tokio::test]
@@ -528,6 +511,25 @@ fn lines(range: std::ops::Range<usize>) -> String {
             format!("ticket,office=o{number} wait_s={number}.5 {}\n", 1_700_000_000_000_000_000u64 + number as u64)
         })
         .collect()
+}
+
+/// Every line the responder answered 204 to, sorted.
+fn written_sorted(responder: &Responder) -> Vec<String> {
+    let mut written: Vec<String> = responder
+        .requests()
+        .iter()
+        .filter(|request| request.status == 204)
+        .flat_map(|request| request.lines().lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    written.sort();
+    written
+}
+
+/// [`lines`] one by one, sorted.
+fn sorted_lines(range: std::ops::Range<usize>) -> Vec<String> {
+    let mut sorted: Vec<String> = lines(range).lines().map(str::to_string).collect();
+    sorted.sort();
+    sorted
 }
 
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -158,7 +158,7 @@ async fn a_wrong_password_loses_nothing_and_the_right_one_in_the_file_lets_every
     assert!(points::rows(&influx, "qw", "ticket").await.is_empty());
 
     std::fs::write(&password_file, "s3cret pass\n").unwrap();
-    wait_for_points(&influx, "ticket", 20, &daemon).await;
+    points::wait_for_points(&influx, "ticket", 20, &daemon).await;
     wait_until_spool_empty(&data_dir, &daemon).await;
     daemon.terminate().await;
 
@@ -213,7 +213,7 @@ async fn a_full_spool_stops_taking_messages_the_broker_keeps_them_and_nothing_is
     assert!(spooled <= SPOOL_MAX_BYTES, "{spooled} bytes in a spool of {SPOOL_MAX_BYTES}");
 
     influx.restart();
-    wait_for_points(&influx, "ticket", 3000, &daemon).await;
+    points::wait_for_points(&influx, "ticket", 3000, &daemon).await;
     wait_until_spool_empty(&data_dir, &daemon).await;
     daemon.wait_for_log("The spool has room again").await;
     daemon.terminate().await;
@@ -241,7 +241,7 @@ async fn a_refused_line_alone_is_dead_lettered_and_the_resend_command_stores_it_
     let publisher = Publisher::connect(mqtt.port, "kiosks");
     publisher.publish_all(&messages).await;
     publisher.wait_until_acknowledged().await;
-    wait_for_points(&influx, "ticket", 20, &daemon).await;
+    points::wait_for_points(&influx, "ticket", 20, &daemon).await;
     let dead_letter_path = data_dir.join(queuewatch::sink::DEAD_LETTER_FILE);
     wait_until(&daemon, "a dead letter", || dead_letter_path.exists()).await;
     daemon.terminate().await;
@@ -342,18 +342,6 @@ async fn assert_same_tickets(influx: &Influx1, daemon: &Daemon) {
     assert!(!expected.is_empty());
     if let Some(difference) = points::difference("ticket", &expected, &actual) {
         panic!("{difference}\n{}", daemon.log_tails(60));
-    }
-}
-
-async fn wait_for_points(influx: &Influx1, measurement: &str, count: usize, daemon: &Daemon) {
-    let deadline = Instant::now() + DEADLINE;
-    while points::rows(influx, "qw", measurement).await.len() < count {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {count} {measurement} points after {DEADLINE:?}\n{}",
-            daemon.log_tails(60)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::process::{find_binary, http_request_status, http_status, start_on_free_ports, Readiness, ServerProcess};
+use crate::process::{find_binary, http_request_status, http_status, start_on_free_ports, ServerProcess};
 use crate::{http_client, or_panic, temp_dir, try_free_port, write_file, Error, TempDir, POLL_INTERVAL};
 
 /// An InfluxDB 1.x server with its HTTP API on `127.0.0.1:port`, every
@@ -89,13 +89,8 @@ impl Influx1 {
     /// Stops the server if it runs, then starts it again on the same port
     /// with the same configuration and data. Panics if it does not start.
     pub fn restart(&mut self) {
-        self.process.stop();
-        or_panic(self.process.spawn());
         let port = self.port;
-        let outcome = self.process.wait_until_ready(|| http_status(port, "/ping") == Some(204));
-        if outcome != Readiness::Ready {
-            panic!("{}", self.process.startup_error(outcome));
-        }
+        self.process.restart(|| http_status(port, "/ping") == Some(204));
     }
 
     /// A client of its HTTP API that can be cloned into tasks.

@@ -114,6 +114,17 @@ impl ServerProcess {
         }
     }
 
+    /// Stops the process if it runs, then starts it again with the same
+    /// command and waits until `is_ready`. Panics if it does not start.
+    pub fn restart(&mut self, is_ready: impl FnMut() -> bool) {
+        self.stop();
+        crate::or_panic(self.spawn());
+        let outcome = self.wait_until_ready(is_ready);
+        if outcome != Readiness::Ready {
+            panic!("{}", self.startup_error(outcome));
+        }
+    }
+
     /// Kills the process (no clean shutdown) and reaps it, if it runs.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -35,7 +35,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::{error, warn};
 
-use crate::storage::journal::{check_header, file_header, frame, frame_at, FRAME_HEADER_BYTES, HEADER_BYTES};
+use crate::storage::journal::{
+    check_header, file_header, frame, frame_at, numbered_files, FRAME_HEADER_BYTES, HEADER_BYTES,
+};
 use crate::storage::{lock_folder, sync_dir, StorageError};
 use crate::time::Millis;
 
@@ -328,19 +330,7 @@ impl Spool {
 
 /// Spool segment files in `dir`, by first batch number.
 fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|source| StorageError::io(dir, source))? {
-        let entry = entry.map_err(|source| StorageError::io(dir, source))?;
-        let name = entry.file_name();
-        let Some(first) =
-            name.to_str().and_then(|name| name.strip_prefix("spool-")?.strip_suffix(".qwsp")?.parse().ok())
-        else {
-            continue;
-        };
-        found.push((first, entry.path()));
-    }
-    found.sort();
-    Ok(found)
+    numbered_files(dir, "spool-", ".qwsp")
 }
 
 /// The batches of a segment, and how many bytes were cut off its end (a
@@ -396,6 +386,18 @@ mod tests {
         range.map(|number| format!("m v={number}i {number}\n")).collect()
     }
 
+    /// A closed spool of three batches of ten lines, and its one segment.
+    fn three_batches_of_ten() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        for batch in 0..3 {
+            spool.append(&lines(batch * 10..batch * 10 + 10), 10, Millis(0)).unwrap();
+        }
+        drop(spool);
+        let (_, path) = segments(dir.path()).unwrap().remove(0);
+        (dir, path)
+    }
+
     fn drain(spool: &mut Spool) -> Vec<String> {
         let mut texts = Vec::new();
         while let Some(batch) = spool.next().unwrap() {
@@ -437,13 +439,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_batch_is_cut_and_the_rest_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        for batch in 0..3 {
-            spool.append(&lines(batch * 10..batch * 10 + 10), 10, Millis(0)).unwrap();
-        }
-        drop(spool);
-        let (_, path) = segments(dir.path()).unwrap().remove(0);
+        let (dir, path) = three_batches_of_ten();
         let length = std::fs::metadata(&path).unwrap().len();
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(length - 7).unwrap();
@@ -455,13 +451,7 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_ends_the_spool_there() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        for batch in 0..3 {
-            spool.append(&lines(batch * 10..batch * 10 + 10), 10, Millis(0)).unwrap();
-        }
-        drop(spool);
-        let (_, path) = segments(dir.path()).unwrap().remove(0);
+        let (dir, path) = three_batches_of_ten();
         let mut bytes = std::fs::read(&path).unwrap();
         let length = bytes.len();
         bytes[length - 20] ^= 0x04;

@@ -72,12 +72,17 @@ pub fn segment_name(first: u64) -> String {
 
 /// Segment files in `dir`, by first record number.
 pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    numbered_files(dir, "journal-", ".qwj")
+}
+
+/// Files in `dir` named `<prefix><number><suffix>` (segments of the journal,
+/// of the spool), by number.
+pub(crate) fn numbered_files(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|source| StorageError::io(dir, source))? {
         let entry = entry.map_err(|source| StorageError::io(dir, source))?;
         let name = entry.file_name();
-        let Some(first) =
-            name.to_str().and_then(|name| name.strip_prefix("journal-")?.strip_suffix(".qwj")?.parse().ok())
+        let Some(first) = name.to_str().and_then(|name| name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok())
         else {
             continue;
         };
