@@ -442,8 +442,8 @@ impl SinkHandle {
         self.counters.progress()
     }
 
-    /// Resolves when everything sent before this call has been written (or
-    /// given up on as a permanent 4xx).
+    /// Resolves when everything sent before this call is settled: written,
+    /// refused, or safely in the spool.
     pub async fn flush(&self) -> Result<(), SinkClosed> {
         let (reply, done) = oneshot::channel();
         self.commands.send(task::Command::Flush(reply)).await.map_err(|_| SinkClosed)?;
@@ -488,17 +488,6 @@ pub fn spawn_with(
     shutdown_deadline: Duration,
 ) -> (SinkHandle, JoinHandle<SinkReport>) {
     spawn_task(writer, task_settings(batch_size, flush_interval, max_backoff, shutdown_deadline), None)
-}
-
-/// [`spawn_with`] and a store: a spool and a dead-letter file.
-pub fn spawn_with_store(
-    writer: Box<dyn Writer>,
-    config: &InfluxConfig,
-    store: SinkStore,
-    shutdown_deadline: Duration,
-) -> (SinkHandle, JoinHandle<SinkReport>) {
-    let settings = task_settings(config.batch_size, config.flush_interval, config.max_backoff, shutdown_deadline);
-    spawn_task(writer, settings, Some(store))
 }
 
 fn task_settings(

@@ -36,9 +36,9 @@ use std::path::{Path, PathBuf};
 use tracing::{error, warn};
 
 use crate::storage::journal::{
-    check_header, file_header, frame, frame_at, numbered_files, FRAME_HEADER_BYTES, HEADER_BYTES,
+    check_header, create_segment_file, frame, frame_at, numbered_files, FRAME_HEADER_BYTES, HEADER_BYTES,
 };
-use crate::storage::{lock_folder, sync_dir, StorageError};
+use crate::storage::{lock_folder, StorageError};
 use crate::time::Millis;
 
 /// The spool format this version writes and reads.
@@ -305,16 +305,7 @@ impl Spool {
     fn create_segment(&mut self) -> Result<Writing, StorageError> {
         let first = self.next_number;
         let path = self.dir.join(segment_name(first));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StorageError::io(&path, source))?;
-        file.write_all(&file_header(MAGIC, SPOOL_FORMAT_VERSION))
-            .and_then(|()| file.sync_all())
-            .map_err(|source| StorageError::io(&path, source))?;
-        sync_dir(&self.dir)?;
+        drop(create_segment_file(&path, MAGIC, SPOOL_FORMAT_VERSION)?);
         // Appends continue at the end even after a failed write was cut off.
         let file = OpenOptions::new().append(true).open(&path).map_err(|source| StorageError::io(&path, source))?;
         Ok(Writing { first, path, file, length: HEADER_BYTES as u64, first_spooled_at: None })

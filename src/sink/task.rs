@@ -529,6 +529,11 @@ impl WriterTask {
                 self.attempt(delivery, Duration::ZERO);
                 return;
             }
+            // Past the deadline, lines not yet told apart are unwritten, not refused.
+            Err(WriteError::Permanent { .. }) if lines > 1 => {
+                self.end_unfinished(&delivery);
+                return;
+            }
             Err(WriteError::Permanent { status, message }) => {
                 self.refuse(&delivery, status, &message).await;
             }
@@ -545,7 +550,11 @@ impl WriterTask {
                         let mut later: Vec<Part> = parts.collect();
                         later.reverse();
                         let delivery = Delivery { part, later, failures_in_a_row: 1, origin: Origin::Memory };
-                        self.retry(delivery, error);
+                        if self.gave_up {
+                            self.end_unfinished(&delivery);
+                        } else {
+                            self.retry(delivery, error);
+                        }
                         return;
                     }
                 }

@@ -165,6 +165,24 @@ pub(crate) fn file_header(magic: &[u8; 8], version: u32) -> Vec<u8> {
     header
 }
 
+/// Creates (or empties) the segment file at `path` with its header, synced
+/// along with its folder before any frame is written to it.
+pub(crate) fn create_segment_file(path: &Path, magic: &[u8; 8], version: u32) -> Result<File, StorageError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| StorageError::io(path, source))?;
+    file.write_all(&file_header(magic, version))
+        .and_then(|()| file.sync_all())
+        .map_err(|source| StorageError::io(path, source))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(file)
+}
+
 /// Checks a segment's header against `magic` and `version`.
 pub(crate) fn check_header(path: &Path, bytes: &[u8], magic: &[u8; 8], supported: u32) -> Result<(), StorageError> {
     if bytes.len() < HEADER_BYTES || &bytes[..8] != magic {
@@ -313,16 +331,7 @@ struct Files {
 impl Files {
     fn create(dir: &Path, first: u64) -> Result<Files, StorageError> {
         let path = dir.join(segment_name(first));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StorageError::io(&path, source))?;
-        file.write_all(&file_header(MAGIC, JOURNAL_FORMAT_VERSION))
-            .map_err(|source| StorageError::io(&path, source))?;
-        file.sync_all().map_err(|source| StorageError::io(&path, source))?;
-        sync_dir(dir)?;
+        let file = create_segment_file(&path, MAGIC, JOURNAL_FORMAT_VERSION)?;
         Ok(Files { dir: dir.into(), file: Box::new(file), path, good_length: HEADER_BYTES as u64 })
     }
 
