@@ -1242,6 +1242,30 @@ topic = "queue/+/alerts"
         }
     }
 
+    #[test]
+    fn the_influx_password_file_and_the_spool_size_are_read_and_checked() {
+        let config = Config::parse(
+            "[influxdb]\nusername = \"qw\"\npassword_file = \"/etc/queuewatch/influx-password\"\n\
+             [storage]\nspool_max_bytes = 65536\n",
+        )
+        .unwrap();
+        assert_eq!(config.influxdb.password_file.as_deref(), Some("/etc/queuewatch/influx-password"));
+        assert_eq!(config.storage.spool_max_bytes, 65536);
+        assert_eq!(Config::default().storage.spool_max_bytes, 1 << 30);
+        assert_eq!(Config::parse("[storage]\nspool_max_bytes = 0\n").unwrap().storage.spool_max_bytes, 0);
+        let problems = problems_of(
+            "[influxdb]\npassword_env = \"P\"\npassword_file = \"\"\n[storage]\nspool_max_bytes = \"1GiB\"\n",
+        );
+        assert_reported(
+            &problems,
+            &[
+                "influxdb.password_file: must not be empty",
+                "influxdb.password_file: give password_env or password_file, not both",
+                "storage.spool_max_bytes: expected a number of bytes",
+            ],
+        );
+    }
+
     /// Every problem `text` has, joined, for `contains` checks.
     fn problems_of(text: &str) -> String {
         Config::parse(text).expect_err("the config has problems").join("\n")
