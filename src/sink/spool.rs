@@ -24,7 +24,9 @@
 //!   segments are cut at [`segment_target`] bytes.
 //! - [`Spool::has_room`] refuses a batch that would take the unacknowledged
 //!   bytes past `max_bytes` (unless the spool is empty): the writer then
-//!   stops taking lines and the back-pressure reaches MQTT.
+//!   stops taking lines and the back-pressure reaches MQTT. On disk, the
+//!   acknowledged batches of the segment being drained come on top, until
+//!   its file goes: at most one segment.
 //!
 //! All of it is blocking file IO; the writer task runs it on a blocking thread.
 
@@ -77,11 +79,18 @@ pub(crate) struct Spool {
     reading: Option<PathBuf>,
     loaded: VecDeque<SpooledBatch>,
     /// The batch handed out by `next` and not yet acknowledged.
-    outstanding: Option<(u64, usize, Millis)>,
+    outstanding: Option<Outstanding>,
     next_number: u64,
     /// Frame bytes and lines of the batches not yet acknowledged.
     bytes: u64,
     lines: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    lines: usize,
+    frame_bytes: u64,
+    spooled_at: Millis,
 }
 
 #[derive(Debug)]
@@ -115,10 +124,11 @@ fn segment_name(first: u64) -> String {
 }
 
 /// The size at which a segment is closed and a new one begun: an eighth of
-/// the spool, within 64 KiB and 64 MiB, so that acknowledged batches free
-/// disk space in steps and one segment is all the memory a drain needs.
+/// the spool, within 64 KiB and 8 MiB, so that acknowledged batches free
+/// disk space in steps and one segment (plus one batch) is all the memory a
+/// drain needs.
 pub(crate) fn segment_target(max_bytes: u64) -> u64 {
-    (max_bytes / 8).clamp(64 << 10, 64 << 20)
+    (max_bytes / 8).clamp(64 << 10, 8 << 20)
 }
 
 impl Spool {
@@ -189,8 +199,8 @@ impl Spool {
 
     /// When the oldest batch still waiting was spooled.
     pub fn oldest(&self) -> Option<Millis> {
-        if let Some((_, _, spooled_at)) = self.outstanding {
-            return Some(spooled_at);
+        if let Some(outstanding) = self.outstanding {
+            return Some(outstanding.spooled_at);
         }
         if let Some(batch) = self.loaded.front() {
             return Some(batch.spooled_at);
@@ -246,7 +256,8 @@ impl Spool {
         }
         loop {
             if let Some(batch) = self.loaded.pop_front() {
-                self.outstanding = Some((batch.number, batch.lines, batch.spooled_at));
+                let frame_bytes = batch.frame_bytes();
+                self.outstanding = Some(Outstanding { lines: batch.lines, frame_bytes, spooled_at: batch.spooled_at });
                 return Ok(Some(batch));
             }
             if let Some(path) = self.reading.take() {
@@ -273,33 +284,15 @@ impl Spool {
     /// Forgets the batch handed out by [`Spool::next`]: InfluxDB has it.
     /// Its segment file goes once its last batch is acknowledged.
     pub fn ack(&mut self) -> Result<(), StorageError> {
-        let Some((_, lines, _)) = self.outstanding.take() else { return Ok(()) };
-        self.lines -= lines as u64;
+        let Some(outstanding) = self.outstanding.take() else { return Ok(()) };
+        self.lines -= outstanding.lines as u64;
+        self.bytes -= outstanding.frame_bytes;
         if self.loaded.is_empty() {
             if let Some(path) = self.reading.take() {
                 remove(&path)?;
             }
         }
-        self.recount_bytes();
         Ok(())
-    }
-
-    /// Frame bytes of what is not acknowledged: the loaded batches, the
-    /// closed segments and the segment being written.
-    fn recount_bytes(&mut self) {
-        let loaded: u64 = self.loaded.iter().map(SpooledBatch::frame_bytes).sum();
-        let closed: u64 = self
-            .closed
-            .iter()
-            .map(|closed| {
-                std::fs::metadata(&closed.path).map_or(0, |meta| meta.len().saturating_sub(HEADER_BYTES as u64))
-            })
-            .sum();
-        let writing = self.writing.as_ref().map_or(0, |writing| writing.length - HEADER_BYTES as u64);
-        self.bytes = loaded + closed + writing;
-        if self.lines == 0 {
-            self.bytes = 0;
-        }
     }
 
     fn create_segment(&mut self) -> Result<Writing, StorageError> {
