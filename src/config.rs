@@ -95,6 +95,10 @@ pub struct StorageConfig {
     pub checkpoint_interval: Duration,
     /// `false`: no journal, messages acknowledged once taken in (a crash loses what was held).
     pub journal: bool,
+    /// The most the point spool (`data_dir/spool`) holds while InfluxDB is
+    /// unavailable; when full, MQTT messages are no longer acknowledged.
+    /// 0: no spool (points wait in memory, as `replay` does).
+    pub spool_max_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -103,9 +107,13 @@ impl Default for StorageConfig {
             data_dir: "/var/lib/queuewatch".into(),
             checkpoint_interval: Duration::from_secs(60),
             journal: true,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         }
     }
 }
+
+/// `storage.spool_max_bytes` when not given: 1 GiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 
 /// `[offices.<id>]`: what is known about an office beyond its events.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +218,9 @@ pub struct InfluxConfig {
     pub retention_policy: Option<String>,
     pub username: Option<String>,
     pub password_env: Option<String>,
+    /// A file that holds the password (one trailing newline is ignored),
+    /// read again after InfluxDB answers 401 or 403.
+    pub password_file: Option<String>,
     // both
     pub batch_size: usize,
     pub flush_interval: Duration,
@@ -381,6 +392,7 @@ impl Default for InfluxConfig {
             retention_policy: None,
             username: None,
             password_env: None,
+            password_file: None,
             batch_size: 5000,
             flush_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
@@ -492,9 +504,19 @@ impl Config {
             influx.retention_policy = section.string("retention_policy", &mut problems);
             influx.username = section.string("username", &mut problems);
             influx.password_env = section.string("password_env", &mut problems);
+            influx.password_file = section.string("password_file", &mut problems);
+            for (key, value) in [("token_file", &influx.token_file), ("password_file", &influx.password_file)] {
+                if value.as_deref() == Some("") {
+                    problems.push(format!("influxdb.{key}: must not be empty"));
+                }
+            }
+            if influx.password_env.is_some() && influx.password_file.is_some() {
+                problems.push("influxdb.password_file: give password_env or password_file, not both".into());
+            }
             if section.has("token") || section.has("password") {
                 problems.push(
-                    "influxdb: secrets are never read from the config file; use token_env, token_file or password_env"
+                    "influxdb: secrets are never read from the config file; \
+                     use token_env, token_file, password_env or password_file"
                         .into(),
                 );
                 section.mark_seen("token");
@@ -644,6 +666,14 @@ impl Config {
                 match value.as_bool() {
                     Some(journal) => config.storage.journal = journal,
                     None => problems.push("storage.journal: expected true or false".into()),
+                }
+            }
+            if let Some(value) = section.get("spool_max_bytes") {
+                match value.as_integer().and_then(|bytes| u64::try_from(bytes).ok()) {
+                    Some(bytes) => config.storage.spool_max_bytes = bytes,
+                    None => problems.push(format!(
+                        "storage.spool_max_bytes: expected a number of bytes (0 for no spool), found {value}"
+                    )),
                 }
             }
             section.finish(&mut problems);
@@ -1278,6 +1308,30 @@ topic = "queue/+/alerts"
         ] {
             assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
         }
+    }
+
+    #[test]
+    fn the_influx_password_file_and_the_spool_size_are_read_and_checked() {
+        let config = Config::parse(
+            "[influxdb]\nusername = \"qw\"\npassword_file = \"/etc/queuewatch/influx-password\"\n\
+             [storage]\nspool_max_bytes = 65536\n",
+        )
+        .unwrap();
+        assert_eq!(config.influxdb.password_file.as_deref(), Some("/etc/queuewatch/influx-password"));
+        assert_eq!(config.storage.spool_max_bytes, 65536);
+        assert_eq!(Config::default().storage.spool_max_bytes, 1 << 30);
+        assert_eq!(Config::parse("[storage]\nspool_max_bytes = 0\n").unwrap().storage.spool_max_bytes, 0);
+        let problems = problems_of(
+            "[influxdb]\npassword_env = \"P\"\npassword_file = \"\"\n[storage]\nspool_max_bytes = \"1GiB\"\n",
+        );
+        assert_reported(
+            &problems,
+            &[
+                "influxdb.password_file: must not be empty",
+                "influxdb.password_file: give password_env or password_file, not both",
+                "storage.spool_max_bytes: expected a number of bytes",
+            ],
+        );
     }
 
     /// Every problem `text` has, joined, for `contains` checks.

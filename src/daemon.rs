@@ -237,7 +237,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let secrets = Secrets::resolve(&config.influxdb).context("InfluxDB credentials")?;
     let writer_deadline = ShutdownBudget::writer_deadline(config.shutdown_timeout);
-    let sink = sink::spawn(&config.influxdb, secrets, writer_deadline).context("InfluxDB writer")?;
+    // The spool and the dead letters live in the state folder.
+    let store = sink::SinkStore::open(&config.storage.data_dir, config.storage.spool_max_bytes)
+        .context("InfluxDB writer's spool (storage.data_dir)")?;
+    let sink = sink::spawn(&config.influxdb, secrets, Some(store), writer_deadline).context("InfluxDB writer")?;
     run_with(config, Outputs { sinks: vec![sink], tap: None }, shutdown).await
 }
 
@@ -719,7 +722,13 @@ mod tests {
             started: WALL.minus_ms(90_500),
             accepted: 1200,
             rejected: 3,
-            sink: SinkProgress { points_handed: 9000, points_written: 8990, points_rejected: 2, points_settled: 8992 },
+            sink: SinkProgress {
+                points_handed: 9000,
+                points_written: 8990,
+                points_rejected: 2,
+                points_settled: 8992,
+                ..SinkProgress::default()
+            },
             open_tickets: 41,
             newest_event: Some(WALL.minus_ms(2_250)),
         };

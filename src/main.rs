@@ -45,6 +45,12 @@ enum Command {
         #[arg(required = true, value_name = "EVENTS")]
         events: Vec<String>,
     },
+    /// Send the lines InfluxDB refused (storage.data_dir/dead-letters.lp) again, once their cause is fixed:
+    /// lines it now takes leave the file, lines it still refuses stay with its new answer.
+    ResendDeadLetters {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Validate a config file, report every problem, exit non-zero on any.
     CheckConfig {
         #[arg(value_name = "FILE")]
@@ -193,6 +199,18 @@ fn main() -> ExitCode {
                 match replay(&config, &events, output).await {
                     Ok(report) => finish(&report.summary(), report.complete()),
                     Err(error) => fail(&error),
+                }
+            })
+        }
+        Command::ResendDeadLetters { config } => {
+            let config = match load_config(&config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            runtime().block_on(async {
+                match queuewatch::sink::dead_letter::resend_configured(&config).await {
+                    Ok(report) => finish(&report.summary(), report.refused + report.kept == 0),
+                    Err(error) => fail(&error.into()),
                 }
             })
         }

@@ -108,6 +108,12 @@ pub fn readiness(
     if snapshot.journal_failing {
         return Err("journal: cannot write to the state folder; nothing is acknowledged".into());
     }
+    if snapshot.sink.spool_full {
+        return Err(format!(
+            "influxdb: the spool is full ({} points waiting); nothing more is acknowledged",
+            snapshot.sink.spool_points
+        ));
+    }
     if let Some(since) = snapshot.sink_stalled_since {
         let stalled = now.saturating_duration_since(since);
         if stalled >= sink_stall_limit {
@@ -272,12 +278,59 @@ impl Collector for Metrics {
         out.counter("points_written", "Points InfluxDB accepted.", snapshot.sink.points_written)?;
         out.counter(
             "points_refused",
-            "Points InfluxDB refused for good (a 4xx other than 413).",
+            "Points InfluxDB refused for their content (single lines, after halving).",
             snapshot.sink.points_rejected,
         )?;
+        out.counter(
+            "points_dead_lettered",
+            "Refused points written to the dead-letter file (data_dir/dead-letters.lp).",
+            snapshot.sink.points_dead_lettered,
+        )?;
+        out.counter(
+            "points_spooled",
+            "Points put in the disk spool while InfluxDB was unavailable.",
+            snapshot.sink.points_spooled,
+        )?;
+        let errors = snapshot.sink.write_errors;
+        out.counter_family(
+            "write_errors",
+            "Failed write requests, by kind: transport (no answer), unauthorized (401, 403), \
+             not_found (404), too_large (413), refused (400, 422, other 4xx), throttled (429), \
+             server (5xx).",
+            "kind",
+            [
+                ("transport", errors.transport),
+                ("unauthorized", errors.unauthorized),
+                ("not_found", errors.not_found),
+                ("too_large", errors.too_large),
+                ("refused", errors.refused),
+                ("throttled", errors.throttled),
+                ("server", errors.server),
+            ]
+            .into_iter(),
+        )?;
+        out.counter("write_requests", "Write requests made to InfluxDB.", snapshot.sink.requests)?;
+        out.counter("write_retries", "Write requests made again after a transient failure.", snapshot.sink.retries)?;
+        out.gauge("spool", "Bytes in the disk spool.", Some(Unit::Bytes), snapshot.sink.spool_bytes)?;
+        out.gauge("spool_points", "Points waiting in the disk spool.", None, snapshot.sink.spool_points)?;
+        out.gauge(
+            "spool_full",
+            "1 while the spool is full: no more messages are taken or acknowledged.",
+            None,
+            u64::from(snapshot.sink.spool_full),
+        )?;
+        if let Some(oldest) = snapshot.sink.spool_oldest {
+            let age_ms = Millis::now().since(oldest).max(0);
+            out.gauge(
+                "spool_oldest_point_age",
+                "Wall time since the oldest batch in the spool was spooled.",
+                Some(Unit::Seconds),
+                age_ms as f64 / 1000.0,
+            )?;
+        }
         out.gauge(
             "points_unsettled",
-            "Points handed to the writer and not yet written or refused.",
+            "Points handed to the writer and not yet written, refused or spooled.",
             None,
             snapshot.sink.points_handed.saturating_sub(snapshot.sink.points_settled),
         )?;
@@ -356,7 +409,12 @@ mod tests {
     const LIMIT: Duration = Duration::from_secs(40);
 
     fn progress(handed: u64, settled: u64) -> SinkProgress {
-        SinkProgress { points_handed: handed, points_written: settled, points_rejected: 0, points_settled: settled }
+        SinkProgress {
+            points_handed: handed,
+            points_written: settled,
+            points_settled: settled,
+            ..SinkProgress::default()
+        }
     }
 
     fn running(now: Instant) -> OpsSnapshot {
@@ -397,6 +455,14 @@ mod tests {
             readiness(&stalled, true, LIMIT, now + Duration::from_secs(45)),
             Err("influxdb: 300 points waiting, none written for 45 s".into())
         );
+        let spooling = SinkProgress { spool_points: 300, ..progress(500, 500) };
+        let spooling = OpsSnapshot { sink: spooling, ..running(now) };
+        assert_eq!(readiness(&spooling, true, LIMIT, now), Ok(()), "spooling within its limit is delivering");
+        let full = SinkProgress { spool_points: 300, spool_full: true, ..progress(500, 500) };
+        let full = OpsSnapshot { sink: full, ..running(now) };
+        assert!(
+            readiness(&full, true, LIMIT, now).is_err_and(|reason| reason.starts_with("influxdb: the spool is full"))
+        );
         let disk_full = OpsSnapshot { journal_failing: true, ..running(now) };
         assert!(readiness(&disk_full, true, LIMIT, now).is_err_and(|reason| reason.starts_with("journal: ")));
         let stopping = OpsSnapshot { stopping: true, ..running(now) };
@@ -413,7 +479,15 @@ mod tests {
         stats.point("ticket");
         publisher.send_replace(OpsSnapshot {
             stats,
-            sink: progress(2, 1),
+            sink: SinkProgress {
+                points_spooled: 40,
+                spool_points: 40,
+                spool_bytes: 9000,
+                spool_oldest: Some(Millis::now().minus_ms(60_000)),
+                write_errors: crate::sink::WriteErrors { server: 3, ..Default::default() },
+                retries: 2,
+                ..progress(2, 1)
+            },
             newest_event: Some(Millis::now().minus_ms(2_500)),
             journal_bytes: Some(4096),
             ..running(Instant::now())
@@ -435,10 +509,18 @@ mod tests {
             "queuewatch_points_unsettled 1",
             "queuewatch_mqtt_connected 0",
             "queuewatch_journal_bytes 4096",
+            "queuewatch_points_spooled_total 40",
+            "queuewatch_spool_points 40",
+            "queuewatch_spool_bytes 9000",
+            "queuewatch_spool_full 0",
+            "queuewatch_write_errors_total{kind=\"server\"} 3",
+            "queuewatch_write_errors_total{kind=\"unauthorized\"} 0",
+            "queuewatch_write_retries_total 2",
         ] {
             assert!(text.lines().any(|rendered| rendered == line), "{line:?} in:\n{text}");
         }
         assert!(text.contains("# TYPE queuewatch_newest_event_age_seconds gauge"), "{text}");
+        assert!(text.contains("# TYPE queuewatch_spool_oldest_point_age_seconds gauge"), "{text}");
         assert!(!text.contains("last_snapshot_age"), "no snapshot yet: {text}");
     }
 }

@@ -112,7 +112,7 @@ pub async fn replay(config: &Config, inputs: &[String], output: ReplayOutput) ->
     let (sink, sink_task) = match &output {
         ReplayOutput::Influx => {
             let secrets = Secrets::resolve(&config.influxdb).context("InfluxDB credentials")?;
-            sink::spawn(&config.influxdb, secrets, SHUTDOWN_DEADLINE).context("InfluxDB writer")?
+            sink::spawn(&config.influxdb, secrets, None, SHUTDOWN_DEADLINE).context("InfluxDB writer")?
         }
         ReplayOutput::File(path) => {
             let writer = FileWriter::open(path).with_context(|| format!("cannot open {}", path.display()))?;

@@ -12,7 +12,7 @@
 //!   point and alert, after the restart.
 
 mod common;
-// Its operations endpoint is for `tests/ops_http.rs`.
+// Shared with the spool tests and `tests/ops_http.rs`, which use other parts of it.
 #[allow(dead_code)]
 #[path = "durability/daemon.rs"]
 mod daemon;
@@ -30,7 +30,6 @@ mod scenario;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use common::Subscriber;
 use common::{Influx1, Mosquitto, MosquittoOptions};
@@ -253,7 +252,7 @@ async fn a_ticket_issued_before_a_kill_and_served_after_the_restart_is_one_exact
         .await;
     kiosk.wait_until_acknowledged().await;
     daemon.restart();
-    wait_for_points(&influx, "ticket", 1, &daemon).await;
+    points::wait_for_points(&influx, "ticket", 1, &daemon).await;
     daemon.terminate().await;
 
     let tickets = points::rows(&influx, "qw", "ticket").await;
@@ -329,7 +328,7 @@ async fn a_breach_due_during_the_downtime_fires_once_after_it() {
     );
     assert_eq!(firing["since"], Millis(deadline).to_rfc3339(), "{firing}");
     assert_eq!(firing["target_s"], 300.0, "{firing}");
-    wait_for_points(&influx, "breach", 1, &daemon).await;
+    points::wait_for_points(&influx, "breach", 1, &daemon).await;
     daemon.terminate().await;
 
     // Whatever the daemon published has arrived once a marker published after its exit has.
@@ -381,20 +380,6 @@ fn config_for(mqtt: &Mosquitto, influx: &Influx1, more: &str) -> (tempfile::Temp
     let dir = tempfile::tempdir().unwrap();
     let config = common::write_config(dir.path(), &text);
     (dir, config, data_dir_of(&text))
-}
-
-/// Waits until `measurement` has at least `count` points; fails with the
-/// daemon's logs after `DEADLINE`.
-async fn wait_for_points(influx: &Influx1, measurement: &str, count: usize, daemon: &Daemon) {
-    let deadline = Instant::now() + DEADLINE;
-    while points::rows(influx, "qw", measurement).await.len() < count {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {count} {measurement} points after {DEADLINE:?}\n{}",
-            daemon.log_tails(40)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// The `key=value` text of [`Row`] for these tags and fields (values as JSON).

@@ -17,7 +17,8 @@ mod daemon;
 #[cfg_attr(not(feature = "simulate"), allow(dead_code))]
 #[path = "durability/mqtt.rs"]
 mod mqtt;
-#[cfg_attr(not(feature = "simulate"), allow(dead_code))]
+// Shared with the durability and spool tests, which use other parts of it.
+#[allow(dead_code)]
 #[path = "durability/points.rs"]
 mod points;
 #[cfg(feature = "simulate")]

@@ -6,11 +6,12 @@
 //! body, record them exactly, and answer with scripted statuses.
 
 use std::io::Read as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use queuewatch::sink::{
-    self, InfluxApi, InfluxConfig, Secrets, SinkError, SinkReport, V1Writer, V2Writer, WriteError, Writer,
+    self, InfluxApi, InfluxConfig, Secrets, SinkError, SinkReport, SinkStore, V1Writer, V2Writer, WriteError, Writer,
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,13 +94,208 @@ async fn ok_answers_200_and_204_both_count_as_written() {
 }
 
 #[tokio::test]
-async fn unauthorized_batch_is_counted_as_rejected_and_not_retried() {
+async fn unauthorized_forbidden_and_not_found_wait_in_the_spool_and_go_out_once_fixed() {
     for api in BOTH_APIS {
-        let responder = Responder::start(|_| Reply::status(401).body("{\"message\":\"unauthorized access\"}")).await;
-        let report = write_and_shut_down(&config(api, &responder.url), Secrets::default(), &lines(0..5)).await;
-        assert_eq!(responder.requests().len(), 1, "{api:?}");
-        assert_eq!(report, SinkReport { points_rejected: 5, requests: 1, ..SinkReport::default() }, "{api:?}");
+        for status in [401, 403, 404] {
+            let fixed = Arc::new(AtomicBool::new(false));
+            let responder = Responder::start({
+                let fixed = Arc::clone(&fixed);
+                move |_| if fixed.load(Ordering::SeqCst) { Reply::status(204) } else { Reply::status(status) }
+            })
+            .await;
+            let data_dir = tempfile::tempdir().unwrap();
+            let config = InfluxConfig { batch_size: 5, ..config(api, &responder.url) };
+            let store = SinkStore::open(data_dir.path(), 1 << 20).unwrap();
+            let (handle, task) = sink::spawn(&config, Secrets::default(), Some(store), WAIT_LIMIT).unwrap();
+            handle.send(lines(0..20), 20).await.unwrap();
+            // Spooled lines are settled: a flush returns while InfluxDB still refuses.
+            within_limit(handle.flush()).await.unwrap();
+            let progress = handle.progress();
+            assert_eq!(progress.points_settled, 20, "{api:?} {status}");
+            assert_eq!((progress.points_written, progress.points_rejected), (0, 0), "{api:?} {status}");
+            assert_eq!(progress.spool_points, 20, "{api:?} {status}");
+            let errors = progress.write_errors;
+            assert!(errors.unauthorized + errors.not_found >= 1, "{api:?} {status}: {errors:?}");
+            fixed.store(true, Ordering::SeqCst);
+            within_limit(async {
+                while handle.progress().spool_points > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            // Two batches were in flight when the failures began: they may
+            // have reached the spool in either order (see the sink's invariants).
+            assert_eq!(written_sorted(&responder), sorted_lines(0..20), "{api:?} {status}: every line once");
+            drop(handle);
+            let report = within_limit(task).await.unwrap();
+            assert_eq!((report.points_written, report.points_rejected, report.points_left_in_spool), (20, 0, 0));
+            assert!(!data_dir.path().join(sink::DEAD_LETTER_FILE).exists());
+        }
     }
+}
+
+#[tokio::test]
+async fn a_partial_write_is_halved_down_to_the_refused_lines_which_alone_are_dead_lettered() {
+    // 1.x answers 400 "partial write" naming the first bad line; 2.x answers 422.
+    for (api, status) in [(InfluxApi::V1, 400), (InfluxApi::V2, 422)] {
+        let responder = Responder::start(move |request| {
+            let body = request.lines();
+            match body.lines().filter(|line| line.contains("o3 ") || line.contains("o12 ")).count() {
+                0 => Reply::status(204),
+                dropped => Reply::status(status).body(&format!(
+                    "{{\"error\":\"partial write: field type conflict: input field \\\"wait_s\\\" on measurement \\\"ticket\\\" is type float, already exists as type integer dropped={dropped}\"}}"
+                )),
+            }
+        })
+        .await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let config = InfluxConfig { batch_size: 16, ..config(api, &responder.url) };
+        let store = SinkStore::open(data_dir.path(), 1 << 20).unwrap();
+        let (handle, task) = sink::spawn(&config, Secrets::default(), Some(store), WAIT_LIMIT).unwrap();
+        handle.send(lines(0..16), 16).await.unwrap();
+        within_limit(handle.flush()).await.unwrap();
+        drop(handle);
+        let report = within_limit(task).await.unwrap();
+        assert_eq!((report.points_written, report.points_rejected), (14, 2), "{api:?}");
+        let written: String =
+            responder.requests().iter().filter(|request| request.status == 204).map(Recorded::lines).collect();
+        let expected: String = lines(0..16)
+            .lines()
+            .filter(|line| !line.contains("o3 ") && !line.contains("o12 "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(written, expected, "{api:?}: every good line once, in order");
+        let text = std::fs::read_to_string(data_dir.path().join(sink::DEAD_LETTER_FILE)).unwrap();
+        let entries = sink::dead_letter::parse(&text);
+        let refused: Vec<&str> = entries.iter().map(|entry| entry.line.as_str()).collect();
+        assert_eq!(refused, [lines(3..4).trim_end(), lines(12..13).trim_end()], "{api:?}");
+        assert!(
+            entries[0].reason.contains(&format!("status {status}: "))
+                && entries[0].reason.contains("partial write: field type conflict"),
+            "{}",
+            entries[0].reason
+        );
+        // [16] → [8] → [4] → [2] → [1] bad, [1]; [2]; [4]; [8] → [4] → [2] → [1] bad …
+        assert!(report.requests <= 2 * 16, "{api:?}: {}", report.requests);
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_that_now_succeed_leave_the_file_and_those_still_refused_stay_with_the_new_answer() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dead_letters = sink::DeadLetters::in_dir(data_dir.path());
+    dead_letters.append(&lines(0..6), 400, "partial write: old answer", queuewatch::time::Millis(0)).unwrap();
+    let responder = Responder::start(|request| {
+        if request.lines().contains("o4 ") {
+            Reply::status(400).body("partial write: still refused")
+        } else {
+            Reply::status(204)
+        }
+    })
+    .await;
+    let writer = V1Writer::new(&config(InfluxApi::V1, &responder.url), &Secrets::default()).unwrap();
+    let report = sink::dead_letter::resend(&writer, data_dir.path(), 100, Duration::from_millis(5)).await.unwrap();
+    assert_eq!(report, sink::ResendReport { written: 5, refused: 1, kept: 0 });
+    let text = std::fs::read_to_string(dead_letters.path()).unwrap();
+    let entries = sink::dead_letter::parse(&text);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].line, lines(4..5).trim_end());
+    assert!(entries[0].reason.ends_with("status 400: partial write: still refused"), "{}", entries[0].reason);
+
+    // InfluxDB down: nothing is lost, the entry stays as it was.
+    drop(responder);
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let writer = V1Writer::new(&config(InfluxApi::V1, &url), &Secrets::default()).unwrap();
+    let report = sink::dead_letter::resend(&writer, data_dir.path(), 100, Duration::from_millis(5)).await.unwrap();
+    assert_eq!(report, sink::ResendReport { written: 0, refused: 0, kept: 1 });
+    assert_eq!(std::fs::read_to_string(dead_letters.path()).unwrap(), text);
+}
+
+#[tokio::test]
+async fn a_full_spool_stops_taking_lines_and_everything_goes_out_in_order_once_influx_answers() {
+    let up = Arc::new(AtomicBool::new(false));
+    let responder = Responder::start({
+        let up = Arc::clone(&up);
+        move |_| if up.load(Ordering::SeqCst) { Reply::status(204) } else { Reply::status(503) }
+    })
+    .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = InfluxConfig {
+        batch_size: 10,
+        flush_interval: Duration::from_millis(1),
+        ..config(InfluxApi::V1, &responder.url)
+    };
+    // Room for about four batches of ten lines.
+    let store = SinkStore::open(data_dir.path(), 4 * 10 * 60).unwrap();
+    let (handle, task) = sink::spawn(&config, Secrets::default(), Some(store), WAIT_LIMIT).unwrap();
+    let mut sent = 0;
+    let blocked = loop {
+        match tokio::time::timeout(Duration::from_millis(500), handle.send(lines(sent..sent + 10), 10)).await {
+            Ok(result) => {
+                result.unwrap();
+                sent += 10;
+                assert!(sent < 10_000, "the sink never stopped taking lines");
+            }
+            Err(_) => break sent,
+        }
+    };
+    let progress = handle.progress();
+    assert!(progress.spool_full, "{progress:?}");
+    assert!(progress.spool_bytes <= 4 * 10 * 60, "{progress:?}");
+    assert!(blocked >= 40, "{blocked}");
+    up.store(true, Ordering::SeqCst);
+    handle.send(lines(blocked..blocked + 10), 10).await.unwrap();
+    within_limit(async {
+        while handle.progress().points_written < (blocked + 10) as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(!handle.progress().spool_full);
+    drop(handle);
+    let report = within_limit(task).await.unwrap();
+    assert_eq!(
+        (report.points_written, report.points_left_in_spool, report.points_unwritten_at_shutdown),
+        ((blocked + 10) as u64, 0, 0)
+    );
+    let written = written_sorted(&responder);
+    assert_eq!(written.len(), blocked + 10, "no line twice");
+    assert_eq!(written, sorted_lines(0..blocked + 10));
+}
+
+#[tokio::test]
+async fn points_left_in_the_spool_at_shutdown_are_sent_first_at_the_next_start() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let down = Responder::start(|_| Reply::status(503)).await;
+    let store = SinkStore::open(data_dir.path(), 1 << 20).unwrap();
+    let (handle, task) =
+        sink::spawn(&config(InfluxApi::V1, &down.url), Secrets::default(), Some(store), WAIT_LIMIT).unwrap();
+    handle.send(lines(0..30), 30).await.unwrap();
+    within_limit(handle.flush()).await.unwrap();
+    drop(handle);
+    let report = within_limit(task).await.unwrap();
+    assert_eq!((report.points_left_in_spool, report.points_unwritten_at_shutdown, report.points_written), (30, 0, 0));
+
+    let up = Responder::start(|_| Reply::status(204)).await;
+    let store = SinkStore::open(data_dir.path(), 1 << 20).unwrap();
+    let (handle, task) =
+        sink::spawn(&config(InfluxApi::V1, &up.url), Secrets::default(), Some(store), WAIT_LIMIT).unwrap();
+    assert_eq!(handle.progress().points_spooled_before_start, 30);
+    handle.send(lines(30..40), 10).await.unwrap();
+    within_limit(handle.flush()).await.unwrap();
+    within_limit(async {
+        while handle.progress().points_written < 40 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let written: String = up.requests().iter().map(Recorded::lines).collect();
+    assert_eq!(written, lines(0..40), "the spool first, then the new lines");
+    drop(handle);
+    let report = within_limit(task).await.unwrap();
+    assert_eq!((report.points_written, report.points_left_in_spool), (40, 0));
 }
 
 #[tokio::test]
@@ -178,7 +374,8 @@ async fn connection_refused_is_retried_as_transient_until_the_shutdown_deadline(
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
-        let (handle, task) = sink::spawn(&config(api, &url), Secrets::default(), Duration::from_millis(200)).unwrap();
+        let (handle, task) =
+            sink::spawn(&config(api, &url), Secrets::default(), None, Duration::from_millis(200)).unwrap();
         handle.send(lines(0..3), 3).await.unwrap();
         drop(handle);
         let report = within_limit(task).await.unwrap();
@@ -219,7 +416,8 @@ async fn batch_size_is_respected() {
 #[tokio::test]
 async fn lines_sent_in_several_chunks_share_a_batch() {
     let responder = Responder::start(|_| Reply::status(204)).await;
-    let (handle, task) = sink::spawn(&config(InfluxApi::V1, &responder.url), Secrets::default(), WAIT_LIMIT).unwrap();
+    let (handle, task) =
+        sink::spawn(&config(InfluxApi::V1, &responder.url), Secrets::default(), None, WAIT_LIMIT).unwrap();
     for number in 0..5 {
         handle.send(lines(number..number + 1), 1).await.unwrap();
     }
@@ -234,7 +432,7 @@ async fn lines_sent_in_several_chunks_share_a_batch() {
 async fn flush_interval_sends_without_an_explicit_flush() {
     let responder = Responder::start(|_| Reply::status(204)).await;
     let config = InfluxConfig { flush_interval: Duration::from_millis(20), ..config(InfluxApi::V2, &responder.url) };
-    let (handle, task) = sink::spawn(&config, Secrets::default(), WAIT_LIMIT).unwrap();
+    let (handle, task) = sink::spawn(&config, Secrets::default(), None, WAIT_LIMIT).unwrap();
     handle.send(lines(0..2), 2).await.unwrap();
 
     responder.wait_for_requests(1).await;
@@ -249,7 +447,7 @@ async fn shutdown_against_a_failing_server_ends_after_the_deadline_counting_unwr
     for api in BOTH_APIS {
         let responder = Responder::start(|_| Reply::status(503)).await;
         let config = InfluxConfig { batch_size: 4, ..config(api, &responder.url) };
-        let (handle, task) = sink::spawn(&config, Secrets::default(), Duration::from_millis(200)).unwrap();
+        let (handle, task) = sink::spawn(&config, Secrets::default(), None, Duration::from_millis(200)).unwrap();
         handle.send(lines(0..10), 10).await.unwrap();
         responder.wait_for_requests(2).await;
         drop(handle);
@@ -266,7 +464,8 @@ async fn shutdown_against_a_failing_server_ends_after_the_deadline_counting_unwr
 #[tokio::test]
 async fn lines_left_at_shutdown_are_written_when_the_server_answers() {
     let responder = Responder::start(|_| Reply::status(204)).await;
-    let (handle, task) = sink::spawn(&config(InfluxApi::V1, &responder.url), Secrets::default(), WAIT_LIMIT).unwrap();
+    let (handle, task) =
+        sink::spawn(&config(InfluxApi::V1, &responder.url), Secrets::default(), None, WAIT_LIMIT).unwrap();
     handle.send(lines(0..3), 3).await.unwrap();
     drop(handle);
     let report = within_limit(task).await.unwrap();
@@ -277,7 +476,7 @@ async fn lines_left_at_shutdown_are_written_when_the_server_answers() {
 async fn bad_url_gives_a_config_error_not_a_panic() {
     for api in BOTH_APIS {
         for url in ["not a url", "/3242/23", "ftp://influx:8086", "http://"] {
-            match sink::spawn(&config(api, url), Secrets::default(), WAIT_LIMIT) {
+            match sink::spawn(&config(api, url), Secrets::default(), None, WAIT_LIMIT) {
                 Err(SinkError::Config(message)) => {
                     assert!(message.contains("influxdb.url"), "{message}")
                 }
@@ -314,6 +513,25 @@ fn lines(range: std::ops::Range<usize>) -> String {
         .collect()
 }
 
+/// Every line the responder answered 204 to, sorted.
+fn written_sorted(responder: &Responder) -> Vec<String> {
+    let mut written: Vec<String> = responder
+        .requests()
+        .iter()
+        .filter(|request| request.status == 204)
+        .flat_map(|request| request.lines().lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    written.sort();
+    written
+}
+
+/// [`lines`] one by one, sorted.
+fn sorted_lines(range: std::ops::Range<usize>) -> Vec<String> {
+    let mut sorted: Vec<String> = lines(range).lines().map(str::to_string).collect();
+    sorted.sort();
+    sorted
+}
+
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
     items.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
 }
@@ -327,7 +545,7 @@ fn sorted(items: &[(String, String)]) -> Vec<(String, String)> {
 /// Spawns the sink, sends `text` in one chunk, flushes, drops the handle and
 /// returns the report.
 async fn write_and_shut_down(config: &InfluxConfig, secrets: Secrets, text: &str) -> SinkReport {
-    let (handle, task) = sink::spawn(config, secrets, WAIT_LIMIT).unwrap();
+    let (handle, task) = sink::spawn(config, secrets, None, WAIT_LIMIT).unwrap();
     handle.send(text.to_string(), text.lines().count()).await.unwrap();
     within_limit(handle.flush()).await.unwrap();
     drop(handle);

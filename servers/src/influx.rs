@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::process::{find_binary, http_status, start_on_free_ports, ServerProcess};
+use crate::process::{find_binary, http_request_status, http_status, start_on_free_ports, ServerProcess};
 use crate::{http_client, or_panic, temp_dir, try_free_port, write_file, Error, TempDir, POLL_INTERVAL};
 
-/// An InfluxDB 1.x server with its HTTP API on `127.0.0.1:port`, no
-/// authentication, and every optional service off.
+/// An InfluxDB 1.x server with its HTTP API on `127.0.0.1:port`, every
+/// optional service off, and no authentication unless started with
+/// [`Influx1::start_with_auth`].
 pub struct Influx1 {
     pub port: u16,
     /// `http://127.0.0.1:PORT`
@@ -26,6 +27,17 @@ impl Influx1 {
     }
 
     pub fn try_start() -> Result<Influx1, Error> {
+        Influx1::try_start_with(None)
+    }
+
+    /// With `[http] auth-enabled = true` and one admin user, `user` with
+    /// `password`, through whom this guard's own queries go. Panics if it
+    /// does not start.
+    pub fn start_with_auth(user: &str, password: &str) -> Influx1 {
+        or_panic(Influx1::try_start_with(Some((user, password))))
+    }
+
+    fn try_start_with(admin: Option<(&str, &str)>) -> Result<Influx1, Error> {
         let program = find_binary("influxd", "/usr/bin/influxd", "influxdb")?;
         let dir = temp_dir("influxdb")?;
         let root = dir.path();
@@ -35,7 +47,7 @@ impl Influx1 {
             || {
                 let http_port = try_free_port()?;
                 let rpc_port = try_free_port()?;
-                write_file(&config_path, &config_text(root, http_port, rpc_port))?;
+                write_file(&config_path, &config_text(root, http_port, rpc_port, admin.is_some()))?;
                 let process = ServerProcess::new("influxd", program.clone(), log_path.clone())
                     .debian_package("influxdb")
                     .args(["-config".to_string(), config_path.display().to_string()]);
@@ -44,7 +56,41 @@ impl Influx1 {
             |http_port| http_status(*http_port, "/ping") == Some(204),
         )?;
         let url = format!("http://127.0.0.1:{http_port}");
-        Ok(Influx1 { port: http_port, client: InfluxClient::new(&url), url, process, dir })
+        let mut client = InfluxClient::new(&url);
+        if let Some((user, password)) = admin {
+            // With authentication on and no user yet, InfluxDB takes exactly
+            // this statement without credentials.
+            let statement = format!(
+                "CREATE USER {} WITH PASSWORD '{}' WITH ALL PRIVILEGES",
+                quote_ident(user),
+                password.replace('\'', "\\'")
+            );
+            let url = reqwest::Url::parse_with_params("http://influx/query", &[("q", statement.as_str())])
+                .expect("a valid query URL");
+            let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+            let status = http_request_status(http_port, "POST", &path);
+            if status != Some(200) {
+                return Err(Error::Response {
+                    what: format!("POST /query {statement}"),
+                    status: status.unwrap_or(0),
+                    body: String::new(),
+                });
+            }
+            client.credentials = Some((user.to_string(), password.to_string()));
+        }
+        Ok(Influx1 { port: http_port, client, url, process, dir })
+    }
+
+    /// Kills the server (no clean shutdown: writers see connections refused).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port
+    /// with the same configuration and data. Panics if it does not start.
+    pub fn restart(&mut self) {
+        let port = self.port;
+        self.process.restart(|| http_status(port, "/ping") == Some(204));
     }
 
     /// A client of its HTTP API that can be cloned into tasks.
@@ -124,12 +170,21 @@ impl Influx1 {
 pub struct InfluxClient {
     url: String,
     http: reqwest::Client,
+    /// User and password for a server with authentication on.
+    credentials: Option<(String, String)>,
 }
 
 impl InfluxClient {
     /// A client of the server at `url` (`http://host:port`).
     pub fn new(url: &str) -> InfluxClient {
-        InfluxClient { url: url.to_string(), http: http_client() }
+        InfluxClient { url: url.to_string(), http: http_client(), credentials: None }
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
     }
 
     /// `CREATE DATABASE "name"`; an error unless the server confirms it.
@@ -137,8 +192,7 @@ impl InfluxClient {
         let statement = format!("CREATE DATABASE {}", quote_ident(name));
         let what = || format!("POST /query {statement}");
         let response = self
-            .http
-            .post(format!("{}/query", self.url))
+            .authorized(self.http.post(format!("{}/query", self.url)))
             .form(&[("q", statement.as_str())])
             .send()
             .await
@@ -157,8 +211,7 @@ impl InfluxClient {
     pub async fn query(&self, db: &str, influxql: &str) -> Result<Value, Error> {
         let what = || format!("GET /query {influxql}");
         let response = self
-            .http
-            .get(format!("{}/query", self.url))
+            .authorized(self.http.get(format!("{}/query", self.url)))
             .query(&[("db", db), ("q", influxql), ("epoch", "ns")])
             .send()
             .await
@@ -210,7 +263,7 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn config_text(root: &Path, http_port: u16, rpc_port: u16) -> String {
+fn config_text(root: &Path, http_port: u16, rpc_port: u16, auth_enabled: bool) -> String {
     // Keys that 1.6 does not know are ignored, so a typo here shows up only
     // as a default (a port collision on 8088, a `_internal` database).
     format!(
@@ -232,7 +285,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 [http]
   enabled = true
   bind-address = "127.0.0.1:{http_port}"
-  auth-enabled = false
+  auth-enabled = {auth_enabled}
   log-enabled = false
   pprof-enabled = false
 

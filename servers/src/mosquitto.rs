@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::process::{find_binary, start_on_free_ports, tcp_accepts, Readiness, ServerProcess};
+use crate::process::{find_binary, start_on_free_ports, tcp_accepts, ServerProcess};
 use crate::{or_panic, temp_dir, try_free_port, write_file, Error, TempDir};
 
 /// The broker's queue limits.
@@ -95,13 +95,8 @@ impl Mosquitto {
     /// the same configuration. Its sessions and queues are lost (no persistence).
     /// Panics if it does not start.
     pub fn restart(&mut self) {
-        self.process.stop();
-        or_panic(self.process.spawn());
         let port = self.port;
-        let outcome = self.process.wait_until_ready(|| tcp_accepts(port));
-        if outcome != Readiness::Ready {
-            panic!("{}", self.process.startup_error(outcome));
-        }
+        self.process.restart(|| tcp_accepts(port));
     }
 
     /// The broker's process id while it runs.

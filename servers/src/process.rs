@@ -114,6 +114,17 @@ impl ServerProcess {
         }
     }
 
+    /// Stops the process if it runs, then starts it again with the same
+    /// command and waits until `is_ready`. Panics if it does not start.
+    pub fn restart(&mut self, is_ready: impl FnMut() -> bool) {
+        self.stop();
+        crate::or_panic(self.spawn());
+        let outcome = self.wait_until_ready(is_ready);
+        if outcome != Readiness::Ready {
+            panic!("{}", self.startup_error(outcome));
+        }
+    }
+
     /// Kills the process (no clean shutdown) and reaps it, if it runs.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -177,10 +188,16 @@ pub(crate) fn tcp_accepts(port: u16) -> bool {
 /// The status code of `GET path` on 127.0.0.1:port, or `None` if nothing
 /// answers. Plain HTTP/1.0 over std, so starting needs no async runtime.
 pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_request_status(port, "GET", path)
+}
+
+/// The status of an empty-bodied `method` request to `path` (with its query),
+/// without a client library (it runs on the starting thread).
+pub(crate) fn http_request_status(port: u16, method: &str, path: &str) -> Option<u16> {
     let mut stream =
         TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_millis(250)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n").ok()?;
     let mut head = [0u8; 64];
     let mut filled = 0;
     while filled < head.len() {

@@ -329,7 +329,7 @@ fn open_sinks(out: &Path, influx: Option<&InfluxConfig>) -> anyhow::Result<Opene
     if let Some(influx) = influx {
         let secrets = Secrets::resolve(influx).context("InfluxDB token")?;
         let (influx_sink, influx_task) =
-            sink::spawn(influx, secrets, SHUTDOWN_DEADLINE).context("--influx-url: cannot write to InfluxDB")?;
+            sink::spawn(influx, secrets, None, SHUTDOWN_DEADLINE).context("--influx-url: cannot write to InfluxDB")?;
         let (influx_task, influx_report) = with_report_copy(influx_task);
         opened.sinks.push((influx_sink, influx_task));
         opened.reports.push((describe_influx(influx), influx_report));

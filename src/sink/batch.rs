@@ -65,6 +65,21 @@ impl Pending {
         self.lines
     }
 
+    /// The bytes of the batch [`Pending::take`] would make of `max_lines`.
+    pub fn bytes_of_next(&self, max_lines: usize) -> usize {
+        let mut room = max_lines.max(1);
+        let mut bytes = 0;
+        for chunk in &self.chunks {
+            if room == 0 {
+                break;
+            }
+            let lines = chunk.lines.min(room);
+            bytes += if lines == chunk.lines { chunk.text.len() } else { offset_after_lines(&chunk.text, lines) };
+            room -= lines;
+        }
+        bytes
+    }
+
     /// When the oldest unsent line has waited `flush_interval`; `None` when
     /// nothing is pending.
     pub fn due_at(&self, flush_interval: Duration) -> Option<Instant> {
@@ -175,6 +190,11 @@ mod tests {
             taken.push(batch);
         }
         assert_eq!(taken.iter().map(|batch| batch.lines).collect::<Vec<_>>(), [4, 4, 2]);
+        let mut again = Pending::default();
+        again.push(lines(0..3), now);
+        again.push(lines(3..10), now);
+        assert_eq!(again.bytes_of_next(4), taken[0].text.len());
+        assert_eq!(again.bytes_of_next(100), lines(0..10).len());
         assert_eq!(taken.iter().map(|batch| batch.text.as_str()).collect::<String>(), lines(0..10));
         assert_eq!(pending.lines(), 0);
         assert_eq!(pending.due_at(Duration::from_secs(1)), None);

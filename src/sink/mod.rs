@@ -21,10 +21,25 @@
 //!   a series and a time (points are pure functions of the events, each
 //!   ticket with its own time offset), so no line overwrites another.
 //! - Every line ends up counted exactly once in [`SinkReport`]: written
-//!   (2xx), rejected (a 4xx other than 413, or a single line still too large),
-//!   or unwritten at shutdown. Nothing is dropped silently.
-//! - 429 and 5xx are retried with capped exponential backoff for as long as
-//!   the daemon runs; 413 halves the batch and writes each half.
+//!   (2xx), refused (dead-lettered: see below), left in the spool, or
+//!   unwritten at shutdown. Nothing is dropped silently.
+//! - With a [`SinkStore`] (`queuewatch run`), a batch that meets a transient
+//!   failure (connection refused, timeout, 5xx, 429, and 401/403/404, which
+//!   an operator fixes while we wait) goes to the disk spool (`spool.rs`) and
+//!   counts as settled once synced; while the spool holds anything, every new
+//!   batch goes behind it and the spool is sent, oldest first and one batch
+//!   at a time, with capped exponential backoff. When the spool is full the
+//!   task takes no more lines, so [`SinkHandle::send`] waits and MQTT
+//!   acknowledgements stop: the broker holds the backlog. Without a store
+//!   (`replay`, the demo), transient failures are retried in memory.
+//! - 413 and a refusal of the batch's content (400, 422: InfluxDB 1.x answers
+//!   `400 partial write` naming one bad line, 2.x `422`) halve the batch and
+//!   send each half, down to single lines; a single line still refused goes
+//!   to the dead-letter file (`dead_letter.rs`) with the server's answer.
+//!   Writes are idempotent, so re-sending the lines a partial write stored is
+//!   harmless.
+//! - After a 401 or 403 the writer reads `token_file` / `password_file`
+//!   again before its next try, so a rotated secret needs no restart.
 //! - Shutdown begins when the last handle is dropped: what remains is written
 //!   and transient errors retried until `shutdown_deadline` has passed since
 //!   then; whatever is left is counted and logged as unwritten. [`finish`]
@@ -34,21 +49,25 @@
 //! - [`SinkHandle::progress`] reads the counts while the task runs (shared
 //!   atomic counters, written only by the handles and the task), among them
 //!   `points_settled`: the longest prefix of the lines handed over that are
-//!   all written or refused, exact whatever order batches end in. A
+//!   all written, refused or spooled, exact whatever order batches end in. A
 //!   checkpoint waits for it (`durable.rs`), not for the written and refused
 //!   counts, which may include lines after one still in flight.
 //! - Secrets come from [`Secrets`], resolved from the environment or a file,
 //!   never from the config file, and never appear in logs or `Debug` output.
 //!
 //! Layout: `batch.rs` is the pure line buffer, `task.rs` the writer task,
-//! `writer.rs` the destinations (InfluxDB v1, v2, a file, nothing).
+//! `writer.rs` the destinations (InfluxDB v1, v2, a file, nothing),
+//! `spool.rs` the disk spool, `dead_letter.rs` the refused lines.
 
 mod batch;
+pub mod dead_letter;
+mod spool;
 mod task;
 mod writer;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +75,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::error;
 
+use crate::time::Millis;
+
 pub use crate::config::{InfluxApi, InfluxConfig};
+pub use dead_letter::{DeadLetters, ResendReport, DEAD_LETTER_FILE};
 pub use task::MAX_IN_FLIGHT;
 pub use writer::{DiscardWriter, Encoder, FileWriter, V1Writer, V2Writer, WriteError, WriteFuture, Writer};
 
@@ -91,16 +113,19 @@ impl Secrets {
             secrets.token = from_env("influxdb.token_env", name, &mut problems);
         }
         if let Some(path) = &config.token_file {
-            match std::fs::read_to_string(path) {
-                Ok(text) if text.trim().is_empty() => {
-                    problems.push(format!("influxdb.token_file: {path:?} is empty"));
-                }
-                Ok(text) => secrets.token = Some(text.trim().to_string()),
-                Err(error) => problems.push(format!("influxdb.token_file: cannot read {path:?}: {error}")),
+            match read_token_file(path) {
+                Ok(token) => secrets.token = Some(token),
+                Err(problem) => problems.push(problem),
             }
         }
         if let Some(name) = &config.password_env {
             secrets.password = from_env("influxdb.password_env", name, &mut problems);
+        }
+        if let Some(path) = &config.password_file {
+            match read_password_file(path) {
+                Ok(password) => secrets.password = Some(password),
+                Err(problem) => problems.push(problem),
+            }
         }
         if problems.is_empty() {
             Ok(secrets)
@@ -121,6 +146,27 @@ impl fmt::Debug for Secrets {
     }
 }
 
+/// The password in `path` (`influxdb.password_file`) without one trailing
+/// newline, as `mqtt.password_file` is read; the error names the key.
+pub(crate) fn read_password_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("influxdb.password_file: cannot read {path:?}: {error}"))?;
+    let password = text.strip_suffix('\n').map_or(text.as_str(), |line| line.strip_suffix('\r').unwrap_or(line));
+    if password.is_empty() {
+        return Err(format!("influxdb.password_file: {path:?} is empty"));
+    }
+    Ok(password.to_string())
+}
+
+/// The token in `path` (`influxdb.token_file`), trimmed; the error names the key.
+pub(crate) fn read_token_file(path: &str) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Err(format!("influxdb.token_file: {path:?} is empty")),
+        Ok(text) => Ok(text.trim().to_string()),
+        Err(error) => Err(format!("influxdb.token_file: cannot read {path:?}: {error}")),
+    }
+}
+
 /// Why the sink could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -130,16 +176,56 @@ pub enum SinkError {
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    /// The spool or the dead-letter file cannot be used.
+    #[error("{0}")]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// What the writer keeps on disk (`queuewatch run`): the spool and the
+/// dead-letter file, both in `storage.data_dir`.
+#[derive(Debug)]
+pub struct SinkStore {
+    spool: Option<spool::Spool>,
+    dead_letters: DeadLetters,
+}
+
+impl SinkStore {
+    /// Opens `data_dir/spool` (taking its lock; none when `spool_max_bytes`
+    /// is 0) and names `data_dir/dead-letters.lp`. What waits in the spool
+    /// is sent first, before any line handed over.
+    pub fn open(data_dir: &Path, spool_max_bytes: u64) -> Result<SinkStore, SinkError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| crate::storage::StorageError::io(data_dir, source))?;
+        let spool = if spool_max_bytes > 0 {
+            let (spool, recovered) = spool::Spool::open(&data_dir.join("spool"), spool_max_bytes)?;
+            if recovered.lines > 0 || recovered.bytes_discarded > 0 {
+                tracing::info!(
+                    batches = recovered.batches,
+                    points = recovered.lines,
+                    bytes_discarded = recovered.bytes_discarded,
+                    "Points waiting in the spool are sent first."
+                );
+            }
+            Some(spool)
+        } else {
+            None
+        };
+        Ok(SinkStore { spool, dead_letters: DeadLetters::in_dir(data_dir) })
+    }
 }
 
 /// What the writer task reports when it ends.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SinkReport {
     pub points_written: u64,
-    /// Refused permanently (4xx other than 413, or one line still too large);
-    /// counted, never silently dropped.
+    /// Refused for themselves (single lines after halving); with a store
+    /// they are in the dead-letter file. Counted, never silently dropped.
     pub points_rejected: u64,
+    /// Handed over and neither written, refused nor spooled when the writer
+    /// ended (the journal has them: `queuewatch run` derives them again).
     pub points_unwritten_at_shutdown: u64,
+    /// In the spool when the writer ended, sent at the next start (those that
+    /// were there when it started and are still there included).
+    pub points_left_in_spool: u64,
     /// Every write attempt, retries and 413 halves included.
     pub requests: u64,
     /// Attempts made again after a transient failure.
@@ -155,6 +241,7 @@ impl SinkReport {
         self.points_written += other.points_written;
         self.points_rejected += other.points_rejected;
         self.points_unwritten_at_shutdown += other.points_unwritten_at_shutdown;
+        self.points_left_in_spool += other.points_left_in_spool;
         self.requests += other.requests;
         self.retries += other.retries;
         self.failure = self.failure.or(other.failure);
@@ -170,38 +257,153 @@ pub enum SinkFailure {
     TimedOut,
 }
 
-/// Counts of a running writer, as [`SinkHandle::progress`] reads them.
+/// Counts of a running writer, as [`SinkHandle::progress`] reads them (and
+/// the metrics export). Counts only grow; `spool_*` are levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SinkProgress {
     /// Points accepted by [`SinkHandle::send`] from every handle.
     pub points_handed: u64,
+    /// Points InfluxDB took, those re-sent from the spool included.
     pub points_written: u64,
-    /// Refused permanently by the server.
+    /// Points refused for themselves (single lines after halving); with a
+    /// store they are in the dead-letter file.
     pub points_rejected: u64,
+    /// Of `points_rejected`, those written to the dead-letter file.
+    pub points_dead_lettered: u64,
     /// The longest prefix of the points handed over (in the order they were
-    /// handed) that are all written or refused. Batches end in any order, so
-    /// this can be less than written plus refused; a checkpoint waits for it.
+    /// handed) that are all written, refused or spooled. Batches end in any
+    /// order, so this can be less than their sum; a checkpoint waits for it.
     pub points_settled: u64,
+    /// Points put in the spool since the writer started.
+    pub points_spooled: u64,
+    /// Points that were waiting in the spool when the writer started.
+    pub points_spooled_before_start: u64,
+    /// Points in the spool now (the batch being re-sent included).
+    pub spool_points: u64,
+    /// Bytes in the spool now (framing included), at most `spool_max_bytes`.
+    pub spool_bytes: u64,
+    /// When the oldest batch in the spool was spooled (wall clock).
+    pub spool_oldest: Option<Millis>,
+    /// The spool is full: the writer takes no more lines and MQTT
+    /// acknowledgements have stopped until InfluxDB takes some.
+    pub spool_full: bool,
+    /// Write requests made (retries, halves and spool re-sends included).
+    pub requests: u64,
+    /// Requests made again after a transient failure.
+    pub retries: u64,
+    /// Failed write requests, by kind of failure.
+    pub write_errors: WriteErrors,
+}
+
+/// Failed write requests by kind of failure (HTTP status class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteErrors {
+    /// No HTTP answer: connection refused or reset, timeout, TLS.
+    pub transport: u64,
+    /// 401 and 403 (credentials re-read before the next try).
+    pub unauthorized: u64,
+    /// 404 (database or bucket missing).
+    pub not_found: u64,
+    /// 413 (the batch is halved).
+    pub too_large: u64,
+    /// 400, 422 and other 4xx: lines refused for their content.
+    pub refused: u64,
+    /// 429.
+    pub throttled: u64,
+    /// 5xx.
+    pub server: u64,
+}
+
+/// The kinds of [`WriteErrors`], as indexes into [`Counters::write_errors`].
+const ERROR_KINDS: usize = 7;
+
+fn error_kind(error: &WriteError) -> usize {
+    match error {
+        WriteError::Transient { status: None, .. } => 0,
+        WriteError::Transient { status: Some(401 | 403), .. } => 1,
+        WriteError::Transient { status: Some(404), .. } => 2,
+        WriteError::TooLarge => 3,
+        WriteError::Transient { status: Some(429), .. } => 5,
+        WriteError::Transient { status: Some(500..), .. } => 6,
+        WriteError::Permanent { .. } | WriteError::Transient { .. } => 4,
+    }
 }
 
 /// The live counts behind [`SinkProgress`]. Relaxed ordering: each counter is
-/// read on its own and only grows.
-#[derive(Debug, Default)]
+/// read on its own.
+#[derive(Debug)]
 pub(crate) struct Counters {
     handed: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
     pub(crate) settled: AtomicU64,
+    pub(crate) spooled: AtomicU64,
+    pub(crate) spooled_before_start: AtomicU64,
+    pub(crate) spool_points: AtomicU64,
+    pub(crate) spool_bytes: AtomicU64,
+    /// Milliseconds since the epoch; `i64::MIN` when the spool is empty.
+    pub(crate) spool_oldest_ms: AtomicI64,
+    pub(crate) spool_full: AtomicBool,
+    pub(crate) requests: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    write_errors: [AtomicU64; ERROR_KINDS],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            handed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            spooled: AtomicU64::new(0),
+            spooled_before_start: AtomicU64::new(0),
+            spool_points: AtomicU64::new(0),
+            spool_bytes: AtomicU64::new(0),
+            spool_oldest_ms: AtomicI64::new(i64::MIN),
+            spool_full: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            write_errors: Default::default(),
+        }
+    }
 }
 
 impl Counters {
     fn progress(&self) -> SinkProgress {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let errors = |kind: usize| load(&self.write_errors[kind]);
+        let oldest = self.spool_oldest_ms.load(Ordering::Relaxed);
         SinkProgress {
-            points_handed: self.handed.load(Ordering::Relaxed),
-            points_written: self.written.load(Ordering::Relaxed),
-            points_rejected: self.rejected.load(Ordering::Relaxed),
-            points_settled: self.settled.load(Ordering::Relaxed),
+            points_handed: load(&self.handed),
+            points_written: load(&self.written),
+            points_rejected: load(&self.rejected),
+            points_dead_lettered: load(&self.dead_lettered),
+            points_settled: load(&self.settled),
+            points_spooled: load(&self.spooled),
+            points_spooled_before_start: load(&self.spooled_before_start),
+            spool_points: load(&self.spool_points),
+            spool_bytes: load(&self.spool_bytes),
+            spool_oldest: (oldest != i64::MIN).then_some(Millis(oldest)),
+            spool_full: self.spool_full.load(Ordering::Relaxed),
+            requests: load(&self.requests),
+            retries: load(&self.retries),
+            write_errors: WriteErrors {
+                transport: errors(0),
+                unauthorized: errors(1),
+                not_found: errors(2),
+                too_large: errors(3),
+                refused: errors(4),
+                throttled: errors(5),
+                server: errors(6),
+            },
         }
+    }
+
+    pub(crate) fn count_error(&self, error: &WriteError) {
+        self.write_errors[error_kind(error)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -240,8 +442,8 @@ impl SinkHandle {
         self.counters.progress()
     }
 
-    /// Resolves when everything sent before this call has been written (or
-    /// given up on as a permanent 4xx).
+    /// Resolves when everything sent before this call is settled: written,
+    /// refused, or safely in the spool.
     pub async fn flush(&self) -> Result<(), SinkClosed> {
         let (reply, done) = oneshot::channel();
         self.commands.send(task::Command::Flush(reply)).await.map_err(|_| SinkClosed)?;
@@ -254,16 +456,26 @@ impl SinkHandle {
 /// dropped: it then writes what remains, retrying transient errors until
 /// `shutdown_deadline` elapses (counting what is still unwritten in
 /// `points_unwritten_at_shutdown`), and returns the report.
+///
+/// With a `store`, transient failures send batches to its spool and refused
+/// lines to its dead-letter file (see the module's invariants).
 pub fn spawn(
     config: &InfluxConfig,
     secrets: Secrets,
+    store: Option<SinkStore>,
     shutdown_deadline: Duration,
 ) -> Result<(SinkHandle, JoinHandle<SinkReport>), SinkError> {
-    let writer: Box<dyn Writer> = match config.api {
-        InfluxApi::V1 => Box::new(V1Writer::new(config, &secrets)?),
-        InfluxApi::V2 => Box::new(V2Writer::new(config, &secrets)?),
-    };
-    Ok(spawn_with(writer, config.batch_size, config.flush_interval, config.max_backoff, shutdown_deadline))
+    let writer = influx_writer(config, &secrets)?;
+    let settings = task_settings(config.batch_size, config.flush_interval, config.max_backoff, shutdown_deadline);
+    Ok(spawn_task(writer, settings, store))
+}
+
+/// The writer for the configured InfluxDB API.
+pub fn influx_writer(config: &InfluxConfig, secrets: &Secrets) -> Result<Box<dyn Writer>, SinkError> {
+    Ok(match config.api {
+        InfluxApi::V1 => Box::new(V1Writer::new(config, secrets)?),
+        InfluxApi::V2 => Box::new(V2Writer::new(config, secrets)?),
+    })
 }
 
 /// The same writer task over any [`Writer`] (tests, the demo's file output,
@@ -275,17 +487,35 @@ pub fn spawn_with(
     max_backoff: Duration,
     shutdown_deadline: Duration,
 ) -> (SinkHandle, JoinHandle<SinkReport>) {
-    let (commands, command_receiver) = mpsc::channel(CHANNEL_CAPACITY);
-    let (alive, alive_receiver) = mpsc::channel(1);
-    let settings = task::Settings {
+    spawn_task(writer, task_settings(batch_size, flush_interval, max_backoff, shutdown_deadline), None)
+}
+
+fn task_settings(
+    batch_size: usize,
+    flush_interval: Duration,
+    max_backoff: Duration,
+    shutdown_deadline: Duration,
+) -> task::Settings {
+    task::Settings {
         batch_size: batch_size.max(1),
         flush_interval,
         max_backoff,
         shutdown_deadline,
         max_in_flight: MAX_IN_FLIGHT,
-    };
+    }
+}
+
+fn spawn_task(
+    writer: Box<dyn Writer>,
+    settings: task::Settings,
+    store: Option<SinkStore>,
+) -> (SinkHandle, JoinHandle<SinkReport>) {
+    let (commands, command_receiver) = mpsc::channel(CHANNEL_CAPACITY);
+    let (alive, alive_receiver) = mpsc::channel(1);
     let counters = Arc::new(Counters::default());
-    let writer_task = task::WriterTask::new(writer, settings, command_receiver, alive_receiver, Arc::clone(&counters));
+    let shutdown_deadline = settings.shutdown_deadline;
+    let writer_task =
+        task::WriterTask::new(writer, settings, command_receiver, alive_receiver, Arc::clone(&counters), store);
     (SinkHandle { commands, _alive: alive, counters, shutdown_deadline }, tokio::spawn(writer_task.run()))
 }
 
@@ -326,9 +556,9 @@ async fn finish_within(handle: SinkHandle, task: JoinHandle<SinkReport>, wait: D
     SinkReport {
         points_written: progress.points_written,
         points_rejected: progress.points_rejected,
-        points_unwritten_at_shutdown: progress
-            .points_handed
-            .saturating_sub(progress.points_written + progress.points_rejected),
+        points_unwritten_at_shutdown: (progress.points_handed + progress.points_spooled_before_start)
+            .saturating_sub(progress.points_written + progress.points_rejected + progress.spool_points),
+        points_left_in_spool: progress.spool_points,
         failure: Some(failure),
         ..SinkReport::default()
     }
@@ -443,10 +673,8 @@ mod tests {
         sink.send("a v=1i 1\nb v=2i 2\n".into(), 2).await.unwrap();
         sink.send("bad v=3i 3\n".into(), 1).await.unwrap();
         sink.flush().await.unwrap();
-        assert_eq!(
-            sink.progress(),
-            SinkProgress { points_handed: 3, points_written: 2, points_rejected: 1, points_settled: 3 }
-        );
+        assert_eq!(counts(sink.progress()), (3, 2, 1, 3));
+        assert_eq!(sink.progress().write_errors.refused, 1);
         let report = finish(sink, task).await;
         assert_eq!((report.points_written, report.points_rejected, report.failure), (2, 1, None));
     }
@@ -495,12 +723,16 @@ mod tests {
         while sink.progress().points_written < 2 {
             tokio::time::sleep(MS).await;
         }
-        let progress = SinkProgress { points_handed: 4, points_written: 2, points_rejected: 0, points_settled: 0 };
-        assert_eq!(sink.progress(), progress, "the second batch is written, the first still in flight");
+        assert_eq!(counts(sink.progress()), (4, 2, 0, 0), "the second batch is written, the first still in flight");
         gate.add_permits(1);
         sink.flush().await.unwrap();
-        assert_eq!(sink.progress(), SinkProgress { points_written: 4, points_settled: 4, ..progress });
+        assert_eq!(counts(sink.progress()), (4, 4, 0, 4));
         assert_eq!(finish(sink, task).await.points_written, 4);
+    }
+
+    /// Handed, written, refused, settled.
+    fn counts(progress: SinkProgress) -> (u64, u64, u64, u64) {
+        (progress.points_handed, progress.points_written, progress.points_rejected, progress.points_settled)
     }
 
     /// Holds every body with a `slow` line until the test lets it through.

@@ -22,8 +22,11 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{error, info, warn};
 
-use super::batch::{Batch, Pending, Watermark};
-use super::{Counters, SinkReport, WriteError, Writer};
+use super::batch::{count_lines, Batch, Pending, Watermark};
+use super::dead_letter::DeadLetters;
+use super::spool::Spool;
+use super::{Counters, SinkReport, SinkStore, WriteError, Writer};
+use crate::time::Millis;
 
 /// Batches being written at once (their retries and 413 halves included).
 /// Two keep InfluxDB busy while the next batch is encoded and sent; more
@@ -69,15 +72,29 @@ pub(crate) struct WriterTask {
     /// Flush requests: answered once every line numbered below theirs is settled.
     flushes: VecDeque<(u64, oneshot::Sender<()>)>,
     attempts: JoinSet<(Delivery, Result<(), WriteError>)>,
-    /// Lines of the deliveries in `attempts`, not yet counted anywhere.
+    /// Lines of the in-memory deliveries in `attempts`, not yet counted anywhere.
     in_flight_lines: u64,
     settled: Watermark,
     report: SinkReport,
-    /// The written, rejected and settled counts, readable while the task runs.
+    /// The counts readable while the task runs.
     counters: Arc<Counters>,
     failure_log: FailureLog,
+    /// Rate limit for the log of refused lines.
+    refusal_log: FailureLog,
     /// Set once the shutdown deadline has passed: nothing more is attempted.
     gave_up: bool,
+    /// The spool; `None` without a store, or for the moment a blocking
+    /// thread works on it.
+    spool: Option<Box<Spool>>,
+    dead_letters: Option<DeadLetters>,
+    /// A spooled batch is being sent (one at a time).
+    draining: bool,
+    /// Lines of the batch being sent from the spool already counted written or refused.
+    draining_counted: u64,
+    /// The spool cannot be read: nothing more is sent from it this run.
+    spool_unreadable: bool,
+    /// Until when new batches bypass a spool that failed to take one.
+    spool_failing_until: Option<Instant>,
 }
 
 /// The inputs of the main loop.
@@ -90,12 +107,22 @@ enum Input {
     DeadlinePassed,
 }
 
+/// Where a delivery's lines come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Lines handed over, numbered in `Part::first`, counted in the watermark.
+    Memory,
+    /// A batch from the spool: already settled, acknowledged to the spool once done.
+    Spool,
+}
+
 /// One batch on its way: the part being attempted and the parts after it.
 struct Delivery {
     part: Part,
     /// Parts still to send after `part`, the next one last.
     later: Vec<Part>,
     failures_in_a_row: u32,
+    origin: Origin,
 }
 
 /// Whole lines sent in one request, with their place among all lines.
@@ -111,7 +138,19 @@ impl Delivery {
     fn lines(&self) -> u64 {
         (self.part.batch.lines + self.later.iter().map(|part| part.batch.lines).sum::<usize>()) as u64
     }
+
+    /// Lines that nothing else accounts for while they are in flight: those
+    /// handed over (a spooled batch stays in the spool until it is done).
+    fn memory_lines(&self) -> u64 {
+        match self.origin {
+            Origin::Memory => self.lines(),
+            Origin::Spool => 0,
+        }
+    }
 }
+
+/// How long new batches bypass a spool that could not take one (a disk error).
+const SPOOL_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl WriterTask {
     /// `handles_alive` never carries a message: it closes when the last
@@ -123,8 +162,16 @@ impl WriterTask {
         commands: mpsc::Receiver<Command>,
         handles_alive: mpsc::Receiver<()>,
         counters: Arc<Counters>,
+        store: Option<SinkStore>,
     ) -> WriterTask {
-        WriterTask {
+        let (spool, dead_letters) = match store {
+            Some(SinkStore { spool, dead_letters }) => (spool.map(Box::new), Some(dead_letters)),
+            None => (None, None),
+        };
+        if let Some(spool) = &spool {
+            counters.spooled_before_start.store(spool.lines(), Ordering::Relaxed);
+        }
+        let task = WriterTask {
             writer: Arc::from(writer),
             settings,
             commands,
@@ -141,25 +188,46 @@ impl WriterTask {
             report: SinkReport::default(),
             counters,
             failure_log: FailureLog::default(),
+            refusal_log: FailureLog::default(),
             gave_up: false,
-        }
+            spool,
+            dead_letters,
+            draining: false,
+            draining_counted: 0,
+            spool_unreadable: false,
+            spool_failing_until: None,
+        };
+        task.publish_spool();
+        task
     }
 
     pub async fn run(mut self) -> SinkReport {
         loop {
             if !self.gave_up {
-                self.start_due_batches(Instant::now());
+                if self.spooling() {
+                    self.spool_due_batches(Instant::now()).await;
+                } else {
+                    self.start_due_batches(Instant::now());
+                }
+                self.start_drain().await;
             }
             self.answer_flushes();
-            if !self.commands_open && self.pending.lines() == 0 && self.attempts.is_empty() {
+            if !self.commands_open && self.pending.lines() == 0 && self.attempts.len() == usize::from(self.draining) {
+                // What is left is a spooled batch being re-sent: it stays in
+                // the spool for the next start.
+                self.attempts.abort_all();
+                self.join_aborted().await;
                 break;
             }
             let slot_free = self.attempts.len() < self.settings.max_in_flight.max(1);
-            let due_at = self.pending.due_at(self.settings.flush_interval).filter(|_| slot_free && !self.gave_up);
+            let room = if self.spooling() { self.spool_has_room() } else { slot_free };
+            let due_at = self.pending.due_at(self.settings.flush_interval).filter(|_| room && !self.gave_up);
             // Lines are read while there is room for them: with a full batch
-            // waiting for a free slot, producers wait (the backpressure).
+            // waiting for a free slot (or room in the spool), producers wait
+            // (the backpressure).
             let reading = self.commands_open && (self.gave_up || self.pending.lines() < self.settings.batch_size);
             let deadline = self.shutdown_started.map(|started| started + self.settings.shutdown_deadline);
+            let spool_retry = self.spool_failing_until.filter(|_| !self.gave_up);
             let input = tokio::select! {
                 biased;
                 Some(joined) = self.attempts.join_next() => match joined {
@@ -180,6 +248,10 @@ impl WriterTask {
                 _ = self.handles_alive.recv(), if self.shutdown_started.is_none() => Input::HandlesDropped,
                 () = sleep_until(due_at.unwrap_or_else(Instant::now)), if due_at.is_some() => {
                     Input::FlushIntervalElapsed
+                }
+                () = sleep_until(spool_retry.unwrap_or_else(Instant::now)), if spool_retry.is_some() => {
+                    self.spool_failing_until = None;
+                    continue;
                 }
             };
             match input {
@@ -202,7 +274,7 @@ impl WriterTask {
                 Input::HandlesDropped => {
                     self.shutdown_started.get_or_insert_with(Instant::now);
                 }
-                Input::Attempted(delivery, result) => self.settle(delivery, result),
+                Input::Attempted(delivery, result) => self.settle(delivery, result).await,
                 // Handled at the top of the loop.
                 Input::FlushIntervalElapsed => {}
                 Input::DeadlinePassed => self.give_up().await,
@@ -216,25 +288,183 @@ impl WriterTask {
                 "Shutdown deadline passed with points still unwritten; they are lost."
             );
         }
+        if let Some(spool) = &self.spool {
+            self.report.points_left_in_spool = spool.lines().saturating_sub(self.draining_counted);
+            if self.report.points_left_in_spool > 0 {
+                info!(
+                    points = self.report.points_left_in_spool,
+                    bytes = spool.bytes(),
+                    "Points wait in the spool; they are sent first at the next start."
+                );
+            }
+        }
         self.report
     }
 
-    /// Starts batches while a slot is free and one is due: full, old enough,
-    /// asked for by a flush, or left at shutdown.
+    /// Whether new batches go to the spool: it holds something (they go
+    /// behind it, in order) and it has not just failed to take one.
+    fn spooling(&self) -> bool {
+        self.spool.as_ref().is_some_and(|spool| !spool.is_empty()) && self.spool_failing_until.is_none()
+    }
+
+    /// Whether the spool can take the next batch.
+    fn spool_has_room(&self) -> bool {
+        let bytes = self.pending.bytes_of_next(self.settings.batch_size);
+        self.spool.as_ref().is_some_and(|spool| spool.has_room(bytes))
+    }
+
+    /// Whether a batch is due: full, old enough, asked for by a flush, or left at shutdown.
+    fn batch_due(&self, now: Instant) -> bool {
+        let first = self.received - self.pending.lines() as u64;
+        self.pending.lines() >= self.settings.batch_size
+            || self.shutdown_started.is_some()
+            || first < self.flush_upto
+            || self.pending.due_at(self.settings.flush_interval).is_some_and(|due_at| due_at <= now)
+    }
+
+    /// Starts batches while a slot is free and one is due.
     fn start_due_batches(&mut self, now: Instant) {
         while self.attempts.len() < self.settings.max_in_flight.max(1) && self.pending.lines() > 0 {
-            let first = self.received - self.pending.lines() as u64;
-            let due = self.pending.lines() >= self.settings.batch_size
-                || self.shutdown_started.is_some()
-                || first < self.flush_upto
-                || self.pending.due_at(self.settings.flush_interval).is_some_and(|due_at| due_at <= now);
-            if !due {
+            if !self.batch_due(now) {
                 return;
             }
+            let first = self.received - self.pending.lines() as u64;
             let Some(batch) = self.pending.take(self.settings.batch_size) else { return };
             self.in_flight_lines += batch.lines as u64;
             let part = Part { first, batch, encoded: None };
-            self.attempt(Delivery { part, later: Vec::new(), failures_in_a_row: 0 }, Duration::ZERO);
+            self.attempt(
+                Delivery { part, later: Vec::new(), failures_in_a_row: 0, origin: Origin::Memory },
+                Duration::ZERO,
+            );
+        }
+    }
+
+    /// While the spool holds something, due batches go behind it, as long
+    /// as it has room; when it has none, lines stay pending, the task stops
+    /// reading, and the producers wait.
+    async fn spool_due_batches(&mut self, now: Instant) {
+        while self.pending.lines() > 0 && self.batch_due(now) && self.spooling() {
+            if !self.spool_has_room() {
+                if !self.counters.spool_full.swap(true, Ordering::Relaxed) {
+                    let progress = self.counters.progress();
+                    warn!(
+                        spool_bytes = progress.spool_bytes,
+                        spool_points = progress.spool_points,
+                        oldest = %progress.spool_oldest.map(|at| at.to_rfc3339()).unwrap_or_default(),
+                        writer = %self.writer.describe(),
+                        "The spool is full: no more points are taken, so MQTT messages are no longer \
+                         acknowledged (the broker keeps them) until InfluxDB takes what waits."
+                    );
+                }
+                return;
+            }
+            let first = self.received - self.pending.lines() as u64;
+            let Some(batch) = self.pending.take(self.settings.batch_size) else { return };
+            let part = Part { first, batch, encoded: None };
+            if let Err(part) = self.spool_part(part).await {
+                // The disk failed: this batch and the next ones for a while are sent directly.
+                self.in_flight_lines += part.batch.lines as u64;
+                self.attempt(
+                    Delivery { part, later: Vec::new(), failures_in_a_row: 0, origin: Origin::Memory },
+                    Duration::ZERO,
+                );
+                return;
+            }
+        }
+    }
+
+    /// Appends a part's lines to the spool, counting them settled; gives
+    /// the part back when the spool cannot take it.
+    async fn spool_part(&mut self, part: Part) -> Result<(), Part> {
+        if self.spool_failing_until.is_some()
+            || !self.spool.as_ref().is_some_and(|spool| spool.has_room(part.batch.text.len()))
+        {
+            return Err(part);
+        }
+        let text = part.batch.text;
+        let (text, appended) = self
+            .with_spool(move |spool| {
+                let appended = spool.append(&text, count_lines(&text), Millis::now());
+                (text, appended)
+            })
+            .await
+            .unwrap_or_else(|| unreachable!("checked above"));
+        let part = Part { batch: Batch { text, lines: part.batch.lines }, ..part };
+        match appended {
+            Ok(()) => {
+                let lines = part.batch.lines as u64;
+                self.counters.spooled.fetch_add(lines, Ordering::Relaxed);
+                self.mark_settled(&part);
+                Ok(())
+            }
+            Err(error) => {
+                error!(error = %error, "Cannot write to the spool; points are sent (and retried) from memory for a while.");
+                self.spool_failing_until = Some(Instant::now() + SPOOL_RETRY_AFTER);
+                Err(part)
+            }
+        }
+    }
+
+    /// Sends the spool's oldest batch, if none is on its way.
+    async fn start_drain(&mut self) {
+        if self.draining || self.spool_unreadable || self.shutdown_started.is_some() {
+            return;
+        }
+        if self.spool.as_ref().is_none_or(|spool| spool.is_empty()) {
+            return;
+        }
+        match self.with_spool(Spool::next).await {
+            Some(Ok(Some(spooled))) => {
+                self.draining = true;
+                self.draining_counted = 0;
+                let part = Part { first: 0, batch: Batch { text: spooled.text, lines: spooled.lines }, encoded: None };
+                self.attempt(
+                    Delivery { part, later: Vec::new(), failures_in_a_row: 0, origin: Origin::Spool },
+                    Duration::ZERO,
+                );
+            }
+            Some(Err(error)) => {
+                error!(error = %error, "Cannot read the spool; what it holds is sent at the next start.");
+                self.spool_unreadable = true;
+            }
+            Some(Ok(None)) | None => {}
+        }
+    }
+
+    /// Runs `operation` on the spool on a blocking thread (it does file IO
+    /// and `fdatasync`); `None` without a spool.
+    async fn with_spool<R: Send + 'static>(
+        &mut self,
+        operation: impl FnOnce(&mut Spool) -> R + Send + 'static,
+    ) -> Option<R> {
+        let mut spool = self.spool.take()?;
+        let done = tokio::task::spawn_blocking(move || {
+            let result = operation(&mut spool);
+            (spool, result)
+        })
+        .await;
+        let (spool, result) = match done {
+            Ok(done) => done,
+            // File IO does not panic short of a bug; its panic is the task's.
+            Err(error) => std::panic::resume_unwind(
+                error.try_into_panic().unwrap_or_else(|_| Box::new("spool operation cancelled")),
+            ),
+        };
+        self.spool = Some(spool);
+        self.publish_spool();
+        Some(result)
+    }
+
+    /// Publishes the spool's levels to the counters.
+    fn publish_spool(&self) {
+        let Some(spool) = &self.spool else { return };
+        self.counters.spool_points.store(spool.lines(), Ordering::Relaxed);
+        self.counters.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
+        self.counters.spool_oldest_ms.store(spool.oldest().map_or(i64::MIN, |at| at.0), Ordering::Relaxed);
+        let next_batch = self.pending.bytes_of_next(self.settings.batch_size);
+        if self.counters.spool_full.load(Ordering::Relaxed) && spool.has_room(next_batch) {
+            self.counters.spool_full.store(false, Ordering::Relaxed);
+            info!(spool_bytes = spool.bytes(), "The spool has room again; points are taken again.");
         }
     }
 
@@ -242,6 +472,7 @@ impl WriterTask {
     /// it never was.
     fn attempt(&mut self, mut delivery: Delivery, delay: Duration) {
         self.report.requests += 1;
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let writer = Arc::clone(&self.writer);
         self.attempts.spawn(async move {
             if !delay.is_zero() {
@@ -268,10 +499,14 @@ impl WriterTask {
     }
 
     /// Counts what one attempt decided and sends what comes next: the same
-    /// part again after a backoff, its halves, or the delivery's next part.
-    fn settle(&mut self, mut delivery: Delivery, result: Result<(), WriteError>) {
-        self.in_flight_lines -= delivery.lines();
+    /// part again after a backoff, its halves, the delivery's next part, or
+    /// the delivery to the spool.
+    async fn settle(&mut self, mut delivery: Delivery, result: Result<(), WriteError>) {
+        self.in_flight_lines -= delivery.memory_lines();
         let lines = delivery.part.batch.lines as u64;
+        if let Err(error) = &result {
+            self.counters.count_error(error);
+        }
         match result {
             Ok(()) => {
                 if let Some(failures) = self.failure_log.recovered() {
@@ -279,80 +514,158 @@ impl WriterTask {
                 }
                 self.report.points_written += lines;
                 self.counters.written.fetch_add(lines, Ordering::Relaxed);
-                self.mark_settled(&delivery.part);
+                self.count_settled(&delivery);
             }
-            Err(WriteError::Permanent { status, message }) => {
-                warn!(
-                    status,
-                    message = %message,
-                    points = lines,
-                    writer = %self.writer.describe(),
-                    "InfluxDB rejected a batch; its points are counted as rejected."
-                );
-                self.count_rejected(&delivery.part);
-            }
-            Err(WriteError::TooLarge) if lines > 1 && !self.gave_up => {
+            // Too large, or lines refused for their content (a partial
+            // write): halve and send each half, down to the single lines refused.
+            Err(WriteError::TooLarge | WriteError::Permanent { .. }) if lines > 1 && !self.gave_up => {
                 let Part { first, batch, .. } = delivery.part;
                 let (first_half, second_half) = batch.split_in_half();
                 let second = Part { first: first + first_half.lines as u64, batch: second_half, encoded: None };
                 delivery.later.push(second);
                 delivery.part = Part { first, batch: first_half, encoded: None };
                 delivery.failures_in_a_row = 0;
-                self.in_flight_lines += delivery.lines();
+                self.in_flight_lines += delivery.memory_lines();
                 self.attempt(delivery, Duration::ZERO);
                 return;
             }
-            Err(WriteError::TooLarge) if !self.gave_up => {
-                warn!(
-                    status = 413,
-                    points = 1,
-                    bytes = delivery.part.batch.text.len(),
-                    writer = %self.writer.describe(),
-                    "InfluxDB refused a single line as too large; it is counted as rejected."
-                );
-                self.count_rejected(&delivery.part);
+            // Past the deadline, lines not yet told apart are unwritten, not refused.
+            Err(WriteError::Permanent { .. }) if lines > 1 => {
+                self.end_unfinished(&delivery);
+                return;
             }
-            Err(WriteError::Transient { status, retry_after, message }) if !self.gave_up => {
-                let delay = backoff_delay(delivery.failures_in_a_row, retry_after, self.settings.max_backoff);
-                delivery.failures_in_a_row = delivery.failures_in_a_row.saturating_add(1);
-                if let Some(failures) = self.failure_log.failed(Instant::now()) {
-                    warn!(
-                        status = ?status,
-                        message = %message,
-                        failures,
-                        retry_in = ?delay,
-                        writer = %self.writer.describe(),
-                        "InfluxDB write failed; retrying."
-                    );
+            Err(WriteError::Permanent { status, message }) => {
+                self.refuse(&delivery, status, &message).await;
+            }
+            Err(WriteError::TooLarge) if !self.gave_up => {
+                let message = format!("the line alone is too large ({} bytes)", delivery.part.batch.text.len());
+                self.refuse(&delivery, 413, &message).await;
+            }
+            Err(error @ WriteError::Transient { .. }) if delivery.origin == Origin::Memory && self.spool.is_some() => {
+                let Delivery { part, later, .. } = delivery;
+                let mut parts = std::iter::once(part).chain(later.into_iter().rev());
+                while let Some(part) = parts.next() {
+                    if let Err(part) = self.spool_part(part).await {
+                        // No room (or a disk error): what is left is retried from memory.
+                        let mut later: Vec<Part> = parts.collect();
+                        later.reverse();
+                        let delivery = Delivery { part, later, failures_in_a_row: 1, origin: Origin::Memory };
+                        if self.gave_up {
+                            self.end_unfinished(&delivery);
+                        } else {
+                            self.retry(delivery, error);
+                        }
+                        return;
+                    }
                 }
-                self.report.retries += 1;
-                self.in_flight_lines += delivery.lines();
-                self.attempt(delivery, delay);
+                return;
+            }
+            Err(error @ WriteError::Transient { .. }) if !self.gave_up => {
+                self.retry(delivery, error);
                 return;
             }
             // The deadline has passed: nothing more is attempted.
             Err(WriteError::TooLarge | WriteError::Transient { .. }) => {
-                self.report.points_unwritten_at_shutdown += delivery.lines();
+                self.end_unfinished(&delivery);
                 return;
             }
         }
         if let Some(next) = delivery.later.pop() {
             if self.gave_up {
-                self.report.points_unwritten_at_shutdown += delivery.lines() - lines;
+                delivery.part = next;
+                self.end_unfinished(&delivery);
                 return;
             }
             delivery.part = next;
             delivery.failures_in_a_row = 0;
-            self.in_flight_lines += delivery.lines();
+            self.in_flight_lines += delivery.memory_lines();
             self.attempt(delivery, Duration::ZERO);
+        } else if delivery.origin == Origin::Spool {
+            // Every line of the spooled batch is written or dead-lettered.
+            self.draining = false;
+            self.draining_counted = 0;
+            if let Some(Err(error)) = self.with_spool(Spool::ack).await {
+                error!(error = %error, "Cannot remove a sent batch from the spool; it is sent again at the next start.");
+            }
         }
     }
 
-    fn count_rejected(&mut self, part: &Part) {
+    /// Sends the delivery's part again after a backoff (logged at a limited rate).
+    fn retry(&mut self, mut delivery: Delivery, error: WriteError) {
+        let WriteError::Transient { status, retry_after, message } = error else { return };
+        let delay = backoff_delay(delivery.failures_in_a_row, retry_after, self.settings.max_backoff);
+        delivery.failures_in_a_row = delivery.failures_in_a_row.saturating_add(1);
+        if let Some(failures) = self.failure_log.failed(Instant::now()) {
+            warn!(
+                status = ?status,
+                message = %message,
+                failures,
+                retry_in = ?delay,
+                writer = %self.writer.describe(),
+                "InfluxDB write failed; retrying."
+            );
+        }
+        self.report.retries += 1;
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        self.in_flight_lines += delivery.memory_lines();
+        self.attempt(delivery, delay);
+    }
+
+    /// A delivery's current part and later parts will not be attempted (the
+    /// deadline passed): lines handed over are unwritten; a spooled batch
+    /// stays in the spool.
+    fn end_unfinished(&mut self, delivery: &Delivery) {
+        match delivery.origin {
+            Origin::Memory => self.report.points_unwritten_at_shutdown += delivery.lines(),
+            Origin::Spool => self.draining = false,
+        }
+    }
+
+    /// A single line refused for itself: into the dead-letter file (when
+    /// there is one) with the server's answer, counted as refused.
+    async fn refuse(&mut self, delivery: &Delivery, status: u16, message: &str) {
+        let part = &delivery.part;
         let lines = part.batch.lines as u64;
+        let mut dead_lettered = false;
+        if let Some(dead_letters) = self.dead_letters.clone() {
+            let text = part.batch.text.clone();
+            let answer = message.to_string();
+            let appended =
+                tokio::task::spawn_blocking(move || dead_letters.append(&text, status, &answer, Millis::now())).await;
+            match appended {
+                Ok(Ok(())) => dead_lettered = true,
+                Ok(Err(error)) => {
+                    error!(error = %error, line = %part.batch.text.trim_end(), "Cannot write a refused line to the dead-letter file.")
+                }
+                Err(error) => error!(error = %error, "The dead-letter write failed."),
+            }
+        }
+        if let Some(refusals) = self.refusal_log.failed(Instant::now()) {
+            warn!(
+                status,
+                message = %message,
+                refusals,
+                line = %part.batch.text.trim_end(),
+                dead_letter_file = %self.dead_letters.as_ref().map(|file| file.path().display().to_string()).unwrap_or_default(),
+                writer = %self.writer.describe(),
+                "InfluxDB refused a line; it is counted as refused (and kept in the dead-letter file, if there is one)."
+            );
+        }
+        if dead_lettered {
+            self.counters.dead_lettered.fetch_add(lines, Ordering::Relaxed);
+        }
         self.report.points_rejected += lines;
         self.counters.rejected.fetch_add(lines, Ordering::Relaxed);
-        self.mark_settled(part);
+        self.count_settled(delivery);
+    }
+
+    /// The delivery's current part is written or refused: lines handed over
+    /// join the watermark; a spooled batch's lines are noted until it is done.
+    fn count_settled(&mut self, delivery: &Delivery) {
+        match delivery.origin {
+            Origin::Memory => self.mark_settled(&delivery.part),
+            Origin::Spool => self.draining_counted += delivery.part.batch.lines as u64,
+        }
     }
 
     fn mark_settled(&mut self, part: &Part) {
@@ -369,23 +682,36 @@ impl WriterTask {
         }
     }
 
-    /// The shutdown deadline passed: attempts still running are cancelled (an
-    /// HTTP request is dropped; InfluxDB writes are idempotent, so a batch
-    /// that did arrive and is counted as unwritten is not doubled by
-    /// anything), and every line not yet settled is counted as unwritten.
-    /// Flushes still waiting are dropped: their callers see the task gone.
-    async fn give_up(&mut self) {
-        self.gave_up = true;
-        self.attempts.abort_all();
+    /// Settles what ended before it could be cancelled, after `abort_all`.
+    async fn join_aborted(&mut self) {
         while let Some(joined) = self.attempts.join_next().await {
             match joined {
-                // Those that ended before they could be cancelled still count.
-                Ok((delivery, result)) => self.settle(delivery, result),
+                Ok((delivery, result)) => Box::pin(self.settle(delivery, result)).await,
                 Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                 Err(_) => {}
             }
         }
+        self.draining = false;
+    }
+
+    /// The shutdown deadline passed: attempts still running are cancelled (an
+    /// HTTP request is dropped; InfluxDB writes are idempotent, so a batch
+    /// that did arrive and is counted as unwritten is not doubled by
+    /// anything), lines pending go to the spool if there is one, and every
+    /// other line not yet settled is counted as unwritten.
+    /// Flushes still waiting are dropped: their callers see the task gone.
+    async fn give_up(&mut self) {
+        self.gave_up = true;
+        self.attempts.abort_all();
+        self.join_aborted().await;
         self.report.points_unwritten_at_shutdown += std::mem::take(&mut self.in_flight_lines);
+        while self.spool.is_some() && self.pending.lines() > 0 {
+            let first = self.received - self.pending.lines() as u64;
+            let Some(batch) = self.pending.take(self.settings.batch_size) else { break };
+            if let Err(part) = self.spool_part(Part { first, batch, encoded: None }).await {
+                self.report.points_unwritten_at_shutdown += part.batch.lines as u64;
+            }
+        }
         self.report.points_unwritten_at_shutdown += self.pending.discard() as u64;
         self.flushes.clear();
     }

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,24 +54,29 @@ pub trait Writer: Send + Sync {
 /// Why one write failed; decides what the writer task does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// Worth retrying as is: 429, 5xx, connection refused, timeout.
+    /// Worth retrying as is: 429, 5xx, 401/403/404, connection refused, timeout.
     #[error("transient failure (status {status:?}): {message}")]
     Transient { status: Option<u16>, retry_after: Option<Duration>, message: String },
     /// 413: the body must be split and sent again in smaller pieces.
     #[error("request body too large (413)")]
     TooLarge,
-    /// Any other 4xx: sending the same body again would fail the same way.
+    /// Lines refused for their content (400, 422, other 4xx): sending the
+    /// same body again would fail the same way.
     #[error("rejected with status {status}: {message}")]
     Permanent { status: u16, message: String },
 }
 
 /// InfluxDB 1.x: `POST {url}/write?db=..&precision=ns[&rp=..]`, gzipped,
 /// with basic auth when a username is configured.
+///
+/// After a 401 or 403 the password is read again from `password_file`, if
+/// one is configured, for the next try.
 pub struct V1Writer {
     client: reqwest::Client,
     write_url: Url,
     username: Option<String>,
-    password: Option<String>,
+    password: RwLock<Option<String>>,
+    password_file: Option<String>,
 }
 
 impl V1Writer {
@@ -94,13 +99,20 @@ impl V1Writer {
             .default_headers(write_headers())
             .build()
             .map_err(|error| SinkError::HttpClient(error.to_string()))?;
-        Ok(V1Writer { client, write_url, username: config.username.clone(), password: secrets.password.clone() })
+        Ok(V1Writer {
+            client,
+            write_url,
+            username: config.username.clone(),
+            password: RwLock::new(secrets.password.clone()),
+            password_file: config.password_file.clone(),
+        })
     }
 
     async fn write_gzipped(&self, body: Bytes) -> Result<(), WriteError> {
         let mut request = self.client.post(self.write_url.clone()).body(body);
         if let Some(username) = &self.username {
-            request = request.basic_auth(username, self.password.as_ref());
+            let password = self.password.read().unwrap_or_else(PoisonError::into_inner).clone();
+            request = request.basic_auth(username, password);
         }
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
@@ -120,7 +132,13 @@ impl V1Writer {
             None
         };
         // A body that cannot be read leaves the message empty; the status decides.
-        let message = response.text().await.unwrap_or_default();
+        let mut message = response.text().await.unwrap_or_default();
+        if let (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(path)) = (status, &self.password_file) {
+            match super::read_password_file(path) {
+                Ok(password) => *self.password.write().unwrap_or_else(PoisonError::into_inner) = Some(password),
+                Err(problem) => message = format!("{message} ({problem})"),
+            }
+        }
         classify(status.as_u16(), &message, retry_after)
     }
 }
@@ -158,10 +176,16 @@ impl Writer for V1Writer {
 ///   back to success;
 /// - its errors drop the response headers, so `Retry-After` is unknown on
 ///   this path and retries rely on backoff alone.
+///
+/// After a 401 or 403 the token is read again from `token_file`, if one is
+/// configured, and the client rebuilt with it for the next try.
 pub struct V2Writer {
-    client: influxdb2::Client,
+    client: RwLock<influxdb2::Client>,
     org: String,
     bucket: String,
+    base: String,
+    token_file: Option<String>,
+    request_timeout: Duration,
 }
 
 impl V2Writer {
@@ -174,13 +198,39 @@ impl V2Writer {
                 config.url
             )));
         }
-        let builder = reqwest::Client::builder().timeout(config.request_timeout).default_headers(write_headers());
         let token = secrets.token.clone().unwrap_or_default();
-        let client = influxdb2::ClientBuilder::with_builder(builder, url.as_str(), config.org.as_str(), token)
-            .build()
-            .map_err(|error| SinkError::HttpClient(error.to_string()))?;
-        Ok(V2Writer { client, org: config.org.clone(), bucket: config.bucket.clone() })
+        let client = v2_client(url.as_str(), &config.org, token, config.request_timeout)?;
+        Ok(V2Writer {
+            client: RwLock::new(client),
+            org: config.org.clone(),
+            bucket: config.bucket.clone(),
+            base: url.to_string(),
+            token_file: config.token_file.clone(),
+            request_timeout: config.request_timeout,
+        })
     }
+
+    /// Reads `token_file` again and rebuilds the client with it; the problem, if that fails.
+    fn reload_token(&self) -> Option<String> {
+        let path = self.token_file.as_ref()?;
+        let rebuilt = super::read_token_file(path).and_then(|token| {
+            v2_client(&self.base, &self.org, token, self.request_timeout).map_err(|error| error.to_string())
+        });
+        match rebuilt {
+            Ok(client) => {
+                *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
+                None
+            }
+            Err(problem) => Some(problem),
+        }
+    }
+}
+
+fn v2_client(base: &str, org: &str, token: String, request_timeout: Duration) -> Result<influxdb2::Client, SinkError> {
+    let builder = reqwest::Client::builder().timeout(request_timeout).default_headers(write_headers());
+    influxdb2::ClientBuilder::with_builder(builder, base, org, token)
+        .build()
+        .map_err(|error| SinkError::HttpClient(error.to_string()))
 }
 
 impl Writer for V2Writer {
@@ -189,7 +239,8 @@ impl Writer for V2Writer {
     }
 
     fn describe(&self) -> String {
-        format!("InfluxDB v2 {} bucket {:?}", without_credentials(&self.client.base), self.bucket)
+        let base = Url::parse(&self.base).map_or_else(|_| self.base.clone(), |url| without_credentials(&url));
+        format!("InfluxDB v2 {base} bucket {:?}", self.bucket)
     }
 
     fn encoder(&self) -> Option<Encoder> {
@@ -199,13 +250,20 @@ impl Writer for V2Writer {
     fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
         Box::pin(async move {
             let body = encoded.cloned().unwrap_or_else(|| gzip(lines));
-            let result = self
-                .client
+            let client = self.client.read().unwrap_or_else(PoisonError::into_inner).clone();
+            let result = client
                 .write_line_protocol_with_precision(&self.org, &self.bucket, body, TimestampPrecision::Nanoseconds)
                 .await;
             match result {
                 Ok(()) => Ok(()),
-                Err(influxdb2::RequestError::Http { status, text }) => classify(status.as_u16(), &text, None),
+                Err(influxdb2::RequestError::Http { status, mut text }) => {
+                    if matches!(status.as_u16(), 401 | 403) {
+                        if let Some(problem) = self.reload_token() {
+                            text = format!("{text} ({problem})");
+                        }
+                    }
+                    classify(status.as_u16(), &text, None)
+                }
                 Err(influxdb2::RequestError::ReqwestProcessing { source }) => Err(transport_error(source)),
                 // Serializing and Deserializing belong to other calls of the
                 // crate; should one appear, retrying is the choice that loses nothing.
@@ -301,19 +359,23 @@ impl Writer for DiscardWriter {
 
 /// The status rules shared by both InfluxDB APIs.
 ///
-/// InfluxDB 1.x answers 400 to a batch of which only some lines failed
-/// ("partial write: field type conflict"), having stored the others. The
-/// answer does not say reliably which lines failed, so the whole batch is
-/// counted as rejected: resending it would fail the same way.
+/// - 429 and 5xx: InfluxDB is overloaded or down; 401, 403 and 404: a
+///   credential, permission or database an operator fixes while we wait.
+///   All are transient: the lines wait (in the spool) and are tried again.
+/// - 400, 422 and any other status: the lines themselves are refused.
+///   InfluxDB 1.x answers 400 to a batch of which only some lines failed
+///   ("partial write: field type conflict: ... dropped=N"), having stored the
+///   others, and names only the first bad line; 2.x answers 422 (or 400 for
+///   a line it cannot parse). The writer task halves such a batch down to
+///   the single lines refused.
 pub(crate) fn classify(status: u16, message: &str, retry_after: Option<Duration>) -> Result<(), WriteError> {
     let message = short_message(message);
     match status {
         200..=299 => Ok(()),
         413 => Err(WriteError::TooLarge),
-        429 | 500..=599 => Err(WriteError::Transient { status: Some(status), retry_after, message }),
+        401 | 403 | 404 | 429 | 500..=599 => Err(WriteError::Transient { status: Some(status), retry_after, message }),
         // Any other 4xx, and statuses a write endpoint never answers with
-        // (1xx, 3xx left after redirects): a misconfiguration that resending
-        // will not cure.
+        // (1xx, 3xx left after redirects).
         _ => Err(WriteError::Permanent { status, message }),
     }
 }
@@ -377,10 +439,10 @@ mod tests {
         assert_eq!(classify(204, "", None), Ok(()));
         assert_eq!(classify(200, "", None), Ok(()));
         assert_eq!(classify(413, "too big", None), Err(WriteError::TooLarge));
-        for status in [429, 500, 502, 503, 504] {
+        for status in [401, 403, 404, 429, 500, 502, 503, 504] {
             assert!(matches!(classify(status, "", None), Err(WriteError::Transient { .. })), "{status}");
         }
-        for status in [400, 401, 403, 404, 422] {
+        for status in [400, 405, 422] {
             assert!(matches!(classify(status, "", None), Err(WriteError::Permanent { .. })), "{status}");
         }
         let retry_after = Some(Duration::from_secs(1));

@@ -32,8 +32,9 @@ use super::{sync_dir, StorageError};
 /// The journal format this version writes and reads.
 pub const JOURNAL_FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"qwjournl";
-const HEADER_BYTES: usize = 16;
-const FRAME_HEADER_BYTES: usize = 16;
+/// A segment begins with `magic [8] | version u32 | 0u32`.
+pub(crate) const HEADER_BYTES: usize = 16;
+pub(crate) const FRAME_HEADER_BYTES: usize = 16;
 /// Larger frames are taken as corruption (a record holds one MQTT payload).
 const MAX_RECORD_BYTES: usize = 64 << 20;
 /// How long a group waits for more records before it is committed: at a
@@ -71,12 +72,17 @@ pub fn segment_name(first: u64) -> String {
 
 /// Segment files in `dir`, by first record number.
 pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    numbered_files(dir, "journal-", ".qwj")
+}
+
+/// Files in `dir` named `<prefix><number><suffix>` (segments of the journal,
+/// of the spool), by number.
+pub(crate) fn numbered_files(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|source| StorageError::io(dir, source))? {
         let entry = entry.map_err(|source| StorageError::io(dir, source))?;
         let name = entry.file_name();
-        let Some(first) =
-            name.to_str().and_then(|name| name.strip_prefix("journal-")?.strip_suffix(".qwj")?.parse().ok())
+        let Some(first) = name.to_str().and_then(|name| name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok())
         else {
             continue;
         };
@@ -117,7 +123,7 @@ pub fn read(dir: &Path, after: u64, mut apply: impl FnMut(u64, &[u8])) -> Result
             OpenOptions::new().read(true).write(true).open(&path).map_err(|source| StorageError::io(&path, source))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|source| StorageError::io(&path, source))?;
-        check_header(&path, &bytes)?;
+        check_header(&path, &bytes, MAGIC, JOURNAL_FORMAT_VERSION)?;
         let mut offset = HEADER_BYTES;
         let mut expected = first;
         while offset < bytes.len() {
@@ -150,25 +156,56 @@ pub fn read(dir: &Path, after: u64, mut apply: impl FnMut(u64, &[u8])) -> Result
     Ok(summary)
 }
 
-fn check_header(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+/// The header of a segment file of the kind `magic` names (the journal's, the spool's).
+pub(crate) fn file_header(magic: &[u8; 8], version: u32) -> Vec<u8> {
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    header.extend_from_slice(magic);
+    header.extend_from_slice(&version.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header
+}
+
+/// Creates (or empties) the segment file at `path` with its header, synced
+/// along with its folder before any frame is written to it.
+pub(crate) fn create_segment_file(path: &Path, magic: &[u8; 8], version: u32) -> Result<File, StorageError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| StorageError::io(path, source))?;
+    file.write_all(&file_header(magic, version))
+        .and_then(|()| file.sync_all())
+        .map_err(|source| StorageError::io(path, source))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(file)
+}
+
+/// Checks a segment's header against `magic` and `version`.
+pub(crate) fn check_header(path: &Path, bytes: &[u8], magic: &[u8; 8], supported: u32) -> Result<(), StorageError> {
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != magic {
         // A segment is created with its header synced before any record:
         // a shorter one can only be one torn at creation, holding nothing.
-        if bytes.len() < HEADER_BYTES && MAGIC.starts_with(&bytes[..bytes.len().min(8)]) {
+        if bytes.len() < HEADER_BYTES && magic.starts_with(&bytes[..bytes.len().min(8)]) {
             return Ok(());
         }
-        return Err(StorageError::Corrupt { path: path.into(), detail: "not a queuewatch journal segment".into() });
+        return Err(StorageError::Corrupt {
+            path: path.into(),
+            detail: "not a queuewatch segment of this kind".into(),
+        });
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != JOURNAL_FORMAT_VERSION {
-        return Err(StorageError::Version { path: path.into(), found: version, supported: JOURNAL_FORMAT_VERSION });
+    if version != supported {
+        return Err(StorageError::Version { path: path.into(), found: version, supported });
     }
     Ok(())
 }
 
 /// The frame at `offset`: its number, its record and where the next begins;
 /// `None` if it is cut off or fails its checksum.
-fn frame_at(bytes: &[u8], offset: usize) -> Option<(u64, &[u8], usize)> {
+pub(crate) fn frame_at(bytes: &[u8], offset: usize) -> Option<(u64, &[u8], usize)> {
     let header = bytes.get(offset..offset + FRAME_HEADER_BYTES)?;
     let length = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
     let checksum = u32::from_le_bytes(header[4..8].try_into().ok()?);
@@ -294,19 +331,7 @@ struct Files {
 impl Files {
     fn create(dir: &Path, first: u64) -> Result<Files, StorageError> {
         let path = dir.join(segment_name(first));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| StorageError::io(&path, source))?;
-        let mut header = Vec::with_capacity(HEADER_BYTES);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&JOURNAL_FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        file.write_all(&header).map_err(|source| StorageError::io(&path, source))?;
-        file.sync_all().map_err(|source| StorageError::io(&path, source))?;
-        sync_dir(dir)?;
+        let file = create_segment_file(&path, MAGIC, JOURNAL_FORMAT_VERSION)?;
         Ok(Files { dir: dir.into(), file: Box::new(file), path, good_length: HEADER_BYTES as u64 })
     }
 

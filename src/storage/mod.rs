@@ -88,25 +88,7 @@ impl StateDir {
     /// another session.
     pub fn open(data_dir: &Path, session: &Session) -> Result<StateDir, StorageError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StorageError::io(data_dir, source))?;
-        let lock_path = data_dir.join("lock");
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|source| StorageError::io(&lock_path, source))?;
-        if let Err(error) = lock.try_lock() {
-            let mut holder = String::new();
-            let _ = lock.read_to_string(&mut holder);
-            let holder = match (error, holder.trim()) {
-                (std::fs::TryLockError::WouldBlock, "") => "a process".to_owned(),
-                (std::fs::TryLockError::WouldBlock, pid) => format!("process {pid}"),
-                (std::fs::TryLockError::Error(source), _) => return Err(StorageError::io(&lock_path, source)),
-            };
-            return Err(StorageError::Locked { path: data_dir.into(), holder });
-        }
-        let _ = lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| writeln!(lock, "{}", std::process::id()));
+        let lock = lock_folder(data_dir)?;
 
         let state = data_dir.join("state");
         let session_path = state.join("SESSION");
@@ -147,6 +129,31 @@ impl StateDir {
     pub fn path(&self) -> &Path {
         &self.state
     }
+}
+
+/// Takes the lock of folder `dir` (`dir/lock`, holding our pid) for as
+/// long as the returned file is open: one process per folder.
+pub fn lock_folder(dir: &Path) -> Result<File, StorageError> {
+    let lock_path = dir.join("lock");
+    let mut lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|source| StorageError::io(&lock_path, source))?;
+    if let Err(error) = lock.try_lock() {
+        let mut holder = String::new();
+        let _ = lock.read_to_string(&mut holder);
+        let holder = match (error, holder.trim()) {
+            (std::fs::TryLockError::WouldBlock, "") => "a process".to_owned(),
+            (std::fs::TryLockError::WouldBlock, pid) => format!("process {pid}"),
+            (std::fs::TryLockError::Error(source), _) => return Err(StorageError::io(&lock_path, source)),
+        };
+        return Err(StorageError::Locked { path: dir.into(), holder });
+    }
+    let _ = lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| writeln!(lock, "{}", std::process::id()));
+    Ok(lock)
 }
 
 /// Syncs a folder, so that a file created or renamed in it survives a crash.

@@ -152,6 +152,16 @@ impl Daemon {
         text
     }
 
+    /// The running start's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the running start has logged `needle` so far.
+    pub fn current_log_contains(&self, needle: &str) -> bool {
+        self.current_log().contains(needle)
+    }
+
     fn current_log(&self) -> String {
         read(&self.log_path(self.starts))
     }

@@ -52,6 +52,21 @@ pub async fn rows(influx: &Influx1, db: &str, measurement: &str) -> Vec<Row> {
     rows
 }
 
+/// Waits until `measurement` in database `qw` has at least `count` points;
+/// fails with the daemon's logs after `DEADLINE`.
+pub async fn wait_for_points(influx: &Influx1, measurement: &str, count: usize, daemon: &crate::daemon::Daemon) {
+    let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
+    while rows(influx, "qw", measurement).await.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {count} {measurement} points after {:?}\n{}",
+            crate::daemon::DEADLINE,
+            daemon.log_tails(60)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// `None` when both have the same rows; otherwise the counts and the first
 /// rows found in one only.
 pub fn difference(measurement: &str, expected: &[Row], actual: &[Row]) -> Option<String> {
