@@ -42,7 +42,7 @@ use crate::alerts::AlertPublisher;
 use crate::config::Config;
 use crate::durable::Durability;
 use crate::mqtt::{office_from_topic, Incoming, MqttSource};
-use crate::ops::{self, OpsPublisher, OpsSnapshot, SinkWatch};
+use crate::ops::{self, OpsPublisher, OpsSnapshot};
 use crate::pipeline::Pipeline;
 use crate::point::{FieldValue, Point};
 use crate::sink::{self, Secrets, SinkHandle, SinkProgress, SinkReport};
@@ -300,7 +300,9 @@ pub async fn run_with(
     let ops_publisher = match ops_listener {
         Some(listener) => {
             let stall_limit = config.influxdb.request_timeout + config.influxdb.max_backoff;
-            let (endpoint, publisher) = ops::Endpoint::new(source.connection(), stall_limit);
+            // `run` has one writer; with several (the demo), the first one's counts.
+            let sink = sinks.first().map(SinkHandle::progress_reader);
+            let (endpoint, publisher) = ops::Endpoint::new(source.connection(), sink, stall_limit);
             info!(address = %listener.address(), "Operations endpoint listening.");
             let stop = stopped(stop_receiver.clone());
             tokio::spawn(async move {
@@ -312,7 +314,6 @@ pub async fn run_with(
         }
         None => None,
     };
-    let mut sink_watch = SinkWatch::default();
     let mut ops_cadence = OpsCadence::new();
     let mut acker = source.acker();
     let mut alerts = AlertPublisher::new(source.client(), &config.alerts);
@@ -370,14 +371,14 @@ pub async fn run_with(
             }
             _ = ops_due.tick(), if ops_publisher.is_some() => {
                 if let Some(publisher) = &ops_publisher {
-                    publish_ops(publisher, &pipeline, durability.as_ref(), &sinks, &mut sink_watch);
+                    publish_ops(publisher, &pipeline, durability.as_ref());
                     ops_cadence.published();
                 }
                 continue;
             }
         };
         if let Some(publisher) = ops_publisher.as_ref().filter(|_| ops_cadence.input_due()) {
-            publish_ops(publisher, &pipeline, durability.as_ref(), &sinks, &mut sink_watch);
+            publish_ops(publisher, &pipeline, durability.as_ref());
             ops_cadence.published();
         }
         let send_now = matches!(input, Input::Tick | Input::SelfReport(_));
@@ -496,7 +497,7 @@ pub async fn run_with(
                     // loop here; the endpoint still sees the counts move.
                     _ = ops_due.tick(), if ops_publisher.is_some() => {
                         if let Some(publisher) = &ops_publisher {
-                            publish_ops(publisher, &pipeline, durability.as_ref(), &sinks, &mut sink_watch);
+                            publish_ops(publisher, &pipeline, durability.as_ref());
                         }
                     }
                 }
@@ -631,28 +632,18 @@ async fn durable_changed(durability: &mut Option<Durability>) {
     }
 }
 
-/// Publishes the loop's counts for the operations endpoint.
-fn publish_ops(
-    publisher: &OpsPublisher,
-    pipeline: &Pipeline,
-    durability: Option<&Durability>,
-    sinks: &[SinkHandle],
-    sink_watch: &mut SinkWatch,
-) {
-    let now = std::time::Instant::now();
-    // `run` has one writer; with several (the demo), the first one's counts.
-    let sink = sinks.first().map(SinkHandle::progress).unwrap_or_default();
+/// Publishes the loop's counts for the operations endpoint (the writer's it
+/// reads live).
+fn publish_ops(publisher: &OpsPublisher, pipeline: &Pipeline, durability: Option<&Durability>) {
     let snapshot = OpsSnapshot {
-        at: Some(now),
+        at: Some(std::time::Instant::now()),
         stats: pipeline.stats().clone(),
-        sink,
-        sink_stalled_since: sink_watch.observe(&sink, now),
         open_tickets: pipeline.tracker().open_segments() as u64,
         newest_event: pipeline.newest_event(),
         journal_bytes: durability.map(Durability::journal_bytes),
         last_snapshot_at: durability.and_then(Durability::last_snapshot_at),
         journal_failing: durability.is_some_and(Durability::failing),
-        stopping: false,
+        ..OpsSnapshot::default()
     };
     publisher.send_replace(snapshot);
 }

@@ -22,7 +22,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper::service::{make_service_fn, service_fn};
@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use crate::event::RejectReason;
 use crate::mqtt::ConnectionState;
-use crate::sink::SinkProgress;
+use crate::sink::{ProgressReader, SinkProgress};
 use crate::stats::{Stats, MEASUREMENTS};
 use crate::time::Millis;
 use crate::tracker::Note;
@@ -156,7 +156,7 @@ impl Listener {
 
 /// What the endpoint reads: the loop's snapshots and the MQTT state.
 pub struct Endpoint {
-    snapshots: watch::Receiver<OpsSnapshot>,
+    live: Arc<Live>,
     mqtt: ConnectionState,
     sink_stall_limit: Duration,
     registry: Registry,
@@ -164,11 +164,19 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// The endpoint and the publisher the daemon loop sends snapshots through.
-    pub fn new(mqtt: ConnectionState, sink_stall_limit: Duration) -> (Endpoint, OpsPublisher) {
+    /// With `sink`, the writer's counts are read live on every request rather
+    /// than from the loop's snapshot: the loop itself waits while the spool
+    /// is full, and that is exactly when the endpoint must say so.
+    pub fn new(
+        mqtt: ConnectionState,
+        sink: Option<ProgressReader>,
+        sink_stall_limit: Duration,
+    ) -> (Endpoint, OpsPublisher) {
         let (publisher, snapshots) = watch::channel(OpsSnapshot::default());
+        let live = Arc::new(Live { snapshots, sink, sink_watch: Mutex::new(SinkWatch::default()) });
         let mut registry = Registry::with_prefix("queuewatch");
-        registry.register_collector(Box::new(Metrics { snapshots: snapshots.clone(), mqtt: mqtt.clone() }));
-        (Endpoint { snapshots, mqtt, sink_stall_limit, registry }, publisher)
+        registry.register_collector(Box::new(Metrics { live: Arc::clone(&live), mqtt: mqtt.clone() }));
+        (Endpoint { live, mqtt, sink_stall_limit, registry }, publisher)
     }
 
     /// The answer to one request.
@@ -179,7 +187,7 @@ impl Endpoint {
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => {
-                let snapshot = self.snapshots.borrow();
+                let snapshot = self.live.current();
                 match readiness(&snapshot, self.mqtt.is_connected(), self.sink_stall_limit, Instant::now()) {
                     Ok(()) => text(StatusCode::OK, "ready\n".into()),
                     Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
@@ -200,9 +208,39 @@ impl Endpoint {
     }
 }
 
+/// The loop's newest snapshot, with the writer's counts read live.
+#[derive(Debug)]
+struct Live {
+    snapshots: watch::Receiver<OpsSnapshot>,
+    sink: Option<ProgressReader>,
+    /// Owned by the endpoint: looked at every second by [`serve`] and on
+    /// every request, so a stall is timed even while the loop waits.
+    sink_watch: Mutex<SinkWatch>,
+}
+
+impl Live {
+    fn current(&self) -> OpsSnapshot {
+        let mut snapshot = self.snapshots.borrow().clone();
+        if let Some(reader) = &self.sink {
+            snapshot.sink = reader.read();
+            let mut watch = self.sink_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            snapshot.sink_stalled_since = watch.observe(&snapshot.sink, Instant::now());
+        }
+        snapshot
+    }
+}
+
 /// Serves `endpoint` on `listener` until `shutdown` resolves.
 pub async fn serve(listener: Listener, endpoint: Endpoint, shutdown: impl Future<Output = ()>) -> hyper::Result<()> {
     let endpoint = Arc::new(endpoint);
+    let live = Arc::clone(&endpoint.live);
+    let watching = tokio::spawn(async move {
+        let mut every_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every_second.tick().await;
+            live.current();
+        }
+    });
     let make_service = make_service_fn(move |_connection| {
         let endpoint = Arc::clone(&endpoint);
         async move {
@@ -212,12 +250,14 @@ pub async fn serve(listener: Listener, endpoint: Endpoint, shutdown: impl Future
             }))
         }
     });
-    hyper::Server::from_tcp(listener.socket)?
+    let served = hyper::Server::from_tcp(listener.socket)?
         .http1_only(true)
         .http1_header_read_timeout(Duration::from_secs(10))
         .serve(make_service)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    watching.abort();
+    served
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
@@ -231,13 +271,13 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 /// Renders the newest snapshot on each scrape.
 #[derive(Debug)]
 struct Metrics {
-    snapshots: watch::Receiver<OpsSnapshot>,
+    live: Arc<Live>,
     mqtt: ConnectionState,
 }
 
 impl Collector for Metrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = self.snapshots.borrow().clone();
+        let snapshot = self.live.current();
         let stats = &snapshot.stats;
         let mut out = Out(&mut encoder);
 
@@ -471,7 +511,7 @@ mod tests {
 
     #[test]
     fn metrics_render_every_reason_outcome_and_measurement_and_nothing_else_from_the_input() {
-        let (endpoint, publisher) = Endpoint::new(ConnectionState::default(), LIMIT);
+        let (endpoint, publisher) = Endpoint::new(ConnectionState::default(), None, LIMIT);
         let mut stats = Stats { accepted: 7, ..Stats::default() };
         stats.reject(RejectReason::MalformedJson);
         stats.notes.add(Note::Duplicate);

@@ -49,16 +49,10 @@ const SETTLE: &str = r#"{"office": "mpp-jkt", "type": "heartbeat", "ts": "2026-1
 /// (`name{key="value",…}`, labels sorted).
 type Samples = BTreeMap<String, f64>;
 
-async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.unwrap_or_else(|error| panic!("GET {url}: {error}"));
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
 /// Scrapes `/metrics` and parses it with a Prometheus text parser; fails
 /// unless every sample line parses.
 async fn scrape(base: &str) -> Samples {
-    let (status, body) = get(&format!("{base}/metrics")).await;
+    let (status, body) = common::http_get(&format!("{base}/metrics")).await;
     assert_eq!(status, 200, "{body}");
     let lines = body.lines().map(|line| Ok(line.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("the metrics parse");
@@ -236,7 +230,7 @@ async fn metrics_after_a_live_run_agree_with_the_replay_summary_of_the_same_even
     for key in ["queuewatch_open_tickets", "queuewatch_points_written_total", "queuewatch_points_unsettled"] {
         assert!(scraped.contains_key(key), "{key} in {scraped:#?}");
     }
-    let (_, body) = get(&format!("{base}/metrics")).await;
+    let (_, body) = common::http_get(&format!("{base}/metrics")).await;
     for secret_or_input in [influx.url.as_str(), mqtt.url.as_str(), "queue/all/events", "mpp-jkt", "ops-metrics"] {
         assert!(!body.contains(secret_or_input), "/metrics shows {secret_or_input:?}");
     }
@@ -259,7 +253,7 @@ async fn readyz_follows_the_broker_and_healthz_answers_throughout() {
         move || {
             let base = base.clone();
             async move {
-                let (status, body) = get(&format!("{base}/readyz")).await;
+                let (status, body) = common::http_get(&format!("{base}/readyz")).await;
                 if status == expected_status && body.contains(needle) {
                     Ok(())
                 } else {
@@ -269,18 +263,18 @@ async fn readyz_follows_the_broker_and_healthz_answers_throughout() {
         }
     };
 
-    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    assert_eq!(common::http_get(&format!("{base}/healthz")).await.0, 200);
     poll("ready while connected", answers(200, "ready"), || daemon.log_tails(40)).await;
 
     mqtt.stop();
     poll("not ready without the broker", answers(503, "mqtt: not connected"), || daemon.log_tails(40)).await;
-    assert_eq!(get(&format!("{base}/healthz")).await.0, 200, "alive all the same");
+    assert_eq!(common::http_get(&format!("{base}/healthz")).await.0, 200, "alive all the same");
     let scraped = scrape(&base).await;
     assert_eq!(scraped["queuewatch_mqtt_connected"], 0.0);
 
     mqtt.restart();
     poll("ready again once reconnected", answers(200, "ready"), || daemon.log_tails(40)).await;
-    assert_eq!(get(&format!("{base}/nowhere")).await.0, 404);
+    assert_eq!(common::http_get(&format!("{base}/nowhere")).await.0, 404);
     daemon.terminate().await;
 }
 

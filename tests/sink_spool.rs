@@ -194,6 +194,14 @@ async fn a_full_spool_stops_taking_messages_the_broker_keeps_them_and_nothing_is
     let publisher = Publisher::connect(mqtt.port, "kiosks");
     let publishing = publisher.publish_paced(Arc::new(messages.clone()), RATE);
     daemon.wait_for_log("The spool is full").await;
+    // The endpoint says so while the loop waits on the writer.
+    let ops = daemon.ops_url().await;
+    let (status, reason) = common::http_get(&format!("{ops}/readyz")).await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("the spool is full"), "{reason}");
+    let metrics = common::http_get(&format!("{ops}/metrics")).await.1;
+    assert!(metrics.lines().any(|line| line == "queuewatch_spool_full 1"), "{metrics}");
+    assert!(metrics.contains("queuewatch_spool_oldest_point_age_seconds "), "{metrics}");
     publishing.await.unwrap();
     publisher.wait_until_acknowledged().await;
     // The daemon takes nothing more: its journal stops growing short of the
@@ -216,6 +224,12 @@ async fn a_full_spool_stops_taking_messages_the_broker_keeps_them_and_nothing_is
     points::wait_for_points(&influx, "ticket", 3000, &daemon).await;
     wait_until_spool_empty(&data_dir, &daemon).await;
     daemon.wait_for_log("The spool has room again").await;
+    let metrics = common::http_get(&format!("{ops}/metrics")).await.1;
+    for line in ["queuewatch_spool_full 0", "queuewatch_spool_points 0"] {
+        assert!(metrics.lines().any(|rendered| rendered == line), "{line} in {metrics}");
+    }
+    assert!(!metrics.contains("queuewatch_spool_oldest_point_age_seconds "), "{metrics}");
+    assert_eq!(common::http_get(&format!("{ops}/readyz")).await.0, 200);
     daemon.terminate().await;
     common::replay_into(&influx, "expected", "", &ndjson(&messages)).await;
     assert_same_tickets(&influx, &daemon).await;

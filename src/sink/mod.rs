@@ -407,6 +407,19 @@ impl Counters {
     }
 }
 
+/// Reads a writer's [`SinkProgress`] from its shared counters, for the
+/// operations endpoint, which must see a full spool even while the daemon
+/// loop waits on that writer.
+#[derive(Debug, Clone)]
+pub struct ProgressReader(Arc<Counters>);
+
+impl ProgressReader {
+    /// The counts now.
+    pub fn read(&self) -> SinkProgress {
+        self.0.progress()
+    }
+}
+
 /// The writer task has ended; nothing more can be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the InfluxDB writer task has ended")]
@@ -440,6 +453,12 @@ impl SinkHandle {
     /// The counts so far, while the writer runs.
     pub fn progress(&self) -> SinkProgress {
         self.counters.progress()
+    }
+
+    /// Reads the same counts without keeping the writer alive (a handle
+    /// would: the writer stops when the last handle is dropped).
+    pub fn progress_reader(&self) -> ProgressReader {
+        ProgressReader(Arc::clone(&self.counters))
     }
 
     /// Resolves when everything sent before this call is settled: written,

@@ -137,3 +137,11 @@ impl Subscriber {
         tokio::time::timeout_at(deadline, self.messages.recv()).await.ok().flatten()
     }
 }
+
+/// A GET (the daemon's operations endpoint): status and body.
+#[allow(dead_code)]
+pub async fn http_get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap_or_else(|error| panic!("GET {url}: {error}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
