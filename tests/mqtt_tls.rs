@@ -34,7 +34,8 @@ async fn queuewatch_logs_in_over_tls_and_writes_the_tickets_published_over_tls()
     let influx = Influx1::start();
     influx.create_database("qw").await;
     let config = pki.daemon_config(&broker, &influx, &pki.password_file(QUEUEWATCH_PASSWORD), WithClientCert::No);
-    let mut daemon = Daemon::spawn(&config, &[]);
+    // At debug level (rumqttc's and rustls's logs included) the password must not show either.
+    let mut daemon = Daemon::spawn(&config, &[("QUEUEWATCH_LOG", "debug")]);
 
     let mut machine = TlsClient::connect(&pki, &broker, "mpp-a-kiosk-1", WithClientCert::No).await;
     machine.wait_until_queuewatch_listens(&mut daemon).await;
