@@ -29,10 +29,12 @@ if ((${#missing[@]} > 0)); then
 fi
 
 # The production build (deploy/README.md) must stay clean, and must link none
-# of the crates only the demo, the simulator and the load harness need.
+# of the crates only the demo, the simulator and the load harness need, nor
+# OpenSSL or aws-lc (TLS is rustls on ring).
 cargo clippy --workspace --no-default-features --all-targets -- -D warnings
 leaked=$(cargo tree -p queuewatch --no-default-features -e normal --prefix none |
-    grep -E '^(rumqttd|rand|rand_[a-z]+|queuewatch-servers) ' | sort -u || true)
+    grep -E '^(rumqttd|rand|rand_[a-z]+|queuewatch-servers|openssl|openssl-sys|native-tls|aws-lc-rs|aws-lc-sys) ' |
+    sort -u || true)
 if [[ -n $leaked ]]; then
     echo "scripts/test.sh: the production build (--no-default-features) depends on:" >&2
     echo "$leaked" >&2

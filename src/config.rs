@@ -6,7 +6,7 @@
 //! never silently fall back to a default.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ids::{validate_ident, OfficeId, ServiceId};
@@ -179,7 +179,7 @@ impl Default for AlertsConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
-    /// As written, `mqtt://host:port`.
+    /// As written, `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
     pub host: String,
     pub port: u16,
@@ -194,6 +194,25 @@ pub struct MqttConfig {
     /// A file that holds the password (one trailing newline is ignored),
     /// read again on every connection attempt.
     pub password_file: Option<String>,
+    /// `Some` for an `mqtts://` URL: TLS, with these files.
+    pub tls: Option<MqttTlsConfig>,
+}
+
+/// `mqtt.ca_file`, `mqtt.client_cert_file` and `mqtt.client_key_file`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttTlsConfig {
+    /// PEM certificates the broker's must chain to; `None`: the platform's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and its key, for brokers that require one (mutual TLS).
+    pub client_auth: Option<ClientAuthFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthFiles {
+    /// PEM: the client's certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: its private key (a secret file: see `secret`).
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,6 +394,7 @@ impl Default for MqttConfig {
             username: None,
             password_env: None,
             password_file: None,
+            tls: None,
         }
     }
 }
@@ -417,6 +437,36 @@ impl Config {
         Config::parse(&text).map_err(|problems| ConfigError::Invalid { file, problems })
     }
 
+    /// What the config allows but an operator should know weakens it, each
+    /// prefixed by its key: topic filters that let a publisher name any
+    /// office, secret files any user may read (each file once per process).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for filter in &self.mqtt.topics {
+            if !filter.split('/').any(|level| level == "+") {
+                warnings.push(format!(
+                    "mqtt.topics: {filter:?} has no \"+\" level for the office, so each message's payload names \
+                     its office: any client that may publish on it can report for every office (the broker's ACL \
+                     cannot tell offices apart); prefer a filter such as \"queue/+/events\" with an ACL per office"
+                ));
+            }
+        }
+        let key_file = self.mqtt.tls.as_ref().and_then(|tls| tls.client_auth.as_ref()).map(|files| &files.key_file);
+        let secret_files = [
+            ("mqtt.password_file", self.mqtt.password_file.as_deref().map(Path::new)),
+            ("mqtt.client_key_file", key_file.map(PathBuf::as_path)),
+            ("influxdb.password_file", self.influxdb.password_file.as_deref().map(Path::new)),
+            ("influxdb.token_file", self.influxdb.token_file.as_deref().map(Path::new)),
+        ];
+        for (key, path) in secret_files {
+            let Some(path) = path else { continue };
+            if matches!(crate::secret::inspect(key, path), Ok(crate::secret::Readers::Anyone)) {
+                warnings.extend(crate::secret::readable_by_anyone_warning_once(key, path));
+            }
+        }
+        warnings
+    }
+
     /// Parses TOML text; on failure returns every problem, each prefixed by its key.
     pub fn parse(text: &str) -> Result<Config, Vec<String>> {
         let root: toml::Table = match text.parse() {
@@ -431,10 +481,11 @@ impl Config {
             let mut section = Section::new(table, "mqtt");
             let defaults = &mut config.mqtt;
             if let Some(url) = section.string("url", &mut problems) {
-                match parse_mqtt_url(&url) {
-                    Ok((host, port)) => {
-                        defaults.host = host;
-                        defaults.port = port;
+                match parse_broker_url(&url) {
+                    Ok(broker) => {
+                        defaults.host = broker.host;
+                        defaults.port = broker.port;
+                        defaults.tls = broker.tls.then(MqttTlsConfig::default);
                         defaults.url = url;
                     }
                     Err(why) => problems.push(format!("mqtt.url: {why}")),
@@ -468,6 +519,7 @@ impl Config {
                 }
             }
             parse_mqtt_credentials(&mut section, defaults, &mut problems);
+            parse_mqtt_tls(&mut section, defaults, &mut problems);
             section.finish(&mut problems);
         }
 
@@ -506,8 +558,15 @@ impl Config {
             influx.password_env = section.string("password_env", &mut problems);
             influx.password_file = section.string("password_file", &mut problems);
             for (key, value) in [("token_file", &influx.token_file), ("password_file", &influx.password_file)] {
-                if value.as_deref() == Some("") {
-                    problems.push(format!("influxdb.{key}: must not be empty"));
+                match value.as_deref() {
+                    Some("") => problems.push(format!("influxdb.{key}: must not be empty")),
+                    // A file others may write is refused now rather than at the first write.
+                    Some(path) if Path::new(path).exists() => {
+                        if let Err(error) = crate::secret::inspect(&format!("influxdb.{key}"), Path::new(path)) {
+                            problems.push(error.to_string());
+                        }
+                    }
+                    _ => {}
                 }
             }
             if influx.password_env.is_some() && influx.password_file.is_some() {
@@ -748,6 +807,56 @@ fn parse_mqtt_credentials(section: &mut Section<'_>, mqtt: &mut MqttConfig, prob
 }
 
 /// The bounds of the `[tracking]` durations and how they relate.
+/// `mqtt.ca_file`, `mqtt.client_cert_file`, `mqtt.client_key_file`: only
+/// with an `mqtts://` URL; the client certificate and key both or neither.
+/// The files must exist and hold PEM of their kind now, and the key must be
+/// a private file; the password file too, if it is there yet.
+fn parse_mqtt_tls(section: &mut Section<'_>, mqtt: &mut MqttConfig, problems: &mut Vec<String>) {
+    let mut path = |key: &str| {
+        let text = section.string(key, problems)?;
+        if text.is_empty() {
+            problems.push(format!("mqtt.{key}: must not be empty"));
+            return None;
+        }
+        Some(PathBuf::from(text))
+    };
+    let ca_file = path("ca_file");
+    let cert_file = path("client_cert_file");
+    let key_file = path("client_key_file");
+    if let Some(path) = &mqtt.password_file {
+        let path = Path::new(path);
+        if path.exists() {
+            if let Err(error) = crate::secret::inspect("mqtt.password_file", path) {
+                problems.push(error.to_string());
+            }
+        }
+    }
+    let Some(tls) = &mut mqtt.tls else {
+        for (key, given) in [
+            ("ca_file", ca_file.is_some()),
+            ("client_cert_file", cert_file.is_some()),
+            ("client_key_file", key_file.is_some()),
+        ] {
+            if given {
+                problems.push(format!("mqtt.{key}: TLS files need an mqtts:// mqtt.url, not {:?}", mqtt.url));
+            }
+        }
+        return;
+    };
+    tls.ca_file = ca_file;
+    match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => tls.client_auth = Some(ClientAuthFiles { cert_file, key_file }),
+        (Some(_), None) => {
+            problems.push("mqtt.client_key_file: needed with mqtt.client_cert_file (both or neither)".into())
+        }
+        (None, Some(_)) => {
+            problems.push("mqtt.client_cert_file: needed with mqtt.client_key_file (both or neither)".into())
+        }
+        (None, None) => {}
+    }
+    problems.extend(crate::mqtt::tls::check(tls));
+}
+
 fn check_tracking(tracking: &TrackingConfig, problems: &mut Vec<String>) {
     at_least("tracking.snapshot_interval", tracking.snapshot_interval, SECOND, problems);
     at_least("tracking.silence_after", tracking.silence_after, SECOND, problems);
@@ -956,27 +1065,49 @@ pub fn parse_days(text: &str) -> Result<[bool; 7], String> {
     Ok(days)
 }
 
-/// `mqtt://host:port`, port defaulting to 1883. TLS (`mqtts://`) is not yet supported.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let Some(rest) = url.strip_prefix("mqtt://") else {
-        return Err(format!("{url:?}: must start with mqtt://"));
+/// A broker's address as `mqtt.url` gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`
+    pub tls: bool,
+}
+
+/// `mqtt://host:port` (port defaulting to 1883) or `mqtts://host:port` (TLS,
+/// port defaulting to 8883).
+pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
+    let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("mqtt://") {
+        (rest, false, 1883)
+    } else if let Some(rest) = url.strip_prefix("mqtts://") {
+        (rest, true, 8883)
+    } else {
+        return Err(format!("{url:?}: must start with mqtt:// or mqtts:// (TLS)"));
     };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-        return Err(format!("{url:?}: expected mqtt://host:port"));
+        return Err(format!("{url:?}: expected mqtt://host:port or mqtts://host:port"));
     }
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => match port.parse::<u16>() {
             Ok(port) if port > 0 => (host, port),
             _ => return Err(format!("{url:?}: invalid port {port:?}")),
         },
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("{url:?}: missing host"));
     }
-    Ok((host.to_string(), port))
+    Ok(BrokerUrl { host: host.to_string(), port, tls })
+}
+
+/// `mqtt://host:port` only, port defaulting to 1883 (the simulator does not speak TLS).
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    match parse_broker_url(url)? {
+        BrokerUrl { tls: true, .. } => Err(format!("{url:?}: must start with mqtt://")),
+        BrokerUrl { host, port, .. } => Ok((host, port)),
+    }
 }
 
 /// Subscription filters: `+` matches one level (the office), `#` only last.
@@ -1185,6 +1316,142 @@ wait_target = "1m"
         assert_eq!(parse_mqtt_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
         assert!(parse_mqtt_url("http://broker").is_err());
         assert!(parse_mqtt_url("mqtt://broker:0").is_err());
+        assert!(parse_mqtt_url("mqtts://broker").is_err(), "the simulator speaks plain MQTT only");
+        let tls = |host: &str, port| BrokerUrl { host: host.into(), port, tls: true };
+        assert_eq!(parse_broker_url("mqtts://broker").unwrap(), tls("broker", 8883));
+        assert_eq!(parse_broker_url("mqtts://broker:8884/").unwrap(), tls("broker", 8884));
+        assert_eq!(
+            parse_broker_url("mqtt://broker").unwrap(),
+            BrokerUrl { host: "broker".into(), port: 1883, tls: false }
+        );
+    }
+
+    /// A folder with `ca.pem`, `client.pem` and `client.key` (mode 0600) made
+    /// by rcgen, and `other.key`, a key that does not fit `client.pem`.
+    fn tls_files() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["queuewatch".to_string()]).unwrap();
+        let client = client.signed_by(&client_key, &ca).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write("ca.pem", ca.pem());
+        write("client.pem", client.pem());
+        write("client.key", client_key.serialize_pem());
+        write("other.key", rcgen::KeyPair::generate().unwrap().serialize_pem());
+        dir
+    }
+
+    fn tls_config(dir: &Path, url: &str, files: &[(&str, &str)]) -> String {
+        let mut text = format!("[mqtt]\nurl = \"{url}\"\n");
+        for (key, name) in files {
+            text.push_str(&format!("{key} = \"{}\"\n", dir.join(name).display()));
+        }
+        text
+    }
+
+    #[test]
+    fn mqtts_takes_a_ca_file_and_a_client_certificate_with_its_key() {
+        let dir = tls_files();
+        let files = [("ca_file", "ca.pem"), ("client_cert_file", "client.pem"), ("client_key_file", "client.key")];
+        let config = Config::parse(&tls_config(dir.path(), "mqtts://broker", &files)).unwrap();
+        assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("broker", 8883));
+        let tls = config.mqtt.tls.unwrap();
+        assert_eq!(tls.ca_file, Some(dir.path().join("ca.pem")));
+        let client_auth = tls.client_auth.unwrap();
+        assert_eq!(
+            (client_auth.cert_file, client_auth.key_file),
+            (dir.path().join("client.pem"), dir.path().join("client.key"))
+        );
+        let system_roots = Config::parse("[mqtt]\nurl = \"mqtts://broker:8884\"\n").unwrap();
+        assert_eq!(system_roots.mqtt.tls, Some(MqttTlsConfig::default()), "mqtts:// alone trusts the platform's roots");
+        assert_eq!(Config::parse("").unwrap().mqtt.tls, None);
+    }
+
+    #[test]
+    fn tls_files_are_checked_now_and_each_problem_names_its_key() {
+        let dir = tls_files();
+        let plain = problems_of(&tls_config(
+            dir.path(),
+            "mqtt://broker",
+            &[("ca_file", "ca.pem"), ("client_key_file", "client.key")],
+        ));
+        assert_reported(
+            &plain,
+            &[
+                "mqtt.ca_file: TLS files need an mqtts:// mqtt.url, not \"mqtt://broker\"",
+                "mqtt.client_key_file: TLS files need an mqtts:// mqtt.url",
+            ],
+        );
+        let missing = problems_of(&tls_config(dir.path(), "mqtts://broker", &[("ca_file", "absent.pem")]));
+        assert!(missing.starts_with("mqtt.ca_file: cannot read"), "{missing}");
+        let half = problems_of(&tls_config(dir.path(), "mqtts://broker", &[("client_cert_file", "client.pem")]));
+        assert_reported(&half, &["mqtt.client_key_file: needed with mqtt.client_cert_file (both or neither)"]);
+        let swapped = [("ca_file", "client.key"), ("client_cert_file", "client.pem"), ("client_key_file", "ca.pem")];
+        let swapped = problems_of(&tls_config(dir.path(), "mqtts://broker", &swapped));
+        assert_reported(
+            &swapped,
+            &["mqtt.ca_file: ", "holds no PEM certificate", "mqtt.client_key_file: ", "holds no PEM private key"],
+        );
+        let unfit = [("client_cert_file", "client.pem"), ("client_key_file", "other.key")];
+        let unfit = problems_of(&tls_config(dir.path(), "mqtts://broker", &unfit));
+        assert_reported(&unfit, &["mqtt.client_key_file: ", "does not fit the certificate in mqtt.client_cert_file"]);
+        assert!(!unfit.contains("PRIVATE KEY"), "{unfit}");
+    }
+
+    #[test]
+    fn secret_files_others_may_write_are_refused_and_those_anyone_may_read_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tls_files();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "planted-secret\n").unwrap();
+        let chmod = |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut text = tls_config(
+            dir.path(),
+            "mqtts://broker",
+            &[("client_cert_file", "client.pem"), ("client_key_file", "client.key")],
+        );
+        text.push_str(&format!("username = \"queuewatch\"\npassword_file = \"{}\"\n", password.display()));
+        let token = dir.path().join("token");
+        std::fs::write(&token, "planted-token\n").unwrap();
+        text.push_str(&format!("\n[influxdb]\napi = \"v2\"\ntoken_file = \"{}\"\n", token.display()));
+        chmod(&password, 0o666);
+        chmod(&dir.path().join("client.key"), 0o660);
+        chmod(&token, 0o602);
+        let problems = problems_of(&text);
+        assert_reported(
+            &problems,
+            &["mqtt.password_file: ", "(mode 0666)", "mqtt.client_key_file: ", "(mode 0660)", "influxdb.token_file: "],
+        );
+        assert!(!problems.contains("planted-token"), "{problems}");
+        chmod(&token, 0o600);
+        assert!(!problems.contains("planted-secret") && !problems.contains("PRIVATE KEY"), "{problems}");
+
+        chmod(&password, 0o644);
+        chmod(&dir.path().join("client.key"), 0o444);
+        let config = Config::parse(&text).unwrap();
+        let warnings = config.warnings().join("\n");
+        assert_reported(&warnings, &["mqtt.password_file: ", "mqtt.client_key_file: ", "may be read by any user"]);
+        assert!(config.warnings().is_empty(), "each file is warned about once: {:?}", config.warnings());
+    }
+
+    #[test]
+    fn a_topic_filter_without_an_office_level_is_warned_about() {
+        let config =
+            Config::parse("[mqtt]\ntopics = [\"queue/+/events\", \"queue/all/events\", \"queue/#\"]\n").unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("mqtt.topics: \"queue/all/events\" has no \"+\" level"), "{warnings:?}");
+        assert!(warnings[1].starts_with("mqtt.topics: \"queue/#\" has no \"+\" level"), "{warnings:?}");
+        assert!(Config::parse("").unwrap().warnings().is_empty());
     }
 
     #[test]

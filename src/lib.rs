@@ -21,6 +21,7 @@
 //!   (feature `simulate`).
 //! - `demo`: broker, daemon, simulator and a live table in one process (`queuewatch demo`;
 //!   feature `demo`).
+//! - [`secret`]: reading secret files (passwords, keys), refusing those others may write.
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
 
 pub mod alerts;
@@ -36,6 +37,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod point;
 pub mod replay;
+pub mod secret;
 #[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod sink;

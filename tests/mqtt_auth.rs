@@ -10,13 +10,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{queuewatch_bin, write_config, Influx1, Mosquitto};
+use common::{write_config, Daemon, Influx1, Mosquitto};
+use queuewatch_servers::mosquitto_passwd;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -120,7 +118,7 @@ async fn a_wrong_password_is_logged_once_with_the_brokers_answer_and_a_corrected
     let config = daemon_config(dir.path(), &broker, &influx, &credentials);
     let mut daemon = Daemon::spawn(&config, &[]);
 
-    let refusal = "the broker refused the connection: not authorized (CONNACK return code 5)";
+    let refusal = "mqtt: the broker refused the user name or password (mqtt.username \"queuewatch\"): not authorized (CONNACK return code 5)";
     daemon.wait_for_log(refusal).await;
     // Several attempts, each refused by the broker, while the daemon runs on
     // (no other client connects meanwhile; Mosquitto does not name a client
@@ -212,13 +210,6 @@ fn test_broker_config(shipped: &str, port: u16, password_file: &Path, acl_file: 
     assert_eq!(swapped, ["listener", "password_file", "acl_file"], "the shipped config changed shape");
     config.push_str(&format!("persistence_location {}/\nlog_dest stderr\nlog_timestamp true\n", persistence.display()));
     config
-}
-
-fn mosquitto_passwd(file: &Path, user: &str, password: &str) {
-    let program = queuewatch_servers::find_binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd", "mosquitto")
-        .unwrap_or_else(|error| panic!("{error}"));
-    let output = Command::new(&program).arg("-b").arg(file).arg(user).arg(password).output().unwrap();
-    assert!(output.status.success(), "mosquitto_passwd: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -355,57 +346,5 @@ async fn publish_ticket(machine: &mut Client, ticket: &str) {
         r#"{"type":"heartbeat","ts":"2026-11-20T08:05:00+07:00"}"#.to_string(),
     ] {
         machine.publish("queue/mpp-a/events", event).await;
-    }
-}
-
-/// The `queuewatch run` binary, its log (stderr) collected as it comes.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn spawn(config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut command = Command::new(queuewatch_bin());
-        command.arg("run").arg("--config").arg(config).env("QUEUEWATCH_LOG", "info").stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("start queuewatch");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let collected = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = collected.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    async fn wait_for_log(&mut self, text: &str) {
-        let deadline = Instant::now() + GENEROUS;
-        while !self.log().contains(text) {
-            assert!(self.is_running(), "queuewatch ended:\n{}", self.log());
-            assert!(Instant::now() < deadline, "no {text:?} in:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("the daemon's status").is_none()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

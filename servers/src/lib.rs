@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use influx::{flatten_rows, quote_ident, Influx1, InfluxClient};
-pub use mosquitto::{Mosquitto, MosquittoOptions};
+pub use mosquitto::{mosquitto_passwd, tls_config_text, Mosquitto, MosquittoOptions, TlsListener};
 pub use mqtt::{create_session, try_create_session};
 pub use process::{find_binary, Readiness, ServerProcess};
 pub use tempfile::TempDir;

@@ -1,6 +1,6 @@
 //! Mosquitto 2.x.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::process::{find_binary, start_on_free_ports, tcp_accepts, ServerProcess};
 use crate::{or_panic, temp_dir, try_free_port, write_file, Error, TempDir};
@@ -51,6 +51,14 @@ impl Mosquitto {
 
     pub fn try_start_with_config(config: impl Fn(u16) -> String) -> Result<Mosquitto, Error> {
         Mosquitto::start_in_folder(|port, _| config(port))
+    }
+
+    /// A broker whose one listener speaks TLS (`mqtts://127.0.0.1:PORT`)
+    /// with `listener`'s files. Panics if it does not start.
+    pub fn start_tls(listener: &TlsListener) -> Mosquitto {
+        let mut broker = or_panic(Mosquitto::try_start_with_config(|port| tls_config_text(port, listener)));
+        broker.url = format!("mqtts://127.0.0.1:{}", broker.port);
+        broker
     }
 
     /// A broker that keeps its sessions and queues on disk (in its folder):
@@ -113,6 +121,62 @@ impl Mosquitto {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// A TLS listener's PEM files and whom it lets in. Mosquitto started by root
+/// runs as the `mosquitto` user: the files and their folder must be readable by it.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// `certfile`: the broker's certificate (then any intermediates).
+    pub cert_file: PathBuf,
+    /// `keyfile`: its private key.
+    pub key_file: PathBuf,
+    /// `cafile`: the CA that client certificates must chain to.
+    pub ca_file: PathBuf,
+    /// `require_certificate true`: only clients with a certificate from `ca_file`.
+    pub require_certificate: bool,
+    /// `password_file` (see [`mosquitto_passwd`]); `None` lets anonymous clients in.
+    pub password_file: Option<PathBuf>,
+}
+
+/// The configuration of a broker with one TLS listener on `port`, otherwise as [`Mosquitto::start`]'s.
+pub fn tls_config_text(port: u16, listener: &TlsListener) -> String {
+    let MosquittoOptions { max_queued_messages, max_inflight_messages } = MosquittoOptions::default();
+    let login = match &listener.password_file {
+        Some(path) => format!("allow_anonymous false\npassword_file {}\n", path.display()),
+        None => "allow_anonymous true\n".to_string(),
+    };
+    format!(
+        "listener {port} 127.0.0.1\n\
+         certfile {}\n\
+         keyfile {}\n\
+         cafile {}\n\
+         require_certificate {}\n\
+         {login}\
+         persistence false\n\
+         max_queued_messages {max_queued_messages}\n\
+         max_inflight_messages {max_inflight_messages}\n\
+         log_dest stderr\n\
+         log_timestamp true\n",
+        listener.cert_file.display(),
+        listener.key_file.display(),
+        listener.ca_file.display(),
+        listener.require_certificate,
+    )
+}
+
+/// Adds `user` with `password` to the Mosquitto password file `file`
+/// (`mosquitto_passwd -b`). Panics if the tool is missing or fails.
+pub fn mosquitto_passwd(file: &Path, user: &str, password: &str) {
+    let program = or_panic(find_binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd", "mosquitto"));
+    let output = std::process::Command::new(&program)
+        .arg("-b")
+        .arg(file)
+        .arg(user)
+        .arg(password)
+        .output()
+        .unwrap_or_else(|error| panic!("mosquitto_passwd: {error}"));
+    assert!(output.status.success(), "mosquitto_passwd: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn config_text(port: u16, options: &MosquittoOptions) -> String {

@@ -146,24 +146,19 @@ impl fmt::Debug for Secrets {
     }
 }
 
-/// The password in `path` (`influxdb.password_file`) without one trailing
-/// newline, as `mqtt.password_file` is read; the error names the key.
+/// The password in `path` (`influxdb.password_file`), without one trailing
+/// newline; read again after a 401/403. The file is refused if others may
+/// write it (`crate::secret`); the error names the key, never the content.
 pub(crate) fn read_password_file(path: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("influxdb.password_file: cannot read {path:?}: {error}"))?;
-    let password = text.strip_suffix('\n').map_or(text.as_str(), |line| line.strip_suffix('\r').unwrap_or(line));
-    if password.is_empty() {
-        return Err(format!("influxdb.password_file: {path:?} is empty"));
-    }
-    Ok(password.to_string())
+    crate::secret::read_text("influxdb.password_file", Path::new(path)).map_err(|error| error.to_string())
 }
 
-/// The token in `path` (`influxdb.token_file`), trimmed; the error names the key.
+/// The token in `path` (`influxdb.token_file`), trimmed, checked as above.
 pub(crate) fn read_token_file(path: &str) -> Result<String, String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) if text.trim().is_empty() => Err(format!("influxdb.token_file: {path:?} is empty")),
-        Ok(text) => Ok(text.trim().to_string()),
-        Err(error) => Err(format!("influxdb.token_file: cannot read {path:?}: {error}")),
+    let token = crate::secret::read_text("influxdb.token_file", Path::new(path)).map_err(|error| error.to_string())?;
+    match token.trim() {
+        "" => Err(format!("influxdb.token_file: {path:?} is empty")),
+        trimmed => Ok(trimmed.to_string()),
     }
 }
 

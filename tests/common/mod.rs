@@ -10,7 +10,13 @@
 #![allow(dead_code, unused_imports)]
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub use queuewatch_servers::{create_session, free_port, Influx1, Mosquitto, MosquittoOptions, VictoriaMetrics};
 
@@ -144,4 +150,60 @@ pub async fn http_get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap_or_else(|error| panic!("GET {url}: {error}"));
     let status = response.status().as_u16();
     (status, response.text().await.unwrap_or_default())
+}
+
+/// The `queuewatch run` binary, its log (stderr) collected as it comes.
+pub struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `queuewatch run --config CONFIG` with the variables `env` set.
+    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(queuewatch_bin());
+        command.arg("run").arg("--config").arg(config).env("QUEUEWATCH_LOG", "info").stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start queuewatch");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let collected = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = collected.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Daemon { child, log }
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `text`; fails the test if the daemon ends
+    /// first or after a minute (only a hang takes that long).
+    pub async fn wait_for_log(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().contains(text) {
+            assert!(self.is_running(), "queuewatch ended:\n{}", self.log());
+            assert!(Instant::now() < deadline, "no {text:?} in:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("the daemon's status").is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

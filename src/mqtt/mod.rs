@@ -19,7 +19,14 @@
 //!   read by the operations endpoint without asking the poll loop.
 //! - The password is read where `mqtt.password_env` or `mqtt.password_file`
 //!   says before every connection attempt (a corrected file takes effect
-//!   without a restart), and is never logged nor shown in an error.
+//!   without a restart), and is never logged nor shown in an error. The
+//!   password file is a secret file ([`crate::secret`]).
+//! - For `mqtts://`, the TLS configuration ([`tls`]) is built from its files
+//!   before every connection attempt too; a handshake that fails says why in
+//!   the operator's words (untrusted broker certificate, client certificate
+//!   required or refused) and is retried like any other failure.
+
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,13 +34,15 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Packet, Publish, QoS,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, MqttTlsConfig};
 use crate::event::{RejectReason, Rejection};
 use crate::ids::OfficeId;
+use crate::secret::SecretFileError;
 use crate::stats::LogLimiter;
 
 /// A failure that repeats on every attempt is logged again only this often,
@@ -95,6 +104,7 @@ pub struct MqttSource {
     event_loop: EventLoop,
     topics: Vec<String>,
     credentials: CredentialSource,
+    tls: Option<MqttTlsConfig>,
     connected: ConnectionState,
 }
 
@@ -113,19 +123,29 @@ impl ConnectionState {
     }
 }
 
-/// Why a connection attempt failed. Never carries the password.
+/// Why a connection attempt failed. Never carries the password nor key material.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("mqtt.password_env: the environment variable {name} is not set")]
     PasswordEnvUnset { name: String },
     #[error("mqtt.password_env: the environment variable {name} is empty or not UTF-8")]
     PasswordEnvUnusable { name: String },
-    #[error("mqtt.password_file: cannot read {path:?}: {source}")]
-    PasswordFileUnreadable { path: String, source: std::io::Error },
-    #[error("mqtt.password_file: {path:?} is empty")]
-    PasswordFileEmpty { path: String },
+    #[error(transparent)]
+    PasswordFile(#[from] SecretFileError),
+    /// A TLS file is missing, unreadable, not PEM or not private.
+    #[error(transparent)]
+    TlsSetup(#[from] tls::TlsSetupError),
+    /// A TLS handshake failed; the operator's words (see [`tls::explain`]).
+    #[error("{0}")]
+    Tls(String),
+    /// The broker refused the user name and password queuewatch sent.
+    #[error(
+        "mqtt: the broker refused the user name or password (mqtt.username {username:?}): {} (CONNACK return code {})",
+        refusal_text(*.code), *.code as u8
+    )]
+    CredentialsRefused { username: String, code: ConnectReturnCode },
     /// The broker answered the CONNECT with a refusal.
-    #[error("the broker refused the connection: {} (CONNACK return code {})", refusal_text(*.0), *.0 as u8)]
+    #[error("mqtt: the broker refused the connection: {} (CONNACK return code {})", refusal_text(*.0), *.0 as u8)]
     Refused(ConnectReturnCode),
     /// The network, a timeout or the protocol.
     #[error("{0}")]
@@ -133,10 +153,20 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    fn from_poll(error: ConnectionError) -> ConnectError {
+    /// `error` in the operator's words: a refusal of the credentials when a
+    /// user name was sent, a TLS failure with what to check.
+    fn from_poll(error: ConnectionError, username: Option<&str>, tls: Option<&MqttTlsConfig>) -> ConnectError {
         match error {
+            ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            ) if username.is_some() => {
+                ConnectError::CredentialsRefused { username: username.unwrap_or_default().to_string(), code }
+            }
             ConnectionError::ConnectionRefused(code) => ConnectError::Refused(code),
-            other => ConnectError::Connection(Box::new(other)),
+            other => match (tls, rustls_error(&other)) {
+                (Some(tls), Some(tls_error)) => ConnectError::Tls(tls::explain(tls_error, tls)),
+                _ => ConnectError::Connection(Box::new(other)),
+            },
         }
     }
 
@@ -145,6 +175,22 @@ impl ConnectError {
     fn needs_an_operator(&self) -> bool {
         !matches!(self, ConnectError::Connection(_))
     }
+}
+
+/// The rustls error behind `error`, if any: rumqttc wraps it in its TLS
+/// error, and tokio-rustls in an `io::Error` (whose `source` skips it).
+fn rustls_error<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        current = match error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner),
+            None => error.source(),
+        };
+    }
+    None
 }
 
 /// What MQTT 3.1.1 (section 3.2.2.3) calls each CONNACK return code.
@@ -189,14 +235,7 @@ impl CredentialSource {
             };
         }
         if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConnectError::PasswordFileUnreadable { path: path.clone(), source })?;
-            let password =
-                text.strip_suffix('\n').map_or(text.as_str(), |line| line.strip_suffix('\r').unwrap_or(line));
-            if password.is_empty() {
-                return Err(ConnectError::PasswordFileEmpty { path: path.clone() });
-            }
-            return Ok(Some(password.to_string()));
+            return Ok(Some(crate::secret::read_text("mqtt.password_file", std::path::Path::new(path))?));
         }
         Ok(None)
     }
@@ -232,7 +271,14 @@ impl MqttSource {
         // acks that do not fit wait in the `Acker`, alerts are counted and dropped.
         let (client, event_loop) = AsyncClient::new(options, 16_384);
         let credentials = CredentialSource::from_config(config);
-        MqttSource { client, event_loop, topics: config.topics.clone(), credentials, connected: Default::default() }
+        MqttSource {
+            client,
+            event_loop,
+            topics: config.topics.clone(),
+            credentials,
+            tls: config.tls.clone(),
+            connected: Default::default(),
+        }
     }
 
     /// Whether this source is connected, as it changes.
@@ -250,6 +296,18 @@ impl MqttSource {
         self.client.clone()
     }
 
+    /// The credentials and the TLS configuration for the next connection
+    /// attempt, from where the config says they are now.
+    fn prepare_connection(&mut self) -> Result<(), ConnectError> {
+        let options = &mut self.event_loop.mqtt_options;
+        self.credentials.apply(options)?;
+        if let Some(tls) = &self.tls {
+            let config = tls::client_config(tls)?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
+        Ok(())
+    }
+
     /// Polls until `shutdown` resolves or the receiver is gone. Each message
     /// goes to `messages`; waiting on it is the back-pressure.
     pub async fn run(mut self, messages: mpsc::Sender<Incoming>, shutdown: impl std::future::Future<Output = ()>) {
@@ -259,12 +317,14 @@ impl MqttSource {
         loop {
             // rumqttc connects on the next poll when it has no connection.
             let connecting = self.event_loop.network.is_none();
-            let polled = match connecting.then(|| self.credentials.apply(&mut self.event_loop.mqtt_options)) {
+            let polled = match connecting.then(|| self.prepare_connection()) {
                 Some(Err(error)) => Err(error),
                 _ => tokio::select! {
                     biased;
                     () = &mut shutdown => break,
-                    polled = self.event_loop.poll() => polled.map_err(ConnectError::from_poll),
+                    polled = self.event_loop.poll() => polled.map_err(|error| {
+                        ConnectError::from_poll(error, self.credentials.username.as_deref(), self.tls.as_ref())
+                    }),
                 },
             };
             match polled {
@@ -474,16 +534,61 @@ mod tests {
 
     #[test]
     fn a_refused_connack_names_the_brokers_answer_and_its_code() {
-        let refused = ConnectError::from_poll(ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized));
-        assert_eq!(refused.to_string(), "the broker refused the connection: not authorized (CONNACK return code 5)");
-        assert!(refused.needs_an_operator());
-        let bad_password = ConnectError::Refused(ConnectReturnCode::BadUserNamePassword).to_string();
+        let refused = |code| ConnectError::from_poll(ConnectionError::ConnectionRefused(code), None, None);
+        let anonymous = refused(ConnectReturnCode::NotAuthorized);
         assert_eq!(
-            bad_password,
-            "the broker refused the connection: bad user name or password (CONNACK return code 4)"
+            anonymous.to_string(),
+            "mqtt: the broker refused the connection: not authorized (CONNACK return code 5)"
         );
-        let network = ConnectError::from_poll(ConnectionError::NetworkTimeout);
+        assert!(anonymous.needs_an_operator());
+        let unavailable = refused(ConnectReturnCode::ServiceUnavailable).to_string();
+        assert_eq!(unavailable, "mqtt: the broker refused the connection: server unavailable (CONNACK return code 3)");
+        let network = ConnectError::from_poll(ConnectionError::NetworkTimeout, Some("queuewatch"), None);
         assert!(!network.needs_an_operator());
+    }
+
+    #[test]
+    fn a_refusal_of_a_login_says_the_user_name_or_password_was_refused() {
+        for (code, answer) in [
+            (ConnectReturnCode::BadUserNamePassword, "bad user name or password (CONNACK return code 4)"),
+            (ConnectReturnCode::NotAuthorized, "not authorized (CONNACK return code 5)"),
+        ] {
+            let error =
+                ConnectError::from_poll(ConnectionError::ConnectionRefused(code), Some("queuewatch"), None).to_string();
+            assert_eq!(
+                error,
+                format!("mqtt: the broker refused the user name or password (mqtt.username \"queuewatch\"): {answer}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_handshake_says_what_to_check() {
+        let tls = MqttTlsConfig { ca_file: Some("/etc/queuewatch/ca.pem".into()), client_auth: None };
+        let wrapped = |error: rustls::Error| {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+            ConnectionError::Tls(rumqttc::TlsError::Io(io))
+        };
+        let untrusted = wrapped(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+        let untrusted = ConnectError::from_poll(untrusted, None, Some(&tls));
+        assert!(
+            untrusted.to_string().starts_with(
+                "mqtt: the broker's certificate is not trusted (mqtt.ca_file \"/etc/queuewatch/ca.pem\"): "
+            ),
+            "{untrusted}"
+        );
+        assert!(untrusted.needs_an_operator());
+        // Seen after the handshake, on the first read.
+        let required = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let required = ConnectionError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, required));
+        let required = ConnectError::from_poll(required, None, Some(&tls)).to_string();
+        assert!(required.starts_with("mqtt: the broker requires a client certificate"), "{required}");
+        let system_roots = MqttTlsConfig::default();
+        let name = wrapped(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName));
+        let name = ConnectError::from_poll(name, None, Some(&system_roots)).to_string();
+        assert!(name.starts_with("mqtt: the broker's certificate is not valid for the host in mqtt.url"), "{name}");
+        let plain = ConnectError::from_poll(ConnectionError::NetworkTimeout, None, Some(&tls));
+        assert!(matches!(plain, ConnectError::Connection(_)));
     }
 
     #[test]

@@ -1,0 +1,374 @@
+//! queuewatch over `mqtts://` against a real Mosquitto with a TLS listener
+//! and a password file: certificates made by the test (a CA, the broker's
+//! certificate for 127.0.0.1 and localhost, a client certificate, and a
+//! second CA that queuewatch does not trust), the daemon's binary as it runs
+//! in production, its log and `check-config`'s output read as an operator
+//! would.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{queuewatch_bin, write_config, Daemon, Influx1, Mosquitto};
+use queuewatch::config::{ClientAuthFiles, MqttTlsConfig};
+use queuewatch_servers::{mosquitto_passwd, TlsListener};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Only a hang fails a wait: far beyond what any step needs, even on a busy machine.
+const GENEROUS: Duration = Duration::from_secs(60);
+
+/// Planted: a test fails if it ever shows up in a log or in `check-config`'s output.
+const QUEUEWATCH_PASSWORD: &str = "planted-Secret-7f3a9c";
+const MACHINE_PASSWORD: &str = "password-of-a";
+const OFFICE: &str = "mpp-a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queuewatch_logs_in_over_tls_and_writes_the_tickets_published_over_tls() {
+    let pki = Pki::new();
+    let broker = pki.broker(Trust::OwnCa, ClientCertificate::Optional);
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    let config = pki.daemon_config(&broker, &influx, &pki.password_file(QUEUEWATCH_PASSWORD), WithClientCert::No);
+    // At debug level (rumqttc's and rustls's logs included) the password must not show either.
+    let mut daemon = Daemon::spawn(&config, &[("QUEUEWATCH_LOG", "debug")]);
+
+    let mut machine = TlsClient::connect(&pki, &broker, "mpp-a-kiosk-1", WithClientCert::No).await;
+    machine.wait_until_queuewatch_listens(&mut daemon).await;
+    machine.publish_ticket("A1").await;
+    let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
+    assert_eq!((rows[0]["office"].as_str(), rows[0]["ticket"].as_str()), (Some(OFFICE), Some("A1")));
+    assert!(!daemon.log().contains(QUEUEWATCH_PASSWORD), "{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_from_another_ca_is_named_as_untrusted_and_retried_until_the_broker_is_fixed() {
+    let pki = Pki::new();
+    let mut broker = pki.broker(Trust::OtherCa, ClientCertificate::Optional);
+    let config = pki.daemon_config_without_sink(&broker, &pki.password_file(QUEUEWATCH_PASSWORD), WithClientCert::No);
+    let mut daemon = Daemon::spawn(&config, &[]);
+
+    let untrusted = format!("mqtt: the broker's certificate is not trusted (mqtt.ca_file {:?})", pki.ca_file());
+    daemon.wait_for_log(&untrusted).await;
+    wait_for_attempts(&broker, &mut daemon, 3).await;
+    assert_eq!(daemon.log().matches(&untrusted).count(), 1, "logged once:\n{}", daemon.log());
+
+    // The broker gets a certificate from the trusted CA and restarts: the
+    // daemon, retrying all along, connects without being restarted.
+    pki.install_broker_certificate(Trust::OwnCa);
+    broker.restart();
+    daemon.wait_for_log("Connected to the MQTT broker.").await;
+    assert!(!daemon.log().contains(QUEUEWATCH_PASSWORD), "{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_over_tls_is_named_as_refused_credentials_and_retried() {
+    let pki = Pki::new();
+    let broker = pki.broker(Trust::OwnCa, ClientCertificate::Optional);
+    let wrong_password = "planted-Wrong-0b1d2e";
+    let config = pki.daemon_config_without_sink(&broker, &pki.password_file(wrong_password), WithClientCert::No);
+    let mut daemon = Daemon::spawn(&config, &[]);
+
+    daemon.wait_for_log("mqtt: the broker refused the user name or password (mqtt.username \"queuewatch\")").await;
+    wait_for_attempts(&broker, &mut daemon, 3).await;
+    assert!(!daemon.log().contains(wrong_password), "{}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_requires_client_certificates_lets_in_queuewatch_with_one_and_says_why_without() {
+    let pki = Pki::new();
+    let broker = pki.broker(Trust::OwnCa, ClientCertificate::Required);
+    let password_file = pki.password_file(QUEUEWATCH_PASSWORD);
+
+    let with_certificate = pki.daemon_config_without_sink(&broker, &password_file, WithClientCert::Yes);
+    let mut daemon = Daemon::spawn(&with_certificate, &[]);
+    daemon.wait_for_log("Connected to the MQTT broker.").await;
+
+    let without_certificate = pki.daemon_config_without_sink(&broker, &password_file, WithClientCert::No);
+    let mut refused = Daemon::spawn(&without_certificate, &[]);
+    refused.wait_for_log("mqtt: the broker requires a client certificate").await;
+    wait_for_attempts(&broker, &mut refused, 4).await;
+    assert!(daemon.is_running(), "{}", daemon.log());
+    for log in [daemon.log(), refused.log()] {
+        assert!(!log.contains(QUEUEWATCH_PASSWORD), "{log}");
+    }
+}
+
+#[test]
+fn check_config_accepts_the_tls_setup_warns_without_showing_a_secret_and_refuses_a_writable_key() {
+    let pki = Pki::new();
+    let password_file = pki.password_file(QUEUEWATCH_PASSWORD);
+    let mqtt = format!(
+        "topics = [\"queue/+/events\", \"queue/all/events\"]\n{}",
+        pki.mqtt_lines(&password_file, WithClientCert::Yes)
+    );
+    let text = common::daemon_config_text("mqtts://127.0.0.1", "qw", &mqtt, "http://127.0.0.1:1", "");
+    let config = write_config(pki.dir(), &text);
+
+    set_mode(&password_file, 0o644);
+    let (success, output) = check_config(&config);
+    assert!(success, "{output}");
+    assert!(output.contains("warning: mqtt.topics: \"queue/all/events\" has no \"+\" level"), "{output}");
+    assert!(!output.contains("\"queue/+/events\" has no"), "{output}");
+    assert!(output.contains("warning: mqtt.password_file:") && output.contains("any user"), "{output}");
+    assert!(!output.contains(QUEUEWATCH_PASSWORD), "{output}");
+
+    set_mode(&pki.path("client.key"), 0o666);
+    let (success, output) = check_config(&config);
+    assert!(!success, "{output}");
+    assert!(output.contains("mqtt.client_key_file: ") && output.contains("(mode 0666)"), "{output}");
+    assert!(!output.contains("PRIVATE KEY") && !output.contains(QUEUEWATCH_PASSWORD), "{output}");
+}
+
+/// `queuewatch check-config FILE`: whether it passed, and all it printed.
+fn check_config(config: &Path) -> (bool, String) {
+    let output = Command::new(queuewatch_bin()).arg("check-config").arg(config).output().unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), printed)
+}
+
+/// Waits until the broker has seen `attempts` connections (each retry is
+/// one) while the daemon runs on.
+async fn wait_for_attempts(broker: &Mosquitto, daemon: &mut Daemon, attempts: usize) {
+    let deadline = Instant::now() + GENEROUS;
+    while broker.log().matches("New connection from").count() < attempts {
+        assert!(daemon.is_running(), "the daemon ended:\n{}", daemon.log());
+        assert!(Instant::now() < deadline, "fewer than {attempts} attempts:\n{}", broker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(daemon.is_running(), "the daemon ended:\n{}", daemon.log());
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Trust {
+    /// The broker's certificate is signed by the CA in queuewatch's `mqtt.ca_file`.
+    OwnCa,
+    /// By another CA.
+    OtherCa,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum ClientCertificate {
+    Optional,
+    Required,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum WithClientCert {
+    Yes,
+    No,
+}
+
+/// The test's certificates and keys, PEM files in a folder of their own:
+/// `ca.pem`, `server.pem`/`server.key` (the broker's, as installed now),
+/// `client.pem`/`client.key`, and the broker's password file.
+struct Pki {
+    dir: tempfile::TempDir,
+    own_ca: CertifiedIssuer<'static, KeyPair>,
+    other_ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started by root runs as the `mosquitto` user: it must reach the files.
+        set_mode(dir.path(), 0o755);
+        let own_ca = certificate_authority("queuewatch test CA");
+        let other_ca = certificate_authority("another CA");
+        let pki = Pki { dir, own_ca, other_ca };
+        std::fs::write(pki.ca_file(), pki.own_ca.pem()).unwrap();
+        pki.install_broker_certificate(Trust::OwnCa);
+        let client_key = KeyPair::generate().unwrap();
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client.distinguished_name.push(DnType::CommonName, "queuewatch");
+        let client = client.signed_by(&client_key, &pki.own_ca).unwrap();
+        std::fs::write(pki.path("client.pem"), client.pem()).unwrap();
+        std::fs::write(pki.path("client.key"), client_key.serialize_pem()).unwrap();
+        set_mode(&pki.path("client.key"), 0o600);
+        let broker_passwords = pki.path("passwd");
+        std::fs::write(&broker_passwords, "").unwrap();
+        mosquitto_passwd(&broker_passwords, "queuewatch", QUEUEWATCH_PASSWORD);
+        mosquitto_passwd(&broker_passwords, OFFICE, MACHINE_PASSWORD);
+        set_mode(&broker_passwords, 0o644);
+        pki
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    /// Writes the broker's certificate and key, signed by the CA `trust` says.
+    fn install_broker_certificate(&self, trust: Trust) {
+        let issuer = if trust == Trust::OwnCa { &self.own_ca } else { &self.other_ca };
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let certificate = params.signed_by(&key, issuer).unwrap();
+        std::fs::write(self.path("server.pem"), certificate.pem()).unwrap();
+        std::fs::write(self.path("server.key"), key.serialize_pem()).unwrap();
+        set_mode(&self.path("server.key"), 0o644);
+    }
+
+    /// A broker with a TLS listener, the current broker certificate and the password file.
+    fn broker(&self, trust: Trust, client_certificate: ClientCertificate) -> Mosquitto {
+        self.install_broker_certificate(trust);
+        Mosquitto::start_tls(&TlsListener {
+            cert_file: self.path("server.pem"),
+            key_file: self.path("server.key"),
+            ca_file: self.ca_file(),
+            require_certificate: client_certificate == ClientCertificate::Required,
+            password_file: Some(self.path("passwd")),
+        })
+    }
+
+    /// A private file holding `password` and a newline.
+    fn password_file(&self, password: &str) -> PathBuf {
+        let path = self.path(&format!("password-{}", password.len()));
+        std::fs::write(&path, format!("{password}\n")).unwrap();
+        set_mode(&path, 0o600);
+        path
+    }
+
+    /// The `[mqtt]` lines for TLS and the login as `queuewatch`.
+    fn mqtt_lines(&self, password_file: &Path, client_cert: WithClientCert) -> String {
+        let mut lines = format!(
+            "ca_file = \"{}\"\nusername = \"queuewatch\"\npassword_file = \"{}\"\n",
+            self.ca_file().display(),
+            password_file.display()
+        );
+        if client_cert == WithClientCert::Yes {
+            lines.push_str(&format!(
+                "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+                self.path("client.pem").display(),
+                self.path("client.key").display()
+            ));
+        }
+        lines
+    }
+
+    fn daemon_config(
+        &self,
+        broker: &Mosquitto,
+        influx: &Influx1,
+        password_file: &Path,
+        client_cert: WithClientCert,
+    ) -> PathBuf {
+        let mqtt = self.mqtt_lines(password_file, client_cert);
+        let config = tempfile::tempdir_in(self.dir()).unwrap().keep();
+        write_config(&config, &common::daemon_config_text(&broker.url, "queuewatch-tls", &mqtt, &influx.url, ""))
+    }
+
+    /// A daemon config whose InfluxDB is never reached (the test watches the MQTT side only).
+    fn daemon_config_without_sink(
+        &self,
+        broker: &Mosquitto,
+        password_file: &Path,
+        client_cert: WithClientCert,
+    ) -> PathBuf {
+        let mqtt = self.mqtt_lines(password_file, client_cert);
+        let client_id = if client_cert == WithClientCert::Yes { "queuewatch-cert" } else { "queuewatch-tls" };
+        let config = tempfile::tempdir_in(self.dir()).unwrap().keep();
+        let text = common::daemon_config_text(&broker.url, client_id, &mqtt, "http://127.0.0.1:1", "");
+        write_config(&config, &text)
+    }
+}
+
+fn certificate_authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A ticket machine over TLS, logged in as office A, that trusts the test CA
+/// through queuewatch's own TLS setup.
+struct TlsClient {
+    client: AsyncClient,
+    received: mpsc::UnboundedReceiver<Publish>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl TlsClient {
+    async fn connect(pki: &Pki, broker: &Mosquitto, client_id: &str, client_cert: WithClientCert) -> TlsClient {
+        let tls = MqttTlsConfig {
+            ca_file: Some(pki.ca_file()),
+            client_auth: (client_cert == WithClientCert::Yes)
+                .then(|| ClientAuthFiles { cert_file: pki.path("client.pem"), key_file: pki.path("client.key") }),
+        };
+        let config = queuewatch::mqtt::tls::client_config(&tls).unwrap();
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+        options.set_credentials(OFFICE, MACHINE_PASSWORD);
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        let (client, mut event_loop) = AsyncClient::new(options, 64);
+        loop {
+            let polled = tokio::time::timeout(GENEROUS, event_loop.poll()).await.expect("a CONNACK");
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(error) => panic!("the ticket machine cannot connect: {error}\n{}", broker.log()),
+            }
+        }
+        let (sender, received) = mpsc::unbounded_channel();
+        let pump = tokio::spawn(async move {
+            while let Ok(event) = event_loop.poll().await {
+                if let Event::Incoming(Packet::Publish(publish)) = event {
+                    let _ = sender.send(publish);
+                }
+            }
+        });
+        TlsClient { client, received, pump }
+    }
+
+    /// Publishes a message queuewatch rejects until its echo arrives on the
+    /// office's rejection topic: queuewatch is then logged in and subscribed
+    /// (it has no session before its first login, so earlier events are not kept for it).
+    async fn wait_until_queuewatch_listens(&mut self, daemon: &mut Daemon) {
+        self.client.subscribe(format!("queue/{OFFICE}/rejected"), QoS::AtLeastOnce).await.unwrap();
+        let deadline = Instant::now() + GENEROUS;
+        loop {
+            let probe = r#"{"type":"probe","ts":1,"id":"probe"}"#;
+            self.client.publish(format!("queue/{OFFICE}/events"), QoS::AtLeastOnce, false, probe).await.unwrap();
+            if let Ok(Some(echo)) = tokio::time::timeout(Duration::from_millis(500), self.received.recv()).await {
+                assert_eq!(echo.topic, format!("queue/{OFFICE}/rejected"));
+                return;
+            }
+            assert!(daemon.is_running(), "queuewatch ended:\n{}", daemon.log());
+            assert!(Instant::now() < deadline, "queuewatch never echoed a rejection:\n{}", daemon.log());
+        }
+    }
+
+    /// A ticket served at the office, and a later event that moves the
+    /// office's clock past the reorder window so that its point is written.
+    async fn publish_ticket(&mut self, ticket: &str) {
+        for event in [
+            format!(r#"{{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"{ticket}","service":"ktp"}}"#),
+            format!(r#"{{"type":"called","ts":"2026-11-20T08:00:10+07:00","ticket":"{ticket}","counter":"c1"}}"#),
+            format!(r#"{{"type":"finished","ts":"2026-11-20T08:00:20+07:00","ticket":"{ticket}","counter":"c1"}}"#),
+            r#"{"type":"heartbeat","ts":"2026-11-20T08:05:00+07:00"}"#.to_string(),
+        ] {
+            self.client.publish(format!("queue/{OFFICE}/events"), QoS::AtLeastOnce, false, event).await.unwrap();
+        }
+    }
+}
+
+impl Drop for TlsClient {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
