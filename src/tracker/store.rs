@@ -247,6 +247,10 @@ struct Closed {
 /// small table is not worth its own step).
 const MIN_PURGE: usize = 1024;
 
+/// Above this span of forgotten tags a purge looks each key's tag up in
+/// `forgotten` instead of in a bitmap.
+const MAX_PURGE_BITMAP_BITS: u32 = 1 << 16;
+
 fn split(key: u64) -> (u32, u32) {
     (key as u32, (key >> 32) as u32)
 }
@@ -327,8 +331,23 @@ impl Seen {
 
     /// Drops the forgotten keys from the table, and gives memory back when most of it is unused.
     fn purge(&mut self) {
-        let forgotten = &self.forgotten;
-        self.keys.retain(|entry| !forgotten.contains(&entry[2]));
+        // Usually a run of recent tags: looked up in a bitmap (8 KiB at most).
+        let low = self.forgotten.iter().copied().min().unwrap_or(0);
+        let high = self.forgotten.iter().copied().max().unwrap_or(0);
+        if high - low < MAX_PURGE_BITMAP_BITS {
+            let mut bitmap = vec![0u64; (high - low) as usize / 64 + 1];
+            for tag in &self.forgotten {
+                let bit = (tag - low) as usize;
+                bitmap[bit / 64] |= 1 << (bit % 64);
+            }
+            self.keys.retain(|entry| {
+                let bit = entry[2].wrapping_sub(low) as usize;
+                bitmap.get(bit / 64).is_none_or(|word| word & (1 << (bit % 64)) == 0)
+            });
+        } else {
+            let forgotten = &self.forgotten;
+            self.keys.retain(|entry| !forgotten.contains(&entry[2]));
+        }
         self.forgotten.clear();
         self.forgotten_keys = 0;
         // Shrinking to fit after every purge would reallocate and rehash the
