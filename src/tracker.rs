@@ -478,6 +478,9 @@ struct OfficeState {
     /// Tickets whose closure is remembered, to forget after the dedup horizon.
     closed_memory: BinaryHeap<Reverse<(Millis, SlotId)>>,
     seen: Seen,
+    /// By slot: how many dedup keys the slot's open segment has (saturating;
+    /// at `u16::MAX` the dedup table counts them when the segment closes).
+    key_counts: Vec<u16>,
     /// Segment generations, and one-off tags for dedup keys of events that
     /// belong to no open segment.
     generations: u32,
@@ -656,6 +659,7 @@ impl OfficeState {
             timers: BinaryHeap::new(),
             closed_memory: BinaryHeap::new(),
             seen: Seen::default(),
+            key_counts: Vec::new(),
             generations: 0,
             live: live::OfficeLive::default(),
         }
@@ -880,10 +884,11 @@ impl OfficeState {
     /// are forgotten `dedup_horizon` after it (events that belong to no open segment).
     fn retire_keys(&mut self, keys: EventKeys, at: Millis) {
         let tag = self.next_tag();
+        let mut count = 0;
         for key in keys.iter() {
-            self.seen.insert(key, tag);
+            count += usize::from(self.seen.insert(key, tag));
         }
-        self.seen.close(tag, at);
+        self.seen.close(tag, at, Some(count));
     }
 
     fn apply(&mut self, settings: &TrackerSettings, event: Event, keys: EventKeys, arrival: Arrival, out: &mut Output) {
@@ -1018,11 +1023,23 @@ impl OfficeState {
         }
     }
 
+    fn set_key_count(&mut self, slot: SlotId, count: u16) {
+        let index = slot as usize;
+        if self.key_counts.len() <= index {
+            self.key_counts.resize(index + 1, 0);
+        }
+        self.key_counts[index] = count;
+    }
+
     /// Tags dedup keys with the generation of the segment they now belong to.
     fn tag_keys(&mut self, slot: SlotId, keys: EventKeys) {
         if let Some(generation) = self.segment(slot).map(|segment| segment.generation) {
+            let mut added = 0;
             for key in keys.iter() {
-                self.seen.insert(key, generation);
+                added += u16::from(self.seen.insert(key, generation));
+            }
+            if let Some(count) = self.key_counts.get_mut(slot as usize) {
+                *count = count.saturating_add(added);
             }
         }
     }
@@ -1146,6 +1163,7 @@ impl OfficeState {
         if let Some(state) = self.tickets.get_mut(slot) {
             *state = TicketState::Open(segment);
         }
+        self.set_key_count(slot, 0);
         self.live.queue_add(share, slot);
         self.open_segments += 1;
         self.waiting += 1;
@@ -1169,7 +1187,8 @@ impl OfficeState {
             self.waiting -= 1;
         }
         self.closed_memory.push(Reverse((closing.at, slot)));
-        self.seen.close(segment.generation, closing.at);
+        let keys = self.key_counts.get(slot as usize).copied().filter(|count| *count < u16::MAX);
+        self.seen.close(segment.generation, closing.at, keys.map(usize::from));
         self.live.touch_service(segment.service, closing.at);
 
         if let Some(counter) = segment.busy_counter {

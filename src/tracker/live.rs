@@ -167,8 +167,81 @@ struct ServiceGauge {
     /// Waiting segments whose issue time is known, oldest first.
     #[serde(skip)]
     waiting_since: BTreeSet<(Millis, SlotId)>,
+    /// How many of `waiting_since` lie before the bound (the last snapshot's
+    /// `over_target`), kept up as tickets join and leave so that the next
+    /// snapshot counts only the tickets that passed their target since.
+    #[serde(skip)]
+    over_target: Option<OverTarget>,
+    /// The service's wait target at this office (looked up once).
+    #[serde(skip)]
+    wait_ms: Option<i64>,
     /// What the last written `queue` row of this service said.
     last_row: Option<QueueRow>,
+}
+
+/// `over_target` as of the last bound asked for, and the first waiting
+/// ticket at or after that bound (the next to pass its target), so that a
+/// later bound usually costs no search of the waiting tickets at all.
+#[derive(Debug, Clone, Copy)]
+struct OverTarget {
+    bound: (Millis, SlotId),
+    count: i64,
+    /// `None` when unknown (that ticket left the queue).
+    next: Option<Option<(Millis, SlotId)>>,
+}
+
+impl ServiceGauge {
+    /// Waiting tickets issued before `before`, and the issue time of the
+    /// first one issued at or after it: counted on from the last bound.
+    fn over_target(&mut self, before: Millis) -> (i64, Option<Millis>) {
+        let bound = (before, 0);
+        let over = match self.over_target {
+            Some(last) if last.bound <= bound => match last.next {
+                Some(next) if next.is_none_or(|next| next >= bound) => OverTarget { bound, ..last },
+                _ => OverTarget {
+                    bound,
+                    count: last.count + self.waiting_since.range(last.bound..bound).count() as i64,
+                    next: Some(self.waiting_since.range(bound..).next().copied()),
+                },
+            },
+            Some(last) => OverTarget {
+                bound,
+                count: last.count - self.waiting_since.range(bound..last.bound).count() as i64,
+                next: Some(self.waiting_since.range(bound..).next().copied()),
+            },
+            None => OverTarget {
+                bound,
+                count: self.waiting_since.range(..bound).count() as i64,
+                next: Some(self.waiting_since.range(bound..).next().copied()),
+            },
+        };
+        self.over_target = Some(over);
+        (over.count, over.next.flatten().map(|(issue, _)| issue))
+    }
+
+    fn wait_add(&mut self, entry: (Millis, SlotId)) {
+        if !self.waiting_since.insert(entry) {
+            return;
+        }
+        let Some(over) = self.over_target.as_mut() else { return };
+        if entry < over.bound {
+            over.count += 1;
+        } else if let Some(next) = over.next.as_mut().filter(|next| next.is_none_or(|next| entry < next)) {
+            *next = Some(entry);
+        }
+    }
+
+    fn wait_remove(&mut self, entry: (Millis, SlotId)) {
+        if !self.waiting_since.remove(&entry) {
+            return;
+        }
+        let Some(over) = self.over_target.as_mut() else { return };
+        if entry < over.bound {
+            over.count -= 1;
+        } else if over.next == Some(Some(entry)) {
+            over.next = None;
+        }
+    }
 }
 
 /// The state fields of a `queue` row: a row is news when one of them changed.
@@ -231,7 +304,7 @@ impl OfficeLive {
         if share.waiting {
             gauge.waiting += 1;
             if let Some(issue) = share.issue {
-                gauge.waiting_since.insert((issue, slot));
+                gauge.wait_add((issue, slot));
             }
         } else {
             gauge.in_service += 1;
@@ -244,7 +317,7 @@ impl OfficeLive {
         if share.waiting {
             gauge.waiting -= 1;
             if let Some(issue) = share.issue {
-                gauge.waiting_since.remove(&(issue, slot));
+                gauge.wait_remove((issue, slot));
             }
         } else {
             gauge.in_service -= 1;
@@ -301,6 +374,7 @@ impl OfficeLive {
         for gauge in self.services.values_mut() {
             (gauge.waiting, gauge.in_service) = (0, 0);
             gauge.waiting_since.clear();
+            gauge.over_target = None;
         }
         for (share, slot) in shares {
             self.queue_add(share, slot);
@@ -485,9 +559,9 @@ impl OfficeLive {
         let time_ns = at.0.saturating_mul(1_000_000);
         let (mut waiting, mut in_service) = (0, 0);
         for (service, gauge) in &mut self.services {
-            let targets = ctx.targets(settings, *service);
+            let wait_ms = *gauge.wait_ms.get_or_insert_with(|| ctx.targets(settings, *service).wait_ms);
             // Waiting longer than the target at T: issued before T - target.
-            let over_target = gauge.waiting_since.range(..(at.minus_ms(targets.wait_ms), 0)).count() as i64;
+            let (over_target, _) = gauge.over_target(at.minus_ms(wait_ms));
             let row = QueueRow { waiting: gauge.waiting, in_service: gauge.in_service, over_target };
             waiting += row.waiting;
             in_service += row.in_service;
@@ -556,15 +630,15 @@ impl OfficeLive {
             bound = bound.min(last.plus_ms(GAUGE_SPAN_AFTER_LAST_EVENT_MS).plus_ms(1));
         }
         let keepalive_ms = settings.gauge_keepalive_ms;
-        for (service, gauge) in &self.services {
+        for (service, gauge) in &mut self.services {
             if gauge.waiting > 0 {
                 let next_keepalive = at.0.div_euclid(keepalive_ms).saturating_add(1).saturating_mul(keepalive_ms);
                 bound = bound.min(Millis(next_keepalive));
             }
             // `over_target` counts issues before T - target: the first not
             // yet counted at `at` is counted from its issue + target + 1 ms.
-            let wait_ms = ctx.targets(settings, *service).wait_ms;
-            if let Some((issue, _)) = gauge.waiting_since.range((at.minus_ms(wait_ms), 0)..).next() {
+            let wait_ms = *gauge.wait_ms.get_or_insert_with(|| ctx.targets(settings, *service).wait_ms);
+            if let (_, Some(issue)) = gauge.over_target(at.minus_ms(wait_ms)) {
                 bound = bound.min(issue.plus_ms(wait_ms).plus_ms(1));
             }
         }
@@ -815,4 +889,37 @@ fn idle_alert(ctx: &OfficeContext, counter: NameId, since: Millis, target_ms: i6
 /// The first multiple of `interval_ms` at or after `at`.
 fn ceil_to(at: Millis, interval_ms: i64) -> Millis {
     Millis(at.0.div_euclid(interval_ms).saturating_add(i64::from(at.0.rem_euclid(interval_ms) != 0)) * interval_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tickets joining and leaving the queue between snapshots whose bound
+    /// moves forward and, after a change of target, back: the running count
+    /// and the next ticket to pass always equal a count from scratch.
+    #[test]
+    fn the_running_over_target_count_equals_a_count_from_scratch() {
+        let mut gauge = ServiceGauge::default();
+        // A small linear congruential sequence: the same steps every run.
+        let mut state = 12_345u64;
+        let mut next = move |below: u64| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % below
+        };
+        let mut bound = 0i64;
+        for step in 0..5_000 {
+            let entry = (Millis(next(2_000) as i64), next(8) as SlotId);
+            match next(3) {
+                0 | 1 => gauge.wait_add(entry),
+                _ => gauge.wait_remove(entry),
+            }
+            if step % 7 == 0 {
+                bound = if step % 700 == 0 { bound - next(300) as i64 } else { bound + next(40) as i64 };
+                let expected_count = gauge.waiting_since.range(..(Millis(bound), 0)).count() as i64;
+                let expected_next = gauge.waiting_since.range((Millis(bound), 0)..).next().map(|(issue, _)| *issue);
+                assert_eq!(gauge.over_target(Millis(bound)), (expected_count, expected_next), "step {step}");
+            }
+        }
+    }
 }

@@ -525,6 +525,22 @@ fn rebuild_from_slots(office: &mut OfficeState) {
     }
     office.timers = BinaryHeap::from(timers);
     office.closed_memory = BinaryHeap::from(closed_memory);
+    // How many dedup keys each open segment has: what its close hands the dedup table.
+    let open_slots: HashMap<u32, SlotId> = office
+        .tickets
+        .slots()
+        .enumerate()
+        .filter_map(|(slot, (_, state))| {
+            state.and_then(TicketState::open).map(|segment| (segment.generation, slot as SlotId))
+        })
+        .collect();
+    office.key_counts = vec![0; office.tickets.slots().len()];
+    for (_, tag) in office.seen.entries() {
+        if let Some(slot) = open_slots.get(&tag) {
+            let count = &mut office.key_counts[*slot as usize];
+            *count = count.saturating_add(1);
+        }
+    }
     let shares = office.tickets.slots().enumerate().filter_map(|(slot, (_, state))| {
         state.and_then(TicketState::open).map(|segment| (segment.queue_share(), slot as SlotId))
     });

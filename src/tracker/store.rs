@@ -13,7 +13,7 @@
 //!   been closed for the dedup horizon, found by an occasional sweep rather
 //!   than by a list of keys per segment.
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
 use std::num::{NonZeroI64, NonZeroU32};
 
@@ -217,18 +217,39 @@ pub(super) const PENDING: u32 = u32::MAX;
 
 /// Dedup keys, 12 bytes each: the 64-bit key and the generation tag of the
 /// segment (or the one-off tag of a ticketless event) it belongs to.
+///
+/// A sweep forgets the keys of the generations that closed before its
+/// cutoff without visiting the others (an office's open tickets hold most
+/// keys): their tags join `forgotten`, and a key whose tag is there is
+/// absent to every reader. The table drops such keys in one pass once they
+/// are a quarter of it, so each forgotten key is visited a few times at most.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Seen {
     keys: HashTable<[u32; 3]>,
-    /// When closed generations closed; their keys go `dedup_horizon` later.
-    closed: HashMap<u32, Millis>,
+    /// When closed generations closed, and how many keys each has; their
+    /// keys go `dedup_horizon` later.
+    closed: HashMap<u32, Closed>,
+    /// Tags whose keys are forgotten but still in `keys`.
+    forgotten: HashSet<u32>,
+    /// How many entries of `keys` have a tag in `forgotten`.
+    forgotten_keys: usize,
     last_sweep: Option<Millis>,
     len_after_sweep: usize,
 }
 
-/// Above this span of expired generation tags a sweep looks each key's tag
-/// up in `closed` instead of in a bitmap (8 KiB at most).
-const MAX_SWEEP_BITMAP_BITS: u32 = 1 << 16;
+#[derive(Debug, Clone, Copy)]
+struct Closed {
+    at: Millis,
+    keys: usize,
+}
+
+/// Below this many forgotten keys the table keeps them (one pass over a
+/// small table is not worth its own step).
+const MIN_PURGE: usize = 1024;
+
+/// Above this span of forgotten tags a purge looks each key's tag up in
+/// `forgotten` instead of in a bitmap.
+const MAX_PURGE_BITMAP_BITS: u32 = 1 << 16;
 
 fn split(key: u64) -> (u32, u32) {
     (key as u32, (key >> 32) as u32)
@@ -241,23 +262,44 @@ fn join(entry: &[u32; 3]) -> u64 {
 impl Seen {
     pub(super) fn contains(&self, key: u64) -> bool {
         let (low, high) = split(key);
-        self.keys.find(key, |entry| entry[0] == low && entry[1] == high).is_some()
+        self.keys
+            .find(key, |entry| entry[0] == low && entry[1] == high)
+            .is_some_and(|entry| !self.is_forgotten(entry[2]))
     }
 
-    /// Records `key` (if new) with `tag`, or re-tags it.
-    pub(super) fn insert(&mut self, key: u64, tag: u32) {
+    fn is_forgotten(&self, tag: u32) -> bool {
+        !self.forgotten.is_empty() && self.forgotten.contains(&tag)
+    }
+
+    /// Records `key` (if new) with `tag`, or re-tags it. Returns whether the
+    /// key is new to `tag` (so that the caller can count a segment's keys).
+    pub(super) fn insert(&mut self, key: u64, tag: u32) -> bool {
         let (low, high) = split(key);
-        match self.keys.find_mut(key, |entry| entry[0] == low && entry[1] == high) {
-            Some(entry) => entry[2] = tag,
-            None => {
-                self.keys.insert_unique(key, [low, high, tag], join);
-            }
+        let Some(entry) = self.keys.find_mut(key, |entry| entry[0] == low && entry[1] == high) else {
+            self.keys.insert_unique(key, [low, high, tag], join);
+            return true;
+        };
+        let previous = std::mem::replace(&mut entry[2], tag);
+        if previous == tag {
+            return false;
         }
+        if previous == PENDING {
+            // Never closed, so neither counted nor forgotten.
+            return true;
+        }
+        if !self.forgotten.is_empty() && self.forgotten.contains(&previous) {
+            self.forgotten_keys = self.forgotten_keys.saturating_sub(1);
+        } else if let Some(closed) = self.closed.get_mut(&previous) {
+            closed.keys = closed.keys.saturating_sub(1);
+        }
+        true
     }
 
-    /// The generation `tag` closed at `at`: its keys are forgotten after the horizon.
-    pub(super) fn close(&mut self, tag: u32, at: Millis) {
-        self.closed.insert(tag, at);
+    /// The generation `tag` closed at `at` with `keys` keys (`None`: not
+    /// counted, they are counted here): its keys are forgotten after the horizon.
+    pub(super) fn close(&mut self, tag: u32, at: Millis, keys: Option<usize>) {
+        let keys = keys.unwrap_or_else(|| self.keys.iter().filter(|entry| entry[2] == tag).count());
+        self.closed.insert(tag, Closed { at, keys });
     }
 
     /// Forgets keys of generations closed before `cutoff`. Runs when the
@@ -265,22 +307,36 @@ impl Seen {
     /// has doubled, so its cost is spread thin.
     pub(super) fn maybe_sweep(&mut self, cutoff: Millis, now: Millis, every_ms: i64) {
         let due_by_time = self.last_sweep.is_none_or(|last| now.since(last) >= every_ms);
-        let due_by_size = self.keys.len() > 2 * self.len_after_sweep.max(1024);
+        let due_by_size = self.len() > 2 * self.len_after_sweep.max(1024);
         if !(due_by_time || due_by_size) {
             return;
         }
         self.last_sweep = Some(now);
-        // The generations whose keys go now: none (nothing to scan), or
-        // usually a short run of recent tags, looked up in a bitmap.
-        let expired = self.closed.iter().filter(|(_, closed_at)| **closed_at < cutoff).map(|(tag, _)| *tag);
-        let Some((low, high)) = expired.fold(None, |span: Option<(u32, u32)>, tag| {
-            Some(span.map_or((tag, tag), |(low, high)| (low.min(tag), high.max(tag))))
-        }) else {
-            return self.after_sweep();
-        };
-        if high - low < MAX_SWEEP_BITMAP_BITS {
+        let (forgotten, forgotten_keys) = (&mut self.forgotten, &mut self.forgotten_keys);
+        self.closed.retain(|tag, closed| {
+            if closed.at >= cutoff {
+                return true;
+            }
+            if closed.keys > 0 {
+                forgotten.insert(*tag);
+                *forgotten_keys += closed.keys;
+            }
+            false
+        });
+        if self.forgotten_keys >= MIN_PURGE.max(self.keys.len() / 4) {
+            self.purge();
+        }
+        self.len_after_sweep = self.len();
+    }
+
+    /// Drops the forgotten keys from the table, and gives memory back when most of it is unused.
+    fn purge(&mut self) {
+        // Usually a run of recent tags: looked up in a bitmap (8 KiB at most).
+        let low = self.forgotten.iter().copied().min().unwrap_or(0);
+        let high = self.forgotten.iter().copied().max().unwrap_or(0);
+        if high - low < MAX_PURGE_BITMAP_BITS {
             let mut bitmap = vec![0u64; (high - low) as usize / 64 + 1];
-            for (tag, _) in self.closed.iter().filter(|(_, closed_at)| **closed_at < cutoff) {
+            for tag in &self.forgotten {
                 let bit = (tag - low) as usize;
                 bitmap[bit / 64] |= 1 << (bit % 64);
             }
@@ -289,36 +345,31 @@ impl Seen {
                 bitmap.get(bit / 64).is_none_or(|word| word & (1 << (bit % 64)) == 0)
             });
         } else {
-            let closed = &self.closed;
-            self.keys.retain(|entry| closed.get(&entry[2]).is_none_or(|closed_at| *closed_at >= cutoff));
+            let forgotten = &self.forgotten;
+            self.keys.retain(|entry| !forgotten.contains(&entry[2]));
         }
-        self.closed.retain(|_, closed_at| *closed_at >= cutoff);
-        self.after_sweep();
-    }
-
-    /// What follows every sweep: memory back when most is unused, and the size the next one is paced by.
-    fn after_sweep(&mut self) {
-        // Shrinking to fit after every sweep would reallocate and rehash the
+        self.forgotten.clear();
+        self.forgotten_keys = 0;
+        // Shrinking to fit after every purge would reallocate and rehash the
         // table each time only for it to grow again; give memory back only
         // when most of it is unused.
         if self.keys.capacity() > 4 * self.keys.len().max(1024) {
             self.keys.shrink_to(2 * self.keys.len(), join);
         }
-        self.len_after_sweep = self.keys.len();
     }
 
     pub(super) fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.len() - self.forgotten_keys
     }
 
     /// Every key with its tag, in no particular order (for snapshots).
     pub(super) fn entries(&self) -> impl ExactSizeIterator<Item = (u64, u32)> + '_ {
-        self.keys.iter().map(|entry| (join(entry), entry[2]))
+        Live { entries: self.keys.iter(), seen: self, left: self.len() }
     }
 
     /// Closed generations and when they closed (for snapshots).
     pub(super) fn closed(&self) -> impl ExactSizeIterator<Item = (u32, Millis)> + '_ {
-        self.closed.iter().map(|(tag, at)| (*tag, *at))
+        self.closed.iter().map(|(tag, closed)| (*tag, closed.at))
     }
 
     /// What paces the sweep: when it last ran, and the table's size after it.
@@ -327,19 +378,48 @@ impl Seen {
     }
 
     /// Rebuilds the table from [`Self::entries`], [`Self::closed`] and
-    /// [`Self::sweep_pacing`].
+    /// [`Self::sweep_pacing`], counting the keys of each closed generation.
     pub(super) fn from_parts(
         entries: impl IntoIterator<Item = (u64, u32)>,
         closed: impl IntoIterator<Item = (u32, Millis)>,
         (last_sweep, len_after_sweep): (Option<Millis>, usize),
     ) -> Seen {
-        let mut seen = Seen { closed: closed.into_iter().collect(), last_sweep, len_after_sweep, ..Seen::default() };
+        let mut seen = Seen { last_sweep, len_after_sweep, ..Seen::default() };
         for (key, tag) in entries {
             seen.insert(key, tag);
+        }
+        seen.closed = closed.into_iter().map(|(tag, at)| (tag, Closed { at, keys: 0 })).collect();
+        for entry in &seen.keys {
+            if let Some(closed) = seen.closed.get_mut(&entry[2]) {
+                closed.keys += 1;
+            }
         }
         seen
     }
 }
+
+/// The keys of a [`Seen`] that are not forgotten.
+struct Live<'a, I> {
+    entries: I,
+    seen: &'a Seen,
+    left: usize,
+}
+
+impl<'a, I: Iterator<Item = &'a [u32; 3]>> Iterator for Live<'a, I> {
+    type Item = (u64, u32);
+
+    fn next(&mut self) -> Option<(u64, u32)> {
+        let entry = self.entries.find(|entry| !self.seen.is_forgotten(entry[2]))?;
+        self.left -= 1;
+        Some((join(entry), entry[2]))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a [u32; 3]>> ExactSizeIterator for Live<'a, I> {}
 
 #[cfg(test)]
 mod tests {
@@ -377,7 +457,7 @@ mod tests {
         seen.insert(1, 7);
         seen.insert(2, 8);
         seen.insert(3, PENDING);
-        seen.close(7, Millis(100));
+        seen.close(7, Millis(100), None);
         seen.maybe_sweep(Millis(50), Millis(1000), 0);
         assert!(seen.contains(1), "closed at 100, cutoff 50: kept");
         seen.maybe_sweep(Millis(101), Millis(2000), 0);
@@ -394,7 +474,7 @@ mod tests {
                 seen.insert(index as u64 * 2 + 1, *tag);
                 let closed_at = [Some(0), Some(10), None, Some(40), Some(20)][index];
                 if let Some(at) = closed_at {
-                    seen.close(*tag, Millis(at));
+                    seen.close(*tag, Millis(at), None);
                 }
             }
             seen.insert(100, 7);
@@ -404,6 +484,58 @@ mod tests {
             assert!(seen.contains(100), "a tag that never closed");
             assert_eq!(seen.closed().count(), 1, "{tags:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod forgetting {
+    use super::*;
+
+    /// Many open keys, and generations closing one after another: each
+    /// sweep forgets exactly the keys of the generations past the cutoff,
+    /// whether they are still in the table or already dropped from it.
+    #[test]
+    fn keys_forgotten_without_a_pass_over_the_table_are_absent_and_uncounted() {
+        let mut seen = Seen::default();
+        for key in 0..10_000u64 {
+            seen.insert(key, PENDING);
+        }
+        for tag in 0..3_000u32 {
+            let key = 1_000_000 + u64::from(tag);
+            assert!(seen.insert(key, tag) && seen.insert(key + 500_000, tag));
+            seen.close(tag, Millis(i64::from(tag)), if tag % 2 == 0 { Some(2) } else { None });
+        }
+        for (step, cutoff) in [10i64, 11, 400, 2_500, 3_000].into_iter().enumerate() {
+            seen.maybe_sweep(Millis(cutoff), Millis(step as i64 * 1_000), 0);
+            let expected_len = 10_000 + 2 * (3_000 - cutoff.min(3_000) as usize);
+            assert_eq!(seen.len(), expected_len, "cutoff {cutoff}");
+            assert_eq!(seen.entries().len(), expected_len);
+            assert_eq!(seen.entries().count(), expected_len);
+            for tag in [0u32, 9, 10, 399, 400, 2_999] {
+                let key = 1_000_000 + u64::from(tag);
+                assert_eq!(seen.contains(key), i64::from(tag) >= cutoff, "tag {tag}, cutoff {cutoff}");
+            }
+            assert!(seen.contains(0) && seen.contains(9_999), "open keys stay");
+        }
+        assert_eq!(seen.len(), 10_000);
+        // A forgotten key comes back as new, and counts again.
+        assert!(!seen.contains(1_000_005));
+        assert!(seen.insert(1_000_005, PENDING));
+        assert!(seen.contains(1_000_005));
+        assert_eq!(seen.len(), 10_001);
+    }
+
+    #[test]
+    fn a_rebuilt_table_counts_the_keys_of_its_closed_generations() {
+        let mut seen = Seen::default();
+        for key in 0..4u64 {
+            seen.insert(key, key as u32 % 2);
+        }
+        seen.close(0, Millis(5), Some(2));
+        let mut rebuilt = Seen::from_parts(seen.entries(), seen.closed(), seen.sweep_pacing());
+        rebuilt.maybe_sweep(Millis(6), Millis(0), 0);
+        assert_eq!(rebuilt.len(), 2);
+        assert!(!rebuilt.contains(0) && rebuilt.contains(1) && !rebuilt.contains(2) && rebuilt.contains(3));
     }
 }
 
