@@ -46,6 +46,6 @@ for target in "${targets[@]}"; do
     awk -F' *: *' '$1 ~ /^(execs_done|execs_per_sec|corpus_count|saved_crashes|saved_hangs|run_time)$/ { printf " %s=%s", $1, $2 }' "$stats"
     echo
     for crash in "out/$target/default/crashes"/id:*; do
-        [[ -e $crash ]] && echo "  crash: fuzz/$crash"
+        if [[ -e $crash ]]; then echo "  crash: fuzz/$crash"; fi
     done
 done

@@ -41,8 +41,13 @@ fn check_accepted(data: &[u8], topic_office: Option<&OfficeId>, event: &Event) {
         assert!(std::str::from_utf8(data).is_ok(), "accepted, but not UTF-8");
     }
     let text = String::from_utf8_lossy(data);
-    let value: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|error| panic!("accepted, but serde_json refuses it: {error}"));
+    let value: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(value) => value,
+        // Valid JSON (RFC 8259 sets no range) that serde_json cannot hold as an f64,
+        // in a field the decoder ignores: accepting it is right.
+        Err(error) if error.to_string().starts_with("number out of range") => return,
+        Err(error) => panic!("accepted, but serde_json refuses it: {error}"),
+    };
     let object = value.as_object().expect("accepted, but not an object");
     if let Some(office) = topic_office {
         assert_eq!(&event.office, office, "the topic's office is the event's");
