@@ -168,14 +168,12 @@ fn escape_into(out: &mut String, text: &str, specials: &[char]) {
         return;
     }
     for character in text.chars() {
+        // A newline becomes a space, escaped like any other where a space is special.
+        let character = if character == '\n' || character == '\r' { ' ' } else { character };
         if character == '\\' || specials.contains(&character) {
             out.push('\\');
-            out.push(character);
-        } else if character == '\n' || character == '\r' {
-            out.push(' ');
-        } else {
-            out.push(character);
         }
+        out.push(character);
     }
 }
 

@@ -3,20 +3,17 @@
 //! and the password and ACL files' paths are swapped for the test's, every
 //! other line is as shipped.
 //!
-//! Mosquitto acknowledges a QoS 1 publish that the ACL denies and then drops
-//! it, so the ACL is proven by delivery: a denied message is sent first, an
-//! allowed marker after it by the same client, and the subscriber must see
-//! the marker and not the denied one (the broker keeps each client's order).
+//! The ACL is proven by delivery (see `common::client`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::client::{publish_ticket, wait_until_queuewatch_listens, Client};
 use common::{write_config, Daemon, Influx1, Mosquitto};
 use queuewatch_servers::mosquitto_passwd;
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{mpsc, watch};
+use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions};
 use tokio::time::Instant;
 
 /// Only a hang fails a wait: far beyond what any step needs, even on a busy machine.
@@ -30,16 +27,16 @@ const OFFICE_B: &str = "mpp-b";
 async fn the_shipped_config_starts_and_lets_in_only_known_users_with_their_password() {
     let broker = Broker::start();
     for refused in [None, Some((OFFICE_A, "wrong")), Some(("mpp-unknown", "password-of-a"))] {
-        let outcome = Client::connect(&broker, "refused-client", refused).await;
+        let outcome = connect(&broker, "refused-client", refused).await;
         let Err(ConnectionError::ConnectionRefused(code)) = outcome else {
             panic!("{refused:?}: not refused by the broker");
         };
         // Mosquitto answers an MQTT 3.1.1 client's failed login with "not authorized".
         assert_eq!(code, ConnectReturnCode::NotAuthorized, "{refused:?}");
     }
-    let machine = Client::connect(&broker, "mpp-a-kiosk-1", Some((OFFICE_A, "password-of-a"))).await;
+    let machine = connect(&broker, "mpp-a-kiosk-1", Some((OFFICE_A, "password-of-a"))).await;
     assert!(machine.is_ok(), "{:?}\n{}", machine.err(), broker.mqtt.log());
-    let queuewatch = Client::connect(&broker, "queuewatch", Some(("queuewatch", QUEUEWATCH_PASSWORD))).await;
+    let queuewatch = connect(&broker, "queuewatch", Some(("queuewatch", QUEUEWATCH_PASSWORD))).await;
     assert!(queuewatch.is_ok(), "{:?}", queuewatch.err());
     assert!(!broker.mqtt.log().contains("Error"), "{}", broker.mqtt.log());
 }
@@ -99,8 +96,8 @@ async fn queuewatch_logs_in_with_its_password_from_the_environment_and_writes_ti
     let mut daemon = Daemon::spawn(&config, &[("QUEUEWATCH_TEST_MQTT_PASSWORD", QUEUEWATCH_PASSWORD)]);
 
     let mut machine_a = broker.client("mpp-a-kiosk-1", OFFICE_A).await;
-    wait_until_queuewatch_listens(&mut machine_a, &mut daemon).await;
-    publish_ticket(&mut machine_a, "A1").await;
+    wait_until_queuewatch_listens(&mut machine_a, OFFICE_A, &mut daemon).await;
+    publish_ticket(&mut machine_a, OFFICE_A, "A1").await;
     let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
     assert_eq!((rows[0]["office"].as_str(), rows[0]["ticket"].as_str()), (Some(OFFICE_A), Some("A1")));
     assert!(!daemon.log().contains(QUEUEWATCH_PASSWORD), "{}", daemon.log());
@@ -134,8 +131,8 @@ async fn a_wrong_password_is_logged_once_with_the_brokers_answer_and_a_corrected
 
     std::fs::write(&password_file, format!("{QUEUEWATCH_PASSWORD}\n")).unwrap();
     let mut machine_a = broker.client("mpp-a-kiosk-1", OFFICE_A).await;
-    wait_until_queuewatch_listens(&mut machine_a, &mut daemon).await;
-    publish_ticket(&mut machine_a, "A2").await;
+    wait_until_queuewatch_listens(&mut machine_a, OFFICE_A, &mut daemon).await;
+    publish_ticket(&mut machine_a, OFFICE_A, "A2").await;
     let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
     assert_eq!(rows[0]["ticket"], "A2");
     assert_eq!(daemon.log().matches(refusal).count(), 1, "{}", daemon.log());
@@ -180,7 +177,7 @@ impl Broker {
             "queuewatch" => QUEUEWATCH_PASSWORD.to_string(),
             office => format!("password-of-{}", office.trim_start_matches("mpp-")),
         };
-        match Client::connect(self, client_id, Some((user, &password))).await {
+        match connect(self, client_id, Some((user, &password))).await {
             Ok(client) => client,
             Err(error) => panic!("{user} cannot log in: {error}\n{}", self.mqtt.log()),
         }
@@ -217,134 +214,17 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// An MQTT client for the test: what it receives, and how many of its
-/// publishes and subscriptions the broker has acknowledged.
-struct Client {
-    client: AsyncClient,
-    received: mpsc::UnboundedReceiver<Publish>,
-    acknowledged: watch::Receiver<(usize, usize)>,
-    sent: (usize, usize),
-    pump: tokio::task::JoinHandle<()>,
-}
-
-impl Client {
-    /// Connects with `login` (user, password), or anonymously; the broker's
-    /// refusal as an error.
-    async fn connect(broker: &Broker, client_id: &str, login: Option<(&str, &str)>) -> Result<Client, ConnectionError> {
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.mqtt.port);
-        if let Some((user, password)) = login {
-            options.set_credentials(user, password);
-        }
-        let (client, mut event_loop) = AsyncClient::new(options, 64);
-        loop {
-            let polled = tokio::time::timeout(GENEROUS, event_loop.poll()).await.expect("a CONNACK");
-            if let Event::Incoming(Packet::ConnAck(_)) = polled? {
-                break;
-            }
-        }
-        let (received_sender, received) = mpsc::unbounded_channel();
-        let (acknowledged_sender, acknowledged) = watch::channel((0, 0));
-        let pump = tokio::spawn(async move {
-            while let Ok(event) = event_loop.poll().await {
-                match event {
-                    Event::Incoming(Packet::Publish(publish)) => {
-                        let _ = received_sender.send(publish);
-                    }
-                    Event::Incoming(Packet::PubAck(_)) => acknowledged_sender.send_modify(|counts| counts.0 += 1),
-                    Event::Incoming(Packet::SubAck(_)) => acknowledged_sender.send_modify(|counts| counts.1 += 1),
-                    _ => {}
-                }
-            }
-        });
-        Ok(Client { client, received, acknowledged, sent: (0, 0), pump })
+/// Connects as `client_id` with `login` (user, password), or anonymously;
+/// the broker's refusal as an error.
+async fn connect(broker: &Broker, client_id: &str, login: Option<(&str, &str)>) -> Result<Client, ConnectionError> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.mqtt.port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
     }
-
-    /// Subscribes with QoS 1 and waits for the broker's SUBACK.
-    async fn subscribe(&mut self, filter: &str) {
-        self.client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-        self.sent.1 += 1;
-        self.wait_acknowledged().await;
-    }
-
-    /// Publishes with QoS 1 and waits for the broker's PUBACK (which it also
-    /// sends for what its ACL denies).
-    async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
-        self.sent.0 += 1;
-        self.wait_acknowledged().await;
-    }
-
-    async fn wait_acknowledged(&mut self) {
-        let sent = self.sent;
-        let waited = tokio::time::timeout(
-            GENEROUS,
-            self.acknowledged.wait_for(|(published, subscribed)| *published >= sent.0 && *subscribed >= sent.1),
-        );
-        assert!(
-            matches!(waited.await, Ok(Ok(_))),
-            "the broker acknowledged {:?} of {sent:?}",
-            *self.acknowledged.borrow()
-        );
-    }
-
-    /// Everything received up to and including the message whose payload is `marker`.
-    async fn receive_until(&mut self, marker: &str) -> Vec<Publish> {
-        let mut seen = Vec::new();
-        loop {
-            let next = tokio::time::timeout(GENEROUS, self.received.recv()).await;
-            let message = next.unwrap_or_else(|_| panic!("no {marker:?} after {seen:?}")).expect("connected");
-            let found = message.payload == marker;
-            seen.push(message);
-            if found {
-                return seen;
-            }
-        }
-    }
-
-    /// The next message within `wait`, if any.
-    async fn next_within(&mut self, wait: Duration) -> Option<Publish> {
-        tokio::time::timeout(wait, self.received.recv()).await.ok().flatten()
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.pump.abort();
-    }
+    Client::connect(options).await
 }
 
 /// queuewatch's config for the test broker, with `credentials` in `[mqtt]`.
 fn daemon_config(dir: &Path, broker: &Broker, influx: &Influx1, credentials: &str) -> PathBuf {
     write_config(dir, &common::daemon_config_text(&broker.mqtt.url, "queuewatch-auth", credentials, &influx.url, ""))
-}
-
-/// Publishes a message queuewatch rejects until its echo arrives on the
-/// office's rejection topic: queuewatch is then logged in and subscribed
-/// (it has no session before its first login, so earlier events are not
-/// kept for it). Proves along the way that it may write rejection echoes.
-async fn wait_until_queuewatch_listens(machine: &mut Client, daemon: &mut Daemon) {
-    machine.subscribe("queue/mpp-a/rejected").await;
-    let deadline = Instant::now() + GENEROUS;
-    loop {
-        machine.publish("queue/mpp-a/events", r#"{"type":"probe","ts":1,"id":"probe"}"#).await;
-        if let Some(echo) = machine.next_within(Duration::from_millis(500)).await {
-            assert_eq!(echo.topic, "queue/mpp-a/rejected");
-            return;
-        }
-        assert!(daemon.is_running(), "queuewatch ended:\n{}", daemon.log());
-        assert!(Instant::now() < deadline, "queuewatch never echoed a rejection:\n{}", daemon.log());
-    }
-}
-
-/// A ticket served at office A, and a later event that moves the office's
-/// clock past the reorder window so that its point is written.
-async fn publish_ticket(machine: &mut Client, ticket: &str) {
-    for event in [
-        format!(r#"{{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"{ticket}","service":"ktp"}}"#),
-        format!(r#"{{"type":"called","ts":"2026-11-20T08:00:10+07:00","ticket":"{ticket}","counter":"c1"}}"#),
-        format!(r#"{{"type":"finished","ts":"2026-11-20T08:00:20+07:00","ticket":"{ticket}","counter":"c1"}}"#),
-        r#"{"type":"heartbeat","ts":"2026-11-20T08:05:00+07:00"}"#.to_string(),
-    ] {
-        machine.publish("queue/mpp-a/events", event).await;
-    }
 }

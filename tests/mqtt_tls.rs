@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::client::{publish_ticket, wait_until_queuewatch_listens, Client};
 use common::{queuewatch_bin, write_config, Daemon, Influx1, Mosquitto};
 use queuewatch::config::{ClientAuthFiles, MqttTlsConfig};
 use queuewatch_servers::{mosquitto_passwd, TlsListener};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
-use tokio::sync::mpsc;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use tokio::time::Instant;
 
 /// Only a hang fails a wait: far beyond what any step needs, even on a busy machine.
@@ -26,6 +26,8 @@ const GENEROUS: Duration = Duration::from_secs(60);
 const QUEUEWATCH_PASSWORD: &str = "planted-Secret-7f3a9c";
 const MACHINE_PASSWORD: &str = "password-of-a";
 const OFFICE: &str = "mpp-a";
+const OTHER_OFFICE: &str = "mpp-b";
+const OTHER_MACHINE_PASSWORD: &str = "password-of-b";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queuewatch_logs_in_over_tls_and_writes_the_tickets_published_over_tls() {
@@ -33,15 +35,92 @@ async fn queuewatch_logs_in_over_tls_and_writes_the_tickets_published_over_tls()
     let broker = pki.broker(Trust::OwnCa, ClientCertificate::Optional);
     let influx = Influx1::start();
     influx.create_database("qw").await;
-    let config = pki.daemon_config(&broker, &influx, &pki.password_file(QUEUEWATCH_PASSWORD), WithClientCert::No);
+    let config = pki.daemon_config(&broker, &influx, &pki.password_file(QUEUEWATCH_PASSWORD), "");
     // At debug level (rumqttc's and rustls's logs included) the password must not show either.
     let mut daemon = Daemon::spawn(&config, &[("QUEUEWATCH_LOG", "debug")]);
 
-    let mut machine = TlsClient::connect(&pki, &broker, "mpp-a-kiosk-1", WithClientCert::No).await;
-    machine.wait_until_queuewatch_listens(&mut daemon).await;
-    machine.publish_ticket("A1").await;
+    let mut machine = tls_client(&pki, &broker, "mpp-a-kiosk-1", Login::OfficeA, WithClientCert::No).await;
+    wait_until_queuewatch_listens(&mut machine, OFFICE, &mut daemon).await;
+    publish_ticket(&mut machine, OFFICE, "A1").await;
     let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
     assert_eq!((rows[0]["office"].as_str(), rows[0]["ticket"].as_str()), (Some(OFFICE), Some("A1")));
+    assert!(!daemon.log().contains(QUEUEWATCH_PASSWORD), "{}", daemon.log());
+}
+
+/// The deploy kit's ACL with TLS and passwords on, and queuewatch over
+/// `mqtts://` with its own login: a ticket machine of office A can neither
+/// report for office B nor read what queuewatch sends office B. Proven by
+/// delivery (see `common::client`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_shipped_acl_over_tls_a_machine_can_neither_report_for_nor_read_another_office() {
+    let pki = Pki::new();
+    let broker = pki.broker_with_shipped_acl();
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    let ops_port = common::free_port();
+    // A wait alert one second after issue, for B's ticket below.
+    let config = pki.daemon_config(
+        &broker,
+        &influx,
+        &pki.password_file(QUEUEWATCH_PASSWORD),
+        "[sla.services.fast]\nwait_target = \"1s\"\n",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{ops_port}\"")))
+        .unwrap();
+    let mut daemon = Daemon::spawn(&config, &[]);
+
+    let mut machine_a = tls_client(&pki, &broker, "mpp-a-kiosk-1", Login::OfficeA, WithClientCert::No).await;
+    let mut machine_b = tls_client(&pki, &broker, "mpp-b-kiosk-1", Login::OfficeB, WithClientCert::No).await;
+    wait_until_queuewatch_listens(&mut machine_a, OFFICE, &mut daemon).await;
+    wait_until_queuewatch_listens(&mut machine_b, OTHER_OFFICE, &mut daemon).await;
+    machine_b.subscribe("queue/mpp-b/alerts").await;
+    // Every filter that would match office B's alerts and echoes.
+    for filter in ["queue/mpp-b/alerts", "queue/mpp-b/rejected", "queue/+/alerts", "queue/+/rejected", "queue/#", "#"] {
+        machine_a.subscribe(filter).await;
+    }
+
+    // Injection on B's topic: the broker acknowledges and drops it. Had it
+    // reached queuewatch, its heartbeat would have written F1 before B's own
+    // B1 below, or made B1's events late.
+    publish_ticket(&mut machine_a, OTHER_OFFICE, "F1").await;
+    // Injection on A's own topic, naming office B: rejected and counted.
+    let naming_b = r#"{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"F2","service":"ktp","office":"mpp-b","id":"spoof-1"}"#;
+    machine_a.publish("queue/mpp-a/events", naming_b).await;
+    let seen =
+        machine_a.receive_until_match(|message| message.payload.as_ref().windows(7).any(|w| w == b"spoof-1")).await;
+    let echo: serde_json::Value = serde_json::from_slice(&seen.last().unwrap().payload).unwrap();
+    assert_eq!(seen.last().unwrap().topic, "queue/mpp-a/rejected");
+    assert_eq!((echo["reason"].as_str(), echo["office"].as_str()), (Some("office_mismatch"), Some(OFFICE)), "{echo}");
+
+    publish_ticket(&mut machine_b, OTHER_OFFICE, "B1").await;
+    let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
+    let written: Vec<_> = rows.iter().map(|row| (row["office"].as_str(), row["ticket"].as_str())).collect();
+    assert_eq!(written, [(Some(OTHER_OFFICE), Some("B1"))]);
+
+    // B's own alert and echo reach B; A, subscribed to all of them, gets
+    // neither: its own echo, sent by queuewatch after B's alert, arrives
+    // first (the broker keeps queuewatch's order).
+    let now = queuewatch::time::Millis::now().0;
+    let issued = format!(r#"{{"type":"issued","ts":{now},"ticket":"B2","service":"fast"}}"#);
+    machine_b.publish("queue/mpp-b/events", issued).await;
+    machine_b.publish("queue/mpp-b/events", r#"{"type":"warp","ts":1,"id":"b-warp"}"#).await;
+    let seen_by_b = machine_b.receive_until_match(|message| message.topic == "queue/mpp-b/alerts").await;
+    let alert: serde_json::Value = serde_json::from_slice(&seen_by_b.last().unwrap().payload).unwrap();
+    assert_eq!((alert["kind"].as_str(), alert["ticket"].as_str()), (Some("wait"), Some("B2")), "{alert}");
+    assert!(seen_by_b.iter().any(|message| message.topic == "queue/mpp-b/rejected"), "{seen_by_b:?}");
+    machine_a.publish("queue/mpp-a/events", r#"{"type":"warp","ts":1,"id":"a-marker"}"#).await;
+    let mut seen_by_a = seen;
+    seen_by_a.extend(
+        machine_a.receive_until_match(|message| message.payload.as_ref().windows(8).any(|w| w == b"a-marker")).await,
+    );
+    assert!(seen_by_a.iter().all(|message| message.topic.starts_with("queue/mpp-a/")), "{seen_by_a:?}");
+
+    let (_, metrics) = common::http_get(&format!("http://127.0.0.1:{ops_port}/metrics")).await;
+    assert!(
+        metrics.lines().any(|line| line == r#"queuewatch_events_rejected_total{reason="office_mismatch"} 1"#),
+        "{metrics}"
+    );
     assert!(!daemon.log().contains(QUEUEWATCH_PASSWORD), "{}", daemon.log());
 }
 
@@ -193,6 +272,7 @@ impl Pki {
         std::fs::write(&broker_passwords, "").unwrap();
         mosquitto_passwd(&broker_passwords, "queuewatch", QUEUEWATCH_PASSWORD);
         mosquitto_passwd(&broker_passwords, OFFICE, MACHINE_PASSWORD);
+        mosquitto_passwd(&broker_passwords, OTHER_OFFICE, OTHER_MACHINE_PASSWORD);
         set_mode(&broker_passwords, 0o644);
         pki
     }
@@ -222,6 +302,24 @@ impl Pki {
 
     /// A broker with a TLS listener, the current broker certificate and the password file.
     fn broker(&self, trust: Trust, client_certificate: ClientCertificate) -> Mosquitto {
+        self.start_broker(trust, client_certificate, None)
+    }
+
+    /// A broker with a TLS listener, the password file and the deploy kit's
+    /// ACL (`deploy/mosquitto/acl`) as shipped.
+    fn broker_with_shipped_acl(&self) -> Mosquitto {
+        let acl_file = self.path("acl");
+        std::fs::write(&acl_file, include_str!("../deploy/mosquitto/acl")).unwrap();
+        set_mode(&acl_file, 0o644);
+        self.start_broker(Trust::OwnCa, ClientCertificate::Optional, Some(acl_file))
+    }
+
+    fn start_broker(
+        &self,
+        trust: Trust,
+        client_certificate: ClientCertificate,
+        acl_file: Option<PathBuf>,
+    ) -> Mosquitto {
         self.install_broker_certificate(trust);
         Mosquitto::start_tls(&TlsListener {
             cert_file: self.path("server.pem"),
@@ -229,6 +327,7 @@ impl Pki {
             ca_file: self.ca_file(),
             require_certificate: client_certificate == ClientCertificate::Required,
             password_file: Some(self.path("passwd")),
+            acl_file,
         })
     }
 
@@ -257,16 +356,10 @@ impl Pki {
         lines
     }
 
-    fn daemon_config(
-        &self,
-        broker: &Mosquitto,
-        influx: &Influx1,
-        password_file: &Path,
-        client_cert: WithClientCert,
-    ) -> PathBuf {
-        let mqtt = self.mqtt_lines(password_file, client_cert);
+    fn daemon_config(&self, broker: &Mosquitto, influx: &Influx1, password_file: &Path, more: &str) -> PathBuf {
+        let mqtt = self.mqtt_lines(password_file, WithClientCert::No);
         let config = tempfile::tempdir_in(self.dir()).unwrap().keep();
-        write_config(&config, &common::daemon_config_text(&broker.url, "queuewatch-tls", &mqtt, &influx.url, ""))
+        write_config(&config, &common::daemon_config_text(&broker.url, "queuewatch-tls", &mqtt, &influx.url, more))
     }
 
     /// A daemon config whose InfluxDB is never reached (the test watches the MQTT side only).
@@ -296,79 +389,49 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A ticket machine over TLS, logged in as office A, that trusts the test CA
-/// through queuewatch's own TLS setup.
-struct TlsClient {
-    client: AsyncClient,
-    received: mpsc::UnboundedReceiver<Publish>,
-    pump: tokio::task::JoinHandle<()>,
-}
-
-impl TlsClient {
-    async fn connect(pki: &Pki, broker: &Mosquitto, client_id: &str, client_cert: WithClientCert) -> TlsClient {
-        let tls = MqttTlsConfig {
-            ca_file: Some(pki.ca_file()),
-            client_auth: (client_cert == WithClientCert::Yes)
-                .then(|| ClientAuthFiles { cert_file: pki.path("client.pem"), key_file: pki.path("client.key") }),
-        };
-        let config = queuewatch::mqtt::tls::client_config(&tls).unwrap();
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
-        options.set_credentials(OFFICE, MACHINE_PASSWORD);
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
-        let (client, mut event_loop) = AsyncClient::new(options, 64);
-        loop {
-            let polled = tokio::time::timeout(GENEROUS, event_loop.poll()).await.expect("a CONNACK");
-            match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
-                Ok(_) => {}
-                Err(error) => panic!("the ticket machine cannot connect: {error}\n{}", broker.log()),
-            }
-        }
-        let (sender, received) = mpsc::unbounded_channel();
-        let pump = tokio::spawn(async move {
-            while let Ok(event) = event_loop.poll().await {
-                if let Event::Incoming(Packet::Publish(publish)) = event {
-                    let _ = sender.send(publish);
-                }
-            }
-        });
-        TlsClient { client, received, pump }
-    }
-
-    /// Publishes a message queuewatch rejects until its echo arrives on the
-    /// office's rejection topic: queuewatch is then logged in and subscribed
-    /// (it has no session before its first login, so earlier events are not kept for it).
-    async fn wait_until_queuewatch_listens(&mut self, daemon: &mut Daemon) {
-        self.client.subscribe(format!("queue/{OFFICE}/rejected"), QoS::AtLeastOnce).await.unwrap();
-        let deadline = Instant::now() + GENEROUS;
-        loop {
-            let probe = r#"{"type":"probe","ts":1,"id":"probe"}"#;
-            self.client.publish(format!("queue/{OFFICE}/events"), QoS::AtLeastOnce, false, probe).await.unwrap();
-            if let Ok(Some(echo)) = tokio::time::timeout(Duration::from_millis(500), self.received.recv()).await {
-                assert_eq!(echo.topic, format!("queue/{OFFICE}/rejected"));
-                return;
-            }
-            assert!(daemon.is_running(), "queuewatch ended:\n{}", daemon.log());
-            assert!(Instant::now() < deadline, "queuewatch never echoed a rejection:\n{}", daemon.log());
-        }
-    }
-
-    /// A ticket served at the office, and a later event that moves the
-    /// office's clock past the reorder window so that its point is written.
-    async fn publish_ticket(&mut self, ticket: &str) {
-        for event in [
-            format!(r#"{{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"{ticket}","service":"ktp"}}"#),
-            format!(r#"{{"type":"called","ts":"2026-11-20T08:00:10+07:00","ticket":"{ticket}","counter":"c1"}}"#),
-            format!(r#"{{"type":"finished","ts":"2026-11-20T08:00:20+07:00","ticket":"{ticket}","counter":"c1"}}"#),
-            r#"{"type":"heartbeat","ts":"2026-11-20T08:05:00+07:00"}"#.to_string(),
-        ] {
-            self.client.publish(format!("queue/{OFFICE}/events"), QoS::AtLeastOnce, false, event).await.unwrap();
-        }
+/// A ticket machine over TLS, logged in as `login`'s office, that trusts
+/// the test CA through queuewatch's own TLS setup.
+async fn tls_client(
+    pki: &Pki,
+    broker: &Mosquitto,
+    client_id: &str,
+    login: Login,
+    client_cert: WithClientCert,
+) -> Client {
+    let tls = MqttTlsConfig {
+        ca_file: Some(pki.ca_file()),
+        client_auth: (client_cert == WithClientCert::Yes)
+            .then(|| ClientAuthFiles { cert_file: pki.path("client.pem"), key_file: pki.path("client.key") }),
+    };
+    let config = queuewatch::mqtt::tls::client_config(&tls).unwrap();
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+    options.set_credentials(login.office(), login.password());
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+    match Client::connect(options).await {
+        Ok(client) => client,
+        Err(error) => panic!("the ticket machine cannot connect: {error}\n{}", broker.log()),
     }
 }
 
-impl Drop for TlsClient {
-    fn drop(&mut self) {
-        self.pump.abort();
+/// The ticket machines' logins: one per office, named after it.
+#[derive(Clone, Copy, PartialEq)]
+enum Login {
+    OfficeA,
+    OfficeB,
+}
+
+impl Login {
+    fn office(self) -> &'static str {
+        match self {
+            Login::OfficeA => OFFICE,
+            Login::OfficeB => OTHER_OFFICE,
+        }
+    }
+
+    fn password(self) -> &'static str {
+        match self {
+            Login::OfficeA => MACHINE_PASSWORD,
+            Login::OfficeB => OTHER_MACHINE_PASSWORD,
+        }
     }
 }

@@ -103,7 +103,7 @@ async fn influxdb_returns_a_written_point_with_its_tags_fields_and_nanosecond_ti
     assert_eq!(influx.url, format!("http://127.0.0.1:{}", influx.port));
     influx.create_database("queuewatch").await;
     let line = "queue_segment,office=o1,service=ktp wait_s=12.5,ticket=\"A-001\" 1796173200123";
-    write_influx1(&influx, "queuewatch", line).await;
+    influx.write("queuewatch", "ms", line).await;
 
     let rows = influx.rows("queuewatch", "SELECT * FROM queue_segment").await;
     assert_eq!(
@@ -140,7 +140,7 @@ fn two_influxdb_servers_start_at_once_without_colliding() {
     runtime.block_on(async {
         for (index, influx) in servers.iter().enumerate() {
             influx.create_database("queuewatch").await;
-            write_influx1(influx, "queuewatch", &format!("probe,server={index} value={index}i 1000")).await;
+            influx.write("queuewatch", "ms", &format!("probe,server={index} value={index}i 1000")).await;
         }
         for (index, influx) in servers.iter().enumerate() {
             let rows = influx.wait_for_rows("queuewatch", "probe", 1, Duration::from_secs(5)).await;
@@ -310,18 +310,6 @@ impl Drop for TestClient {
     fn drop(&mut self) {
         self.event_loop.abort();
     }
-}
-
-async fn write_influx1(influx: &Influx1, db: &str, lines: &str) {
-    let response = http()
-        .post(format!("{}/write", influx.url))
-        .query(&[("db", db), ("precision", "ms")])
-        .body(lines.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    assert_eq!(status, 204, "{}", response.text().await.unwrap_or_default());
 }
 
 fn http() -> reqwest::Client {

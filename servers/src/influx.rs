@@ -103,6 +103,12 @@ impl Influx1 {
         or_panic(self.client.create_database(name).await)
     }
 
+    /// Writes `lines` (line protocol, times in `precision`: `ns`, `ms`, ...)
+    /// to `db`; panics unless the server answers 204.
+    pub async fn write(&self, db: &str, precision: &str, lines: &str) {
+        or_panic(self.client.write(db, precision, lines).await)
+    }
+
     /// Runs `influxql` against `db` with nanosecond epoch times and returns the
     /// JSON response as the server sent it (statement errors included).
     pub async fn query(&self, db: &str, influxql: &str) -> Value {
@@ -200,6 +206,24 @@ impl InfluxClient {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if !status.is_success() || body.contains("\"error\"") {
+            return Err(Error::Response { what: what(), status: status.as_u16(), body });
+        }
+        Ok(())
+    }
+
+    /// `POST /write` of `lines` to `db`; an error unless the server answers 204.
+    pub async fn write(&self, db: &str, precision: &str, lines: &str) -> Result<(), Error> {
+        let what = || format!("POST /write?db={db}");
+        let response = self
+            .authorized(self.http.post(format!("{}/write", self.url)))
+            .query(&[("db", db), ("precision", precision)])
+            .body(lines.to_owned())
+            .send()
+            .await
+            .map_err(|source| Error::Request { what: what(), source })?;
+        let status = response.status();
+        if status != 204 {
+            let body = response.text().await.unwrap_or_default();
             return Err(Error::Response { what: what(), status: status.as_u16(), body });
         }
         Ok(())

@@ -137,6 +137,8 @@ pub struct TlsListener {
     pub require_certificate: bool,
     /// `password_file` (see [`mosquitto_passwd`]); `None` lets anonymous clients in.
     pub password_file: Option<PathBuf>,
+    /// `acl_file`: what each user may read and write; `None` allows everything.
+    pub acl_file: Option<PathBuf>,
 }
 
 /// The configuration of a broker with one TLS listener on `port`, otherwise as [`Mosquitto::start`]'s.
@@ -146,6 +148,10 @@ pub fn tls_config_text(port: u16, listener: &TlsListener) -> String {
         Some(path) => format!("allow_anonymous false\npassword_file {}\n", path.display()),
         None => "allow_anonymous true\n".to_string(),
     };
+    let acl = match &listener.acl_file {
+        Some(path) => format!("acl_file {}\n", path.display()),
+        None => String::new(),
+    };
     format!(
         "listener {port} 127.0.0.1\n\
          certfile {}\n\
@@ -153,6 +159,7 @@ pub fn tls_config_text(port: u16, listener: &TlsListener) -> String {
          cafile {}\n\
          require_certificate {}\n\
          {login}\
+         {acl}\
          persistence false\n\
          max_queued_messages {max_queued_messages}\n\
          max_inflight_messages {max_inflight_messages}\n\

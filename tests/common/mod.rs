@@ -9,6 +9,8 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod client;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
