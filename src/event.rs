@@ -320,6 +320,9 @@ fn decode_ids(
     }
     let first_byte = payload.iter().find(|b| !b.is_ascii_whitespace());
     if first_byte != Some(&b'{') {
+        if let Err(error) = std::str::from_utf8(payload) {
+            return Err(reject(RejectReason::MalformedJson, not_utf8(error), None));
+        }
         // A valid JSON document that is not an object, or no JSON at all.
         return Err(match serde_json::from_slice::<de::IgnoredAny>(payload) {
             Ok(_) => reject(RejectReason::NotAnObject, "payload is not a JSON object".into(), None),
@@ -328,7 +331,17 @@ fn decode_ids(
     }
     // The scanner takes what publishers send; serde_json decides the rest,
     // and words every rejection.
-    let scanned = scan::scan(payload).map(Ok).unwrap_or_else(|| serde_json::from_slice::<RawEvent>(payload));
+    let scanned = match scan::scan(payload) {
+        Some(raw) => Ok(raw),
+        None => {
+            // serde_json does not check the strings it ignores, and the wire
+            // format is UTF-8 throughout (the scanner checked it already).
+            if let Err(error) = std::str::from_utf8(payload) {
+                return Err(reject(RejectReason::MalformedJson, not_utf8(error), None));
+            }
+            serde_json::from_slice::<RawEvent>(payload)
+        }
+    };
     let raw = match scanned {
         Ok(raw) => raw,
         Err(error) => {
@@ -602,6 +615,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
         }
         deserializer.deserialize_any(TsVisitor)
     }
+}
+
+/// The rejection detail for a payload that is not UTF-8.
+fn not_utf8(error: std::str::Utf8Error) -> String {
+    format!("payload is not valid UTF-8 (invalid bytes at byte {})", error.valid_up_to())
 }
 
 #[cfg(test)]
