@@ -360,13 +360,7 @@ impl Collector for Metrics {
             u64::from(snapshot.sink.spool_full),
         )?;
         if let Some(oldest) = snapshot.sink.spool_oldest {
-            let age_ms = Millis::now().since(oldest).max(0);
-            out.gauge(
-                "spool_oldest_point_age",
-                "Wall time since the oldest batch in the spool was spooled.",
-                Some(Unit::Seconds),
-                age_ms as f64 / 1000.0,
-            )?;
+            out.age("spool_oldest_point_age", "Wall time since the oldest batch in the spool was spooled.", oldest)?;
         }
         out.gauge(
             "points_unsettled",
@@ -382,12 +376,10 @@ impl Collector for Metrics {
             u64::from(self.mqtt.is_connected()),
         )?;
         if let Some(newest) = snapshot.newest_event {
-            let age_ms = Millis::now().since(newest).max(0);
-            out.gauge(
+            out.age(
                 "newest_event_age",
                 "Wall time since the newest accepted event's timestamp, over all offices.",
-                Some(Unit::Seconds),
-                age_ms as f64 / 1000.0,
+                newest,
             )?;
         }
         if let Some(bytes) = snapshot.journal_bytes {
@@ -428,6 +420,12 @@ impl Out<'_, '_> {
             ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+
+    /// A gauge of the wall time since `since`, in seconds (never negative).
+    fn age(&mut self, name: &str, help: &str, since: Millis) -> Result<(), std::fmt::Error> {
+        let age_ms = Millis::now().since(since).max(0);
+        self.gauge(name, help, Some(Unit::Seconds), age_ms as f64 / 1000.0)
     }
 
     fn gauge<N: EncodeGaugeValue>(
