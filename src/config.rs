@@ -45,6 +45,10 @@ pub struct Config {
     pub tracking: TrackingConfig,
     pub sla: SlaConfig,
     pub offices: BTreeMap<OfficeId, OfficeConfig>,
+    /// `offices.only_configured`: events of offices not in `offices` are
+    /// rejected as `unknown_office`.
+    pub only_configured: bool,
+    pub limits: LimitsConfig,
     pub alerts: AlertsConfig,
     pub storage: StorageConfig,
     pub http: HttpConfig,
@@ -61,6 +65,8 @@ impl Default for Config {
             tracking: TrackingConfig::default(),
             sla: SlaConfig::default(),
             offices: BTreeMap::new(),
+            only_configured: false,
+            limits: LimitsConfig::default(),
             alerts: AlertsConfig::default(),
             storage: StorageConfig::default(),
             http: HttpConfig::default(),
@@ -108,6 +114,39 @@ impl Default for StorageConfig {
             checkpoint_interval: Duration::from_secs(60),
             journal: true,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+        }
+    }
+}
+
+/// `[limits]`: what one office's publishers may make the daemon remember,
+/// so that a buggy or hostile publisher hurts only its own office. Each is
+/// a count of things in memory at once (names and tickets no longer in use
+/// are forgotten, see `tracker`); 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Offices not named in the config, at once (configured ones never count).
+    pub max_offices: usize,
+    pub max_services_per_office: usize,
+    pub max_counters_per_office: usize,
+    pub max_staff_per_office: usize,
+    pub max_open_tickets_per_office: usize,
+    /// Sustained messages per second of the office's clock.
+    pub max_messages_per_second_per_office: usize,
+    /// Messages an office may send at once beyond the sustained rate.
+    pub max_burst_per_office: usize,
+}
+
+impl Default for LimitsConfig {
+    /// Room for 1,000 offices of 1,000 tickets a day many times over (see the README).
+    fn default() -> Self {
+        LimitsConfig {
+            max_offices: 5_000,
+            max_services_per_office: 200,
+            max_counters_per_office: 500,
+            max_staff_per_office: 2_000,
+            max_open_tickets_per_office: 10_000,
+            max_messages_per_second_per_office: 200,
+            max_burst_per_office: 20_000,
         }
     }
 }
@@ -671,6 +710,14 @@ impl Config {
         if let Some(table) = top.table("offices", &mut problems) {
             for (name, value) in table {
                 let path = format!("offices.{name}");
+                // The one setting among the office tables: a boolean, where an office is a table.
+                if name == "only_configured" && !value.is_table() {
+                    match value.as_bool() {
+                        Some(only) => config.only_configured = only,
+                        None => problems.push(format!("{path}: expected true or false")),
+                    }
+                    continue;
+                }
                 let office = match OfficeId::parse(name) {
                     Ok(office) => office,
                     Err(why) => {
@@ -738,6 +785,10 @@ impl Config {
             section.finish(&mut problems);
         }
 
+        if let Some(table) = top.table("limits", &mut problems) {
+            config.limits = parse_limits(table, &mut problems);
+        }
+
         if let Some(table) = top.table("http", &mut problems) {
             let mut section = Section::new(table, "http");
             if let Some(listen) = section.string("listen", &mut problems) {
@@ -763,6 +814,30 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+/// `[limits]`: whole numbers, 0 for no limit.
+fn parse_limits(table: &toml::Table, problems: &mut Vec<String>) -> LimitsConfig {
+    let mut section = Section::new(table, "limits");
+    let mut limits = LimitsConfig::default();
+    for (key, slot) in [
+        ("max_offices", &mut limits.max_offices),
+        ("max_services_per_office", &mut limits.max_services_per_office),
+        ("max_counters_per_office", &mut limits.max_counters_per_office),
+        ("max_staff_per_office", &mut limits.max_staff_per_office),
+        ("max_open_tickets_per_office", &mut limits.max_open_tickets_per_office),
+        ("max_messages_per_second_per_office", &mut limits.max_messages_per_second_per_office),
+        ("max_burst_per_office", &mut limits.max_burst_per_office),
+    ] {
+        if let Some(value) = section.get(key) {
+            match value.as_integer().and_then(|number| usize::try_from(number).ok()) {
+                Some(number) => *slot = number,
+                None => problems.push(format!("limits.{key}: expected a whole number (0 for no limit), found {value}")),
+            }
+        }
+    }
+    section.finish(problems);
+    limits
 }
 
 /// `mqtt.username`, `mqtt.password_env`, `mqtt.password_file`. Only where

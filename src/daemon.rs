@@ -466,6 +466,9 @@ pub async fn run_with(
             }
             Input::Shutdown => break,
         }
+        for refused in pipeline.take_refused() {
+            alerts.rejection(&refused, std::time::Instant::now());
+        }
         for alert in pipeline.take_alerts() {
             alerts.alert(&alert, Millis::now());
             if let Some(tap) = &tap {

@@ -190,6 +190,7 @@ impl Durability {
         recovery.bytes_discarded = summary.bytes_discarded;
         // Alerts of replayed records went out before the crash.
         drop(pipeline.take_alerts());
+        drop(pipeline.take_refused());
 
         let journal = JournalHandle::start(dir.path(), summary.last + 1)?;
         let mut durability = Durability {

@@ -162,10 +162,15 @@ pub enum RejectReason {
     InvalidValue,
     OfficeMismatch,
     Oversized,
+    /// The office is not in the config and `offices.only_configured` is set.
+    UnknownOffice,
+    /// One of the `[limits]`: a new office, service, counter, staff id or
+    /// open ticket beyond its limit, or more messages than the office's rate.
+    CardinalityLimit,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::MalformedJson,
         RejectReason::NotAnObject,
         RejectReason::UnknownType,
@@ -176,6 +181,8 @@ impl RejectReason {
         RejectReason::InvalidValue,
         RejectReason::OfficeMismatch,
         RejectReason::Oversized,
+        RejectReason::UnknownOffice,
+        RejectReason::CardinalityLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -190,6 +197,8 @@ impl RejectReason {
             RejectReason::InvalidValue => "invalid_value",
             RejectReason::OfficeMismatch => "office_mismatch",
             RejectReason::Oversized => "oversized",
+            RejectReason::UnknownOffice => "unknown_office",
+            RejectReason::CardinalityLimit => "cardinality_limit",
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct Pipeline {
     lines: String,
     pending_lines: usize,
     alerts: Vec<Alert>,
+    /// Accepted events the tracker refused when applying them (over a
+    /// `[limits]` value), for the caller to echo.
+    refused: Vec<Rejection>,
     mode: Mode,
     observer: Option<PointObserver>,
     reject_log: LogLimiter,
@@ -53,6 +56,7 @@ impl Pipeline {
             lines: String::new(),
             pending_lines: 0,
             alerts: Vec::new(),
+            refused: Vec::new(),
             mode,
             observer: None,
             reject_log: LogLimiter::new(Duration::from_secs(10)),
@@ -73,7 +77,8 @@ impl Pipeline {
         wall_now: Millis,
     ) -> Result<(), Rejection> {
         let decoded = topic_office
-            .and_then(|office| decode_with(payload, office.as_ref(), wall_now, &self.limits, &mut self.ids));
+            .and_then(|office| decode_with(payload, office.as_ref(), wall_now, &self.limits, &mut self.ids))
+            .and_then(|event| self.tracker.admit(&event, tracker_now).map(|()| event));
         match decoded {
             Ok(event) => {
                 self.stats.accepted += 1;
@@ -88,21 +93,32 @@ impl Pipeline {
                     self.tracker.note_rejection(office, tracker_now, &mut self.out);
                     self.collect();
                 }
-                let office = rejection.office.as_ref().map_or("", |office| office.as_str());
-                let key = format!("{}/{}", office, rejection.reason.as_str());
-                if let Some(suppressed) = self.reject_log.allow(&key, Instant::now()) {
-                    warn!(
-                        office,
-                        reason = rejection.reason.as_str(),
-                        detail = %rejection.detail,
-                        id = rejection.id.as_deref().unwrap_or(""),
-                        suppressed,
-                        "Rejected event."
-                    );
-                }
+                self.log_rejection(&rejection, "Rejected event.");
                 Err(rejection)
             }
         }
+    }
+
+    /// Logs a rejection, at most once per office and reason every 10 s.
+    fn log_rejection(&mut self, rejection: &Rejection, message: &str) {
+        let office = rejection.office.as_ref().map_or("", |office| office.as_str());
+        let key = format!("{}/{}", office, rejection.reason.as_str());
+        if let Some(suppressed) = self.reject_log.allow(&key, Instant::now()) {
+            warn!(
+                office,
+                reason = rejection.reason.as_str(),
+                detail = %rejection.detail,
+                id = rejection.id.as_deref().unwrap_or(""),
+                suppressed,
+                "{message}"
+            );
+        }
+    }
+
+    /// Accepted events refused since the last call because they would have
+    /// gone over one of their office's `[limits]` (echoed by `run`).
+    pub fn take_refused(&mut self) -> Vec<Rejection> {
+        std::mem::take(&mut self.refused)
     }
 
     /// Counts a message the broker redelivered after a restart that the
@@ -177,6 +193,15 @@ impl Pipeline {
     fn collect(&mut self) {
         self.stats.notes.merge(&self.out.notes);
         self.out.notes = Default::default();
+        if !self.out.rejections.is_empty() {
+            let refused = std::mem::take(&mut self.out.rejections);
+            for rejection in &refused {
+                self.log_rejection(rejection, "Refused event: over a limit.");
+            }
+            if self.mode == Mode::Live {
+                self.refused.extend(refused);
+            }
+        }
         if self.mode == Mode::Live {
             self.alerts.append(&mut self.out.alerts);
         } else {

@@ -46,16 +46,16 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use held::{Held, HeldKey};
-use store::{stamp, unstamp, NameId, Names, Seen, SlotId, Stamp, Tickets, PENDING};
+use store::{renumber, stamp, unstamp, NameId, Names, Seen, SlotId, Stamp, Tickets, PENDING};
 
-use crate::config::{ClockMode, Config, OfficeConfig, OfficeSla, SlaConfig, Targets};
-use crate::event::{Event, EventType};
+use crate::config::{ClockMode, Config, LimitsConfig, OfficeConfig, OfficeSla, SlaConfig, Targets};
+use crate::event::{Event, EventType, RejectReason, Rejection};
 use crate::ids::{CounterId, OfficeId, ServiceId, StaffId, TicketNo};
 use crate::point::{seconds, FieldValue, Point};
 use crate::time::{duration_ms, Millis};
 
-use live::QueueShare;
 pub use live::{Alert, AlertKind, AlertState};
+use live::{QueueShare, GAUGE_SPAN_AFTER_LAST_EVENT_MS};
 
 /// Whether wall time means anything: a live daemon, or a replay of history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,9 @@ pub struct TrackerSettings {
     pub gauges: bool,
     pub sla: SlaConfig,
     pub offices: BTreeMap<OfficeId, OfficeConfig>,
+    /// `offices.only_configured`.
+    pub only_configured: bool,
+    pub limits: LimitsConfig,
     pub mode: Mode,
 }
 
@@ -102,8 +105,19 @@ impl TrackerSettings {
             gauges: tracking.gauges,
             sla: config.sla.clone(),
             offices: config.offices.clone(),
+            only_configured: config.only_configured,
+            limits: config.limits,
             mode,
         }
+    }
+
+    /// How long a name, or an office not in the config, stays remembered
+    /// after its last use when nothing refers to it any more: past the dedup
+    /// horizon, past the gauges' idle time and their own lifetime.
+    fn forget_after_ms(&self) -> i64 {
+        self.dedup_horizon_ms.max(self.gauge_idle_after_ms).max(GAUGE_SPAN_AFTER_LAST_EVENT_MS)
+            + self.gauge_keepalive_ms
+            + self.snapshot_interval_ms
     }
 
     fn office_sla(&self, office: &OfficeId) -> Option<&OfficeSla> {
@@ -140,6 +154,9 @@ pub enum Note {
     /// Arrived after the reorder window had passed its ts, and was applied
     /// to the open segment it belongs to.
     Late,
+    /// Would have added a name or an open ticket beyond one of the office's
+    /// `[limits]`: changes nothing (and is echoed as `cardinality_limit`).
+    CardinalityLimit,
     /// A duration came out negative (device clocks disagree) and was left out.
     ClockSkew,
     /// Stamped more than [`CLOCK_AHEAD_TOLERANCE_MS`] ahead of the wall clock
@@ -152,15 +169,22 @@ pub enum Note {
 pub const CLOCK_AHEAD_TOLERANCE_MS: i64 = 1000;
 
 impl Note {
-    pub const OUTCOMES: [Note; 5] =
-        [Note::Applied, Note::Duplicate, Note::AfterClose, Note::OrphanClose, Note::LateDropped];
-    pub const REMARKS: [Note; 3] = [Note::Late, Note::ClockSkew, Note::ClockAhead];
-    pub const ALL: [Note; 8] = [
+    pub const OUTCOMES: [Note; 6] = [
         Note::Applied,
         Note::Duplicate,
         Note::AfterClose,
         Note::OrphanClose,
         Note::LateDropped,
+        Note::CardinalityLimit,
+    ];
+    pub const REMARKS: [Note; 3] = [Note::Late, Note::ClockSkew, Note::ClockAhead];
+    pub const ALL: [Note; 9] = [
+        Note::Applied,
+        Note::Duplicate,
+        Note::AfterClose,
+        Note::OrphanClose,
+        Note::LateDropped,
+        Note::CardinalityLimit,
         Note::Late,
         Note::ClockSkew,
         Note::ClockAhead,
@@ -173,6 +197,7 @@ impl Note {
             Note::OrphanClose => "orphan_close",
             Note::AfterClose => "after_close",
             Note::LateDropped => "late_dropped",
+            Note::CardinalityLimit => "cardinality_limit",
             Note::Late => "late",
             Note::ClockSkew => "clock_skew",
             Note::ClockAhead => "clock_ahead",
@@ -217,6 +242,8 @@ pub struct Output {
     pub notes: NoteCounts,
     /// Breach alerts raised and resolved (published by `run` only).
     pub alerts: Vec<Alert>,
+    /// Accepted events refused when applied (`cardinality_limit`), to echo.
+    pub rejections: Vec<Rejection>,
     /// Points already encoded, handed back for their buffers to be reused
     /// by the next points (see [`Output::recycle`]).
     spare_points: Vec<Point>,
@@ -296,6 +323,8 @@ impl Outcome {
 pub struct Tracker {
     settings: TrackerSettings,
     offices: HashMap<OfficeId, OfficeState>,
+    /// Offices in `offices` that the config does not name (`limits.max_offices`).
+    unconfigured: usize,
 }
 
 impl Tracker {
@@ -307,7 +336,56 @@ impl Tracker {
             .keys()
             .map(|office| (office.clone(), OfficeState::new(&settings, office.clone())))
             .collect();
-        Tracker { settings, offices }
+        Tracker { settings, offices, unconfigured: 0 }
+    }
+
+    /// A tracker holding `offices` (a restored state).
+    fn with_offices(settings: TrackerSettings, offices: HashMap<OfficeId, OfficeState>) -> Tracker {
+        let unconfigured = offices.values().filter(|office| office.ctx.config.is_none()).count();
+        Tracker { settings, offices, unconfigured }
+    }
+
+    /// Whether a decoded event may enter at all, decided at its arrival:
+    /// its office must be configured (`offices.only_configured`) or fit
+    /// `limits.max_offices`, and the office must be within its message rate.
+    /// An event refused here is counted and echoed as a rejection by the
+    /// caller; it changes nothing else.
+    pub fn admit(&mut self, event: &Event, now: Millis) -> Result<(), Rejection> {
+        let settings = &self.settings;
+        let refuse = |reason, detail: String| Rejection {
+            reason,
+            detail,
+            office: Some(event.office.clone()),
+            id: event.id.as_ref().map(|id| id.to_string()),
+        };
+        let Some(office) = self.offices.get_mut(&event.office) else {
+            if settings.only_configured {
+                return Err(refuse(
+                    RejectReason::UnknownOffice,
+                    format!("office {} is not in the config (offices.only_configured)", event.office),
+                ));
+            }
+            let max = settings.limits.max_offices;
+            if max > 0 && self.unconfigured >= max {
+                return Err(refuse(
+                    RejectReason::CardinalityLimit,
+                    format!("{max} offices not in the config are known already (limits.max_offices)"),
+                ));
+            }
+            return Ok(());
+        };
+        if office.take_token(settings, now, event.ts) {
+            Ok(())
+        } else {
+            Err(refuse(
+                RejectReason::CardinalityLimit,
+                format!(
+                    "more than {} messages a second, {} at once (limits.max_messages_per_second_per_office, \
+                     limits.max_burst_per_office)",
+                    settings.limits.max_messages_per_second_per_office, settings.limits.max_burst_per_office
+                ),
+            ))
+        }
     }
 
     pub fn settings(&self) -> &TrackerSettings {
@@ -327,10 +405,16 @@ impl Tracker {
         let settings = &self.settings;
         let office = match self.offices.get_mut(&event.office) {
             Some(office) => office,
-            None => self
-                .offices
-                .entry(event.office.clone())
-                .or_insert_with(|| OfficeState::new(settings, event.office.clone())),
+            None => {
+                self.unconfigured += usize::from(!settings.offices.contains_key(&event.office));
+                let office = self
+                    .offices
+                    .entry(event.office.clone())
+                    .or_insert_with(|| OfficeState::new(settings, event.office.clone()));
+                // The office's first message, admitted before it existed, takes from a full bucket.
+                office.take_token(settings, now, event.ts);
+                office
+            }
         };
         office.ingest(settings, event, now, wall, out);
     }
@@ -349,17 +433,25 @@ impl Tracker {
     /// Lets wall time pass: applies held events whose window has passed,
     /// fires due deadlines and snapshots, in every office.
     pub fn advance(&mut self, now: Millis, out: &mut Output) {
-        for office in self.offices.values_mut() {
-            match office.clock(&self.settings, now) {
+        let settings = &self.settings;
+        let before = self.offices.len();
+        self.offices.retain(|_, office| {
+            match office.clock(settings, now) {
                 Some(clock) => {
-                    let watermark = clock.minus_ms(self.settings.reorder_window_ms);
-                    office.release(&self.settings, watermark, watermark, now, out);
-                    office.forget(&self.settings, watermark);
+                    let watermark = clock.minus_ms(settings.reorder_window_ms);
+                    office.release(settings, watermark, watermark, now, out);
+                    office.forget(settings, watermark);
+                    if office.forgettable(settings, watermark) {
+                        return false;
+                    }
                 }
-                None => office.live.unheard_snapshots(&office.ctx, &self.settings, now, out),
+                None => office.live.unheard_snapshots(&office.ctx, settings, now, out),
             }
-            office.live.check_silence(&office.ctx, &self.settings, now, out);
-        }
+            office.live.check_silence(&office.ctx, settings, now, out);
+            true
+        });
+        // Only offices not in the config are ever forgotten.
+        self.unconfigured -= before - self.offices.len();
     }
 
     /// End of input (end of a replay, or shutdown): applies every held event,
@@ -485,6 +577,12 @@ struct OfficeState {
     /// belong to no open segment.
     generations: u32,
     live: live::OfficeLive,
+    /// The message-rate bucket (`limits.max_messages_per_second_per_office`):
+    /// thousandths of a message, and the office clock it was filled up to.
+    /// Not stored in states: a restarted daemon starts every bucket full.
+    bucket: Option<(i64, Millis)>,
+    /// The watermark of the last pass that forgot unused names.
+    names_swept: Millis,
 }
 
 /// A ticket number's state: its open segment, or the memory of its last
@@ -662,6 +760,195 @@ impl OfficeState {
             key_counts: Vec::new(),
             generations: 0,
             live: live::OfficeLive::default(),
+            bucket: None,
+            names_swept: Millis(i64::MIN),
+        }
+    }
+
+    /// Takes one message from the office's rate bucket, which fills at the
+    /// configured rate on the office clock: a backlog delivered at once
+    /// after an outage carries its own event times and passes, a flood of
+    /// fresh messages does not.
+    /// `ts` is the message's own time, the clock of an office not heard yet.
+    fn take_token(&mut self, settings: &TrackerSettings, now: Millis, ts: Millis) -> bool {
+        let (rate, burst) = (settings.limits.max_messages_per_second_per_office, settings.limits.max_burst_per_office);
+        if rate == 0 {
+            return true;
+        }
+        let capacity = i64::try_from(burst.max(1)).unwrap_or(i64::MAX).saturating_mul(1000);
+        // The message's own time counts too: the office clock moves only
+        // with admitted messages (and wall time, live), so a bucket run dry
+        // in a replay would otherwise never fill again. The decoder bounds
+        // how far ahead of the wall clock a time can be.
+        let clock = self.clock(settings, now).map_or(ts, |clock| clock.max(ts));
+        let (tokens, filled_to) = self.bucket.unwrap_or((capacity, clock));
+        let gained = clock.since(filled_to).max(0).saturating_mul(i64::try_from(rate).unwrap_or(i64::MAX));
+        let tokens = tokens.saturating_add(gained).min(capacity);
+        let filled_to = filled_to.max(clock);
+        if tokens >= 1000 {
+            self.bucket = Some((tokens - 1000, filled_to));
+            true
+        } else {
+            self.bucket = Some((tokens, filled_to));
+            false
+        }
+    }
+
+    /// Whether the office may be forgotten as a whole: not in the config,
+    /// nothing open, held or remembered, and its last event longer ago than
+    /// names are kept.
+    fn forgettable(&self, settings: &TrackerSettings, watermark: Millis) -> bool {
+        self.ctx.config.is_none()
+            && self.open_segments == 0
+            && self.held.len() == 0
+            && self.tickets.len() == 0
+            && self.live.is_idle()
+            && self.live.last_event_ts().is_none_or(|last| last < watermark.minus_ms(settings.forget_after_ms()))
+    }
+
+    /// The event's first name or new open ticket beyond the office's
+    /// `[limits]`, if any: checked as it is applied, so which events pass
+    /// depends on the event-time order alone, as everything else here.
+    fn over_limit(&self, settings: &TrackerSettings, event: &Event) -> Option<String> {
+        let limits = &settings.limits;
+        let ctx = &self.ctx;
+        let over = |len: usize, max: usize| max > 0 && len >= max;
+        if event.kind != EventType::Heartbeat {
+            for service in [&event.service, &event.to_service].into_iter().flatten() {
+                if !ctx.services.contains(service) && over(ctx.services.len(), limits.max_services_per_office) {
+                    return Some(format!(
+                        "new service {service}: the office has {} already (limits.max_services_per_office)",
+                        ctx.services.len()
+                    ));
+                }
+            }
+            if let Some(counter) = &event.counter {
+                if !ctx.counters.contains(counter) && over(ctx.counters.len(), limits.max_counters_per_office) {
+                    return Some(format!(
+                        "new counter {counter}: the office has {} already (limits.max_counters_per_office)",
+                        ctx.counters.len()
+                    ));
+                }
+            }
+            if let Some(staff) = &event.staff {
+                if !ctx.staff.contains(staff) && over(ctx.staff.len(), limits.max_staff_per_office) {
+                    return Some(format!(
+                        "new staff id: the office has {} already (limits.max_staff_per_office)",
+                        ctx.staff.len()
+                    ));
+                }
+            }
+        }
+        if event.kind.needs_ticket() && over(self.open_segments, limits.max_open_tickets_per_office) {
+            let open =
+                event.ticket.as_ref().and_then(|ticket| self.tickets.find(ticket)).and_then(|slot| self.segment(slot));
+            let opens = match event.kind {
+                EventType::Issued => open.is_none(),
+                EventType::Called | EventType::Recalled | EventType::Started | EventType::Transferred => open.is_none(),
+                _ => false,
+            };
+            if opens {
+                return Some(format!(
+                    "new ticket: {} tickets are open at the office already (limits.max_open_tickets_per_office)",
+                    self.open_segments
+                ));
+            }
+        }
+        None
+    }
+
+    /// Marks the event's names used at its time (and names it interns), so that they are kept.
+    fn touch_names(&mut self, event: &Event) {
+        let ctx = &mut self.ctx;
+        ctx.services.set_now(event.ts);
+        ctx.counters.set_now(event.ts);
+        ctx.staff.set_now(event.ts);
+        for service in [&event.service, &event.to_service].into_iter().flatten() {
+            ctx.services.touch(service, event.ts);
+        }
+        if let Some(counter) = &event.counter {
+            ctx.counters.touch(counter, event.ts);
+        }
+        if let Some(staff) = &event.staff {
+            ctx.staff.touch(staff, event.ts);
+        }
+    }
+
+    /// Forgets the services, counters and staff ids nothing refers to any
+    /// more and not used since `watermark` less [`TrackerSettings::forget_after_ms`]:
+    /// paced on the office clock, a pass over the office's tickets at most
+    /// every quarter of that time.
+    fn forget_names(&mut self, settings: &TrackerSettings, watermark: Millis) {
+        let keep_ms = settings.forget_after_ms();
+        if watermark < self.names_swept.plus_ms(keep_ms / 4) {
+            return;
+        }
+        self.names_swept = watermark;
+        let cutoff = watermark.minus_ms(keep_ms);
+        let ctx = &self.ctx;
+        let unused_counters: hashbrown::HashSet<NameId> = ctx.counters.unused_since(cutoff).collect();
+        self.live.forget_unused(cutoff, |counter| unused_counters.contains(&counter));
+        let stale = |names: &mut dyn Iterator<Item = NameId>| names.next().is_some();
+        if !stale(&mut ctx.services.unused_since(cutoff))
+            && !stale(&mut ctx.counters.unused_since(cutoff))
+            && !stale(&mut ctx.staff.unused_since(cutoff))
+        {
+            return;
+        }
+        // What still refers to a name: tickets (open or remembered closed)
+        // and the live side.
+        let mut used = [ctx.services.len(), ctx.counters.len(), ctx.staff.len()].map(|len| vec![false; len]);
+        let mut mark = |kind: usize, id: Option<NameId>| {
+            if let Some(id) = id {
+                used[kind][id.get() as usize - 1] = true;
+            }
+        };
+        for (_, state) in self.tickets.slots() {
+            match state {
+                Some(TicketState::Open(segment)) => {
+                    mark(0, segment.service);
+                    mark(1, segment.last_call_counter);
+                    mark(1, segment.busy_counter);
+                    mark(2, segment.staff);
+                }
+                Some(TicketState::Closed { service, .. }) => mark(0, *service),
+                None => {}
+            }
+        }
+        let [services, counters, staff] = self.live.name_ids();
+        services.into_iter().for_each(|id| mark(0, Some(id)));
+        counters.into_iter().for_each(|id| mark(1, Some(id)));
+        staff.into_iter().for_each(|id| mark(2, Some(id)));
+        let stale: [hashbrown::HashSet<NameId>; 3] = [
+            ctx.services.unused_since(cutoff).collect(),
+            ctx.counters.unused_since(cutoff).collect(),
+            ctx.staff.unused_since(cutoff).collect(),
+        ];
+        let keep = |kind: usize| {
+            let (used, stale) = (&used[kind], &stale[kind]);
+            move |id: NameId| used[id.get() as usize - 1] || !stale.contains(&id)
+        };
+        let services = self.ctx.services.retain(keep(0));
+        let counters = self.ctx.counters.retain(keep(1));
+        let staff = self.ctx.staff.retain(keep(2));
+        if [&services, &counters, &staff].iter().all(|renumbered| {
+            renumbered.iter().enumerate().all(|(i, id)| id.is_some_and(|id| id.get() as usize == i + 1))
+        }) {
+            return;
+        }
+        self.ctx.targets_cache.borrow_mut().clear();
+        self.live.renumber(&services, &counters, &staff);
+        let renumber_opt = |names: &[Option<NameId>], id: Option<NameId>| id.and_then(|id| renumber(names, id));
+        for state in self.tickets.states_mut() {
+            match state {
+                TicketState::Open(segment) => {
+                    segment.service = renumber_opt(&services, segment.service);
+                    segment.last_call_counter = renumber_opt(&counters, segment.last_call_counter);
+                    segment.busy_counter = renumber_opt(&counters, segment.busy_counter);
+                    segment.staff = renumber_opt(&staff, segment.staff);
+                }
+                TicketState::Closed { service, .. } => *service = renumber_opt(&services, *service),
+            }
         }
     }
 
@@ -878,6 +1165,8 @@ impl OfficeState {
                 self.tickets.remove(slot);
             }
         }
+        // Last: the tickets just forgotten no longer hold their names.
+        self.forget_names(settings, watermark);
     }
 
     /// Gives an event's dedup keys a one-off tag that closes at `at`: they
@@ -891,7 +1180,34 @@ impl OfficeState {
         self.seen.close(tag, at, Some(count));
     }
 
+    /// Applies one event in its place (or late), unless it would break one
+    /// of the office's `[limits]`: then it changes nothing but is counted,
+    /// noted against the office and echoed.
     fn apply(&mut self, settings: &TrackerSettings, event: Event, keys: EventKeys, arrival: Arrival, out: &mut Output) {
+        if let Some(detail) = self.over_limit(settings, &event) {
+            self.retire_keys(keys, event.ts);
+            self.live.note_rejection();
+            out.notes.add(Note::CardinalityLimit);
+            out.rejections.push(Rejection {
+                reason: RejectReason::CardinalityLimit,
+                detail,
+                office: Some(self.ctx.office.clone()),
+                id: event.id.as_ref().map(|id| id.to_string()),
+            });
+            return;
+        }
+        self.touch_names(&event);
+        self.apply_event(settings, event, keys, arrival, out);
+    }
+
+    fn apply_event(
+        &mut self,
+        settings: &TrackerSettings,
+        event: Event,
+        keys: EventKeys,
+        arrival: Arrival,
+        out: &mut Output,
+    ) {
         self.live.note_applied(settings, event.ts);
         // Dispatch on the type, never on which fields happen to be present:
         // a counter event that also carries a ticket is still a counter event.

@@ -26,7 +26,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use super::store::{NameId, SlotId};
+use super::store::{renumber, NameId, SlotId};
 use super::{BreachState, Mode, OfficeContext, Output, TrackerSettings};
 use crate::event::{Event, EventType};
 use crate::ids::{CounterId, OfficeId, ServiceId, TicketNo};
@@ -36,7 +36,7 @@ use crate::time::Millis;
 /// Gauges stop this long after an office's last event while nothing is open
 /// there, so a replay across a gap of days does not write a row every
 /// interval of the gap.
-const GAUGE_SPAN_AFTER_LAST_EVENT_MS: i64 = 24 * 3_600_000;
+pub(super) const GAUGE_SPAN_AFTER_LAST_EVENT_MS: i64 = 24 * 3_600_000;
 
 /// What an alert is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -352,6 +352,71 @@ impl OfficeLive {
 
     pub(super) fn count_served(&mut self, counter: NameId) {
         self.counters.entry(counter).or_default().served += 1;
+    }
+}
+
+/// Forgetting what is no longer in use (see `OfficeState::forget_names`).
+impl OfficeLive {
+    /// Drops the services and counters nothing happens at any more: a
+    /// service with nobody waiting or served, no counts pending and no event
+    /// since `cutoff`; a counter with no session open, nobody served and no
+    /// idle alert, whose name `unused` says was last used before `cutoff`.
+    pub(super) fn forget_unused(&mut self, cutoff: Millis, unused: impl Fn(NameId) -> bool) {
+        self.services.retain(|_, gauge| {
+            gauge.waiting > 0
+                || gauge.in_service > 0
+                || gauge.issued > 0
+                || gauge.called > 0
+                || gauge.last_event.is_some_and(|last| last >= cutoff)
+        });
+        self.counters.retain(|counter, state| {
+            state.open_since.is_some()
+                || state.active > 0
+                || state.idle_since.is_some()
+                || state.idle_breach != BreachState::None
+                || !unused(*counter)
+        });
+        let counters = &self.counters;
+        self.idle_deadlines.retain(|Reverse((_, counter))| counters.contains_key(counter));
+    }
+
+    /// Follows the office's names being renumbered (`Names::retain`); every
+    /// name still referred to here was kept.
+    pub(super) fn renumber(
+        &mut self,
+        services: &[Option<NameId>],
+        counters: &[Option<NameId>],
+        staff: &[Option<NameId>],
+    ) {
+        let renumber_opt = |names: &[Option<NameId>], id: Option<NameId>| id.and_then(|id| renumber(names, id));
+        self.services = std::mem::take(&mut self.services)
+            .into_iter()
+            .filter_map(|(service, gauge)| match service {
+                None => Some((None, gauge)),
+                Some(id) => renumber(services, id).map(|id| (Some(id), gauge)),
+            })
+            .collect();
+        self.counters = std::mem::take(&mut self.counters)
+            .into_iter()
+            .filter_map(|(counter, mut state)| {
+                state.staff = renumber_opt(staff, state.staff);
+                renumber(counters, counter).map(|id| (id, state))
+            })
+            .collect();
+        self.idle_deadlines = std::mem::take(&mut self.idle_deadlines)
+            .into_iter()
+            .filter_map(|Reverse((at, counter))| renumber(counters, counter).map(|id| Reverse((at, id))))
+            .collect();
+    }
+
+    /// Whether nothing is left here to write or resolve.
+    pub(super) fn is_idle(&self) -> bool {
+        self.services.is_empty() && self.counters.is_empty() && self.silent_since.is_none()
+    }
+
+    /// The newest ts among applied events.
+    pub(super) fn last_event_ts(&self) -> Option<Millis> {
+        self.last_event_ts
     }
 }
 

@@ -131,7 +131,7 @@ pub fn decode(settings: TrackerSettings, bytes: &[u8]) -> Result<Tracker, StateE
             offices.insert(office.clone(), OfficeState::new(&settings, office.clone()));
         }
     }
-    Ok(Tracker { settings, offices })
+    Ok(Tracker::with_offices(settings, offices))
 }
 
 impl Tracker {
@@ -432,6 +432,12 @@ fn restore_office(settings: &TrackerSettings, stored: OfficeIn) -> Result<Office
     office.released_upto = stored.released_upto;
     office.arrivals = stored.arrivals;
     office.generations = stored.generations;
+    // When names were last used is not stored: each counts as used now.
+    let restored_at = office.released_upto;
+    office.ctx.services.touch_all(restored_at);
+    office.ctx.counters.touch_all(restored_at);
+    office.ctx.staff.touch_all(restored_at);
+    office.names_swept = restored_at;
     rebuild_from_slots(&mut office);
     Ok(office)
 }

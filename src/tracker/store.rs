@@ -50,17 +50,23 @@ pub(super) fn unstamp(at: Option<Stamp>) -> Option<Millis> {
 /// An interned name: 1-based index into [`Names`].
 pub(super) type NameId = NonZeroU32;
 
-/// Interns one kind of identifier for one office. Names are never
-/// forgotten; their number is bounded by what the office's devices send.
+/// Interns one kind of identifier for one office. A name no longer in use
+/// is forgotten by [`Names::retain`], which renumbers the rest in their
+/// order, so ids stay dense (a stored state is the names in id order).
 #[derive(Debug, Clone)]
 pub(super) struct Names<T> {
     values: Vec<T>,
     index: HashMap<T, NameId>,
+    /// By id: the latest event time the name was used at (not stored in
+    /// states: a restored name counts as used at the restore).
+    used: Vec<Millis>,
+    /// The time of the event being applied: a name interned now is used then.
+    now: Millis,
 }
 
 impl<T> Default for Names<T> {
     fn default() -> Self {
-        Names { values: Vec::new(), index: HashMap::new() }
+        Names { values: Vec::new(), index: HashMap::new(), used: Vec::new(), now: Millis(i64::MIN) }
     }
 }
 
@@ -70,6 +76,7 @@ impl<T: Clone + Eq + Hash> Names<T> {
             return *id;
         }
         self.values.push(value.clone());
+        self.used.push(self.now);
         // Saturates rather than wraps: past four billion names all share the last.
         let id = NonZeroU32::new(u32::try_from(self.values.len()).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
         self.index.insert(value.clone(), id);
@@ -84,10 +91,73 @@ impl<T: Clone + Eq + Hash> Names<T> {
         &self.values[id.get() as usize - 1]
     }
 
+    /// Whether `value` is interned: a new one would count against the office's limit.
+    pub(super) fn contains(&self, value: &T) -> bool {
+        self.index.contains_key(value)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Sets the time names interned from now on are used at.
+    pub(super) fn set_now(&mut self, at: Millis) {
+        self.now = at;
+    }
+
+    /// Marks a name as used at `at` (event time).
+    pub(super) fn touch(&mut self, value: &T, at: Millis) {
+        if let Some(id) = self.index.get(value) {
+            let used = &mut self.used[id.get() as usize - 1];
+            *used = (*used).max(at);
+        }
+    }
+
+    /// Marks every name as used at `at` (after a restore).
+    pub(super) fn touch_all(&mut self, at: Millis) {
+        self.used.iter_mut().for_each(|used| *used = (*used).max(at));
+    }
+
+    /// The ids of names last used before `cutoff`.
+    pub(super) fn unused_since(&self, cutoff: Millis) -> impl Iterator<Item = NameId> + '_ {
+        self.used
+            .iter()
+            .enumerate()
+            .filter(move |(_, used)| **used < cutoff)
+            .filter_map(|(index, _)| u32::try_from(index + 1).ok().and_then(NonZeroU32::new))
+    }
+
+    /// Keeps the names `keep` says yes to, renumbered densely in their order:
+    /// returns the new id of every old one (`None`: forgotten), by old index.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(NameId) -> bool) -> Vec<Option<NameId>> {
+        let mut renumbered = Vec::with_capacity(self.values.len());
+        let (mut values, mut used) = (Vec::new(), Vec::new());
+        self.index.clear();
+        for (index, (value, at)) in self.values.drain(..).zip(self.used.drain(..)).enumerate() {
+            let old = u32::try_from(index + 1).ok().and_then(NonZeroU32::new).unwrap_or(NonZeroU32::MIN);
+            if keep(old) {
+                values.push(value.clone());
+                used.push(at);
+                let new = u32::try_from(values.len()).ok().and_then(NonZeroU32::new).unwrap_or(NonZeroU32::MIN);
+                self.index.insert(value, new);
+                renumbered.push(Some(new));
+            } else {
+                renumbered.push(None);
+            }
+        }
+        (self.values, self.used) = (values, used);
+        renumbered
+    }
+
     /// In `NameId` order (for snapshots: interning them again in this order gives the same ids).
     pub(super) fn values(&self) -> &[T] {
         &self.values
     }
+}
+
+/// The new id of `id` after [`Names::retain`] returned `renumbered`.
+pub(super) fn renumber(renumbered: &[Option<NameId>], id: NameId) -> Option<NameId> {
+    renumbered.get(id.get() as usize - 1).copied().flatten()
 }
 
 /// A slot number in [`Tickets`].
@@ -170,6 +240,11 @@ impl<S> Tickets<S> {
 
     pub(super) fn get_mut(&mut self, id: SlotId) -> Option<&mut S> {
         self.slots.get_mut(id as usize).and_then(|slot| slot.state.as_mut())
+    }
+
+    /// Every state held, in slot order.
+    pub(super) fn states_mut(&mut self) -> impl Iterator<Item = &mut S> {
+        self.slots.iter_mut().filter_map(|slot| slot.state.as_mut())
     }
 
     pub(super) fn ticket(&self, id: SlotId) -> &TicketNo {

@@ -649,4 +649,5 @@ mod properties {
 }
 
 mod live;
+mod limits;
 mod state;

@@ -1,0 +1,202 @@
+//! `[limits]` and forgetting: what a publisher inventing names or tickets
+//! can make the tracker remember, and that unused names go again.
+
+use super::*;
+use crate::tracker::state::{decode, encode};
+
+fn limited(adjust: impl FnOnce(&mut LimitsConfig)) -> TrackerSettings {
+    let mut settings = settings();
+    adjust(&mut settings.limits);
+    settings
+}
+
+/// Runs a script through `tracker` (ingesting, as `run_script`), returning the output.
+fn feed(tracker: &mut Tracker, script: &str) -> Output {
+    let mut out = Output::default();
+    for line in script.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')) {
+        let (event, arrival) = script_event(line);
+        tracker.ingest(event, arrival.unwrap_or(Millis(0)), &mut out);
+    }
+    out
+}
+
+#[test]
+fn an_open_ticket_beyond_the_limit_is_refused_whatever_the_arrival_order_within_the_window() {
+    // A3 arrives first but is the third in event time: it is the one refused.
+    let script = "08:02 issued A3 service=ktp id=k3
+                  08:01 issued A2 service=ktp id=k2
+                  08:00 issued A1 service=ktp id=k1
+                  08:05 finished A1 counter=c1
+                  08:06 issued A4 service=ktp
+                  08:07 finished A2 counter=c1
+                  08:08 finished A4 counter=c1
+                  08:09 finished A3 counter=c1";
+    let settings = limited(|limits| limits.max_open_tickets_per_office = 2);
+    let mut tracker = Tracker::new(settings);
+    let mut out = feed(&mut tracker, script);
+    tracker.drain(Millis(0), &mut out);
+    let mut tickets: Vec<String> = out
+        .points
+        .iter()
+        .filter(|point| point.measurement == "ticket")
+        .map(|point| render_value(&point.fields.iter().find(|(key, _)| *key == "ticket").unwrap().1))
+        .collect();
+    tickets.sort();
+    assert_eq!(tickets, ["A1", "A2", "A4"]);
+    assert_eq!(out.notes.get(Note::CardinalityLimit), 1);
+    assert_eq!(out.notes.get(Note::OrphanClose), 1, "A3's finish finds nothing open");
+    let [refused] = out.rejections.as_slice() else { panic!("{:?}", out.rejections) };
+    assert_eq!(refused.reason, RejectReason::CardinalityLimit);
+    assert_eq!(refused.id.as_deref(), Some("k3"));
+    assert_eq!(refused.office.as_ref().map(OfficeId::as_str), Some("o1"));
+    assert!(refused.detail.contains("limits.max_open_tickets_per_office"), "{}", refused.detail);
+}
+
+#[test]
+fn new_services_counters_and_staff_beyond_their_limits_are_refused_and_known_ones_flow() {
+    let settings = limited(|limits| {
+        limits.max_services_per_office = 1;
+        limits.max_counters_per_office = 1;
+        limits.max_staff_per_office = 1;
+    });
+    check_with(
+        settings,
+        "08:00 issued A1 service=ktp
+         08:01 issued A2 service=paspor
+         08:02 called A1 counter=c1 staff=budi
+         08:03 finished A1 counter=c2
+         08:04 finished A1 counter=c1 staff=siti
+         08:05 finished A1 counter=c1 staff=budi",
+        "o1 served ktp c1 @08:05:00 ticket=A1 recalls=0 wait_s=120 service_s=180 total_s=300 visit_s=300
+         wait_within_target=1 service_within_target=1 staff=budi",
+        "cardinality_limit=3",
+    );
+}
+
+#[test]
+fn names_nothing_uses_any_more_are_forgotten_and_make_room_again() {
+    let mut settings = limited(|limits| {
+        limits.max_services_per_office = 1;
+        limits.max_counters_per_office = 2;
+    });
+    // B1 stays open across the gap.
+    settings.max_ticket_age_ms = 10 * 86_400_000;
+    let keep_ms = settings.forget_after_ms();
+    let mut tracker = Tracker::new(settings.clone());
+    // c1 and ktp are used on day 0; c2 serves a ticket that stays open.
+    let mut out = feed(
+        &mut tracker,
+        "08:00 issued A1 service=ktp
+         08:01 finished A1 counter=c1
+         08:02 called B1 counter=c2",
+    );
+    assert_eq!(out.notes.get(Note::CardinalityLimit), 0);
+    // Long after: ktp and c1 are forgotten, c2 is still referred to by B1.
+    let later = Millis(parse_time("08:02").0 + keep_ms + 3_600_000);
+    let clock = render_time(later.0);
+    let more = feed(
+        &mut tracker,
+        &format!(
+            "{clock} issued P1 service=paspor
+             {clock} called P1 counter=c3
+             {clock} finished B1 counter=c2"
+        ),
+    );
+    out.points.extend(more.points);
+    out.notes.merge(&more.notes);
+    tracker.drain(Millis(0), &mut out);
+    assert_eq!(out.notes.get(Note::CardinalityLimit), 0, "{:?}", more.rejections);
+    let office = &tracker.offices[&OfficeId::parse("o1").unwrap()];
+    assert_eq!(office.ctx.services.values(), [ServiceId::parse("paspor").unwrap()]);
+    let counters: Vec<&str> = office.ctx.counters.values().iter().map(CounterId::as_str).collect();
+    assert_eq!(counters, ["c2", "c3"]);
+    // B1's point names its counter correctly after the renumbering.
+    let b1 = out
+        .points
+        .iter()
+        .find(|point| point.measurement == "ticket" && render_point(point).contains("ticket=B1"))
+        .expect("B1 closed");
+    assert_eq!(b1.tag_value("counter"), Some("c2"));
+    // The state after forgetting round-trips.
+    let bytes = encode(&tracker);
+    let restored = decode(settings, &bytes).unwrap();
+    assert_eq!(encode(&restored).len(), bytes.len());
+}
+
+#[test]
+fn offices_beyond_the_limit_or_not_configured_are_refused_and_an_idle_one_is_forgotten() {
+    let mut settings = limited(|limits| limits.max_offices = 1);
+    settings.offices.insert(OfficeId::parse("conf").unwrap(), OfficeConfig::default());
+    let keep_ms = settings.forget_after_ms();
+    let mut tracker = Tracker::new(settings.clone());
+    let mut out = Output::default();
+    let (first, _) = script_event("08:00 issued A1 service=ktp office=o1");
+    tracker.admit(&first, Millis(0)).unwrap();
+    tracker.ingest(first, Millis(0), &mut out);
+    let (second, _) = script_event("08:00 issued A1 service=ktp office=o2 id=x");
+    let refused = tracker.admit(&second, Millis(0)).unwrap_err();
+    assert_eq!((refused.reason, refused.id.as_deref()), (RejectReason::CardinalityLimit, Some("x")));
+    assert!(refused.detail.contains("limits.max_offices"), "{}", refused.detail);
+    // A configured office never counts against the limit.
+    let (configured, _) = script_event("08:00 issued A1 service=ktp office=conf");
+    tracker.admit(&configured, Millis(0)).unwrap();
+
+    // o1 closes its ticket and falls idle; once the office clock has passed
+    // the time names are kept, it is forgotten and o2 fits.
+    let (close, _) = script_event("08:01 finished A1 counter=c1 office=o1");
+    tracker.ingest(close, Millis(0), &mut out);
+    tracker.advance(Millis(0), &mut out);
+    assert!(tracker.offices.contains_key(&OfficeId::parse("o1").unwrap()));
+    let (tick, _) = script_event("08:02 heartbeat office=o1");
+    tracker.ingest(tick, Millis(0), &mut out);
+    // Wall time since the last event moves the office clock on.
+    tracker.advance(Millis(keep_ms / 2), &mut out);
+    assert!(tracker.offices.contains_key(&OfficeId::parse("o1").unwrap()), "o1 kept while names are");
+    tracker.advance(Millis(keep_ms + 60_000), &mut out);
+    tracker.advance(Millis(2 * keep_ms), &mut out);
+    assert!(!tracker.offices.contains_key(&OfficeId::parse("o1").unwrap()), "o1 forgotten");
+    assert!(tracker.offices.contains_key(&OfficeId::parse("conf").unwrap()), "configured offices stay");
+    tracker.admit(&second, Millis(0)).unwrap();
+
+    let mut only = settings;
+    only.only_configured = true;
+    let mut tracker = Tracker::new(only);
+    let (stranger, _) = script_event("08:00 issued A1 office=o9");
+    assert_eq!(tracker.admit(&stranger, Millis(0)).unwrap_err().reason, RejectReason::UnknownOffice);
+    tracker.admit(&configured_event(), Millis(0)).unwrap();
+}
+
+fn configured_event() -> Event {
+    script_event("08:00 issued A1 service=ktp office=conf").0
+}
+
+#[test]
+fn the_message_rate_is_measured_on_the_office_clock() {
+    let settings = limited(|limits| {
+        limits.max_messages_per_second_per_office = 1;
+        limits.max_burst_per_office = 2;
+    });
+    let mut tracker = Tracker::new(settings);
+    let mut out = Output::default();
+    let mut admitted = Vec::new();
+    // Three at once: the burst takes two. A second of event time later, one more fits.
+    for (n, line) in ["08:00 heartbeat", "08:00 heartbeat", "08:00 heartbeat", "08:00:01 heartbeat", "08:00:01 heartbeat"]
+        .iter()
+        .enumerate()
+    {
+        let (mut event, _) = script_event(line);
+        event.id = Some(format!("h{n}").into());
+        let ok = tracker.admit(&event, Millis(0)).is_ok();
+        if ok {
+            tracker.ingest(event, Millis(0), &mut out);
+        }
+        admitted.push(ok);
+    }
+    assert_eq!(admitted, [true, true, false, true, false]);
+    // A backlog a day long passes at once: it carries its own times.
+    for minute in 0..600 {
+        let (event, _) = script_event(&format!("{:02}:{:02}:30 heartbeat", 9 + minute / 60, minute % 60));
+        assert!(tracker.admit(&event, Millis(0)).is_ok(), "minute {minute}");
+        tracker.ingest(event, Millis(0), &mut out);
+    }
+}
