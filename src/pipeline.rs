@@ -102,7 +102,10 @@ impl Pipeline {
     /// Logs a rejection, at most once per office and reason every 10 s.
     fn log_rejection(&mut self, rejection: &Rejection, message: &str) {
         let office = rejection.office.as_ref().map_or("", |office| office.as_str());
-        let key = format!("{}/{}", office, rejection.reason.as_str());
+        // Offices the tracker does not know share one key: a flood of
+        // invented offices logs once per interval, not once per office.
+        let known = rejection.office.as_ref().is_some_and(|office| self.tracker.knows(office));
+        let key = format!("{}/{}", if known { office } else { "" }, rejection.reason.as_str());
         if let Some(suppressed) = self.reject_log.allow(&key, Instant::now()) {
             warn!(
                 office,

@@ -466,6 +466,11 @@ impl Tracker {
         }
     }
 
+    /// Whether the office is tracked (heard and not forgotten, or configured).
+    pub fn knows(&self, office: &OfficeId) -> bool {
+        self.offices.contains_key(office)
+    }
+
     /// The office's clock at wall time `now`, if the office has been heard.
     pub fn office_clock(&self, office: &OfficeId, now: Millis) -> Option<Millis> {
         self.offices.get(office).and_then(|state| state.clock(&self.settings, now))

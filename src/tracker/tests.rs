@@ -648,6 +648,6 @@ mod properties {
     }
 }
 
-mod live;
 mod limits;
+mod live;
 mod state;

@@ -180,9 +180,10 @@ fn the_message_rate_is_measured_on_the_office_clock() {
     let mut out = Output::default();
     let mut admitted = Vec::new();
     // Three at once: the burst takes two. A second of event time later, one more fits.
-    for (n, line) in ["08:00 heartbeat", "08:00 heartbeat", "08:00 heartbeat", "08:00:01 heartbeat", "08:00:01 heartbeat"]
-        .iter()
-        .enumerate()
+    for (n, line) in
+        ["08:00 heartbeat", "08:00 heartbeat", "08:00 heartbeat", "08:00:01 heartbeat", "08:00:01 heartbeat"]
+            .iter()
+            .enumerate()
     {
         let (mut event, _) = script_event(line);
         event.id = Some(format!("h{n}").into());
