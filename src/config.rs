@@ -1840,6 +1840,26 @@ service_target = "367days"
     }
 
     #[test]
+    fn limits_and_only_configured_parse_and_the_example_documents_the_defaults() {
+        let example = Config::parse(include_str!("../config/queuewatch.toml")).unwrap();
+        assert_eq!((example.limits, example.only_configured), (LimitsConfig::default(), false));
+        let config = Config::parse(
+            "[limits]\nmax_offices = 0\nmax_open_tickets_per_office = 7\n[offices]\nonly_configured = true\n[offices.o1]\n",
+        )
+        .unwrap();
+        assert_eq!((config.limits.max_offices, config.limits.max_open_tickets_per_office), (0, 7));
+        assert!(config.only_configured && config.offices.len() == 1);
+        assert_reported(
+            &problems_of("[limits]\nmax_staff_per_office = -1\nmax_offce = 3\n[offices]\nonly_configured = \"yes\"\n"),
+            &[
+                "limits.max_staff_per_office: expected a whole number (0 for no limit), found -1",
+                "limits.max_offce: unknown key",
+                "offices.only_configured: expected true or false",
+            ],
+        );
+    }
+
+    #[test]
     fn day_ranges_may_wrap_the_week() {
         assert_eq!(parse_days("Sat-Mon").unwrap(), [true, false, false, false, false, true, true]);
         assert_eq!(parse_days("Mon,Wed").unwrap(), [true, false, true, false, false, false, false]);
