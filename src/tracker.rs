@@ -811,16 +811,21 @@ impl OfficeState {
             && self.live.last_event_ts().is_none_or(|last| last < watermark.minus_ms(settings.forget_after_ms()))
     }
 
-    /// The event's first name or new open ticket beyond the office's
-    /// `[limits]`, if any: checked as it is applied, so which events pass
-    /// depends on the event-time order alone, as everything else here.
-    fn over_limit(&self, settings: &TrackerSettings, event: &Event) -> Option<String> {
+    /// Marks the event's names used at its time (and the names it will
+    /// intern), and returns the first name or new open ticket beyond the
+    /// office's `[limits]`, if any: checked as the event is applied, so which
+    /// events pass depends on the event-time order alone, as everything else here.
+    fn check_names(&mut self, settings: &TrackerSettings, event: &Event) -> Option<String> {
         let limits = &settings.limits;
-        let ctx = &self.ctx;
-        let over = |len: usize, max: usize| max > 0 && len >= max;
+        let ctx = &mut self.ctx;
+        let full = |len: usize, max: usize| max > 0 && len >= max;
+        ctx.services.set_now(event.ts);
+        ctx.counters.set_now(event.ts);
+        ctx.staff.set_now(event.ts);
+        // A heartbeat's names are never interned.
         if event.kind != EventType::Heartbeat {
             for service in [&event.service, &event.to_service].into_iter().flatten() {
-                if !ctx.services.contains(service) && over(ctx.services.len(), limits.max_services_per_office) {
+                if !ctx.services.touch(service, event.ts) && full(ctx.services.len(), limits.max_services_per_office) {
                     return Some(format!(
                         "new service {service}: the office has {} already (limits.max_services_per_office)",
                         ctx.services.len()
@@ -828,7 +833,7 @@ impl OfficeState {
                 }
             }
             if let Some(counter) = &event.counter {
-                if !ctx.counters.contains(counter) && over(ctx.counters.len(), limits.max_counters_per_office) {
+                if !ctx.counters.touch(counter, event.ts) && full(ctx.counters.len(), limits.max_counters_per_office) {
                     return Some(format!(
                         "new counter {counter}: the office has {} already (limits.max_counters_per_office)",
                         ctx.counters.len()
@@ -836,7 +841,7 @@ impl OfficeState {
                 }
             }
             if let Some(staff) = &event.staff {
-                if !ctx.staff.contains(staff) && over(ctx.staff.len(), limits.max_staff_per_office) {
+                if !ctx.staff.touch(staff, event.ts) && full(ctx.staff.len(), limits.max_staff_per_office) {
                     return Some(format!(
                         "new staff id: the office has {} already (limits.max_staff_per_office)",
                         ctx.staff.len()
@@ -844,15 +849,14 @@ impl OfficeState {
                 }
             }
         }
-        if event.kind.needs_ticket() && over(self.open_segments, limits.max_open_tickets_per_office) {
+        let opens = matches!(
+            event.kind,
+            EventType::Issued | EventType::Called | EventType::Recalled | EventType::Started | EventType::Transferred
+        );
+        if opens && full(self.open_segments, limits.max_open_tickets_per_office) {
             let open =
                 event.ticket.as_ref().and_then(|ticket| self.tickets.find(ticket)).and_then(|slot| self.segment(slot));
-            let opens = match event.kind {
-                EventType::Issued => open.is_none(),
-                EventType::Called | EventType::Recalled | EventType::Started | EventType::Transferred => open.is_none(),
-                _ => false,
-            };
-            if opens {
+            if open.is_none() {
                 return Some(format!(
                     "new ticket: {} tickets are open at the office already (limits.max_open_tickets_per_office)",
                     self.open_segments
@@ -860,23 +864,6 @@ impl OfficeState {
             }
         }
         None
-    }
-
-    /// Marks the event's names used at its time (and names it interns), so that they are kept.
-    fn touch_names(&mut self, event: &Event) {
-        let ctx = &mut self.ctx;
-        ctx.services.set_now(event.ts);
-        ctx.counters.set_now(event.ts);
-        ctx.staff.set_now(event.ts);
-        for service in [&event.service, &event.to_service].into_iter().flatten() {
-            ctx.services.touch(service, event.ts);
-        }
-        if let Some(counter) = &event.counter {
-            ctx.counters.touch(counter, event.ts);
-        }
-        if let Some(staff) = &event.staff {
-            ctx.staff.touch(staff, event.ts);
-        }
     }
 
     /// Forgets the services, counters and staff ids nothing refers to any
@@ -1189,7 +1176,7 @@ impl OfficeState {
     /// of the office's `[limits]`: then it changes nothing but is counted,
     /// noted against the office and echoed.
     fn apply(&mut self, settings: &TrackerSettings, event: Event, keys: EventKeys, arrival: Arrival, out: &mut Output) {
-        if let Some(detail) = self.over_limit(settings, &event) {
+        if let Some(detail) = self.check_names(settings, &event) {
             self.retire_keys(keys, event.ts);
             self.live.note_rejection();
             out.notes.add(Note::CardinalityLimit);
@@ -1201,7 +1188,6 @@ impl OfficeState {
             });
             return;
         }
-        self.touch_names(&event);
         self.apply_event(settings, event, keys, arrival, out);
     }
 

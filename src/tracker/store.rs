@@ -91,11 +91,6 @@ impl<T: Clone + Eq + Hash> Names<T> {
         &self.values[id.get() as usize - 1]
     }
 
-    /// Whether `value` is interned: a new one would count against the office's limit.
-    pub(super) fn contains(&self, value: &T) -> bool {
-        self.index.contains_key(value)
-    }
-
     pub(super) fn len(&self) -> usize {
         self.values.len()
     }
@@ -105,12 +100,12 @@ impl<T: Clone + Eq + Hash> Names<T> {
         self.now = at;
     }
 
-    /// Marks a name as used at `at` (event time).
-    pub(super) fn touch(&mut self, value: &T, at: Millis) {
-        if let Some(id) = self.index.get(value) {
-            let used = &mut self.used[id.get() as usize - 1];
-            *used = (*used).max(at);
-        }
+    /// Marks a name as used at `at` (event time); `false` if it is not interned.
+    pub(super) fn touch(&mut self, value: &T, at: Millis) -> bool {
+        let Some(id) = self.index.get(value) else { return false };
+        let used = &mut self.used[id.get() as usize - 1];
+        *used = (*used).max(at);
+        true
     }
 
     /// Marks every name as used at `at` (after a restore).
