@@ -78,12 +78,14 @@ impl Pipeline {
     ) -> Result<(), Rejection> {
         let decoded = topic_office
             .and_then(|office| decode_with(payload, office.as_ref(), wall_now, &self.limits, &mut self.ids))
-            .and_then(|event| self.tracker.admit(&event, tracker_now).map(|()| event));
+            .and_then(|event| {
+                let ts = event.ts;
+                self.tracker.ingest_admitted(event, tracker_now, wall_now, &mut self.out).map(|()| ts)
+            });
         match decoded {
-            Ok(event) => {
+            Ok(ts) => {
                 self.stats.accepted += 1;
-                self.newest_event = self.newest_event.max(Some(event.ts));
-                self.tracker.ingest_with_wall(event, tracker_now, wall_now, &mut self.out);
+                self.newest_event = self.newest_event.max(Some(ts));
                 self.collect();
                 Ok(())
             }

@@ -345,47 +345,38 @@ impl Tracker {
         Tracker { settings, offices, unconfigured }
     }
 
-    /// Whether a decoded event may enter at all, decided at its arrival:
-    /// its office must be configured (`offices.only_configured`) or fit
-    /// `limits.max_offices`, and the office must be within its message rate.
-    /// An event refused here is counted and echoed as a rejection by the
-    /// caller; it changes nothing else.
-    pub fn admit(&mut self, event: &Event, now: Millis) -> Result<(), Rejection> {
+    /// Takes one decoded event that arrived at wall time `now` (`wall`: see
+    /// [`Tracker::ingest_with_wall`]) if it may enter at all: its office
+    /// must be configured (`offices.only_configured`) or fit
+    /// `limits.max_offices`, and be within its message rate. An event
+    /// refused here changes nothing; the caller counts and echoes it.
+    pub fn ingest_admitted(
+        &mut self,
+        event: Event,
+        now: Millis,
+        wall: Millis,
+        out: &mut Output,
+    ) -> Result<(), Rejection> {
         let settings = &self.settings;
-        let refuse = |reason, detail: String| Rejection {
-            reason,
-            detail,
-            office: Some(event.office.clone()),
-            id: event.id.as_ref().map(|id| id.to_string()),
-        };
-        let Some(office) = self.offices.get_mut(&event.office) else {
-            if settings.only_configured {
-                return Err(refuse(
-                    RejectReason::UnknownOffice,
-                    format!("office {} is not in the config (offices.only_configured)", event.office),
-                ));
+        let office = match self.offices.get_mut(&event.office) {
+            Some(office) => {
+                if !office.take_token(settings, now, event.ts) {
+                    return Err(refusal(settings, &event, Refusal::Rate));
+                }
+                office
             }
-            let max = settings.limits.max_offices;
-            if max > 0 && self.unconfigured >= max {
-                return Err(refuse(
-                    RejectReason::CardinalityLimit,
-                    format!("{max} offices not in the config are known already (limits.max_offices)"),
-                ));
+            None => {
+                let limit = settings.limits.max_offices;
+                if settings.only_configured {
+                    return Err(refusal(settings, &event, Refusal::UnknownOffice));
+                } else if limit > 0 && self.unconfigured >= limit {
+                    return Err(refusal(settings, &event, Refusal::Offices));
+                }
+                new_office(settings, &mut self.offices, &mut self.unconfigured, &event, now)
             }
-            return Ok(());
         };
-        if office.take_token(settings, now, event.ts) {
-            Ok(())
-        } else {
-            Err(refuse(
-                RejectReason::CardinalityLimit,
-                format!(
-                    "more than {} messages a second, {} at once (limits.max_messages_per_second_per_office, \
-                     limits.max_burst_per_office)",
-                    settings.limits.max_messages_per_second_per_office, settings.limits.max_burst_per_office
-                ),
-            ))
-        }
+        office.ingest(settings, event, now, wall, out);
+        Ok(())
     }
 
     pub fn settings(&self) -> &TrackerSettings {
@@ -405,16 +396,7 @@ impl Tracker {
         let settings = &self.settings;
         let office = match self.offices.get_mut(&event.office) {
             Some(office) => office,
-            None => {
-                self.unconfigured += usize::from(!settings.offices.contains_key(&event.office));
-                let office = self
-                    .offices
-                    .entry(event.office.clone())
-                    .or_insert_with(|| OfficeState::new(settings, event.office.clone()));
-                // The office's first message, admitted before it existed, takes from a full bucket.
-                office.take_token(settings, now, event.ts);
-                office
-            }
+            None => new_office(settings, &mut self.offices, &mut self.unconfigured, &event, now),
         };
         office.ingest(settings, event, now, wall, out);
     }
@@ -495,6 +477,53 @@ impl Tracker {
     pub fn held_events(&self) -> usize {
         self.offices.values().map(|office| office.held.len()).sum()
     }
+}
+
+/// Starts following an office on its first message, which takes from a full rate bucket.
+fn new_office<'a>(
+    settings: &TrackerSettings,
+    offices: &'a mut HashMap<OfficeId, OfficeState>,
+    unconfigured: &mut usize,
+    event: &Event,
+    now: Millis,
+) -> &'a mut OfficeState {
+    *unconfigured += usize::from(!settings.offices.contains_key(&event.office));
+    let office =
+        offices.entry(event.office.clone()).or_insert_with(|| OfficeState::new(settings, event.office.clone()));
+    office.take_token(settings, now, event.ts);
+    office
+}
+
+/// Why [`Tracker::ingest_admitted`] refused a message.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    UnknownOffice,
+    Offices,
+    Rate,
+}
+
+#[cold]
+fn refusal(settings: &TrackerSettings, event: &Event, why: Refusal) -> Rejection {
+    let limits = &settings.limits;
+    let (reason, detail) = match why {
+        Refusal::UnknownOffice => (
+            RejectReason::UnknownOffice,
+            format!("office {} is not in the config (offices.only_configured)", event.office),
+        ),
+        Refusal::Offices => (
+            RejectReason::CardinalityLimit,
+            format!("{} offices not in the config are known already (limits.max_offices)", limits.max_offices),
+        ),
+        Refusal::Rate => (
+            RejectReason::CardinalityLimit,
+            format!(
+                "more than {} messages a second, {} at once (limits.max_messages_per_second_per_office, \
+                 limits.max_burst_per_office)",
+                limits.max_messages_per_second_per_office, limits.max_burst_per_office
+            ),
+        ),
+    };
+    Rejection { reason, detail, office: Some(event.office.clone()), id: event.id.as_ref().map(|id| id.to_string()) }
 }
 
 /// A segment's earliest pending deadline (wait or service target, or
@@ -811,44 +840,47 @@ impl OfficeState {
             && self.live.last_event_ts().is_none_or(|last| last < watermark.minus_ms(settings.forget_after_ms()))
     }
 
-    /// Marks the event's names used at its time (and the names it will
-    /// intern), and returns the first name or new open ticket beyond the
-    /// office's `[limits]`, if any: checked as the event is applied, so which
-    /// events pass depends on the event-time order alone, as everything else here.
+    /// Sets the time the event's names count as used at, and returns the
+    /// first name or new open ticket beyond the office's `[limits]`, if any:
+    /// checked as the event is applied, so which events pass depends on the
+    /// event-time order alone, as everything else here. A name is looked up
+    /// only while its kind is at its limit.
     fn check_names(&mut self, settings: &TrackerSettings, event: &Event) -> Option<String> {
         let limits = &settings.limits;
         let ctx = &mut self.ctx;
-        let full = |len: usize, max: usize| max > 0 && len >= max;
         ctx.services.set_now(event.ts);
         ctx.counters.set_now(event.ts);
         ctx.staff.set_now(event.ts);
+        fn new_beyond<T: Clone + Eq + std::hash::Hash>(names: &Names<T>, value: Option<&T>, max: usize) -> bool {
+            max > 0 && names.len() >= max && value.is_some_and(|value| !names.contains(value))
+        }
         // A heartbeat's names are never interned.
         if event.kind != EventType::Heartbeat {
-            for service in [&event.service, &event.to_service].into_iter().flatten() {
-                if !ctx.services.touch(service, event.ts) && full(ctx.services.len(), limits.max_services_per_office) {
+            let max = limits.max_services_per_office;
+            for service in [&event.service, &event.to_service] {
+                if new_beyond(&ctx.services, service.as_ref(), max) {
                     return Some(format!(
-                        "new service {service}: the office has {} already (limits.max_services_per_office)",
+                        "new service {}: the office has {} already (limits.max_services_per_office)",
+                        service.as_ref().map_or("", |service| service.as_str()),
                         ctx.services.len()
                     ));
                 }
             }
-            if let Some(counter) = &event.counter {
-                if !ctx.counters.touch(counter, event.ts) && full(ctx.counters.len(), limits.max_counters_per_office) {
-                    return Some(format!(
-                        "new counter {counter}: the office has {} already (limits.max_counters_per_office)",
-                        ctx.counters.len()
-                    ));
-                }
+            if new_beyond(&ctx.counters, event.counter.as_ref(), limits.max_counters_per_office) {
+                return Some(format!(
+                    "new counter {}: the office has {} already (limits.max_counters_per_office)",
+                    event.counter.as_ref().map_or("", |counter| counter.as_str()),
+                    ctx.counters.len()
+                ));
             }
-            if let Some(staff) = &event.staff {
-                if !ctx.staff.touch(staff, event.ts) && full(ctx.staff.len(), limits.max_staff_per_office) {
-                    return Some(format!(
-                        "new staff id: the office has {} already (limits.max_staff_per_office)",
-                        ctx.staff.len()
-                    ));
-                }
+            if new_beyond(&ctx.staff, event.staff.as_ref(), limits.max_staff_per_office) {
+                return Some(format!(
+                    "new staff id: the office has {} already (limits.max_staff_per_office)",
+                    ctx.staff.len()
+                ));
             }
         }
+        let full = |len: usize, max: usize| max > 0 && len >= max;
         let opens = matches!(
             event.kind,
             EventType::Issued | EventType::Called | EventType::Recalled | EventType::Started | EventType::Transferred

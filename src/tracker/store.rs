@@ -71,8 +71,12 @@ impl<T> Default for Names<T> {
 }
 
 impl<T: Clone + Eq + Hash> Names<T> {
+    /// The id of `value`, interned if new; either way it counts as used
+    /// at the time given by [`Names::set_now`].
     pub(super) fn intern(&mut self, value: &T) -> NameId {
         if let Some(id) = self.index.get(value) {
+            let used = &mut self.used[id.get() as usize - 1];
+            *used = (*used).max(self.now);
             return *id;
         }
         self.values.push(value.clone());
@@ -95,17 +99,14 @@ impl<T: Clone + Eq + Hash> Names<T> {
         self.values.len()
     }
 
-    /// Sets the time names interned from now on are used at.
+    /// Sets the time names interned from now on are used at (the event being applied).
     pub(super) fn set_now(&mut self, at: Millis) {
         self.now = at;
     }
 
-    /// Marks a name as used at `at` (event time); `false` if it is not interned.
-    pub(super) fn touch(&mut self, value: &T, at: Millis) -> bool {
-        let Some(id) = self.index.get(value) else { return false };
-        let used = &mut self.used[id.get() as usize - 1];
-        *used = (*used).max(at);
-        true
+    /// Whether `value` is interned.
+    pub(super) fn contains(&self, value: &T) -> bool {
+        self.index.contains_key(value)
     }
 
     /// Marks every name as used at `at` (after a restore).

@@ -130,16 +130,19 @@ fn offices_beyond_the_limit_or_not_configured_are_refused_and_an_idle_one_is_for
     let keep_ms = settings.forget_after_ms();
     let mut tracker = Tracker::new(settings.clone());
     let mut out = Output::default();
+    let admit = |tracker: &mut Tracker, event: &Event, out: &mut Output| {
+        tracker.ingest_admitted(event.clone(), Millis(0), Millis(0), out)
+    };
     let (first, _) = script_event("08:00 issued A1 service=ktp office=o1");
-    tracker.admit(&first, Millis(0)).unwrap();
-    tracker.ingest(first, Millis(0), &mut out);
+    admit(&mut tracker, &first, &mut out).unwrap();
     let (second, _) = script_event("08:00 issued A1 service=ktp office=o2 id=x");
-    let refused = tracker.admit(&second, Millis(0)).unwrap_err();
+    let refused = admit(&mut tracker, &second, &mut out).unwrap_err();
+    assert!(!tracker.knows(&second.office), "a refused office is not created");
     assert_eq!((refused.reason, refused.id.as_deref()), (RejectReason::CardinalityLimit, Some("x")));
     assert!(refused.detail.contains("limits.max_offices"), "{}", refused.detail);
     // A configured office never counts against the limit.
     let (configured, _) = script_event("08:00 issued A1 service=ktp office=conf");
-    tracker.admit(&configured, Millis(0)).unwrap();
+    admit(&mut tracker, &configured, &mut out).unwrap();
 
     // o1 closes its ticket and falls idle; once the office clock has passed
     // the time names are kept, it is forgotten and o2 fits.
@@ -156,18 +159,14 @@ fn offices_beyond_the_limit_or_not_configured_are_refused_and_an_idle_one_is_for
     tracker.advance(Millis(2 * keep_ms), &mut out);
     assert!(!tracker.offices.contains_key(&OfficeId::parse("o1").unwrap()), "o1 forgotten");
     assert!(tracker.offices.contains_key(&OfficeId::parse("conf").unwrap()), "configured offices stay");
-    tracker.admit(&second, Millis(0)).unwrap();
+    admit(&mut tracker, &second, &mut out).unwrap();
 
     let mut only = settings;
     only.only_configured = true;
     let mut tracker = Tracker::new(only);
     let (stranger, _) = script_event("08:00 issued A1 office=o9");
-    assert_eq!(tracker.admit(&stranger, Millis(0)).unwrap_err().reason, RejectReason::UnknownOffice);
-    tracker.admit(&configured_event(), Millis(0)).unwrap();
-}
-
-fn configured_event() -> Event {
-    script_event("08:00 issued A1 service=ktp office=conf").0
+    assert_eq!(admit(&mut tracker, &stranger, &mut out).unwrap_err().reason, RejectReason::UnknownOffice);
+    admit(&mut tracker, &configured, &mut out).unwrap();
 }
 
 #[test]
@@ -187,17 +186,12 @@ fn the_message_rate_is_measured_on_the_office_clock() {
     {
         let (mut event, _) = script_event(line);
         event.id = Some(format!("h{n}").into());
-        let ok = tracker.admit(&event, Millis(0)).is_ok();
-        if ok {
-            tracker.ingest(event, Millis(0), &mut out);
-        }
-        admitted.push(ok);
+        admitted.push(tracker.ingest_admitted(event, Millis(0), Millis(0), &mut out).is_ok());
     }
     assert_eq!(admitted, [true, true, false, true, false]);
     // A backlog a day long passes at once: it carries its own times.
     for minute in 0..600 {
         let (event, _) = script_event(&format!("{:02}:{:02}:30 heartbeat", 9 + minute / 60, minute % 60));
-        assert!(tracker.admit(&event, Millis(0)).is_ok(), "minute {minute}");
-        tracker.ingest(event, Millis(0), &mut out);
+        assert!(tracker.ingest_admitted(event, Millis(0), Millis(0), &mut out).is_ok(), "minute {minute}");
     }
 }
