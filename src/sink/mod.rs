@@ -171,12 +171,10 @@ pub(crate) fn read_token_file(path: &str) -> Result<String, String> {
 /// Why the sink could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// A config value or secret is unusable; the message names the key.
+    /// A config value or secret is unusable (the message names the key), or
+    /// the HTTP client cannot be built with it (the roots for `https://`).
     #[error("{0}")]
     Config(String),
-    /// The HTTP client could not be built (TLS setup).
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(String),
     /// The spool or the dead-letter file cannot be used.
     #[error("{0}")]
     Storage(#[from] crate::storage::StorageError),

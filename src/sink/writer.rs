@@ -103,7 +103,7 @@ impl V1Writer {
             }
         }
         let setup = ClientSetup::new(&write_url, config.ca_file.as_deref(), config.request_timeout, write_headers());
-        let client = build_client(&setup).map_err(SinkError::HttpClient)?;
+        let client = build_client(&setup).map_err(SinkError::Config)?;
         Ok(V1Writer {
             client: RwLock::new(client),
             setup,
@@ -125,7 +125,7 @@ impl V1Writer {
             Ok(response) => response,
             Err(error) => {
                 return Err(request_error(&self.setup, &error, |builder| {
-                    let client = builder.build().map_err(|error| format!("cannot build the HTTP client: {error}"))?;
+                    let client = builder.build().map_err(cannot_build)?;
                     *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
                     Ok(())
                 }))
@@ -218,7 +218,7 @@ impl V2Writer {
         }
         let token = secrets.token.clone().unwrap_or_default();
         let setup = ClientSetup::new(&url, config.ca_file.as_deref(), config.request_timeout, write_headers());
-        let client = v2_client(&setup, url.as_str(), &config.org, token.clone()).map_err(SinkError::HttpClient)?;
+        let client = v2_client(&setup, url.as_str(), &config.org, token.clone()).map_err(SinkError::Config)?;
         Ok(V2Writer {
             client: RwLock::new((client, token)),
             setup,
@@ -244,11 +244,9 @@ impl V2Writer {
     }
 }
 
-/// The influxdb2 client over `setup`'s HTTP client; the error names the key.
+/// The influxdb2 client over `setup`'s HTTP client; the error says why not.
 fn v2_client(setup: &ClientSetup, base: &str, org: &str, token: String) -> Result<influxdb2::Client, String> {
-    influxdb2::ClientBuilder::with_builder(setup.builder()?, base, org, token)
-        .build()
-        .map_err(|error| format!("cannot build the HTTP client: {error}"))
+    influxdb2::ClientBuilder::with_builder(setup.builder()?, base, org, token).build().map_err(cannot_build)
 }
 
 impl Writer for V2Writer {
@@ -268,7 +266,7 @@ impl Writer for V2Writer {
     fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
         Box::pin(async move {
             let body = encoded.cloned().unwrap_or_else(|| gzip(lines));
-            let (client, token) = self.client.read().unwrap_or_else(PoisonError::into_inner).clone();
+            let client = self.client.read().unwrap_or_else(PoisonError::into_inner).0.clone();
             let result = client
                 .write_line_protocol_with_precision(&self.org, &self.bucket, body, TimestampPrecision::Nanoseconds)
                 .await;
@@ -284,11 +282,13 @@ impl Writer for V2Writer {
                 }
                 Err(influxdb2::RequestError::ReqwestProcessing { source }) => {
                     Err(request_error(&self.setup, &source, |builder| {
-                        let client =
-                            influxdb2::ClientBuilder::with_builder(builder, &self.base, &self.org, token.clone())
-                                .build()
-                                .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
-                        *self.client.write().unwrap_or_else(PoisonError::into_inner) = (client, token);
+                        // With the token in force now (a 401 may have replaced it meanwhile).
+                        let mut current = self.client.write().unwrap_or_else(PoisonError::into_inner);
+                        let token = current.1.clone();
+                        let client = influxdb2::ClientBuilder::with_builder(builder, &self.base, &self.org, token)
+                            .build()
+                            .map_err(cannot_build)?;
+                        current.0 = client;
                         Ok(())
                     }))
                 }
@@ -429,7 +429,11 @@ fn request_error(
 }
 
 fn build_client(setup: &ClientSetup) -> Result<reqwest::Client, String> {
-    setup.builder()?.build().map_err(|error| format!("cannot build the HTTP client: {error}"))
+    setup.builder()?.build().map_err(cannot_build)
+}
+
+fn cannot_build(error: impl std::fmt::Display) -> String {
+    format!("cannot build the HTTP client: {error}")
 }
 
 fn write_headers() -> HeaderMap {
