@@ -280,6 +280,9 @@ pub struct InfluxConfig {
     /// read again after InfluxDB answers 401 or 403.
     pub password_file: Option<String>,
     // both
+    /// PEM CA certificate(s) an `https://` URL's certificate must chain to;
+    /// without it, the platform's trust store.
+    pub ca_file: Option<PathBuf>,
     pub batch_size: usize,
     pub flush_interval: Duration,
     pub request_timeout: Duration,
@@ -452,6 +455,7 @@ impl Default for InfluxConfig {
             username: None,
             password_env: None,
             password_file: None,
+            ca_file: None,
             batch_size: 5000,
             flush_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
@@ -623,6 +627,7 @@ impl Config {
             if influx.token_env.is_some() && influx.token_file.is_some() {
                 problems.push("influxdb.token_file: give token_env or token_file, not both".into());
             }
+            parse_influx_ca_file(&mut section, influx, &mut problems);
             if let Some(batch_size) = section.positive_integer("batch_size", &mut problems) {
                 influx.batch_size = batch_size;
             }
@@ -930,6 +935,19 @@ fn parse_mqtt_tls(section: &mut Section<'_>, mqtt: &mut MqttConfig, problems: &m
         (None, None) => {}
     }
     problems.extend(crate::mqtt::tls::check(tls));
+}
+
+/// `influxdb.ca_file`: only with an `https://` URL, a file of PEM CA certificates.
+fn parse_influx_ca_file(section: &mut Section<'_>, influx: &mut InfluxConfig, problems: &mut Vec<String>) {
+    let Some(path) = section.string("ca_file", problems) else { return };
+    if path.is_empty() {
+        problems.push("influxdb.ca_file: must not be empty".into());
+    } else if !influx.url.starts_with("https://") {
+        problems.push(format!("influxdb.ca_file: needs an https:// influxdb.url, not {:?}", influx.url));
+    } else if let Some(problem) = crate::sink::tls::check(Path::new(&path)) {
+        problems.push(problem);
+    }
+    influx.ca_file = Some(PathBuf::from(path));
 }
 
 fn check_tracking(tracking: &TrackingConfig, problems: &mut Vec<String>) {

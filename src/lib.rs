@@ -22,6 +22,7 @@
 //! - `demo`: broker, daemon, simulator and a live table in one process (`queuewatch demo`;
 //!   feature `demo`).
 //! - [`secret`]: reading secret files (passwords, keys), refusing those others may write.
+//! - [`tls`]: certificate files, the platform's trust store and TLS errors, for MQTT and InfluxDB.
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
 
 pub mod alerts;
@@ -44,4 +45,5 @@ pub mod sink;
 pub mod stats;
 pub mod storage;
 pub mod time;
+pub mod tls;
 pub mod tracker;

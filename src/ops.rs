@@ -336,7 +336,7 @@ impl Collector for Metrics {
             "write_errors",
             "Failed write requests, by kind: transport (no answer), unauthorized (401, 403), \
              not_found (404), too_large (413), refused (400, 422, other 4xx), throttled (429), \
-             server (5xx).",
+             server (5xx), tls (a failed TLS handshake: untrusted certificate, wrong host).",
             "kind",
             [
                 ("transport", errors.transport),
@@ -346,6 +346,7 @@ impl Collector for Metrics {
                 ("refused", errors.refused),
                 ("throttled", errors.throttled),
                 ("server", errors.server),
+                ("tls", errors.tls),
             ]
             .into_iter(),
         )?;

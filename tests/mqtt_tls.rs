@@ -12,10 +12,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::client::{publish_ticket, wait_until_queuewatch_listens, Client};
+use common::pki::{certificate_authority, set_mode, write_server_certificate};
 use common::{queuewatch_bin, write_config, Daemon, Influx1, Mosquitto};
 use queuewatch::config::{ClientAuthFiles, MqttTlsConfig};
 use queuewatch_servers::{mosquitto_passwd, TlsListener};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair};
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use tokio::time::Instant;
 
@@ -24,6 +25,11 @@ const GENEROUS: Duration = Duration::from_secs(60);
 
 /// Planted: a test fails if it ever shows up in a log or in `check-config`'s output.
 const QUEUEWATCH_PASSWORD: &str = "planted-Secret-7f3a9c";
+/// Planted too: queuewatch's InfluxDB password, and wrong ones it is given first.
+const INFLUX_PASSWORD: &str = "planted-Influx-5c8e21";
+const WRONG_INFLUX_PASSWORD: &str = "planted-InfluxWrong-d4a7f0";
+const WRONG_MQTT_PASSWORD: &str = "planted-Wrong-0b1d2e";
+const PLANTED: [&str; 4] = [QUEUEWATCH_PASSWORD, INFLUX_PASSWORD, WRONG_INFLUX_PASSWORD, WRONG_MQTT_PASSWORD];
 const MACHINE_PASSWORD: &str = "password-of-a";
 const OFFICE: &str = "mpp-a";
 const OTHER_OFFICE: &str = "mpp-b";
@@ -148,7 +154,7 @@ async fn a_broker_certificate_from_another_ca_is_named_as_untrusted_and_retried_
 async fn a_wrong_password_over_tls_is_named_as_refused_credentials_and_retried() {
     let pki = Pki::new();
     let broker = pki.broker(Trust::OwnCa, ClientCertificate::Optional);
-    let wrong_password = "planted-Wrong-0b1d2e";
+    let wrong_password = WRONG_MQTT_PASSWORD;
     let config = pki.daemon_config_without_sink(&broker, &pki.password_file(wrong_password), WithClientCert::No);
     let mut daemon = Daemon::spawn(&config, &[]);
 
@@ -177,6 +183,84 @@ async fn a_broker_that_requires_client_certificates_lets_in_queuewatch_with_one_
     }
 }
 
+/// Every secret queuewatch is given is planted with a distinctive value, and
+/// the logins fail first (a wrong MQTT password: refused; a wrong InfluxDB
+/// password: 401), so that what an operator sees when things go wrong is
+/// searched too: the daemon's whole output at debug level, every body of the
+/// operations endpoint along the way, and `check-config`'s output. None of
+/// them holds a secret; once both passwords are corrected the ticket arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_planted_secret_shows_in_the_output_the_operations_endpoint_or_check_config_while_logins_fail() {
+    let pki = Pki::new();
+    let broker = pki.broker(Trust::OwnCa, ClientCertificate::Optional);
+    let influx = Influx1::start_with_auth("queuewatch", INFLUX_PASSWORD);
+    influx.create_database("qw").await;
+    let mqtt_password_file = pki.password_file(WRONG_MQTT_PASSWORD);
+    let influx_password_file = pki.path("influx-password");
+    std::fs::write(&influx_password_file, format!("{WRONG_INFLUX_PASSWORD}\n")).unwrap();
+    set_mode(&influx_password_file, 0o600);
+    let ops_port = common::free_port();
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let config = pki.daemon_config(&broker, &influx, &mqtt_password_file, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[influxdb]\n",
+        &format!(
+            "[influxdb]\nusername = \"queuewatch\"\npassword_file = \"{}\"\nmax_backoff = \"500ms\"\n",
+            influx_password_file.display()
+        ),
+    );
+    std::fs::write(&config, text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{ops_port}\"")))
+        .unwrap();
+    let mut seen = Vec::new();
+    let (success, output) = check_config(&config);
+    assert!(success, "{output}");
+    seen.push(output);
+
+    let mut daemon = Daemon::spawn(&config, &[("QUEUEWATCH_LOG", "debug")]);
+    daemon.wait_for_log("mqtt: the broker refused the user name or password").await;
+    let (status, ready) = common::http_get(&format!("{ops}/readyz")).await;
+    assert_eq!((status, ready.trim()), (503, "not ready: mqtt: not connected to the broker"));
+    seen.extend(ops_bodies(&ops).await);
+
+    std::fs::write(&mqtt_password_file, format!("{QUEUEWATCH_PASSWORD}\n")).unwrap();
+    let mut machine = tls_client(&pki, &broker, "mpp-a-kiosk-1", Login::OfficeA, WithClientCert::No).await;
+    wait_until_queuewatch_listens(&mut machine, OFFICE, &mut daemon).await;
+    publish_ticket(&mut machine, OFFICE, "A1").await;
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let (_, metrics) = common::http_get(&format!("{ops}/metrics")).await;
+        if metrics.lines().any(|line| {
+            line.starts_with(r#"queuewatch_write_errors_total{kind="unauthorized"} "#) && !line.ends_with(" 0")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 401 counted:\n{metrics}\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen.extend(ops_bodies(&ops).await);
+
+    std::fs::write(&influx_password_file, format!("{INFLUX_PASSWORD}\n")).unwrap();
+    let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
+    assert_eq!((rows.len(), rows[0]["ticket"].as_str()), (1, Some("A1")));
+    seen.extend(ops_bodies(&ops).await);
+    seen.push(daemon.log());
+    assert!(daemon.log().contains("authorization failed"), "the 401 is logged:\n{}", daemon.log());
+    for text in &seen {
+        for secret in PLANTED {
+            assert!(!text.contains(secret), "{secret} shows in:\n{text}");
+        }
+    }
+}
+
+/// The bodies of `/metrics`, `/healthz` and `/readyz` at `ops`.
+async fn ops_bodies(ops: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        bodies.push(common::http_get(&format!("{ops}{path}")).await.1);
+    }
+    bodies
+}
+
 #[test]
 fn check_config_accepts_the_tls_setup_warns_without_showing_a_secret_and_refuses_a_writable_key() {
     let pki = Pki::new();
@@ -185,22 +269,52 @@ fn check_config_accepts_the_tls_setup_warns_without_showing_a_secret_and_refuses
         "topics = [\"queue/+/events\", \"queue/all/events\"]\n{}",
         pki.mqtt_lines(&password_file, WithClientCert::Yes)
     );
-    let text = common::daemon_config_text("mqtts://127.0.0.1", "qw", &mqtt, "http://127.0.0.1:1", "");
+    let influx_password_file = pki.path("influx-password");
+    std::fs::write(&influx_password_file, format!("{INFLUX_PASSWORD}\n")).unwrap();
+    let text = common::daemon_config_text("mqtts://127.0.0.1", "qw", &mqtt, "https://127.0.0.1:1", "").replace(
+        "[influxdb]\n",
+        &format!(
+            "[influxdb]\nca_file = \"{}\"\nusername = \"queuewatch\"\npassword_file = \"{}\"\n",
+            pki.ca_file().display(),
+            influx_password_file.display()
+        ),
+    );
     let config = write_config(pki.dir(), &text);
 
     set_mode(&password_file, 0o644);
+    set_mode(&influx_password_file, 0o644);
     let (success, output) = check_config(&config);
     assert!(success, "{output}");
     assert!(output.contains("warning: mqtt.topics: \"queue/all/events\" has no \"+\" level"), "{output}");
     assert!(!output.contains("\"queue/+/events\" has no"), "{output}");
     assert!(output.contains("warning: mqtt.password_file:") && output.contains("any user"), "{output}");
-    assert!(!output.contains(QUEUEWATCH_PASSWORD), "{output}");
+    assert!(output.contains("warning: influxdb.password_file:"), "{output}");
+    for secret in PLANTED {
+        assert!(!output.contains(secret), "{output}");
+    }
 
     set_mode(&pki.path("client.key"), 0o666);
+    set_mode(&influx_password_file, 0o666);
     let (success, output) = check_config(&config);
     assert!(!success, "{output}");
     assert!(output.contains("mqtt.client_key_file: ") && output.contains("(mode 0666)"), "{output}");
-    assert!(!output.contains("PRIVATE KEY") && !output.contains(QUEUEWATCH_PASSWORD), "{output}");
+    assert!(output.contains("influxdb.password_file: "), "{output}");
+    assert!(!output.contains("PRIVATE KEY"), "{output}");
+    for secret in PLANTED {
+        assert!(!output.contains(secret), "{output}");
+    }
+
+    // A CA file with nothing in it, and one given with a plain http:// URL.
+    std::fs::write(pki.path("empty.pem"), "").unwrap();
+    let broken = text.replace(&pki.ca_file().display().to_string(), &pki.path("empty.pem").display().to_string());
+    let (success, output) = check_config(&write_config(&tempfile::tempdir_in(pki.dir()).unwrap().keep(), &broken));
+    assert!(
+        !success && output.contains("influxdb.ca_file: ") && output.contains("holds no PEM certificate"),
+        "{output}"
+    );
+    let plain = text.replace("https://127.0.0.1:1", "http://127.0.0.1:1");
+    let (success, output) = check_config(&write_config(&tempfile::tempdir_in(pki.dir()).unwrap().keep(), &plain));
+    assert!(!success && output.contains("influxdb.ca_file: needs an https:// influxdb.url"), "{output}");
 }
 
 /// `queuewatch check-config FILE`: whether it passed, and all it printed.
@@ -292,12 +406,8 @@ impl Pki {
     /// Writes the broker's certificate and key, signed by the CA `trust` says.
     fn install_broker_certificate(&self, trust: Trust) {
         let issuer = if trust == Trust::OwnCa { &self.own_ca } else { &self.other_ca };
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        let certificate = params.signed_by(&key, issuer).unwrap();
-        std::fs::write(self.path("server.pem"), certificate.pem()).unwrap();
-        std::fs::write(self.path("server.key"), key.serialize_pem()).unwrap();
-        set_mode(&self.path("server.key"), 0o644);
+        let names = ["127.0.0.1", "localhost"];
+        write_server_certificate(issuer, &names, &self.path("server.pem"), &self.path("server.key"));
     }
 
     /// A broker with a TLS listener, the current broker certificate and the password file.
@@ -375,18 +485,6 @@ impl Pki {
         let text = common::daemon_config_text(&broker.url, client_id, &mqtt, "http://127.0.0.1:1", "");
         write_config(&config, &text)
     }
-}
-
-fn certificate_authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// A ticket machine over TLS, logged in as `login`'s office, that trusts

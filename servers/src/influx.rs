@@ -1,23 +1,37 @@
 //! InfluxDB 1.x (Debian ships 1.6) and its HTTP query API.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
 use crate::process::{find_binary, http_request_status, http_status, start_on_free_ports, ServerProcess};
-use crate::{http_client, or_panic, temp_dir, try_free_port, write_file, Error, TempDir, POLL_INTERVAL};
+use crate::{
+    http_client, http_client_builder, or_panic, temp_dir, try_free_port, write_file, Error, TempDir, POLL_INTERVAL,
+};
 
 /// An InfluxDB 1.x server with its HTTP API on `127.0.0.1:port`, every
 /// optional service off, and no authentication unless started with
-/// [`Influx1::start_with_auth`].
+/// [`Influx1::start_with_auth`]; HTTPS when started with [`Influx1::start_https`].
 pub struct Influx1 {
     pub port: u16,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT`
     pub url: String,
     client: InfluxClient,
     process: ServerProcess,
     dir: TempDir,
+    https: bool,
+}
+
+/// The PEM files of an InfluxDB server that speaks HTTPS.
+#[derive(Debug, Clone)]
+pub struct HttpsFiles {
+    /// `https-certificate`: the server's certificate (then any intermediates).
+    pub cert_file: PathBuf,
+    /// `https-private-key`: its private key.
+    pub key_file: PathBuf,
+    /// The CA that certificate chains to, which the guard's own client trusts.
+    pub ca_file: PathBuf,
 }
 
 impl Influx1 {
@@ -27,17 +41,24 @@ impl Influx1 {
     }
 
     pub fn try_start() -> Result<Influx1, Error> {
-        Influx1::try_start_with(None)
+        Influx1::try_start_with(None, None)
     }
 
     /// With `[http] auth-enabled = true` and one admin user, `user` with
     /// `password`, through whom this guard's own queries go. Panics if it
     /// does not start.
     pub fn start_with_auth(user: &str, password: &str) -> Influx1 {
-        or_panic(Influx1::try_start_with(Some((user, password))))
+        or_panic(Influx1::try_start_with(Some((user, password)), None))
     }
 
-    fn try_start_with(admin: Option<(&str, &str)>) -> Result<Influx1, Error> {
+    /// Serving HTTPS only (`[http] https-enabled = true`) with `files`'
+    /// certificate and key, at `https://127.0.0.1:PORT`; this guard's own
+    /// queries trust `files.ca_file`. Panics if it does not start.
+    pub fn start_https(files: &HttpsFiles) -> Influx1 {
+        or_panic(Influx1::try_start_with(None, Some(files)))
+    }
+
+    fn try_start_with(admin: Option<(&str, &str)>, https: Option<&HttpsFiles>) -> Result<Influx1, Error> {
         let program = find_binary("influxd", "/usr/bin/influxd", "influxdb")?;
         let dir = temp_dir("influxdb")?;
         let root = dir.path();
@@ -47,16 +68,25 @@ impl Influx1 {
             || {
                 let http_port = try_free_port()?;
                 let rpc_port = try_free_port()?;
-                write_file(&config_path, &config_text(root, http_port, rpc_port, admin.is_some()))?;
+                write_file(&config_path, &config_text(root, http_port, rpc_port, admin.is_some(), https))?;
                 let process = ServerProcess::new("influxd", program.clone(), log_path.clone())
                     .debian_package("influxdb")
                     .args(["-config".to_string(), config_path.display().to_string()]);
                 Ok((process, http_port))
             },
-            |http_port| http_status(*http_port, "/ping") == Some(204),
+            |http_port| pings(*http_port, https.is_some()),
         )?;
-        let url = format!("http://127.0.0.1:{http_port}");
-        let mut client = InfluxClient::new(&url);
+        let (url, mut client) = match https {
+            Some(files) => {
+                let url = format!("https://127.0.0.1:{http_port}");
+                let client = InfluxClient::trusting(&url, &files.ca_file)?;
+                (url, client)
+            }
+            None => {
+                let url = format!("http://127.0.0.1:{http_port}");
+                (url.clone(), InfluxClient::new(&url))
+            }
+        };
         if let Some((user, password)) = admin {
             // With authentication on and no user yet, InfluxDB takes exactly
             // this statement without credentials.
@@ -78,7 +108,7 @@ impl Influx1 {
             }
             client.credentials = Some((user.to_string(), password.to_string()));
         }
-        Ok(Influx1 { port: http_port, client, url, process, dir })
+        Ok(Influx1 { port: http_port, client, url, process, dir, https: https.is_some() })
     }
 
     /// Kills the server (no clean shutdown: writers see connections refused).
@@ -89,8 +119,8 @@ impl Influx1 {
     /// Stops the server if it runs, then starts it again on the same port
     /// with the same configuration and data. Panics if it does not start.
     pub fn restart(&mut self) {
-        let port = self.port;
-        self.process.restart(|| http_status(port, "/ping") == Some(204));
+        let (port, https) = (self.port, self.https);
+        self.process.restart(|| pings(port, https));
     }
 
     /// A client of its HTTP API that can be cloned into tasks.
@@ -184,6 +214,21 @@ impl InfluxClient {
     /// A client of the server at `url` (`http://host:port`).
     pub fn new(url: &str) -> InfluxClient {
         InfluxClient { url: url.to_string(), http: http_client(), credentials: None }
+    }
+
+    /// A client of the server at `url` (`https://host:port`) that trusts the
+    /// CA certificate(s) in the PEM file `ca_file`.
+    pub fn trusting(url: &str, ca_file: &Path) -> Result<InfluxClient, Error> {
+        let what = || format!("trust the CA in {}", ca_file.display());
+        let pem = std::fs::read(ca_file).map_err(|source| Error::Io { what: what(), source })?;
+        let mut builder = http_client_builder().tls_built_in_root_certs(false);
+        for certificate in
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| Error::Request { what: what(), source })?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http = builder.build().map_err(|source| Error::Request { what: what(), source })?;
+        Ok(InfluxClient { url: url.to_string(), http, credentials: None })
     }
 
     fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -287,7 +332,22 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn config_text(root: &Path, http_port: u16, rpc_port: u16, auth_enabled: bool) -> String {
+/// Whether the server answers on its HTTP port: `/ping`'s 204, or with
+/// HTTPS, the 400 that Go's server gives a plain HTTP request on a TLS port
+/// (which proves it serves, without a TLS client on the starting thread).
+fn pings(port: u16, https: bool) -> bool {
+    http_status(port, "/ping") == Some(if https { 400 } else { 204 })
+}
+
+fn config_text(root: &Path, http_port: u16, rpc_port: u16, auth_enabled: bool, https: Option<&HttpsFiles>) -> String {
+    let https = match https {
+        Some(files) => format!(
+            "https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"",
+            files.cert_file.display(),
+            files.key_file.display()
+        ),
+        None => "https-enabled = false".to_string(),
+    };
     // Keys that 1.6 does not know are ignored, so a typo here shows up only
     // as a default (a port collision on 8088, a `_internal` database).
     format!(
@@ -310,6 +370,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   enabled = true
   bind-address = "127.0.0.1:{http_port}"
   auth-enabled = {auth_enabled}
+  {https}
   log-enabled = false
   pprof-enabled = false
 

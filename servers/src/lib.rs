@@ -24,7 +24,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use influx::{flatten_rows, quote_ident, Influx1, InfluxClient};
+pub use influx::{flatten_rows, quote_ident, HttpsFiles, Influx1, InfluxClient};
 pub use mosquitto::{mosquitto_passwd, tls_config_text, Mosquitto, MosquittoOptions, TlsListener};
 pub use mqtt::{create_session, try_create_session};
 pub use process::{find_binary, Readiness, ServerProcess};
@@ -100,8 +100,12 @@ fn write_file(path: &std::path::Path, text: &str) -> Result<(), Error> {
 
 /// An HTTP client for loopback servers.
 fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("build an HTTP client")
+}
+
+fn http_client_builder() -> reqwest::ClientBuilder {
     // No proxy: a CI environment's HTTP_PROXY must not capture loopback requests.
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("build an HTTP client")
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30))
 }
 
 /// Unwraps a result for a test: panics with the error's message.

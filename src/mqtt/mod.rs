@@ -163,7 +163,7 @@ impl ConnectError {
                 ConnectError::CredentialsRefused { username: username.unwrap_or_default().to_string(), code }
             }
             ConnectionError::ConnectionRefused(code) => ConnectError::Refused(code),
-            other => match (tls, rustls_error(&other)) {
+            other => match (tls, crate::tls::find_cause::<rustls::Error>(&other)) {
                 (Some(tls), Some(tls_error)) => ConnectError::Tls(tls::explain(tls_error, tls)),
                 _ => ConnectError::Connection(Box::new(other)),
             },
@@ -175,22 +175,6 @@ impl ConnectError {
     fn needs_an_operator(&self) -> bool {
         !matches!(self, ConnectError::Connection(_))
     }
-}
-
-/// The rustls error behind `error`, if any: rumqttc wraps it in its TLS
-/// error, and tokio-rustls in an `io::Error` (whose `source` skips it).
-fn rustls_error<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if let Some(found) = error.downcast_ref::<rustls::Error>() {
-            return Some(found);
-        }
-        current = match error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner),
-            None => error.source(),
-        };
-    }
-    None
 }
 
 /// What MQTT 3.1.1 (section 3.2.2.3) calls each CONNACK return code.

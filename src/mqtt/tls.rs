@@ -6,9 +6,8 @@
 //! - rustls with the ring crypto provider, named here (no process-wide default
 //!   provider is installed, no OpenSSL).
 //! - Without `mqtt.ca_file` the broker's certificate must chain to a root in
-//!   the platform's trust store (`rustls-native-certs`: on Linux the system's
-//!   bundle, e.g. `/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR`); with
-//!   it, to a certificate in that file only.
+//!   the platform's trust store (see [`crate::tls`]); with it, to a
+//!   certificate in that file only.
 //! - The files are read again for every connection attempt (a renewed client
 //!   certificate or CA takes effect on the next reconnect); the private key is
 //!   a secret file ([`crate::secret`]).
@@ -23,6 +22,7 @@ use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
 use crate::config::MqttTlsConfig;
 use crate::secret::{self, SecretFileError};
+use crate::tls::{ca_certificates, certificates, platform_certificates, read_file, root_store, CertificateFileError};
 
 pub const CA_FILE: &str = "mqtt.ca_file";
 pub const CLIENT_CERT_FILE: &str = "mqtt.client_cert_file";
@@ -31,18 +31,14 @@ pub const CLIENT_KEY_FILE: &str = "mqtt.client_key_file";
 /// Why the TLS configuration cannot be built. Carries no key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    #[error("{key}: cannot read {path:?}: {source}")]
-    Unreadable { key: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("{key}: {path:?}: {detail}")]
-    BadCertificates { key: &'static str, path: PathBuf, detail: String },
+    #[error(transparent)]
+    Certificates(#[from] CertificateFileError),
     #[error("mqtt.client_key_file: {path:?} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoPrivateKey { path: PathBuf },
     #[error("mqtt.client_key_file: {path:?} does not fit the certificate in mqtt.client_cert_file: {source}")]
     KeyDoesNotFit { path: PathBuf, source: rustls::Error },
     #[error(transparent)]
     Secret(#[from] SecretFileError),
-    #[error("mqtt: the platform's trust store holds no usable root certificate{detail}; set mqtt.ca_file")]
-    NoPlatformRoots { detail: String },
     #[error("mqtt: TLS setup failed: {0}")]
     Rustls(rustls::Error),
 }
@@ -50,8 +46,8 @@ pub enum TlsSetupError {
 /// The client configuration for a connection now, from the files as they are now.
 pub fn client_config(tls: &MqttTlsConfig) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let roots = match &tls.ca_file {
-        Some(path) => roots_from(path, &read_file(CA_FILE, path)?)?,
-        None => platform_roots()?,
+        Some(path) => root_store(ca_certificates(CA_FILE, path)?),
+        None => root_store(platform_certificates(CA_FILE)?),
     };
     let client_auth = match &tls.client_auth {
         Some(files) => {
@@ -72,20 +68,18 @@ pub fn check(tls: &MqttTlsConfig) -> Vec<String> {
     let mut problems = Vec::new();
     let mut roots = Some(RootCertStore::empty());
     if let Some(path) = &tls.ca_file {
-        roots = read_file(CA_FILE, path)
-            .and_then(|pem| roots_from(path, &pem))
-            .map_err(|e| problems.push(e.to_string()))
-            .ok();
+        roots = ca_certificates(CA_FILE, path).map(root_store).map_err(|e| problems.push(e.to_string())).ok();
     }
     if let Some(files) = &tls.client_auth {
         let chain = read_file(CLIENT_CERT_FILE, &files.cert_file)
             .and_then(|pem| certificates(CLIENT_CERT_FILE, &files.cert_file, &pem))
+            .map_err(TlsSetupError::from)
             .map_err(|error| problems.push(error.to_string()))
             .ok();
         // The mode first: the content of a key that others may write is not worth parsing.
         let key = secret::inspect(CLIENT_KEY_FILE, &files.key_file)
             .map_err(TlsSetupError::from)
-            .and_then(|_| read_file(CLIENT_KEY_FILE, &files.key_file))
+            .and_then(|_| Ok(read_file(CLIENT_KEY_FILE, &files.key_file)?))
             .and_then(|pem| private_key(&files.key_file, &pem))
             .map_err(|error| problems.push(error.to_string()))
             .ok();
@@ -153,48 +147,7 @@ fn build(
     }
 }
 
-fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
-    std::fs::read(path).map_err(|source| TlsSetupError::Unreadable { key, path: path.to_path_buf(), source })
-}
-
-fn certificates(key: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let bad = |detail: String| TlsSetupError::BadCertificates { key, path: path.to_path_buf(), detail };
-    let chain = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| bad(format!("not valid PEM: {error}")))?;
-    if chain.is_empty() {
-        return Err(bad("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
-    }
-    Ok(chain)
-}
-
-fn roots_from(path: &Path, pem: &[u8]) -> Result<RootCertStore, TlsSetupError> {
-    let mut roots = RootCertStore::empty();
-    for certificate in certificates(CA_FILE, path, pem)? {
-        roots.add(certificate).map_err(|error| TlsSetupError::BadCertificates {
-            key: CA_FILE,
-            path: path.to_path_buf(),
-            detail: format!("not a usable CA certificate: {error}"),
-        })?;
-    }
-    Ok(roots)
-}
-
 /// The first private key in `pem`. Errors say nothing of the content.
 fn private_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|_| TlsSetupError::NoPrivateKey { path: path.to_path_buf() })
-}
-
-fn platform_roots() -> Result<RootCertStore, TlsSetupError> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
-        let detail = match found.errors.first() {
-            Some(error) => format!(" ({error})"),
-            None => String::new(),
-        };
-        return Err(TlsSetupError::NoPlatformRoots { detail });
-    }
-    Ok(roots)
 }

@@ -203,7 +203,7 @@ pub async fn resend(
                     write_entry(&mut back, &reason, &part[0].line);
                     report.refused += 1;
                 }
-                Err(error @ WriteError::Transient { .. }) => {
+                Err(error @ (WriteError::Transient { .. } | WriteError::Tls { .. })) => {
                     warn!(error = %error, "InfluxDB is unavailable; the dead letters not re-sent stay in the file.");
                     unavailable = true;
                     for part in std::iter::once(part).chain(parts.drain(..).rev()) {
@@ -233,7 +233,7 @@ async fn write_with_retries(writer: &dyn Writer, body: &str, max_backoff: Durati
     let mut failures = 0;
     loop {
         match writer.write(body).await {
-            Err(WriteError::Transient { .. }) if failures + 1 < RESEND_ATTEMPTS => {
+            Err(WriteError::Transient { .. } | WriteError::Tls { .. }) if failures + 1 < RESEND_ATTEMPTS => {
                 tokio::time::sleep(backoff_delay(failures, None, max_backoff)).await;
                 failures += 1;
             }

@@ -32,6 +32,10 @@
 //!   task takes no more lines, so [`SinkHandle::send`] waits and MQTT
 //!   acknowledgements stop: the broker holds the backlog. Without a store
 //!   (`replay`, the demo), transient failures are retried in memory.
+//! - A failed TLS handshake (an untrusted certificate, one for another host)
+//!   is transient too: the batch goes to the spool, and the writer builds its
+//!   HTTP client again with `influxdb.ca_file` read anew before its next try
+//!   (`tls.rs`), so a corrected certificate needs no restart.
 //! - 413 and a refusal of the batch's content (400, 422: InfluxDB 1.x answers
 //!   `400 partial write` naming one bad line, 2.x `422`) halve the batch and
 //!   send each half, down to single lines; a single line still refused goes
@@ -56,13 +60,15 @@
 //!   never from the config file, and never appear in logs or `Debug` output.
 //!
 //! Layout: `batch.rs` is the pure line buffer, `task.rs` the writer task,
-//! `writer.rs` the destinations (InfluxDB v1, v2, a file, nothing),
+//! `writer.rs` the destinations (InfluxDB v1, v2, a file, nothing), `tls.rs`
+//! their HTTP client's trust (HTTPS) and TLS failures,
 //! `spool.rs` the disk spool, `dead_letter.rs` the refused lines.
 
 mod batch;
 pub mod dead_letter;
 mod spool;
 mod task;
+pub mod tls;
 mod writer;
 
 use std::fmt;
@@ -165,12 +171,10 @@ pub(crate) fn read_token_file(path: &str) -> Result<String, String> {
 /// Why the sink could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// A config value or secret is unusable; the message names the key.
+    /// A config value or secret is unusable (the message names the key), or
+    /// the HTTP client cannot be built with it (the roots for `https://`).
     #[error("{0}")]
     Config(String),
-    /// The HTTP client could not be built (TLS setup).
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(String),
     /// The spool or the dead-letter file cannot be used.
     #[error("{0}")]
     Storage(#[from] crate::storage::StorageError),
@@ -293,7 +297,7 @@ pub struct SinkProgress {
 /// Failed write requests by kind of failure (HTTP status class).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WriteErrors {
-    /// No HTTP answer: connection refused or reset, timeout, TLS.
+    /// No HTTP answer: connection refused or reset, timeout.
     pub transport: u64,
     /// 401 and 403 (credentials re-read before the next try).
     pub unauthorized: u64,
@@ -307,10 +311,12 @@ pub struct WriteErrors {
     pub throttled: u64,
     /// 5xx.
     pub server: u64,
+    /// A failed TLS handshake: an untrusted certificate, one for another host.
+    pub tls: u64,
 }
 
 /// The kinds of [`WriteErrors`], as indexes into [`Counters::write_errors`].
-const ERROR_KINDS: usize = 7;
+const ERROR_KINDS: usize = 8;
 
 fn error_kind(error: &WriteError) -> usize {
     match error {
@@ -320,6 +326,7 @@ fn error_kind(error: &WriteError) -> usize {
         WriteError::TooLarge => 3,
         WriteError::Transient { status: Some(429), .. } => 5,
         WriteError::Transient { status: Some(500..), .. } => 6,
+        WriteError::Tls { .. } => 7,
         WriteError::Permanent { .. } | WriteError::Transient { .. } => 4,
     }
 }
@@ -393,6 +400,7 @@ impl Counters {
                 refused: errors(4),
                 throttled: errors(5),
                 server: errors(6),
+                tls: errors(7),
             },
         }
     }

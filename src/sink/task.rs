@@ -541,7 +541,9 @@ impl WriterTask {
                 let message = format!("the line alone is too large ({} bytes)", delivery.part.batch.text.len());
                 self.refuse(&delivery, 413, &message).await;
             }
-            Err(error @ WriteError::Transient { .. }) if delivery.origin == Origin::Memory && self.spool.is_some() => {
+            Err(error @ (WriteError::Transient { .. } | WriteError::Tls { .. }))
+                if delivery.origin == Origin::Memory && self.spool.is_some() =>
+            {
                 let Delivery { part, later, .. } = delivery;
                 let mut parts = std::iter::once(part).chain(later.into_iter().rev());
                 while let Some(part) = parts.next() {
@@ -560,12 +562,12 @@ impl WriterTask {
                 }
                 return;
             }
-            Err(error @ WriteError::Transient { .. }) if !self.gave_up => {
+            Err(error @ (WriteError::Transient { .. } | WriteError::Tls { .. })) if !self.gave_up => {
                 self.retry(delivery, error);
                 return;
             }
             // The deadline has passed: nothing more is attempted.
-            Err(WriteError::TooLarge | WriteError::Transient { .. }) => {
+            Err(WriteError::TooLarge | WriteError::Transient { .. } | WriteError::Tls { .. }) => {
                 self.end_unfinished(&delivery);
                 return;
             }
@@ -592,7 +594,11 @@ impl WriterTask {
 
     /// Sends the delivery's part again after a backoff (logged at a limited rate).
     fn retry(&mut self, mut delivery: Delivery, error: WriteError) {
-        let WriteError::Transient { status, retry_after, message } = error else { return };
+        let (status, retry_after, message) = match error {
+            WriteError::Transient { status, retry_after, message } => (status, retry_after, message),
+            WriteError::Tls { message } => (None, None, message),
+            WriteError::TooLarge | WriteError::Permanent { .. } => return,
+        };
         let delay = backoff_delay(delivery.failures_in_a_row, retry_after, self.settings.max_backoff);
         delivery.failures_in_a_row = delivery.failures_in_a_row.saturating_add(1);
         if let Some(failures) = self.failure_log.failed(Instant::now()) {

@@ -1,4 +1,4 @@
-//! Destinations for batches: InfluxDB v1 and v2 over HTTP, a file, nothing.
+//! Destinations for batches: InfluxDB v1 and v2 over HTTP(S), a file, nothing.
 //!
 //! A [`Writer`] sends one batch once and says how it went; it never retries
 //! and never logs. Retrying, splitting and counting belong to the writer task
@@ -20,6 +20,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RE
 use reqwest::{StatusCode, Url};
 use tokio::io::AsyncWriteExt as _;
 
+use super::tls::ClientSetup;
 use super::{InfluxConfig, Secrets, SinkError};
 
 /// The future a [`Writer`] returns.
@@ -57,6 +58,11 @@ pub enum WriteError {
     /// Worth retrying as is: 429, 5xx, 401/403/404, connection refused, timeout.
     #[error("transient failure (status {status:?}): {message}")]
     Transient { status: Option<u16>, retry_after: Option<Duration>, message: String },
+    /// The TLS handshake failed (an untrusted certificate, one for another
+    /// host): an operator fixes it while we wait, so it is retried like a
+    /// transient failure. The message says what to check.
+    #[error("{message}")]
+    Tls { message: String },
     /// 413: the body must be split and sent again in smaller pieces.
     #[error("request body too large (413)")]
     TooLarge,
@@ -70,9 +76,11 @@ pub enum WriteError {
 /// with basic auth when a username is configured.
 ///
 /// After a 401 or 403 the password is read again from `password_file`, if
-/// one is configured, for the next try.
+/// one is configured, for the next try; after a TLS failure the client is
+/// built again with the roots as they are then.
 pub struct V1Writer {
-    client: reqwest::Client,
+    client: RwLock<reqwest::Client>,
+    setup: ClientSetup,
     write_url: Url,
     username: Option<String>,
     password: RwLock<Option<String>>,
@@ -94,13 +102,11 @@ impl V1Writer {
                 query.append_pair("rp", retention_policy);
             }
         }
-        let client = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .default_headers(write_headers())
-            .build()
-            .map_err(|error| SinkError::HttpClient(error.to_string()))?;
+        let setup = ClientSetup::new(&write_url, config.ca_file.as_deref(), config.request_timeout, write_headers());
+        let client = build_client(&setup).map_err(SinkError::Config)?;
         Ok(V1Writer {
-            client,
+            client: RwLock::new(client),
+            setup,
             write_url,
             username: config.username.clone(),
             password: RwLock::new(secrets.password.clone()),
@@ -109,12 +115,22 @@ impl V1Writer {
     }
 
     async fn write_gzipped(&self, body: Bytes) -> Result<(), WriteError> {
-        let mut request = self.client.post(self.write_url.clone()).body(body);
+        let client = self.client.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut request = client.post(self.write_url.clone()).body(body);
         if let Some(username) = &self.username {
             let password = self.password.read().unwrap_or_else(PoisonError::into_inner).clone();
             request = request.basic_auth(username, password);
         }
-        let response = request.send().await.map_err(transport_error)?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return Err(request_error(&self.setup, &error, |builder| {
+                    let client = builder.build().map_err(cannot_build)?;
+                    *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
+                    Ok(())
+                }))
+            }
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -178,14 +194,16 @@ impl Writer for V1Writer {
 ///   this path and retries rely on backoff alone.
 ///
 /// After a 401 or 403 the token is read again from `token_file`, if one is
-/// configured, and the client rebuilt with it for the next try.
+/// configured, and the client rebuilt with it for the next try; after a TLS
+/// failure the client is rebuilt with the roots as they are then.
 pub struct V2Writer {
-    client: RwLock<influxdb2::Client>,
+    /// The client and the token it was built with.
+    client: RwLock<(influxdb2::Client, String)>,
+    setup: ClientSetup,
     org: String,
     bucket: String,
     base: String,
     token_file: Option<String>,
-    request_timeout: Duration,
 }
 
 impl V2Writer {
@@ -199,23 +217,23 @@ impl V2Writer {
             )));
         }
         let token = secrets.token.clone().unwrap_or_default();
-        let client = v2_client(url.as_str(), &config.org, token, config.request_timeout)?;
+        let setup = ClientSetup::new(&url, config.ca_file.as_deref(), config.request_timeout, write_headers());
+        let client = v2_client(&setup, url.as_str(), &config.org, token.clone()).map_err(SinkError::Config)?;
         Ok(V2Writer {
-            client: RwLock::new(client),
+            client: RwLock::new((client, token)),
+            setup,
             org: config.org.clone(),
             bucket: config.bucket.clone(),
             base: url.to_string(),
             token_file: config.token_file.clone(),
-            request_timeout: config.request_timeout,
         })
     }
 
     /// Reads `token_file` again and rebuilds the client with it; the problem, if that fails.
     fn reload_token(&self) -> Option<String> {
         let path = self.token_file.as_ref()?;
-        let rebuilt = super::read_token_file(path).and_then(|token| {
-            v2_client(&self.base, &self.org, token, self.request_timeout).map_err(|error| error.to_string())
-        });
+        let rebuilt = super::read_token_file(path)
+            .and_then(|token| Ok((v2_client(&self.setup, &self.base, &self.org, token.clone())?, token)));
         match rebuilt {
             Ok(client) => {
                 *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
@@ -226,11 +244,9 @@ impl V2Writer {
     }
 }
 
-fn v2_client(base: &str, org: &str, token: String, request_timeout: Duration) -> Result<influxdb2::Client, SinkError> {
-    let builder = reqwest::Client::builder().timeout(request_timeout).default_headers(write_headers());
-    influxdb2::ClientBuilder::with_builder(builder, base, org, token)
-        .build()
-        .map_err(|error| SinkError::HttpClient(error.to_string()))
+/// The influxdb2 client over `setup`'s HTTP client; the error says why not.
+fn v2_client(setup: &ClientSetup, base: &str, org: &str, token: String) -> Result<influxdb2::Client, String> {
+    influxdb2::ClientBuilder::with_builder(setup.builder()?, base, org, token).build().map_err(cannot_build)
 }
 
 impl Writer for V2Writer {
@@ -250,7 +266,7 @@ impl Writer for V2Writer {
     fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
         Box::pin(async move {
             let body = encoded.cloned().unwrap_or_else(|| gzip(lines));
-            let client = self.client.read().unwrap_or_else(PoisonError::into_inner).clone();
+            let client = self.client.read().unwrap_or_else(PoisonError::into_inner).0.clone();
             let result = client
                 .write_line_protocol_with_precision(&self.org, &self.bucket, body, TimestampPrecision::Nanoseconds)
                 .await;
@@ -264,7 +280,18 @@ impl Writer for V2Writer {
                     }
                     classify(status.as_u16(), &text, None)
                 }
-                Err(influxdb2::RequestError::ReqwestProcessing { source }) => Err(transport_error(source)),
+                Err(influxdb2::RequestError::ReqwestProcessing { source }) => {
+                    Err(request_error(&self.setup, &source, |builder| {
+                        // With the token in force now (a 401 may have replaced it meanwhile).
+                        let mut current = self.client.write().unwrap_or_else(PoisonError::into_inner);
+                        let token = current.1.clone();
+                        let client = influxdb2::ClientBuilder::with_builder(builder, &self.base, &self.org, token)
+                            .build()
+                            .map_err(cannot_build)?;
+                        current.0 = client;
+                        Ok(())
+                    }))
+                }
                 // Serializing and Deserializing belong to other calls of the
                 // crate; should one appear, retrying is the choice that loses nothing.
                 Err(other) => {
@@ -380,9 +407,33 @@ pub(crate) fn classify(status: u16, message: &str, retry_after: Option<Duration>
     }
 }
 
-fn transport_error(error: reqwest::Error) -> WriteError {
+fn transport_error(error: &reqwest::Error) -> WriteError {
     let message = if error.is_timeout() { format!("timed out: {error}") } else { error.to_string() };
     WriteError::Transient { status: error.status().map(|status| status.as_u16()), retry_after: None, message }
+}
+
+/// A request that got no answer: a TLS failure, after which the writer's
+/// client is built again (`install` builds and keeps it) with the roots read
+/// anew for the next try, or a transport error.
+fn request_error(
+    setup: &ClientSetup,
+    error: &reqwest::Error,
+    install: impl FnOnce(reqwest::ClientBuilder) -> Result<(), String>,
+) -> WriteError {
+    let Some(message) = setup.tls_failure(error) else { return transport_error(error) };
+    match setup.builder().and_then(install) {
+        Ok(()) => WriteError::Tls { message },
+        // The client as it was stays for the next try.
+        Err(problem) => WriteError::Tls { message: format!("{message} ({problem})") },
+    }
+}
+
+fn build_client(setup: &ClientSetup) -> Result<reqwest::Client, String> {
+    setup.builder()?.build().map_err(cannot_build)
+}
+
+fn cannot_build(error: impl std::fmt::Display) -> String {
+    format!("cannot build the HTTP client: {error}")
 }
 
 fn write_headers() -> HeaderMap {
