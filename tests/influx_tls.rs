@@ -126,6 +126,23 @@ async fn both_apis_check_the_certificate_against_the_ca_file_and_the_host_name()
         }
         other => panic!("{other:?}"),
     }
+    // Plain http:// to the TLS port: the lines are not to blame (no dead
+    // letters), the URL is; said as such and retried like any TLS failure.
+    let plain = influx.url.replacen("https://", "http://", 1);
+    let v1 = V1Writer::new(
+        &InfluxConfig { ca_file: None, ..config(InfluxApi::V1, &plain, &pki.ca_file) },
+        &Secrets::default(),
+    )
+    .unwrap();
+    match v1.write(line).await {
+        Err(WriteError::Tls { message }) => {
+            assert!(
+                message.starts_with("influxdb: the server speaks HTTPS; write influxdb.url with https://"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     let probes = influx.rows("qw", "SELECT * FROM \"probe\"").await;
     assert_eq!(probes.len(), 1, "{probes:?}");
 }

@@ -401,6 +401,11 @@ pub(crate) fn classify(status: u16, message: &str, retry_after: Option<Duration>
         200..=299 => Ok(()),
         413 => Err(WriteError::TooLarge),
         401 | 403 | 404 | 429 | 500..=599 => Err(WriteError::Transient { status: Some(status), retry_after, message }),
+        // Go's answer to plain HTTP on a TLS port: `influxdb.url` should say
+        // https://. The lines are fine; an operator fixes the URL.
+        400 if message.contains("HTTP request to an HTTPS server") => Err(WriteError::Tls {
+            message: format!("influxdb: the server speaks HTTPS; write influxdb.url with https:// ({message})"),
+        }),
         // Any other 4xx, and statuses a write endpoint never answers with
         // (1xx, 3xx left after redirects).
         _ => Err(WriteError::Permanent { status, message }),
@@ -493,6 +498,8 @@ mod tests {
         for status in [401, 403, 404, 429, 500, 502, 503, 504] {
             assert!(matches!(classify(status, "", None), Err(WriteError::Transient { .. })), "{status}");
         }
+        let plain_to_tls = classify(400, "Client sent an HTTP request to an HTTPS server.\n", None);
+        assert!(matches!(plain_to_tls, Err(WriteError::Tls { message }) if message.contains("https://")));
         for status in [400, 405, 422] {
             assert!(matches!(classify(status, "", None), Err(WriteError::Permanent { .. })), "{status}");
         }
