@@ -21,6 +21,7 @@
 //!   (feature `simulate`).
 //! - `demo`: broker, daemon, simulator and a live table in one process (`queuewatch demo`;
 //!   feature `demo`).
+//! - [`privacy`]: staff ids kept, hashed or dropped where a payload is received.
 //! - [`secret`]: reading secret files (passwords, keys), refusing those others may write.
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
 
@@ -36,6 +37,7 @@ pub mod mqtt;
 pub mod ops;
 pub mod pipeline;
 pub mod point;
+pub mod privacy;
 pub mod replay;
 pub mod secret;
 #[cfg(feature = "simulate")]
