@@ -112,9 +112,14 @@ impl StaffPrivacy {
         Ok(StaffPrivacy { action, max_payload_bytes: config.mqtt.max_payload_bytes })
     }
 
-    /// Hashing with `key`, for `queuewatch staff-hash` and tests.
-    pub fn hashing(key: &StaffKey) -> StaffPrivacy {
-        StaffPrivacy { action: Action::Hash(hmac::Key::new(hmac::HMAC_SHA256, &key.0)), max_payload_bytes: usize::MAX }
+    /// Hashing with `key` as it is (no length rule), for the load harness and tests.
+    pub fn hashing(key: &[u8]) -> StaffPrivacy {
+        StaffPrivacy { action: Action::Hash(hmac::Key::new(hmac::HMAC_SHA256, key)), max_payload_bytes: usize::MAX }
+    }
+
+    /// Removing staff, for the load harness and tests.
+    pub fn dropping() -> StaffPrivacy {
+        StaffPrivacy { action: Action::Drop, max_payload_bytes: usize::MAX }
     }
 
     /// The hash of `staff` (`hash` mode only).
@@ -168,11 +173,13 @@ impl StaffPrivacy {
 
 /// `s-` + the first 16 hex digits of HMAC-SHA256(key, staff).
 fn staff_hash(key: &hmac::Key, staff: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let tag = hmac::sign(key, staff.as_bytes());
     let mut hash = String::with_capacity(HASH_PREFIX.len() + HASH_HEX_DIGITS);
     hash.push_str(HASH_PREFIX);
     for byte in &tag.as_ref()[..HASH_HEX_DIGITS / 2] {
-        hash.push_str(&format!("{byte:02x}"));
+        hash.push(char::from(HEX[usize::from(byte >> 4)]));
+        hash.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     hash
 }
@@ -215,7 +222,9 @@ pub fn read_key(privacy: &PrivacyConfig) -> Result<Option<StaffKey>, String> {
 /// or a `\u` escape (a key may spell `staff` with escapes). False positives
 /// only cost the slow path.
 fn may_name_staff(payload: &[u8]) -> bool {
-    memchr::memmem::find(payload, b"\"staff\"").is_some()
+    static STAFF_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"staff\""));
+    STAFF_KEY.find(payload).is_some()
         || memchr::memchr_iter(b'\\', payload).any(|at| payload.get(at + 1) == Some(&b'u'))
 }
 
@@ -238,13 +247,10 @@ fn not_an_object_placeholder(payload: &[u8]) -> &'static [u8] {
 /// identifier, else a placeholder that the decoder rejects the same way.
 fn hashed_value(key: &hmac::Key, raw: &str) -> Cow<'static, str> {
     match raw.as_bytes().first() {
+        // Without escapes the id is the text between the quotes (already checked).
+        Some(b'"') if !raw.contains('\\') => hashed_text(key, &raw[1..raw.len().saturating_sub(1).max(1)]),
         Some(b'"') => match serde_json::from_str::<String>(raw) {
-            Ok(staff) => match validate_ident(&staff) {
-                Ok(()) => Cow::Owned(format!("\"{}\"", staff_hash(key, &staff))),
-                Err(InvalidId::Empty) => Cow::Borrowed("\"\""),
-                Err(InvalidId::TooLong) => Cow::Borrowed(TOO_LONG_PLACEHOLDER),
-                Err(InvalidId::BadCharacter | InvalidId::ControlCharacter) => Cow::Borrowed("\"?\""),
-            },
+            Ok(staff) => hashed_text(key, &staff),
             // A string serde_json cannot read (a lone surrogate): the decoder rejects it.
             Err(_) => Cow::Borrowed("\"\\ud800\""),
         },
@@ -255,6 +261,16 @@ fn hashed_value(key: &hmac::Key, raw: &str) -> Cow<'static, str> {
         // A number: of the same kind, so that the rejection reads the same.
         _ if raw.bytes().any(|byte| matches!(byte, b'.' | b'e' | b'E')) => Cow::Borrowed("0.0"),
         _ => Cow::Borrowed("0"),
+    }
+}
+
+/// The JSON string for the staff id `staff`: its hash, or a placeholder of the same fault.
+fn hashed_text(key: &hmac::Key, staff: &str) -> Cow<'static, str> {
+    match validate_ident(staff) {
+        Ok(()) => Cow::Owned(format!("\"{}\"", staff_hash(key, staff))),
+        Err(InvalidId::Empty) => Cow::Borrowed("\"\""),
+        Err(InvalidId::TooLong) => Cow::Borrowed(TOO_LONG_PLACEHOLDER),
+        Err(InvalidId::BadCharacter | InvalidId::ControlCharacter) => Cow::Borrowed("\"?\""),
     }
 }
 
@@ -281,6 +297,11 @@ impl Object {
         let open = payload.iter().position(|byte| !byte.is_ascii_whitespace())?;
         if payload[open] != b'{' {
             return None;
+        }
+        // What publishers send, in one pass over the bytes; the rest through serde_json.
+        if let Some(scanned) = crate::event::object_members(payload) {
+            let members = scanned.into_iter().map(|(is_staff, start, end)| Member { is_staff, value: (start, end) });
+            return Some(Object { open, members: members.collect() });
         }
         let Members(raw) = serde_json::from_slice::<Members<'_>>(payload).ok()?;
         let base = payload.as_ptr() as usize;
@@ -393,11 +414,11 @@ mod tests {
     const KEY: &[u8] = b"0123456789abcdef-office-key";
 
     fn hashing() -> StaffPrivacy {
-        StaffPrivacy::hashing(&StaffKey(KEY.to_vec()))
+        StaffPrivacy::hashing(KEY)
     }
 
     fn dropping() -> StaffPrivacy {
-        StaffPrivacy { action: Action::Drop, max_payload_bytes: 16 * 1024 }
+        StaffPrivacy { max_payload_bytes: 16 * 1024, ..StaffPrivacy::dropping() }
     }
 
     fn text(privacy: &StaffPrivacy, payload: &str) -> String {

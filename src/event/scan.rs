@@ -73,6 +73,41 @@ pub(super) fn scan(payload: &[u8]) -> Option<RawEvent<'_>> {
     (scanner.position == payload.len()).then_some(raw)
 }
 
+/// The top-level members of a payload that is one JSON object, each as
+/// whether its key is `staff` and where its value starts and ends; `None`
+/// to let serde_json decide (an escaped key, malformed JSON, ...). For the
+/// staff rewrite (`crate::privacy`), which changes only those values.
+pub(crate) fn members(payload: &[u8]) -> Option<Vec<(bool, usize, usize)>> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut scanner = Scanner { text, bytes: payload, position: 0 };
+    let mut members = Vec::with_capacity(10);
+    scanner.skip_whitespace();
+    scanner.expect(b'{')?;
+    scanner.skip_whitespace();
+    if scanner.peek() == Some(b'}') {
+        scanner.position += 1;
+    } else {
+        loop {
+            scanner.expect(b'"')?;
+            let key = scanner.key()?;
+            scanner.skip_whitespace();
+            scanner.expect(b':')?;
+            scanner.skip_whitespace();
+            let start = scanner.position;
+            scanner.skip_value(0)?;
+            members.push((key == FIELDS[STAFF].as_bytes(), start, scanner.position));
+            scanner.skip_whitespace();
+            match scanner.next()? {
+                b',' => scanner.skip_whitespace(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    scanner.skip_whitespace();
+    (scanner.position == payload.len()).then_some(members)
+}
+
 /// The keys of [`RawEvent`], by index.
 const FIELDS: [&str; 10] =
     ["type", "ts", "id", "office", "ticket", "service", "counter", "to_service", "staff", "rating"];

@@ -154,7 +154,8 @@ pub async fn http_get(url: &str) -> (u16, String) {
     (status, response.text().await.unwrap_or_default())
 }
 
-/// The `queuewatch run` binary, its log (stderr) collected as it comes.
+/// The `queuewatch run` binary, its log (stderr, and whatever it prints on
+/// stdout) collected as it comes.
 pub struct Daemon {
     child: Child,
     log: Arc<Mutex<String>>,
@@ -164,21 +165,30 @@ impl Daemon {
     /// Starts `queuewatch run --config CONFIG` with the variables `env` set.
     pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(queuewatch_bin());
-        command.arg("run").arg("--config").arg(config).env("QUEUEWATCH_LOG", "info").stderr(Stdio::piped());
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("QUEUEWATCH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start queuewatch");
         let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let collected = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = collected.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("piped stdout"));
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("piped stderr"));
+        for output in [stdout, stderr] {
+            let collected = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(output).lines().map_while(Result::ok) {
+                    let mut log = collected.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
         Daemon { child, log }
     }
 
