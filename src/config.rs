@@ -52,6 +52,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub storage: StorageConfig,
     pub http: HttpConfig,
+    pub privacy: PrivacyConfig,
     /// `shutdown_timeout`: from SIGTERM (or SIGINT) to exit, every phase of
     /// the stop included (see `daemon::ShutdownBudget`).
     pub shutdown_timeout: Duration,
@@ -70,6 +71,7 @@ impl Default for Config {
             alerts: AlertsConfig::default(),
             storage: StorageConfig::default(),
             http: HttpConfig::default(),
+            privacy: PrivacyConfig::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
@@ -90,6 +92,29 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9108))) }
     }
+}
+
+/// `[privacy]`: what becomes of staff ids (see `crate::privacy`). Holds
+/// where the hash key is, never the key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrivacyConfig {
+    pub staff: StaffMode,
+    /// The environment variable that holds the hash key.
+    pub staff_key_env: Option<String>,
+    /// The file that holds the hash key (a secret file: see `secret`).
+    pub staff_key_file: Option<PathBuf>,
+}
+
+/// `privacy.staff`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StaffMode {
+    /// As sent: what queuewatch always did, so an upgrade changes no series.
+    #[default]
+    Keep,
+    /// A keyed hash (`s-` and 16 hex digits), the same for the same key and id.
+    Hash,
+    /// Removed, as if never sent.
+    Drop,
 }
 
 /// `[storage]`: where `run` keeps what it has acknowledged (see `crate::storage`).
@@ -500,6 +525,7 @@ impl Config {
             ("mqtt.client_key_file", key_file.map(PathBuf::as_path)),
             ("influxdb.password_file", self.influxdb.password_file.as_deref().map(Path::new)),
             ("influxdb.token_file", self.influxdb.token_file.as_deref().map(Path::new)),
+            ("privacy.staff_key_file", self.privacy.staff_key_file.as_deref()),
         ];
         for (key, path) in secret_files {
             let Some(path) = path else { continue };
@@ -805,6 +831,12 @@ impl Config {
             section.finish(&mut problems);
         }
 
+        if let Some(table) = top.table("privacy", &mut problems) {
+            let mut section = Section::new(table, "privacy");
+            parse_privacy(&mut section, &mut config.privacy, &mut problems);
+            section.finish(&mut problems);
+        }
+
         if let Some(timeout) = top.duration("shutdown_timeout", &mut problems) {
             let within = at_most("shutdown_timeout", timeout, MAX_SHUTDOWN_TIMEOUT, &mut problems);
             if at_least("shutdown_timeout", timeout, SECOND, &mut problems) && within {
@@ -883,6 +915,67 @@ fn parse_mqtt_credentials(section: &mut Section<'_>, mqtt: &mut MqttConfig, prob
     let has_password = section.has("password_env") || section.has("password_file");
     if has_password && !section.has("username") {
         problems.push("mqtt.username: needed with mqtt.password_env or mqtt.password_file".into());
+    }
+}
+
+/// `privacy.staff`, `privacy.staff_key_env`, `privacy.staff_key_file`. With
+/// `hash` the key is read now, so that a missing or short key is a config
+/// error, and forgotten (`privacy::StaffPrivacy` reads it again at start). A
+/// key given with `keep` or `drop` is an error too: it says the operator
+/// meant to hash, and the staff would be kept or dropped without a word.
+fn parse_privacy(section: &mut Section<'_>, privacy: &mut PrivacyConfig, problems: &mut Vec<String>) {
+    if let Some(mode) = section.string("staff", problems) {
+        match mode.as_str() {
+            "keep" => privacy.staff = StaffMode::Keep,
+            "hash" => privacy.staff = StaffMode::Hash,
+            "drop" => privacy.staff = StaffMode::Drop,
+            other => problems.push(format!("privacy.staff: {other:?} is not \"keep\", \"hash\" or \"drop\"")),
+        }
+    }
+    if let Some(name) = section.string("staff_key_env", problems) {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            problems.push(format!("privacy.staff_key_env: {name:?} is not an environment variable name"));
+        } else {
+            privacy.staff_key_env = Some(name);
+        }
+    }
+    if let Some(path) = section.string("staff_key_file", problems) {
+        if path.is_empty() {
+            problems.push("privacy.staff_key_file: must not be empty".into());
+        } else {
+            privacy.staff_key_file = Some(path.into());
+        }
+    }
+    if section.has("staff_key") {
+        problems.push(
+            "privacy.staff_key: secrets are never read from the config file; use staff_key_env or staff_key_file"
+                .into(),
+        );
+        section.mark_seen("staff_key");
+    }
+    let given = section.has("staff_key_env") || section.has("staff_key_file");
+    match privacy.staff {
+        _ if section.has("staff_key_env") && section.has("staff_key_file") => {
+            problems.push("privacy.staff_key_file: give staff_key_env or staff_key_file, not both".into())
+        }
+        StaffMode::Hash if !given => problems.push(
+            "privacy.staff: \"hash\" needs a key of at least 16 bytes: set privacy.staff_key_env or privacy.staff_key_file"
+                .into(),
+        ),
+        StaffMode::Hash => {
+            if let Err(problem) = crate::privacy::read_key(privacy) {
+                problems.push(problem);
+            }
+        }
+        StaffMode::Keep | StaffMode::Drop if given => {
+            let mode = if privacy.staff == StaffMode::Keep { "keep" } else { "drop" };
+            let key = if section.has("staff_key_env") { "staff_key_env" } else { "staff_key_file" };
+            problems.push(format!(
+                "privacy.{key}: a key is used only with privacy.staff = \"hash\", and staff is \"{mode}\" \
+                 (set staff = \"hash\", or remove the key)"
+            ));
+        }
+        StaffMode::Keep | StaffMode::Drop => {}
     }
 }
 
@@ -1704,6 +1797,86 @@ topic = "queue/+/alerts"
         for expected in expected {
             assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
         }
+    }
+
+    #[test]
+    fn staff_are_kept_by_default_and_hashing_needs_a_key_of_16_bytes_that_is_never_shown() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(Config::default().privacy, PrivacyConfig::default());
+        assert_eq!(Config::parse("").unwrap().privacy.staff, StaffMode::Keep);
+        assert_eq!(Config::parse("[privacy]\nstaff = \"drop\"").unwrap().privacy.staff, StaffMode::Drop);
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("staff.key");
+        let chmod = |mode| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let hash_with_file = format!("[privacy]\nstaff = \"hash\"\nstaff_key_file = \"{}\"\n", key.display());
+
+        std::fs::write(&key, "planted-key-0123456789\n").unwrap();
+        chmod(0o600);
+        let config = Config::parse(&hash_with_file).unwrap();
+        assert_eq!(config.privacy.staff, StaffMode::Hash);
+        assert_eq!(config.privacy.staff_key_file.as_deref(), Some(key.as_path()));
+        assert!(!format!("{config:?}").contains("planted"), "the config holds where the key is, not the key");
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+
+        // 15 bytes once the newline is taken off.
+        std::fs::write(&key, "planted-key-15b\n").unwrap();
+        let problems = problems_of(&hash_with_file);
+        assert_reported(&problems, &["privacy.staff_key_file: ", "is 15 bytes; at least 16"]);
+        assert!(!problems.contains("planted"), "{problems}");
+        std::fs::write(&key, "planted-key-0123456789\n").unwrap();
+        chmod(0o620);
+        let problems = problems_of(&hash_with_file);
+        assert_reported(&problems, &["privacy.staff_key_file: ", "(mode 0620)"]);
+        assert!(!problems.contains("planted"), "{problems}");
+        chmod(0o644);
+        let warnings = Config::parse(&hash_with_file).unwrap().warnings().join("\n");
+        assert_reported(&warnings, &["privacy.staff_key_file: ", "may be read by any user"]);
+        std::fs::remove_file(&key).unwrap();
+        assert_reported(&problems_of(&hash_with_file), &["privacy.staff_key_file: cannot read"]);
+
+        let variable = "QUEUEWATCH_TEST_STAFF_KEY_CONFIG";
+        let hash_with_env = format!("[privacy]\nstaff = \"hash\"\nstaff_key_env = \"{variable}\"\n");
+        assert_reported(
+            &problems_of(&hash_with_env),
+            &[&format!("privacy.staff_key_env: the environment variable \"{variable}\" is not set")],
+        );
+        std::env::set_var(variable, "planted-short");
+        let problems = problems_of(&hash_with_env);
+        assert_reported(&problems, &["privacy.staff_key_env: the key in the environment variable", "is 13 bytes"]);
+        assert!(!problems.contains("planted"), "{problems}");
+        std::env::set_var(variable, "planted-key-0123456789");
+        assert!(Config::parse(&hash_with_env).is_ok());
+        std::env::remove_var(variable);
+
+        assert_reported(
+            &problems_of("[privacy]\nstaff = \"hash\""),
+            &["privacy.staff: \"hash\" needs a key of at least 16 bytes: set privacy.staff_key_env or privacy.staff_key_file"],
+        );
+        assert_reported(
+            &problems_of(&format!("[privacy]\nstaff_key_env = \"{variable}\"")),
+            &["privacy.staff_key_env: a key is used only with privacy.staff = \"hash\", and staff is \"keep\""],
+        );
+        assert_reported(
+            &problems_of("[privacy]\nstaff = \"drop\"\nstaff_key_file = \"/k\""),
+            &["privacy.staff_key_file: a key is used only with privacy.staff = \"hash\", and staff is \"drop\""],
+        );
+        let problems = problems_of(
+            "[privacy]\nstaff = \"hide\"\nstaff_key = \"planted\"\nstaff_key_env = \"A\"\nstaff_key_file = \"\"\nsalt = 1",
+        );
+        assert_reported(
+            &problems,
+            &[
+                "privacy.staff: \"hide\" is not \"keep\", \"hash\" or \"drop\"",
+                "privacy.staff_key: secrets are never read from the config file",
+                "privacy.staff_key_file: must not be empty",
+                "privacy.salt: unknown key",
+            ],
+        );
+        assert!(!problems.contains("planted"), "{problems}");
+        assert_reported(
+            &problems_of("[privacy]\nstaff = \"hash\"\nstaff_key_env = \"A\"\nstaff_key_file = \"/k\""),
+            &["privacy.staff_key_file: give staff_key_env or staff_key_file, not both"],
+        );
     }
 
     #[test]

@@ -45,6 +45,7 @@ use crate::mqtt::{office_from_topic, Incoming, MqttSource};
 use crate::ops::{self, OpsPublisher, OpsSnapshot};
 use crate::pipeline::Pipeline;
 use crate::point::{FieldValue, Point};
+use crate::privacy::StaffPrivacy;
 use crate::sink::{self, Secrets, SinkHandle, SinkProgress, SinkReport};
 use crate::stats::Stats;
 use crate::time::Millis;
@@ -266,6 +267,9 @@ pub async fn run_with(
         let _ = stop_sender.send(Some(tokio::time::Instant::now()));
     });
 
+    // Staff ids are rewritten where a message arrives, before anything keeps
+    // or shows it (see `crate::privacy`).
+    let privacy = StaffPrivacy::from_config(&config).map_err(anyhow::Error::msg)?;
     let mut pipeline = Pipeline::new(&config, Mode::Live);
     // Recover before reading any message: the broker redelivers what the
     // journal lacks, and the recovered state must be in place to take it.
@@ -383,7 +387,7 @@ pub async fn run_with(
         }
         let send_now = matches!(input, Input::Tick | Input::SelfReport(_));
         match input {
-            Input::Message(message) => {
+            Input::Message(mut message) => {
                 if own_topics_reachable && alerts.is_own_topic(&message.publish.topic) {
                     // Our own alerts, matched by a broad subscription: not events.
                     match &mut durability {
@@ -392,6 +396,9 @@ pub async fn run_with(
                     }
                     continue;
                 }
+                // First of all: the journal, the redelivery hash, the decoder,
+                // logs and echoes see only the rewritten payload.
+                privacy.rewrite_publish(&mut message.publish);
                 if let Some(durability) = &mut durability {
                     if durability.is_redelivery(&message.publish) {
                         // Taken in and journaled before the restart.

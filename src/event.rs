@@ -18,6 +18,7 @@ use crate::time::Millis;
 
 mod scan;
 
+pub(crate) use scan::members as object_members;
 pub use scan::parse_rfc3339;
 
 /// The closed set of event types ticket machines publish.

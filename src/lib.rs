@@ -21,6 +21,7 @@
 //!   (feature `simulate`).
 //! - `demo`: broker, daemon, simulator and a live table in one process (`queuewatch demo`;
 //!   feature `demo`).
+//! - [`privacy`]: staff ids kept, hashed or dropped where a payload is received.
 //! - [`secret`]: reading secret files (passwords, keys), refusing those others may write.
 //! - [`tls`]: certificate files, the platform's trust store and TLS errors, for MQTT and InfluxDB.
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
@@ -37,6 +38,7 @@ pub mod mqtt;
 pub mod ops;
 pub mod pipeline;
 pub mod point;
+pub mod privacy;
 pub mod replay;
 pub mod secret;
 #[cfg(feature = "simulate")]

@@ -51,6 +51,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the hash `privacy.staff = "hash"` gives each staff id, one `NAME<TAB>HASH` a line, so that an
+    /// office can find its own staff in the points.
+    StaffHash {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Validate a config file, report every problem, exit non-zero on any.
     CheckConfig {
         #[arg(value_name = "FILE")]
@@ -168,6 +176,13 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::StaffHash { config, names } => {
+            let config = match load_config(&config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            staff_hash(&config, &names)
+        }
         Command::Run { config } => {
             let config = match load_config(&config) {
                 Ok(config) => config,
@@ -323,6 +338,34 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     })?;
     config.warnings().iter().for_each(|warning| eprintln!("{}: warning: {warning}", path.display()));
     Ok(config)
+}
+
+/// `staff-hash`: each name with its hash; a name that is not a valid staff
+/// id is named as such (an event carrying it is rejected, never hashed).
+fn staff_hash(config: &Config, names: &[String]) -> ExitCode {
+    let privacy = match queuewatch::privacy::StaffPrivacy::from_config(config) {
+        Ok(privacy) if privacy.hash("").is_some() => privacy,
+        Ok(_) => {
+            eprintln!("queuewatch: privacy.staff is not \"hash\" in this config: staff ids are not hashed");
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            eprintln!("queuewatch: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut code = ExitCode::SUCCESS;
+    for name in names {
+        match (queuewatch::ids::StaffId::parse(name), privacy.hash(name)) {
+            (Ok(_), Some(hash)) => println!("{name}\t{hash}"),
+            (Err(why), _) => {
+                eprintln!("queuewatch: {name:?}: not a staff id: it {why}");
+                code = ExitCode::FAILURE;
+            }
+            (Ok(_), None) => code = ExitCode::FAILURE,
+        }
+    }
+    code
 }
 
 /// Prints a run's summary; fails when some points were not written.

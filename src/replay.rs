@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use crate::privacy::StaffPrivacy;
 use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport, SHUTDOWN_DEADLINE};
 use crate::stats::Stats;
 use crate::time::Millis;
@@ -137,13 +138,15 @@ async fn replay_into(
     sink_task: JoinHandle<SinkReport>,
 ) -> anyhow::Result<ReplayReport> {
     let mut pipeline = Pipeline::new(config, Mode::Replay);
+    let privacy = StaffPrivacy::from_config(config).map_err(anyhow::Error::msg)?;
     let mut progress = Progress::new();
     for input in inputs {
+        let mut feeding = Feeding { pipeline: &mut pipeline, privacy: &privacy, sink: &sink, progress: &mut progress };
         if input == "-" {
-            feed(&mut pipeline, &sink, "stdin", tokio::io::stdin(), &mut progress).await?;
+            feeding.feed("stdin", tokio::io::stdin()).await?;
         } else {
             let file = tokio::fs::File::open(input).await.with_context(|| format!("cannot open {input}"))?;
-            feed(&mut pipeline, &sink, input, file, &mut progress).await?;
+            feeding.feed(input, file).await?;
         }
     }
     pipeline.drain(REPLAY_WALL);
@@ -152,34 +155,40 @@ async fn replay_into(
     Ok(ReplayReport { stats: pipeline.stats().clone(), sink: sink_report, lines_read: progress.lines })
 }
 
-async fn feed(
-    pipeline: &mut Pipeline,
-    sink: &SinkHandle,
-    name: &str,
-    reader: impl AsyncRead + Unpin,
-    progress: &mut Progress,
-) -> anyhow::Result<()> {
-    let mut reader = BufReader::with_capacity(1 << 16, reader);
-    let mut line = Vec::with_capacity(512);
-    loop {
-        line.clear();
-        let read = reader.read_until(b'\n', &mut line).await.with_context(|| format!("cannot read {name}"))?;
-        if read == 0 {
-            break;
+/// What feeding one input needs.
+struct Feeding<'a> {
+    pipeline: &'a mut Pipeline,
+    privacy: &'a StaffPrivacy,
+    sink: &'a SinkHandle,
+    progress: &'a mut Progress,
+}
+
+impl Feeding<'_> {
+    async fn feed(&mut self, name: &str, reader: impl AsyncRead + Unpin) -> anyhow::Result<()> {
+        let mut reader = BufReader::with_capacity(1 << 16, reader);
+        let mut line = Vec::with_capacity(512);
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line).await.with_context(|| format!("cannot read {name}"))?;
+            if read == 0 {
+                break;
+            }
+            self.progress.lines += 1;
+            let payload = trim_ascii(&line);
+            if payload.is_empty() {
+                continue;
+            }
+            // Before the decoder, its logs and its counts see the line.
+            let payload = self.privacy.rewrite(payload);
+            let _ = self.pipeline.handle(Ok(None), &payload, REPLAY_WALL, Millis::now());
+            if self.pipeline.pending_lines() >= 1000 {
+                send(self.pipeline, self.sink).await;
+            }
+            self.progress.maybe_report(name, self.pipeline);
         }
-        progress.lines += 1;
-        let payload = trim_ascii(&line);
-        if payload.is_empty() {
-            continue;
-        }
-        let _ = pipeline.handle(Ok(None), payload, REPLAY_WALL, Millis::now());
-        if pipeline.pending_lines() >= 1000 {
-            send(pipeline, sink).await;
-        }
-        progress.maybe_report(name, pipeline);
+        send(self.pipeline, self.sink).await;
+        Ok(())
     }
-    send(pipeline, sink).await;
-    Ok(())
 }
 
 async fn send(pipeline: &mut Pipeline, sink: &SinkHandle) {

@@ -21,13 +21,59 @@ use crate::time::Millis;
 
 /// The payload's fields, or `None` to let serde_json decide.
 pub(super) fn scan(payload: &[u8]) -> Option<RawEvent<'_>> {
+    let mut raw = RawEvent::default();
+    let mut seen = 0u16;
+    each_member(payload, |scanner, key| {
+        let field = field_index(key);
+        if let Some(index) = field {
+            // A key given twice is an error for serde_json.
+            if seen & (1 << index) != 0 {
+                return None;
+            }
+            seen |= 1 << index;
+        }
+        match field {
+            Some(TYPE) => raw.kind = scanner.optional_string()?,
+            Some(TS) => raw.ts = scanner.optional_ts()?,
+            Some(ID) => raw.id = scanner.optional_string()?,
+            Some(OFFICE) => raw.office = scanner.optional_string()?,
+            Some(TICKET) => raw.ticket = scanner.optional_string()?.map(AnyValue::Text),
+            Some(SERVICE) => raw.service = scanner.optional_string()?,
+            Some(COUNTER) => raw.counter = scanner.optional_string()?,
+            Some(TO_SERVICE) => raw.to_service = scanner.optional_string()?,
+            Some(STAFF) => raw.staff = scanner.optional_string()?,
+            Some(RATING) => raw.rating = scanner.optional_integer()?.map(|value| value as i64),
+            _ => scanner.skip_value(0)?,
+        }
+        Some(())
+    })?;
+    Some(raw)
+}
+
+/// The top-level members of a payload that is one JSON object, each as
+/// whether its key is `staff` and where its value starts and ends; `None`
+/// to let serde_json decide (an escaped key, malformed JSON, ...). For the
+/// staff rewrite (`crate::privacy`), which changes only those values.
+pub(crate) fn members(payload: &[u8]) -> Option<Vec<(bool, usize, usize)>> {
+    let mut members = Vec::with_capacity(10);
+    each_member(payload, |scanner, key| {
+        let start = scanner.position;
+        scanner.skip_value(0)?;
+        members.push((key == FIELDS[STAFF].as_bytes(), start, scanner.position));
+        Some(())
+    })?;
+    Some(members)
+}
+
+/// Walks a payload that is one JSON object: `value` gets the scanner at each
+/// member's value, with its key, and must read the value. `None` when the
+/// payload is not such an object or `value` gave up.
+fn each_member<'a>(payload: &'a [u8], mut value: impl FnMut(&mut Scanner<'a>, &'a [u8]) -> Option<()>) -> Option<()> {
     // Checked once for the whole payload, which is stricter than serde_json
     // (it does not check the strings it ignores), so that every string
     // below is a slice of valid text.
     let text = std::str::from_utf8(payload).ok()?;
     let mut scanner = Scanner { text, bytes: payload, position: 0 };
-    let mut raw = RawEvent::default();
-    let mut seen = 0u16;
     scanner.skip_whitespace();
     scanner.expect(b'{')?;
     scanner.skip_whitespace();
@@ -40,27 +86,7 @@ pub(super) fn scan(payload: &[u8]) -> Option<RawEvent<'_>> {
             scanner.skip_whitespace();
             scanner.expect(b':')?;
             scanner.skip_whitespace();
-            let field = field_index(key);
-            if let Some(index) = field {
-                // A key given twice is an error for serde_json.
-                if seen & (1 << index) != 0 {
-                    return None;
-                }
-                seen |= 1 << index;
-            }
-            match field {
-                Some(TYPE) => raw.kind = scanner.optional_string()?,
-                Some(TS) => raw.ts = scanner.optional_ts()?,
-                Some(ID) => raw.id = scanner.optional_string()?,
-                Some(OFFICE) => raw.office = scanner.optional_string()?,
-                Some(TICKET) => raw.ticket = scanner.optional_string()?.map(AnyValue::Text),
-                Some(SERVICE) => raw.service = scanner.optional_string()?,
-                Some(COUNTER) => raw.counter = scanner.optional_string()?,
-                Some(TO_SERVICE) => raw.to_service = scanner.optional_string()?,
-                Some(STAFF) => raw.staff = scanner.optional_string()?,
-                Some(RATING) => raw.rating = scanner.optional_integer()?.map(|value| value as i64),
-                _ => scanner.skip_value(0)?,
-            }
+            value(&mut scanner, key)?;
             scanner.skip_whitespace();
             match scanner.next()? {
                 b',' => scanner.skip_whitespace(),
@@ -70,7 +96,7 @@ pub(super) fn scan(payload: &[u8]) -> Option<RawEvent<'_>> {
         }
     }
     scanner.skip_whitespace();
-    (scanner.position == payload.len()).then_some(raw)
+    (scanner.position == payload.len()).then_some(())
 }
 
 /// The keys of [`RawEvent`], by index.

@@ -12,6 +12,7 @@ use queuewatch::config::{Config, ServiceSla};
 use queuewatch::event::{decode, DecodeLimits, Event};
 use queuewatch::ids::ServiceId;
 use queuewatch::pipeline::Pipeline;
+use queuewatch::privacy::StaffPrivacy;
 use queuewatch::simulate::{parse_start, SimOptions, Simulation};
 use queuewatch::stats::Stats;
 use queuewatch::time::Millis;
@@ -121,6 +122,26 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     });
     ensure!(rejected == 0, "{rejected} simulated events were rejected by the decoder");
 
+    // The staff rewrite (`privacy.staff`), alone: what it adds before
+    // decoding, for payloads without and with a staff field.
+    let (with_staff, without_staff): (Vec<&String>, Vec<&String>) =
+        payloads.iter().partition(|payload| payload.contains("\"staff\""));
+    let mut rewrite_ns = Vec::new();
+    for (mode, privacy) in [
+        ("keep", StaffPrivacy::keep()),
+        ("hash", StaffPrivacy::hashing(b"load-harness-key-0123456789")),
+        ("drop", StaffPrivacy::dropping()),
+    ] {
+        for (which, part) in [("without staff", &without_staff), ("with staff", &with_staff)] {
+            let seconds = timed(args.passes, &format!("staff rewrite, {mode}, {which}"), || {
+                for payload in part.iter() {
+                    drop(black_box(privacy.rewrite(payload.as_bytes())));
+                }
+            });
+            rewrite_ns.push(format!("{mode} {which} {:.0} ns", best(&seconds) * 1e9 / part.len().max(1) as f64));
+        }
+    }
+
     // Tracking pre-decoded events, points dropped unencoded, then encoded.
     let mut by_measurement = BTreeMap::new();
     let mut track_s = Vec::new();
@@ -189,6 +210,10 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         ),
     );
     report.rate("decode only", events, &decode_s, None);
+    report.line(
+        "staff rewrite before decoding (privacy.staff), per payload, best pass",
+        format!("{} ({} of {events} payloads carry staff)", rewrite_ns.join(", "), with_staff.len()),
+    );
     report.rate("track only (pre-decoded events, points dropped unencoded)", events, &track_s, None);
     report.rate("track + encode (pre-decoded events)", events, &track_encode_s, None);
     report.rate("decode + track + encode (Pipeline::handle + take_lines)", events, &pipeline_s, Some(1_000_000.0));
