@@ -539,8 +539,14 @@ mod tests {
         }
         wait_until_durable(&mut durability).await;
         durability.release_acks(&mut acker);
-        durability.poll_checkpoint(&[], &acker).await;
-        assert!(durability.committed > 0, "the snapshot was committed");
+        // The snapshot is written on a blocking thread, which a busy machine
+        // may not have run yet: poll until it is committed (only a hang fails).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while durability.committed == 0 {
+            durability.poll_checkpoint(&[], &acker).await;
+            assert!(std::time::Instant::now() < deadline, "the snapshot was committed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         lines(&mut pipeline, &mut points);
         let last_now = arrival(messages[crash_at - 1].2);
         // The crash: the process is gone, its last frame half written.

@@ -167,6 +167,21 @@ async fn a_flood_inventing_offices_services_and_tickets_stays_within_the_limits_
     let resident = resident_bytes(daemon.pid().unwrap());
     assert!(resident < 150_000_000, "{resident} bytes resident after the flood");
 
+    // Counted per office: `evil`'s `office` rows carry its refusals, a junk office's none of them.
+    let deadline = Instant::now() + DEADLINE;
+    let office_rejected = |office: &'static str| {
+        let influx = &influx;
+        async move {
+            let query = format!("SELECT sum(\"rejected\") FROM \"office\" WHERE \"office\" = '{office}'");
+            influx.rows("qw", &query).await.first().and_then(|row| row["sum"].as_f64()).unwrap_or(0.0)
+        }
+    };
+    while office_rejected("evil").await < refused_when_applied {
+        assert!(Instant::now() < deadline, "evil's office rows count {} refusals", office_rejected("evil").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(office_rejected("good").await, 0.0);
+
     // `evil` hears why.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut reasons = Vec::new();
