@@ -242,7 +242,20 @@ async fn a_live_run_raises_a_wait_alert_resolves_it_on_call_and_echoes_rejection
     }));
 
     // The daemon's own measurement: a row at start, before anything happened.
-    let own = influx.wait_for_rows("qw", "queuewatch", 1, Duration::from_secs(30)).await;
+    // InfluxDB 1.x keeps each field of a point in a series of its own, so a
+    // query racing the write may see some fields of the row and not yet the
+    // others: wait until it shows them all.
+    let whole_row_by = Instant::now() + Duration::from_secs(30);
+    let own = loop {
+        let own = influx.wait_for_rows("qw", "queuewatch", 1, Duration::from_secs(30)).await;
+        let whole = ["accepted", "rejected", "points_written", "points_refused", "open_tickets", "uptime_s"]
+            .iter()
+            .all(|field| own[0].get(*field).is_some_and(|value| !value.is_null()));
+        if whole || Instant::now() >= whole_row_by {
+            break own;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let start_row = &own[0];
     let start_ms = start_row["time"].as_i64().unwrap().div_euclid(1_000_000);
     assert!(start_ms >= daemon_started.0 && start_ms <= queuewatch::time::Millis::now().0, "{start_row:?}");
