@@ -76,51 +76,68 @@ fn new_services_counters_and_staff_beyond_their_limits_are_refused_and_known_one
 #[test]
 fn names_nothing_uses_any_more_are_forgotten_and_make_room_again() {
     let mut settings = limited(|limits| {
-        limits.max_services_per_office = 1;
+        limits.max_services_per_office = 2;
         limits.max_counters_per_office = 2;
+        limits.max_staff_per_office = 2;
     });
     // B1 stays open across the gap.
     settings.max_ticket_age_ms = 10 * 86_400_000;
     let keep_ms = settings.forget_after_ms();
     let mut tracker = Tracker::new(settings.clone());
-    // c1 and ktp are used on day 0; c2 serves a ticket that stays open.
+    // ktp, c1 and budi serve A1 on day 0 only; B1 (umum, c2, siti) stays open.
     let mut out = feed(
         &mut tracker,
         "08:00 issued A1 service=ktp
-         08:01 finished A1 counter=c1
-         08:02 called B1 counter=c2",
+         08:01 finished A1 counter=c1 staff=budi
+         08:02 issued B1 service=umum
+         08:03 called B1 counter=c2 staff=siti",
     );
-    assert_eq!(out.notes.get(Note::CardinalityLimit), 0);
-    // Long after: ktp and c1 are forgotten, c2 is still referred to by B1.
-    let later = Millis(parse_time("08:02").0 + keep_ms + 3_600_000);
-    let clock = render_time(later.0);
+    // Long after: ktp, c1 and budi are forgotten, so a new service, counter
+    // and staff id fit again; what B1 refers to is kept, renumbered.
+    let later = Millis(parse_time("08:03").0 + keep_ms + 3_600_000);
+    let at = |offset_ms: i64| render_time(later.0 + offset_ms);
     let more = feed(
         &mut tracker,
         &format!(
-            "{clock} issued P1 service=paspor
-             {clock} called P1 counter=c3
-             {clock} finished B1 counter=c2"
+            "{} issued P1 service=paspor
+             {} called P1 counter=c3 staff=tono
+             {} heartbeat",
+            at(0),
+            at(1000),
+            at(60_000)
         ),
     );
+    assert_eq!(
+        out.notes.get(Note::CardinalityLimit) + more.notes.get(Note::CardinalityLimit),
+        0,
+        "{:?}",
+        more.rejections
+    );
     out.points.extend(more.points);
-    out.notes.merge(&more.notes);
-    tracker.drain(Millis(0), &mut out);
-    assert_eq!(out.notes.get(Note::CardinalityLimit), 0, "{:?}", more.rejections);
     let office = &tracker.offices[&OfficeId::parse("o1").unwrap()];
-    assert_eq!(office.ctx.services.values(), [ServiceId::parse("paspor").unwrap()]);
-    let counters: Vec<&str> = office.ctx.counters.values().iter().map(CounterId::as_str).collect();
-    assert_eq!(counters, ["c2", "c3"]);
-    // B1's point names its counter correctly after the renumbering.
-    let b1 = out
-        .points
-        .iter()
-        .find(|point| point.measurement == "ticket" && render_point(point).contains("ticket=B1"))
-        .expect("B1 closed");
-    assert_eq!(b1.tag_value("counter"), Some("c2"));
-    // The state after forgetting round-trips.
-    let bytes = encode(&tracker);
-    let restored = decode(settings, &bytes).unwrap();
-    assert_eq!(encode(&restored).len(), bytes.len());
+    let names = |values: Vec<&str>| values.join(" ");
+    assert_eq!(names(office.ctx.services.values().iter().map(ServiceId::as_str).collect()), "umum paspor");
+    assert_eq!(names(office.ctx.counters.values().iter().map(CounterId::as_str).collect()), "c2 c3");
+    assert_eq!(names(office.ctx.staff.values().iter().map(StaffId::as_str).collect()), "siti tono");
+
+    // A state taken after the renumbering restores to a tracker that writes
+    // the same points, and B1's point names its service, counter and staff.
+    let restored = decode(settings, &encode(&tracker)).unwrap();
+    let finish = format!("{} finished B1 counter=c2\n{} finished P1 counter=c3", at(120_000), at(121_000));
+    let mut finished = Vec::new();
+    for mut copy in [tracker, restored] {
+        let mut out = feed(&mut copy, &finish);
+        copy.drain(Millis(0), &mut out);
+        let mut points: Vec<String> =
+            out.points.iter().filter(|point| point.measurement == "ticket").map(render_point).collect();
+        points.sort();
+        finished.push(points);
+    }
+    assert_eq!(finished[0], finished[1]);
+    // Sorted: paspor before umum.
+    let [p1, b1] = finished[0].as_slice() else { panic!("{:?}", finished[0]) };
+    assert!(b1.starts_with("o1 served umum c2 ") && b1.contains("ticket=B1") && b1.ends_with("staff=siti"), "{b1}");
+    assert!(p1.starts_with("o1 served paspor c3 ") && p1.ends_with("staff=tono"), "{p1}");
 }
 
 #[test]
