@@ -37,6 +37,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 
+use hashbrown::HashMap;
 use ring::hmac;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -76,8 +77,41 @@ pub struct StaffPrivacy {
 
 enum Action {
     Keep,
-    Hash(hmac::Key),
+    Hash(Box<Hasher>),
     Drop,
+}
+
+/// The key, and the hashes already computed: a staff id recurs in every
+/// event of its shift, and the HMAC is most of a rewrite's cost.
+struct Hasher {
+    key: hmac::Key,
+    /// Staff id → its hash as a JSON string (quoted). Bounded: cleared when
+    /// full, since ids come from input.
+    known: std::sync::Mutex<HashMap<String, String>>,
+}
+
+/// How many staff ids [`Hasher`] keeps before starting afresh.
+const MAX_KNOWN_HASHES: usize = 16_384;
+
+impl Hasher {
+    fn new(key: &[u8]) -> Hasher {
+        Hasher { key: hmac::Key::new(hmac::HMAC_SHA256, key), known: Default::default() }
+    }
+
+    /// `"s-…"`, quoted, for a valid staff id.
+    fn quoted(&self, staff: &str) -> String {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still sound.
+        let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(hash) = known.get(staff) {
+            return hash.clone();
+        }
+        if known.len() >= MAX_KNOWN_HASHES {
+            known.clear();
+        }
+        let hash = format!("\"{}\"", staff_hash(&self.key, staff));
+        known.insert(staff.to_string(), hash.clone());
+        hash
+    }
 }
 
 impl fmt::Debug for StaffPrivacy {
@@ -106,7 +140,7 @@ impl StaffPrivacy {
                 let key = read_key(&config.privacy)?.ok_or(
                     "privacy.staff: \"hash\" needs privacy.staff_key_env or privacy.staff_key_file".to_string(),
                 )?;
-                Action::Hash(hmac::Key::new(hmac::HMAC_SHA256, &key.0))
+                Action::Hash(Box::new(Hasher::new(&key.0)))
             }
         };
         Ok(StaffPrivacy { action, max_payload_bytes: config.mqtt.max_payload_bytes })
@@ -114,7 +148,7 @@ impl StaffPrivacy {
 
     /// Hashing with `key` as it is (no length rule), for the load harness and tests.
     pub fn hashing(key: &[u8]) -> StaffPrivacy {
-        StaffPrivacy { action: Action::Hash(hmac::Key::new(hmac::HMAC_SHA256, key)), max_payload_bytes: usize::MAX }
+        StaffPrivacy { action: Action::Hash(Box::new(Hasher::new(key))), max_payload_bytes: usize::MAX }
     }
 
     /// Removing staff, for the load harness and tests.
@@ -125,7 +159,7 @@ impl StaffPrivacy {
     /// The hash of `staff` (`hash` mode only).
     pub fn hash(&self, staff: &str) -> Option<String> {
         match &self.action {
-            Action::Hash(key) => Some(staff_hash(key, staff)),
+            Action::Hash(hasher) => Some(staff_hash(&hasher.key, staff)),
             _ => None,
         }
     }
@@ -165,7 +199,7 @@ impl StaffPrivacy {
         }
         Some(match &self.action {
             Action::Keep => return None,
-            Action::Hash(key) => object.replace_staff(payload, |value| hashed_value(key, value)),
+            Action::Hash(hasher) => object.replace_staff(payload, |value| hashed_value(hasher, value)),
             Action::Drop => object.without_staff(payload),
         })
     }
@@ -245,12 +279,12 @@ fn not_an_object_placeholder(payload: &[u8]) -> &'static [u8] {
 
 /// The replacement for a staff value: its hash when it is a valid
 /// identifier, else a placeholder that the decoder rejects the same way.
-fn hashed_value(key: &hmac::Key, raw: &str) -> Cow<'static, str> {
+fn hashed_value(hasher: &Hasher, raw: &str) -> Cow<'static, str> {
     match raw.as_bytes().first() {
         // Without escapes the id is the text between the quotes (already checked).
-        Some(b'"') if !raw.contains('\\') => hashed_text(key, &raw[1..raw.len().saturating_sub(1).max(1)]),
+        Some(b'"') if !raw.contains('\\') => hashed_text(hasher, &raw[1..raw.len().saturating_sub(1).max(1)]),
         Some(b'"') => match serde_json::from_str::<String>(raw) {
-            Ok(staff) => hashed_text(key, &staff),
+            Ok(staff) => hashed_text(hasher, &staff),
             // A string serde_json cannot read (a lone surrogate): the decoder rejects it.
             Err(_) => Cow::Borrowed("\"\\ud800\""),
         },
@@ -265,9 +299,9 @@ fn hashed_value(key: &hmac::Key, raw: &str) -> Cow<'static, str> {
 }
 
 /// The JSON string for the staff id `staff`: its hash, or a placeholder of the same fault.
-fn hashed_text(key: &hmac::Key, staff: &str) -> Cow<'static, str> {
+fn hashed_text(hasher: &Hasher, staff: &str) -> Cow<'static, str> {
     match validate_ident(staff) {
-        Ok(()) => Cow::Owned(format!("\"{}\"", staff_hash(key, staff))),
+        Ok(()) => Cow::Owned(hasher.quoted(staff)),
         Err(InvalidId::Empty) => Cow::Borrowed("\"\""),
         Err(InvalidId::TooLong) => Cow::Borrowed(TOO_LONG_PLACEHOLDER),
         Err(InvalidId::BadCharacter | InvalidId::ControlCharacter) => Cow::Borrowed("\"?\""),
@@ -448,6 +482,19 @@ mod tests {
         assert!(validate_ident(&hash).is_ok());
         assert_eq!(hash, hash_of("budi-santoso"), "the same key and id give the same hash");
         assert_ne!(hash, hash_of("budi-santosa"));
+    }
+
+    #[test]
+    fn a_remembered_hash_is_the_computed_one_and_the_memory_stays_bounded() {
+        let privacy = hashing();
+        let Action::Hash(hasher) = &privacy.action else { panic!("hash mode") };
+        for round in 0..2 {
+            for n in 0..MAX_KNOWN_HASHES + 10 {
+                let staff = format!("staff-{n}");
+                assert_eq!(hasher.quoted(&staff), format!("\"{}\"", hash_of(&staff)), "round {round}");
+            }
+        }
+        assert!(hasher.known.lock().unwrap().len() <= MAX_KNOWN_HASHES);
     }
 
     #[test]
