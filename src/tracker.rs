@@ -910,13 +910,13 @@ impl OfficeState {
         self.names_swept = watermark;
         let cutoff = watermark.minus_ms(keep_ms);
         let ctx = &self.ctx;
-        let unused_counters: hashbrown::HashSet<NameId> = ctx.counters.unused_since(cutoff).collect();
-        self.live.forget_unused(cutoff, |counter| unused_counters.contains(&counter));
-        let stale = |names: &mut dyn Iterator<Item = NameId>| names.next().is_some();
-        if !stale(&mut ctx.services.unused_since(cutoff))
-            && !stale(&mut ctx.counters.unused_since(cutoff))
-            && !stale(&mut ctx.staff.unused_since(cutoff))
-        {
+        let stale: [hashbrown::HashSet<NameId>; 3] = [
+            ctx.services.unused_since(cutoff).collect(),
+            ctx.counters.unused_since(cutoff).collect(),
+            ctx.staff.unused_since(cutoff).collect(),
+        ];
+        self.live.forget_unused(cutoff, |counter| stale[1].contains(&counter));
+        if stale.iter().all(hashbrown::HashSet::is_empty) {
             return;
         }
         // What still refers to a name: tickets (open or remembered closed)
@@ -943,11 +943,6 @@ impl OfficeState {
         services.into_iter().for_each(|id| mark(0, Some(id)));
         counters.into_iter().for_each(|id| mark(1, Some(id)));
         staff.into_iter().for_each(|id| mark(2, Some(id)));
-        let stale: [hashbrown::HashSet<NameId>; 3] = [
-            ctx.services.unused_since(cutoff).collect(),
-            ctx.counters.unused_since(cutoff).collect(),
-            ctx.staff.unused_since(cutoff).collect(),
-        ];
         let keep = |kind: usize| {
             let (used, stale) = (&used[kind], &stale[kind]);
             move |id: NameId| used[id.get() as usize - 1] || !stale.contains(&id)

@@ -358,17 +358,12 @@ impl OfficeLive {
 /// Forgetting what is no longer in use (see `OfficeState::forget_names`).
 impl OfficeLive {
     /// Drops the services and counters nothing happens at any more: a
-    /// service with nobody waiting or served, no counts pending and no event
-    /// since `cutoff`; a counter with no session open, nobody served and no
-    /// idle alert, whose name `unused` says was last used before `cutoff`.
+    /// service with nobody waiting or served and no event since `cutoff`; a
+    /// counter with no session open, nobody served and no idle alert, whose
+    /// name `unused` says was last used before `cutoff`.
     pub(super) fn forget_unused(&mut self, cutoff: Millis, unused: impl Fn(NameId) -> bool) {
-        self.services.retain(|_, gauge| {
-            gauge.waiting > 0
-                || gauge.in_service > 0
-                || gauge.issued > 0
-                || gauge.called > 0
-                || gauge.last_event.is_some_and(|last| last >= cutoff)
-        });
+        // The snapshots' own rule, for when there are none (`tracking.gauges = false`).
+        self.drop_services_idle_since(cutoff);
         self.counters.retain(|counter, state| {
             state.open_since.is_some()
                 || state.active > 0
@@ -666,9 +661,13 @@ impl OfficeLive {
     /// Services idle for longer than `gauge_idle_after` at `at` drop out of
     /// the gauges (a service that comes back starts a new series of rows).
     fn drop_idle_services(&mut self, settings: &TrackerSettings, at: Millis) {
-        let idle_before = at.minus_ms(settings.gauge_idle_after_ms);
+        self.drop_services_idle_since(at.minus_ms(settings.gauge_idle_after_ms));
+    }
+
+    /// Drops the services nobody waits at or is served at, with no event since `before`.
+    fn drop_services_idle_since(&mut self, before: Millis) {
         self.services.retain(|_, gauge| {
-            gauge.waiting > 0 || gauge.in_service > 0 || gauge.last_event.is_some_and(|last| last >= idle_before)
+            gauge.waiting > 0 || gauge.in_service > 0 || gauge.last_event.is_some_and(|last| last >= before)
         });
     }
 
