@@ -487,6 +487,13 @@ pub async fn run_with(
             }
             Input::Shutdown => break,
         }
+        // The records of this input go to the journal thread together; their
+        // acknowledgements follow once they are durable.
+        if let Some(durability) = &mut durability {
+            let started = std::time::Instant::now();
+            durability.hand_over().await;
+            clock.exclude(started.elapsed());
+        }
         for refused in pipeline.take_refused() {
             alerts.rejection(&refused, std::time::Instant::now());
         }

@@ -74,6 +74,13 @@ pub struct Durability {
     journal: JournalHandle,
     /// The number of the last record appended.
     last: u64,
+    /// Records appended since the last [`Durability::hand_over`], framed,
+    /// the last of them numbered `last`: the journal thread gets them in one
+    /// command per run of messages rather than one each (a channel send, an
+    /// allocation and often a wake-up of that thread per record).
+    framed: Vec<u8>,
+    /// Where a record is encoded before it is framed (kept for its capacity).
+    scratch: Vec<u8>,
     /// Acknowledgements waiting for their record (or the one before them) to be durable.
     acks: VecDeque<(u64, Publish)>,
     checkpoint: Option<Checkpoint>,
@@ -92,6 +99,10 @@ pub struct Durability {
 /// the MQTT client's request queue (16,384), which is all that may still be
 /// unacknowledged before a committed snapshot.
 const RECENT_MESSAGES: usize = 65_536;
+
+/// Framed records kept before they are handed to the journal thread even
+/// though the daemon loop has not finished its input (a run of large messages).
+const HAND_OVER_BYTES: usize = 64 * 1024;
 
 /// A message's identity for recognising its redelivery: topic and payload.
 /// Stored in snapshots, so it must not change between builds: the tracker's
@@ -197,6 +208,8 @@ impl Durability {
             dir,
             journal,
             last: summary.last,
+            framed: Vec::with_capacity(HAND_OVER_BYTES),
+            scratch: Vec::with_capacity(256),
             acks: VecDeque::new(),
             checkpoint: None,
             committed: recovery.snapshot,
@@ -208,6 +221,7 @@ impl Durability {
             let resume = Record::Resume { now };
             apply(pipeline, &topics, &resume);
             durability.append(&resume).await;
+            durability.hand_over().await;
         }
         recovery.open_tickets = pipeline.tracker().open_segments();
         Ok((durability, recovery))
@@ -256,11 +270,27 @@ impl Durability {
         self.append(&Record::Advance { tracker_now }).await;
     }
 
+    /// Appends `record` to the records the next [`Durability::hand_over`]
+    /// gives the journal thread (at once, if they have grown large).
     async fn append(&mut self, record: &Record<'_>) {
-        let mut bytes = Vec::with_capacity(256);
-        record.encode(&mut bytes);
+        self.scratch.clear();
+        record.encode(&mut self.scratch);
         self.last += 1;
-        if !self.journal.send(Command::Append { number: self.last, record: bytes }).await {
+        journal::frame(&mut self.framed, self.last, &self.scratch);
+        if self.framed.len() >= HAND_OVER_BYTES {
+            self.hand_over().await;
+        }
+    }
+
+    /// Gives the records appended so far to the journal thread. The daemon
+    /// loop calls it after every input it handled: until then the records
+    /// are only in memory and their acknowledgements wait.
+    pub async fn hand_over(&mut self) {
+        if self.framed.is_empty() {
+            return;
+        }
+        let frames = std::mem::replace(&mut self.framed, Vec::with_capacity(HAND_OVER_BYTES));
+        if !self.journal.send(Command::Framed { last: self.last, frames }).await {
             error!("The journal thread has stopped; nothing more is acknowledged.");
         }
     }
@@ -315,6 +345,8 @@ impl Durability {
     /// record. The caller has handed every pending point to `sinks`.
     pub async fn begin_checkpoint(&mut self, tracker: Tracker, sinks: &[SinkHandle]) {
         let number = self.last;
+        // The records the snapshot covers go to the segment it rolls off.
+        self.hand_over().await;
         if !self.journal.send(Command::Roll { first: number + 1 }).await {
             return;
         }
@@ -381,6 +413,7 @@ impl Durability {
     /// Commits every record appended and stops the journal thread; the
     /// acknowledgements that became durable go to `acker`.
     pub async fn close(mut self, acker: &mut Acker) {
+        self.hand_over().await;
         let durable = self.journal.close().await;
         while let Some((number, publish)) = self.acks.pop_front() {
             if number <= durable {
@@ -477,6 +510,7 @@ mod tests {
     }
 
     async fn wait_until_durable(durability: &mut Durability) {
+        durability.hand_over().await;
         while durability.journal.durable() < durability.last {
             durability.durable_changed().await;
         }

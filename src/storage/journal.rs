@@ -238,6 +238,9 @@ pub fn frame(out: &mut Vec<u8>, number: u64, record: &[u8]) {
 pub enum Command {
     /// An encoded record, numbered.
     Append { number: u64, record: Vec<u8> },
+    /// Records already framed by [`frame`], in order, the last numbered
+    /// `last`: the daemon hands over a run of records in one command.
+    Framed { last: u64, frames: Vec<u8> },
     /// Start a new segment whose first record is `first` (at a checkpoint).
     Roll { first: u64 },
     /// Remove the segments that hold only records below `below` (a snapshot covers them).
@@ -372,6 +375,13 @@ impl Committer {
                     Command::Append { number, record } => {
                         frame(&mut batch, number, &record);
                         last_number = number;
+                        if batch.len() >= 4 << 20 {
+                            break;
+                        }
+                    }
+                    Command::Framed { last, frames } => {
+                        batch.extend_from_slice(&frames);
+                        last_number = last;
                         if batch.len() >= 4 << 20 {
                             break;
                         }
