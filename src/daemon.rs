@@ -41,7 +41,8 @@ use tracing::{error, info};
 use crate::alerts::AlertPublisher;
 use crate::config::Config;
 use crate::durable::Durability;
-use crate::mqtt::{office_from_topic, Incoming, MqttSource};
+use crate::ids::Interned;
+use crate::mqtt::{office_from_topic_cached, Incoming, MqttSource};
 use crate::ops::{self, OpsPublisher, OpsSnapshot};
 use crate::pipeline::Pipeline;
 use crate::point::{FieldValue, Point};
@@ -334,6 +335,7 @@ pub async fn run_with(
     let own_topics_reachable = alerts.may_receive_own(&config.mqtt.topics);
     let (message_sender, mut messages) = mpsc::channel(MESSAGE_CHANNEL_CAPACITY);
     let mut batch: Vec<Incoming> = Vec::with_capacity(MESSAGE_BATCH);
+    let mut topic_offices = Interned::default();
     let source_task = tokio::spawn(source.run(message_sender, stopped(stop_receiver.clone())));
     info!(mqtt = %config.mqtt.url, topics = ?config.mqtt.topics, influxdb = %config.influxdb.url, "queuewatch running.");
 
@@ -417,27 +419,29 @@ pub async fn run_with(
                             // Taken in and journaled before the restart.
                             pipeline.note_redelivery();
                             durability.ack_in_order(message.publish);
-                            durability.release_acks(&mut acker);
                             continue;
                         }
                     }
-                    let topic_office = office_from_topic(&config.mqtt.topics, &message.publish.topic);
+                    let topic_office =
+                        office_from_topic_cached(&config.mqtt.topics, &message.publish.topic, &mut topic_offices);
                     // A rejection is counted and logged inside; it is still acknowledged,
                     // since redelivering a bad message would only repeat the rejection.
-                    let (tracker_now, wall_now) = (clock.now(Millis::now()), Millis::now());
+                    let wall_now = Millis::now();
+                    let tracker_now = clock.now(wall_now);
                     let handled = pipeline.handle(topic_office, &message.publish.payload, tracker_now, wall_now);
                     if let Err(rejection) = handled {
                         alerts.rejection(&rejection, std::time::Instant::now());
                     }
                     match &mut durability {
-                        Some(durability) => {
-                            let started = std::time::Instant::now();
-                            durability.message(message.publish, tracker_now, wall_now).await;
-                            durability.release_acks(&mut acker);
-                            clock.exclude(started.elapsed());
-                        }
+                        // Journaled with the run after the loop (`hand_over`).
+                        Some(durability) => durability.message(message.publish, tracker_now, wall_now),
                         None => acker.ack(&message.publish),
                     }
+                }
+                // Those of earlier runs that are durable by now; the rest
+                // go on `Input::Durable`.
+                if let Some(durability) = &mut durability {
+                    durability.release_acks(&mut acker);
                 }
             }
             // While messages wait in the channel the daemon is behind: letting
@@ -449,7 +453,7 @@ pub async fn run_with(
                 let tracker_now = clock.now(Millis::now());
                 pipeline.advance(tracker_now);
                 if let Some(durability) = &mut durability {
-                    durability.advance(tracker_now).await;
+                    durability.advance(tracker_now);
                     durability.poll_checkpoint(&sinks, &acker).await;
                 }
             }

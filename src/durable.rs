@@ -100,8 +100,8 @@ pub struct Durability {
 /// unacknowledged before a committed snapshot.
 const RECENT_MESSAGES: usize = 65_536;
 
-/// Framed records kept before they are handed to the journal thread even
-/// though the daemon loop has not finished its input (a run of large messages).
+/// The room kept for framed records between two hand-overs: a run of
+/// ordinary messages fits; a run of large ones grows it.
 const HAND_OVER_BYTES: usize = 64 * 1024;
 
 /// A message's identity for recognising its redelivery: topic and payload.
@@ -220,7 +220,7 @@ impl Durability {
         if summary.last > 0 {
             let resume = Record::Resume { now };
             apply(pipeline, &topics, &resume);
-            durability.append(&resume).await;
+            durability.append(&resume);
             durability.hand_over().await;
         }
         recovery.open_tickets = pipeline.tracker().open_segments();
@@ -229,14 +229,14 @@ impl Durability {
 
     /// Journals a message the pipeline has just taken in; its acknowledgement
     /// waits for the record to be durable.
-    pub async fn message(&mut self, publish: Publish, tracker_now: Millis, wall_now: Millis) {
+    pub fn message(&mut self, publish: Publish, tracker_now: Millis, wall_now: Millis) {
         if self.recent.len() == RECENT_MESSAGES {
             self.recent.pop_front();
         }
         self.recent.push_back(message_hash(publish.topic.as_ref(), &publish.payload));
         let topic = String::from_utf8_lossy(publish.topic.as_ref());
         let record = Record::Message { topic, payload: publish.payload.as_ref().into(), tracker_now, wall_now };
-        self.append(&record).await;
+        self.append(&record);
         self.acks.push_back((self.last, publish));
     }
 
@@ -266,20 +266,19 @@ impl Durability {
     }
 
     /// Journals `Pipeline::advance(tracker_now)`, just applied.
-    pub async fn advance(&mut self, tracker_now: Millis) {
-        self.append(&Record::Advance { tracker_now }).await;
+    pub fn advance(&mut self, tracker_now: Millis) {
+        self.append(&Record::Advance { tracker_now });
     }
 
     /// Appends `record` to the records the next [`Durability::hand_over`]
-    /// gives the journal thread (at once, if they have grown large).
-    async fn append(&mut self, record: &Record<'_>) {
+    /// gives the journal thread. Never waits: the daemon loop hands over
+    /// after every input (at most `MESSAGE_BATCH` messages), which bounds
+    /// what is kept here.
+    fn append(&mut self, record: &Record<'_>) {
         self.scratch.clear();
         record.encode(&mut self.scratch);
         self.last += 1;
         journal::frame(&mut self.framed, self.last, &self.scratch);
-        if self.framed.len() >= HAND_OVER_BYTES {
-            self.hand_over().await;
-        }
     }
 
     /// Gives the records appended so far to the journal thread. The daemon
@@ -554,11 +553,11 @@ mod tests {
         for (index, message) in messages.iter().enumerate().take(crash_at) {
             feed(&mut pipeline, &topics, message);
             let publish = Publish::new(message.0.as_str(), QoS::AtLeastOnce, message.1.as_bytes());
-            durability.message(publish, arrival(message.2), arrival(message.2)).await;
+            durability.message(publish, arrival(message.2), arrival(message.2));
             records.push(durability.last);
             if index % 50 == 49 {
                 pipeline.advance(arrival(message.2));
-                durability.advance(arrival(message.2)).await;
+                durability.advance(arrival(message.2));
             }
             if index == crash_at / 2 {
                 // A snapshot while events keep arriving: written on another
@@ -607,10 +606,10 @@ mod tests {
                 continue;
             }
             feed(&mut pipeline, &topics, message);
-            durability.message(publish, arrival(message.2), arrival(message.2)).await;
+            durability.message(publish, arrival(message.2), arrival(message.2));
             if index % 50 == 49 {
                 pipeline.advance(arrival(message.2));
-                durability.advance(arrival(message.2)).await;
+                durability.advance(arrival(message.2));
             }
         }
         let kept = records.iter().filter(|number| **number <= recovery.snapshot + recovery.replayed).count();

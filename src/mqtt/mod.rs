@@ -41,7 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{MqttConfig, MqttTlsConfig};
 use crate::event::{RejectReason, Rejection};
-use crate::ids::OfficeId;
+use crate::ids::{Interned, InvalidId, OfficeId};
 use crate::secret::SecretFileError;
 use crate::stats::LogLimiter;
 
@@ -400,11 +400,30 @@ impl Backoff {
 /// by the first `+` of the first filter that matches. `Ok(None)` when the
 /// matching filter has no `+` (the payload must then name the office).
 pub fn office_from_topic(filters: &[String], topic: &str) -> Result<Option<OfficeId>, Rejection> {
+    office_from_topic_with(filters, topic, OfficeId::parse)
+}
+
+/// [`office_from_topic`], with the offices named before taken from `known`
+/// rather than checked and allocated again: the daemon's path, where the
+/// same few offices name every message.
+pub(crate) fn office_from_topic_cached(
+    filters: &[String],
+    topic: &str,
+    known: &mut Interned<OfficeId>,
+) -> Result<Option<OfficeId>, Rejection> {
+    office_from_topic_with(filters, topic, |text| known.get(text, OfficeId::parse))
+}
+
+fn office_from_topic_with(
+    filters: &[String],
+    topic: &str,
+    mut parse: impl FnMut(&str) -> Result<OfficeId, InvalidId>,
+) -> Result<Option<OfficeId>, Rejection> {
     for filter in filters {
         if let Some(level) = matching_office_level(filter, topic) {
             return match level {
                 None => Ok(None),
-                Some(text) => OfficeId::parse(text).map(Some).map_err(|error| Rejection {
+                Some(text) => parse(text).map(Some).map_err(|error| Rejection {
                     reason: RejectReason::InvalidIdentifier,
                     detail: format!("office in topic {topic:?}: {error}"),
                     office: None,
