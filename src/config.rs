@@ -287,6 +287,26 @@ pub enum InfluxApi {
     V2,
 }
 
+/// How request bodies to InfluxDB are encoded (`influxdb.compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip, unless the URL names this machine (`localhost`, a loopback
+    /// address), where compressing costs both ends CPU and saves nothing.
+    Auto,
+    Gzip,
+    None,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Auto => "auto",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct InfluxConfig {
     pub api: InfluxApi,
@@ -312,6 +332,25 @@ pub struct InfluxConfig {
     pub flush_interval: Duration,
     pub request_timeout: Duration,
     pub max_backoff: Duration,
+    pub compression: Compression,
+}
+
+impl InfluxConfig {
+    /// Whether bodies are gzipped: `compression`, with `auto` decided by the URL's host.
+    pub fn gzip(&self) -> bool {
+        match self.compression {
+            Compression::Gzip => true,
+            Compression::None => false,
+            Compression::Auto => !reqwest::Url::parse(&self.url).is_ok_and(|url| is_this_machine(&url)),
+        }
+    }
+}
+
+/// `localhost` or a loopback address: a server on this machine.
+fn is_this_machine(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    let address = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || address.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -485,6 +524,7 @@ impl Default for InfluxConfig {
             flush_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
+            compression: Compression::Auto,
         }
     }
 }
@@ -654,6 +694,15 @@ impl Config {
                 problems.push("influxdb.token_file: give token_env or token_file, not both".into());
             }
             parse_influx_ca_file(&mut section, influx, &mut problems);
+            if let Some(compression) = section.string("compression", &mut problems) {
+                match compression.as_str() {
+                    "auto" => influx.compression = Compression::Auto,
+                    "gzip" => influx.compression = Compression::Gzip,
+                    "none" => influx.compression = Compression::None,
+                    other => problems
+                        .push(format!("influxdb.compression: {other:?} is none of \"auto\", \"gzip\" and \"none\"")),
+                }
+            }
             if let Some(batch_size) = section.positive_integer("batch_size", &mut problems) {
                 influx.batch_size = batch_size;
             }

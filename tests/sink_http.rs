@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use queuewatch::config::Compression;
 use queuewatch::sink::{
     self, InfluxApi, InfluxConfig, Secrets, SinkError, SinkReport, SinkStore, V1Writer, V2Writer, WriteError, Writer,
 };
@@ -67,6 +68,19 @@ async fn v1_request_carries_db_precision_rp_basic_auth_and_gzip_body() {
     assert_eq!(request.header("content-encoding"), Some("gzip"));
     assert_eq!(request.lines(), lines(0..3));
     assert_eq!(report, SinkReport { points_written: 3, requests: 1, ..SinkReport::default() });
+}
+
+#[tokio::test]
+async fn with_compression_none_both_apis_send_the_lines_as_they_are() {
+    for api in BOTH_APIS {
+        let responder = Responder::start(|_| Reply::status(204)).await;
+        let config = InfluxConfig { compression: Compression::None, ..config(api, &responder.url) };
+        write_and_shut_down(&config, Secrets::default(), &lines(0..3)).await;
+        let requests = responder.requests();
+        assert_eq!(requests.len(), 1, "{api:?}");
+        assert_eq!(requests[0].header("content-encoding"), None, "{api:?}");
+        assert_eq!(String::from_utf8(requests[0].body.clone()).unwrap(), lines(0..3), "{api:?}");
+    }
 }
 
 #[tokio::test]
@@ -500,6 +514,9 @@ fn config(api: InfluxApi, url: &str) -> InfluxConfig {
         flush_interval: Duration::from_secs(60),
         request_timeout: Duration::from_secs(5),
         max_backoff: Duration::from_millis(5),
+        // The responder is on this machine, where `auto` would not compress;
+        // these tests read every body as gzip.
+        compression: Compression::Gzip,
         ..InfluxConfig::default()
     }
 }

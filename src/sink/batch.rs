@@ -153,8 +153,11 @@ impl Watermark {
     }
 }
 
+/// Counted with memchr's vector search: every chunk of lines the daemon
+/// hands over is counted here, and a byte-at-a-time count cost about as much
+/// as encoding the lines did.
 pub(crate) fn count_lines(text: &str) -> usize {
-    text.bytes().filter(|byte| *byte == b'\n').count()
+    memchr::memchr_iter(b'\n', text.as_bytes()).count()
 }
 
 /// The byte offset just after the `lines`-th newline, or the end of the text
@@ -163,11 +166,7 @@ fn offset_after_lines(text: &str, lines: usize) -> usize {
     if lines == 0 {
         return 0;
     }
-    text.bytes()
-        .enumerate()
-        .filter(|(_, byte)| *byte == b'\n')
-        .nth(lines - 1)
-        .map_or(text.len(), |(index, _)| index + 1)
+    memchr::memchr_iter(b'\n', text.as_bytes()).nth(lines - 1).map_or(text.len(), |index| index + 1)
 }
 
 #[cfg(test)]

@@ -79,6 +79,8 @@ pub enum WriteError {
 /// one is configured, for the next try; after a TLS failure the client is
 /// built again with the roots as they are then.
 pub struct V1Writer {
+    /// Whether bodies are gzipped (`influxdb.compression`).
+    gzip: bool,
     client: RwLock<reqwest::Client>,
     setup: ClientSetup,
     write_url: Url,
@@ -102,9 +104,12 @@ impl V1Writer {
                 query.append_pair("rp", retention_policy);
             }
         }
-        let setup = ClientSetup::new(&write_url, config.ca_file.as_deref(), config.request_timeout, write_headers());
+        let gzip = config.gzip();
+        let setup =
+            ClientSetup::new(&write_url, config.ca_file.as_deref(), config.request_timeout, write_headers(gzip));
         let client = build_client(&setup).map_err(SinkError::Config)?;
         Ok(V1Writer {
+            gzip,
             client: RwLock::new(client),
             setup,
             write_url,
@@ -114,7 +119,7 @@ impl V1Writer {
         })
     }
 
-    async fn write_gzipped(&self, body: Bytes) -> Result<(), WriteError> {
+    async fn write_body(&self, body: Bytes) -> Result<(), WriteError> {
         let client = self.client.read().unwrap_or_else(PoisonError::into_inner).clone();
         let mut request = client.post(self.write_url.clone()).body(body);
         if let Some(username) = &self.username {
@@ -169,11 +174,11 @@ impl Writer for V1Writer {
     }
 
     fn encoder(&self) -> Option<Encoder> {
-        Some(gzip)
+        self.gzip.then_some(gzip as Encoder)
     }
 
     fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
-        Box::pin(async move { self.write_gzipped(encoded.cloned().unwrap_or_else(|| gzip(lines))).await })
+        Box::pin(async move { self.write_body(body_of(self.gzip, lines, encoded)).await })
     }
 }
 
@@ -197,6 +202,8 @@ impl Writer for V1Writer {
 /// configured, and the client rebuilt with it for the next try; after a TLS
 /// failure the client is rebuilt with the roots as they are then.
 pub struct V2Writer {
+    /// Whether bodies are gzipped (`influxdb.compression`).
+    gzip: bool,
     /// The client and the token it was built with.
     client: RwLock<(influxdb2::Client, String)>,
     setup: ClientSetup,
@@ -217,9 +224,11 @@ impl V2Writer {
             )));
         }
         let token = secrets.token.clone().unwrap_or_default();
-        let setup = ClientSetup::new(&url, config.ca_file.as_deref(), config.request_timeout, write_headers());
+        let gzip = config.gzip();
+        let setup = ClientSetup::new(&url, config.ca_file.as_deref(), config.request_timeout, write_headers(gzip));
         let client = v2_client(&setup, url.as_str(), &config.org, token.clone()).map_err(SinkError::Config)?;
         Ok(V2Writer {
+            gzip,
             client: RwLock::new((client, token)),
             setup,
             org: config.org.clone(),
@@ -260,12 +269,12 @@ impl Writer for V2Writer {
     }
 
     fn encoder(&self) -> Option<Encoder> {
-        Some(gzip)
+        self.gzip.then_some(gzip as Encoder)
     }
 
     fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
         Box::pin(async move {
-            let body = encoded.cloned().unwrap_or_else(|| gzip(lines));
+            let body = body_of(self.gzip, lines, encoded);
             let client = self.client.read().unwrap_or_else(PoisonError::into_inner).0.clone();
             let result = client
                 .write_line_protocol_with_precision(&self.org, &self.bucket, body, TimestampPrecision::Nanoseconds)
@@ -441,9 +450,21 @@ fn cannot_build(error: impl std::fmt::Display) -> String {
     format!("cannot build the HTTP client: {error}")
 }
 
-fn write_headers() -> HeaderMap {
+/// The request body for `lines`: the body encoded ahead of time, else
+/// `lines` gzipped or as they are.
+fn body_of(gzipped: bool, lines: &str, encoded: Option<&Bytes>) -> Bytes {
+    match encoded {
+        Some(body) => body.clone(),
+        None if gzipped => gzip(lines),
+        None => Bytes::copy_from_slice(lines.as_bytes()),
+    }
+}
+
+fn write_headers(gzipped: bool) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if gzipped {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     headers
 }
