@@ -152,8 +152,24 @@ async fn a_flood_inventing_offices_services_and_tickets_stays_within_the_limits_
     }
 
     // What the daemon holds stays within the limits: at most MAX_OPEN_TICKETS
-    // at `evil`, one ticket at each of MAX_OFFICES junk offices.
-    let (_, body) = common::http_get(&format!("{base_url}/metrics")).await;
+    // at `evil`, one ticket at each of MAX_OFFICES junk offices. Read once
+    // every accepted event has left the reorder buffer with its outcome
+    // (`evil`'s last ones wait for its window after the good office's).
+    let deadline = Instant::now() + DEADLINE;
+    let body = loop {
+        let (_, body) = common::http_get(&format!("{base_url}/metrics")).await;
+        let accepted = sample(&body, "queuewatch_events_accepted_total");
+        let decided: f64 = body
+            .lines()
+            .filter(|line| line.starts_with("queuewatch_event_outcomes_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if decided >= accepted {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{decided} of {accepted} accepted events decided\n{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let open = sample(&body, "queuewatch_open_tickets");
     assert!(open <= (MAX_OPEN_TICKETS + MAX_OFFICES) as f64, "{open} open tickets");
     let refused_when_applied = sample(&body, r#"queuewatch_event_outcomes_total{outcome="cardinality_limit"}"#);
