@@ -298,6 +298,9 @@ pub enum Compression {
 }
 
 impl Compression {
+    const ALL: [Compression; 3] = [Compression::Auto, Compression::Gzip, Compression::None];
+
+    /// Its value of `influxdb.compression`.
     pub fn name(self) -> &'static str {
         match self {
             Compression::Auto => "auto",
@@ -695,12 +698,11 @@ impl Config {
             }
             parse_influx_ca_file(&mut section, influx, &mut problems);
             if let Some(compression) = section.string("compression", &mut problems) {
-                match compression.as_str() {
-                    "auto" => influx.compression = Compression::Auto,
-                    "gzip" => influx.compression = Compression::Gzip,
-                    "none" => influx.compression = Compression::None,
-                    other => problems
-                        .push(format!("influxdb.compression: {other:?} is none of \"auto\", \"gzip\" and \"none\"")),
+                match Compression::ALL.into_iter().find(|known| known.name() == compression) {
+                    Some(known) => influx.compression = known,
+                    None => problems.push(format!(
+                        "influxdb.compression: {compression:?} is none of \"auto\", \"gzip\" and \"none\""
+                    )),
                 }
             }
             if let Some(batch_size) = section.positive_integer("batch_size", &mut problems) {

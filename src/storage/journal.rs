@@ -236,8 +236,6 @@ pub fn frame(out: &mut Vec<u8>, number: u64, record: &[u8]) {
 /// What the daemon asks of the journal thread.
 #[derive(Debug)]
 pub enum Command {
-    /// An encoded record, numbered.
-    Append { number: u64, record: Vec<u8> },
     /// Records already framed by [`frame`], in order, the last numbered
     /// `last`: the daemon hands over a run of records in one command.
     Framed { last: u64, frames: Vec<u8> },
@@ -372,13 +370,6 @@ impl Committer {
             // and for up to `LINGER` more while records keep trickling in.
             while let Some(command) = next.take().or_else(|| receive_within(&mut receiver, lingering_until)) {
                 match command {
-                    Command::Append { number, record } => {
-                        frame(&mut batch, number, &record);
-                        last_number = number;
-                        if batch.len() >= 4 << 20 {
-                            break;
-                        }
-                    }
                     Command::Framed { last, frames } => {
                         batch.extend_from_slice(&frames);
                         last_number = last;
@@ -632,18 +623,25 @@ mod tests {
         assert_eq!(summary.bytes_discarded, 0);
     }
 
+    /// One record as the daemon hands it over.
+    fn framed(number: u64, record: &[u8]) -> Command {
+        let mut frames = Vec::new();
+        frame(&mut frames, number, record);
+        Command::Framed { last: number, frames }
+    }
+
     #[tokio::test]
     async fn the_thread_publishes_the_durable_number_after_each_group_and_forgets_covered_segments() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = JournalHandle::start(dir.path(), 1).unwrap();
         for number in 1..=3 {
-            assert!(journal.send(Command::Append { number, record: vec![number as u8] }).await);
+            assert!(journal.send(framed(number, &[number as u8])).await);
         }
         while journal.durable() < 3 {
             journal.durable_changed().await;
         }
         assert!(journal.send(Command::Roll { first: 4 }).await);
-        assert!(journal.send(Command::Append { number: 4, record: vec![4] }).await);
+        assert!(journal.send(framed(4, &[4])).await);
         assert!(journal.send(Command::Forget { below: 4 }).await);
         assert_eq!(journal.close().await, 4);
         assert!(!dir.path().join(segment_name(1)).exists());
