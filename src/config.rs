@@ -365,6 +365,10 @@ pub struct TrackingConfig {
     pub snapshot_interval: Duration,
     pub gauge_idle_after: Duration,
     pub silence_after: Duration,
+    /// How long after an office's day closes (the end of its last range of
+    /// opening hours that day) the segments still open are closed:
+    /// `abandoned` if never called, else `expired`.
+    pub close_grace: Duration,
     /// Whether `queue` and `office` gauge rows are written at all (a
     /// backfill of months may do without them).
     pub gauges: bool,
@@ -470,6 +474,7 @@ impl Default for TrackingConfig {
             snapshot_interval: Duration::from_secs(10),
             gauge_idle_after: Duration::from_secs(3600),
             silence_after: Duration::from_secs(15 * 60),
+            close_grace: Duration::from_secs(30 * 60),
             gauge_keepalive: Duration::from_secs(60),
             gauges: true,
             // 2020-01-01T00:00:00Z
@@ -732,6 +737,7 @@ impl Config {
                 ("snapshot_interval", &mut tracking.snapshot_interval),
                 ("gauge_idle_after", &mut tracking.gauge_idle_after),
                 ("silence_after", &mut tracking.silence_after),
+                ("close_grace", &mut tracking.close_grace),
             ] {
                 if let Some(value) = section.duration(key, &mut problems) {
                     *slot = value;

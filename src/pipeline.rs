@@ -219,7 +219,7 @@ impl Pipeline {
                 observer(&point);
             }
             self.pending_lines += 1;
-            self.stats.point(point.measurement);
+            self.stats.count_point(&point);
             self.out.recycle(point);
         }
         self.out.points = points;

@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::event::RejectReason;
-use crate::tracker::{Note, NoteCounts};
+use crate::point::Point;
+use crate::tracker::{Note, NoteCounts, Outcome};
 
 /// Totals since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub struct Stats {
     pub points: u64,
     /// The same points by measurement, in the order of [`MEASUREMENTS`].
     pub points_by_measurement: [u64; MEASUREMENTS.len()],
+    /// `ticket` points by their `outcome` tag, in the order of [`Outcome::ALL`].
+    pub ticket_outcomes: [u64; Outcome::ALL.len()],
 }
 
 /// The measurements the pipeline writes (the daemon's own `queuewatch` row aside).
@@ -32,6 +35,23 @@ impl Stats {
         if let Some(index) = MEASUREMENTS.iter().position(|known| *known == measurement) {
             self.points_by_measurement[index] += 1;
         }
+    }
+
+    /// Counts one point handed to the sink: by measurement, and a `ticket`
+    /// point by its outcome too.
+    pub fn count_point(&mut self, point: &Point) {
+        self.point(point.measurement);
+        if point.measurement == "ticket" {
+            let outcome = point.tag_value("outcome");
+            if let Some(index) = Outcome::ALL.iter().position(|known| Some(known.as_str()) == outcome) {
+                self.ticket_outcomes[index] += 1;
+            }
+        }
+    }
+
+    /// `ticket` points of `outcome` so far.
+    pub fn ticket_points_of(&self, outcome: Outcome) -> u64 {
+        self.ticket_outcomes[outcome as usize]
     }
 
     /// Points of `measurement` so far.
@@ -85,13 +105,18 @@ impl Stats {
             if count > 0 {
                 let _ = writeln!(text, "  {measurement}: {count}");
             }
+            if measurement == &"ticket" && count > 0 {
+                for (outcome, count) in Outcome::ALL.iter().zip(self.ticket_outcomes) {
+                    let _ = writeln!(text, "    {}: {count}", outcome.as_str());
+                }
+            }
         }
         text
     }
 
     /// One line for periodic logs.
     pub fn one_line(&self) -> String {
-        self.summary().trim_end().replace("\n  ", ", ").replace('\n', "; ")
+        self.summary().trim_end().replace("\n    ", ", ").replace("\n  ", ", ").replace('\n', "; ")
     }
 }
 

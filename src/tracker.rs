@@ -34,6 +34,7 @@
 //! office's identity and interned names from one [`OfficeContext`].
 
 mod held;
+mod hours;
 mod live;
 pub mod state;
 mod store;
@@ -77,6 +78,8 @@ pub struct TrackerSettings {
     /// A multiple of the snapshot interval (at least one).
     pub gauge_keepalive_ms: i64,
     pub silence_after_ms: i64,
+    /// After an office's day closes, how long segments may stay open.
+    pub close_grace_ms: i64,
     /// Whether office clocks may run ahead of the wall clock ([`Mode::Live`] only).
     pub clock: ClockMode,
     /// Whether `queue` and `office` gauge rows are written at all.
@@ -101,6 +104,7 @@ impl TrackerSettings {
             gauge_idle_after_ms: duration_ms(tracking.gauge_idle_after),
             gauge_keepalive_ms: duration_ms(tracking.gauge_keepalive).max(snapshot_interval_ms),
             silence_after_ms: duration_ms(tracking.silence_after).max(1),
+            close_grace_ms: duration_ms(tracking.close_grace),
             clock: tracking.clock,
             gauges: tracking.gauges,
             sla: config.sla.clone(),
@@ -284,15 +288,25 @@ pub enum Outcome {
     Cancelled,
     Transferred,
     Expired,
+    /// Still waiting, never called, when the office's day closed (plus the
+    /// grace): the person left at some unknown time.
+    Abandoned,
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Served,
+        Outcome::NoShow,
+        Outcome::Cancelled,
+        Outcome::Transferred,
+        Outcome::Expired,
+        Outcome::Abandoned,
+    ];
+
     /// The tag value, shared rather than allocated for every point.
     fn tag(self) -> Arc<str> {
-        static TAGS: std::sync::LazyLock<[Arc<str>; 5]> = std::sync::LazyLock::new(|| {
-            [Outcome::Served, Outcome::NoShow, Outcome::Cancelled, Outcome::Transferred, Outcome::Expired]
-                .map(|outcome| Arc::from(outcome.as_str()))
-        });
+        static TAGS: std::sync::LazyLock<[Arc<str>; 6]> =
+            std::sync::LazyLock::new(|| Outcome::ALL.map(|outcome| Arc::from(outcome.as_str())));
         TAGS[self as usize].clone()
     }
 
@@ -303,6 +317,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Transferred => "transferred",
             Outcome::Expired => "expired",
+            Outcome::Abandoned => "abandoned",
         }
     }
 
@@ -543,6 +558,8 @@ struct OfficeContext {
     office_tag: Arc<str>,
     region_tag: Option<Arc<str>>,
     config: Option<OfficeConfig>,
+    /// The office's opening hours as instants, when it has hours.
+    hours: Option<hours::Hours>,
     services: Names<ServiceId>,
     counters: Names<CounterId>,
     staff: Names<StaffId>,
@@ -569,6 +586,13 @@ impl OfficeContext {
         }
         cache[index] = Some(targets);
         targets
+    }
+
+    /// Adds the `open` field (1/0 at `at`) to a point, for an office with hours.
+    fn open_field(&self, point: &mut Point, at: Millis) {
+        if let Some(hours) = &self.hours {
+            point.field("open", FieldValue::Int(i64::from(hours.is_open_at(at))));
+        }
     }
 
     /// A point with the tags every point of this office carries.
@@ -699,8 +723,26 @@ impl Segment {
         QueueShare { service: self.service, waiting: self.first_call.is_none(), issue: self.issue() }
     }
 
-    fn expiry(&self, settings: &TrackerSettings) -> Millis {
-        self.last_event.plus_ms(settings.max_ticket_age_ms)
+    /// When and how the segment ends if no event closes it. At an office
+    /// with hours: at the close of its day (the first close after the
+    /// visit's issue, or after its first event when the issue is unknown),
+    /// once `close_grace` has passed; stamped at the close, or at the
+    /// segment's last event if that came during the grace. Elsewhere (and
+    /// where hours never close): `max_ticket_age` after its last event.
+    fn end_of_life(&self, settings: &TrackerSettings, ctx: &OfficeContext) -> EndOfLife {
+        let anchor = unstamp(self.visit_start).unwrap_or(self.start);
+        // A day whose close + grace is already behind the segment's own
+        // events (a late issue moved its start back) is not its day.
+        let anchor = anchor.max(self.last_event.minus_ms(settings.close_grace_ms));
+        if let Some(close) = ctx.hours.as_ref().and_then(|hours| hours.day_close_after(anchor)) {
+            return EndOfLife {
+                fires_at: close.plus_ms(settings.close_grace_ms),
+                at: close.max(self.last_event),
+                cause: EndCause::DayClosed,
+            };
+        }
+        let expiry = self.last_event.plus_ms(settings.max_ticket_age_ms);
+        EndOfLife { fires_at: expiry, at: expiry, cause: EndCause::MaxAge }
     }
 
     fn issue(&self) -> Option<Millis> {
@@ -739,11 +781,38 @@ impl Segment {
     }
 
     /// The earliest of the pending deadlines.
-    fn next_deadline(&self, settings: &TrackerSettings, targets: &Targets) -> Millis {
+    fn next_deadline(&self, settings: &TrackerSettings, ctx: &OfficeContext, targets: &Targets) -> Millis {
         [self.wait_deadline(targets), self.service_deadline(targets)]
             .into_iter()
             .flatten()
-            .fold(self.expiry(settings), Millis::min)
+            .fold(self.end_of_life(settings, ctx).fires_at, Millis::min)
+    }
+}
+
+/// How a segment that no event closes ends (see [`Segment::end_of_life`]).
+#[derive(Debug, Clone, Copy)]
+struct EndOfLife {
+    /// When the ordered loop closes it.
+    fires_at: Millis,
+    /// The time its point is stamped at.
+    at: Millis,
+    cause: EndCause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndCause {
+    /// The office's day closed: `abandoned` if never called, else `expired`.
+    DayClosed,
+    /// `max_ticket_age` passed since its last event: `expired`.
+    MaxAge,
+}
+
+impl EndOfLife {
+    fn outcome(self, segment: &Segment) -> Outcome {
+        match self.cause {
+            EndCause::DayClosed if segment.first_call.is_none() => Outcome::Abandoned,
+            EndCause::DayClosed | EndCause::MaxAge => Outcome::Expired,
+        }
     }
 }
 
@@ -774,6 +843,7 @@ impl OfficeState {
             ctx: OfficeContext {
                 office_tag: Arc::from(office.as_str()),
                 region_tag: config.as_ref().and_then(|config| config.region.as_deref()).map(Arc::from),
+                hours: config.as_ref().and_then(hours::Hours::of),
                 config,
                 office,
                 services: Names::default(),
@@ -1140,15 +1210,16 @@ impl OfficeState {
         let targets = self.ctx.targets(settings, segment.service);
         let wait_due = segment.wait_deadline(&targets).is_some_and(|deadline| deadline <= at);
         let service_due = segment.service_deadline(&targets).is_some_and(|deadline| deadline <= at);
-        let expiry_due = segment.expiry(settings) <= at;
+        let end = segment.end_of_life(settings, &self.ctx);
+        let outcome = end.outcome(segment);
         if wait_due {
             self.raise_segment_breach(settings, slot, AlertKind::Wait, targets.wait_ms, out);
         }
         if service_due {
             self.raise_segment_breach(settings, slot, AlertKind::Service, targets.service_ms, out);
         }
-        if expiry_due {
-            self.close(settings, slot, Closing { outcome: Outcome::Expired, at, event: None }, out);
+        if end.fires_at <= at {
+            self.close(settings, slot, Closing { outcome, at: end.at, event: None }, out);
         } else {
             self.schedule(settings, slot, Scheduling::Renew);
         }
@@ -1159,10 +1230,10 @@ impl OfficeState {
     /// when the deadline moved earlier (a later one is found when the old
     /// entry fires).
     fn schedule(&mut self, settings: &TrackerSettings, slot: SlotId, scheduling: Scheduling) {
-        let Some(service) = self.segment(slot).map(|segment| segment.service) else { return };
-        let targets = self.ctx.targets(settings, service);
+        let Some(segment) = self.segment(slot) else { return };
+        let targets = self.ctx.targets(settings, segment.service);
+        let next = segment.next_deadline(settings, &self.ctx, &targets);
         let Some(segment) = self.segment_mut(slot) else { return };
-        let next = segment.next_deadline(settings, &targets);
         if scheduling == Scheduling::Renew || next < segment.scheduled {
             segment.scheduled = next;
             let key = TimerKey { slot, generation: segment.generation };
@@ -1387,7 +1458,8 @@ impl OfficeState {
     ) -> SlotId {
         let service = self.ctx.services.intern_opt(event.service.as_ref());
         if let Some(slot) = self.tickets.find(ticket) {
-            if let Some(segment) = self.segment_mut(slot) {
+            let end_at = self.segment(slot).map(|segment| segment.end_of_life(settings, &self.ctx).at);
+            if let (Some(segment), Some(end_at)) = (self.segment_mut(slot), end_at) {
                 if !segment.issue_known && event.ts <= segment.start {
                     // The missing issue of a segment first seen through a later event.
                     let share_before = segment.queue_share();
@@ -1405,7 +1477,7 @@ impl OfficeState {
                     return slot;
                 }
                 // The number was issued again while still open: the old one expired.
-                let expired_at = segment.expiry(settings).min(event.ts);
+                let expired_at = end_at.min(event.ts);
                 self.close(settings, slot, Closing { outcome: Outcome::Expired, at: expired_at, event: None }, out);
             }
         }
@@ -1542,7 +1614,9 @@ impl OfficeState {
             (AlertKind::Service, segment.service_breach, unstamp(segment.service_since)),
         ] {
             if let (BreachState::Firing, Some(since)) = (breach, since) {
-                let alert = self.segment_alert(slot, &segment, kind, AlertState::Resolved, since, closing.at, &targets);
+                // A wait breach raised during the grace resolves when it was raised, not before.
+                let at = closing.at.max(since);
+                let alert = self.segment_alert(slot, &segment, kind, AlertState::Resolved, since, at, &targets);
                 out.alerts.push(alert);
             }
         }
@@ -1588,6 +1662,7 @@ impl OfficeState {
         }
         point.field("ticket", FieldValue::Str(ticket.as_str().into()));
         point.field("target_s", seconds(target_ms));
+        self.ctx.open_field(&mut point, deadline);
         out.points.push(point);
         let targets = self.ctx.targets(settings, segment.service);
         let clock = self.released_upto.max(deadline).plus_ms(settings.reorder_window_ms);
@@ -1664,7 +1739,8 @@ impl OfficeState {
             }
         };
         let close = Some(closing.at);
-        let is_expired = outcome == Outcome::Expired;
+        // Nobody knows when these ended: no total, no visit, no service level.
+        let is_expired = matches!(outcome, Outcome::Expired | Outcome::Abandoned);
         let has_service_time = matches!(outcome, Outcome::Served | Outcome::Transferred);
         let is_final = matches!(outcome, Outcome::Served | Outcome::NoShow | Outcome::Cancelled);
 
@@ -1685,6 +1761,11 @@ impl OfficeState {
         ] {
             if let Some(span_ms) = value {
                 point.field(name, seconds(span_ms));
+            }
+        }
+        if outcome == Outcome::Abandoned {
+            if let Some(waited_ms) = span(segment.issue(), close) {
+                point.field("waited_until_close_s", seconds(waited_ms));
             }
         }
         point.field("wait_target_s", seconds(targets.wait_ms));

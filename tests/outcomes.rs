@@ -21,7 +21,21 @@ const INFLUX_MAX_NS: i64 = 9_223_372_036_854_775_806;
 /// Feeds `(office, payload, wall)` messages, then drains; returns the
 /// pipeline and every encoded line.
 fn run(mode: Mode, messages: &[(String, String, Millis)]) -> (Pipeline, Vec<String>) {
-    let mut config = Config::default();
+    run_with(Config::default(), mode, messages)
+}
+
+/// The test offices with opening hours that close within the messages' morning
+/// (a lunch break, then the close at 03:00 UTC and its grace of 10 minutes).
+fn config_with_hours() -> Config {
+    Config::parse(
+        "[tracking]\nclose_grace = \"10m\"\n\
+         [offices.o1]\ntimezone = \"UTC\"\nhours = \"00:30-01:30,02:00-03:00\"\n\
+         [offices.o2]\ntimezone = \"Asia/Jakarta\"\nhours = \"07:00-09:00\"\ndays = \"Mon-Thu\"\n",
+    )
+    .unwrap()
+}
+
+fn run_with(mut config: Config, mode: Mode, messages: &[(String, String, Millis)]) -> (Pipeline, Vec<String>) {
     config.tracking.clock = ClockMode::Wall;
     let mut pipeline = Pipeline::new(&config, mode);
     let mut lines = Vec::new();
@@ -132,6 +146,7 @@ proptest! {
     fn every_accepted_event_has_exactly_one_outcome_and_every_point_time_is_storable(
         raw in proptest::collection::vec(message(), 1..120),
         live in any::<bool>(),
+        hours in any::<bool>(),
     ) {
         // Arrivals in wall order; each message's wall time is its offset into the morning.
         let mut raw = raw;
@@ -141,7 +156,8 @@ proptest! {
             .map(|(office, payload, wall_offset)| (office, payload, Millis(DAY_MS + wall_offset)))
             .collect();
         let mode = if live { Mode::Live } else { Mode::Replay };
-        let (pipeline, lines) = run(mode, &messages);
+        let config = if hours { config_with_hours() } else { Config::default() };
+        let (pipeline, lines) = run_with(config, mode, &messages);
         let stats = pipeline.stats();
         prop_assert_eq!(stats.accepted + stats.rejected_total(), messages.len() as u64);
         let outcomes: u64 = Note::OUTCOMES.iter().map(|note| stats.notes.get(*note)).sum();

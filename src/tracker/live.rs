@@ -525,7 +525,7 @@ impl OfficeLive {
         while at < limit {
             let silent = self.silent_at(ctx, settings, at, now);
             let row = OfficeRow { waiting: 0, in_service: 0, counters_open: None, silent };
-            if self.office_row_due(row) {
+            if self.office_row_due(row) || self.opens_or_closes_by(ctx, settings, at) {
                 self.write_office_row(ctx, row, at, out);
             }
             at = at.plus_ms(interval);
@@ -605,7 +605,9 @@ impl OfficeLive {
         // written one, so none is due. Most snapshots of a night end here.
         let changed = std::mem::take(&mut self.changed_since_snapshot);
         let wall_clock_fields = settings.mode == Mode::Live && ctx.config.as_ref().is_some_and(|c| c.has_hours());
+        let opening_or_closing = self.opens_or_closes_by(ctx, settings, at);
         let unchanged = !changed
+            && !opening_or_closing
             && !wall_clock_fields
             && self.rejected_in_interval == 0
             && self.clock_ahead_in_interval == 0
@@ -650,7 +652,7 @@ impl OfficeLive {
             .sends_counter_events
             .then(|| self.counters.values().filter(|counter| counter.open_since.is_some()).count() as i64);
         let row = OfficeRow { waiting, in_service, counters_open, silent: self.silent_at(ctx, settings, at, now) };
-        if self.office_row_due(row) || (waiting > 0 && keepalive_due) {
+        if self.office_row_due(row) || (waiting > 0 && keepalive_due) || opening_or_closing {
             self.write_office_row(ctx, row, at, out);
         }
         if !wall_clock_fields {
@@ -690,6 +692,10 @@ impl OfficeLive {
         facts: SnapshotFacts,
     ) {
         let mut bound = facts.next_change;
+        // The snapshot at or after the next opening or closing carries it.
+        if let Some(change) = ctx.hours.as_ref().and_then(|hours| hours.next_change_after(at)) {
+            bound = bound.min(change);
+        }
         if let (0, Some(last)) = (facts.open_segments, self.last_event_ts) {
             bound = bound.min(last.plus_ms(GAUGE_SPAN_AFTER_LAST_EVENT_MS).plus_ms(1));
         }
@@ -715,6 +721,13 @@ impl OfficeLive {
         let last_skipped = at.plus_ms(skipped.saturating_mul(interval));
         self.drop_idle_services(settings, last_skipped);
         self.next_snapshot = Some(last_skipped.plus_ms(interval));
+    }
+
+    /// Whether the office opened or closed since the snapshot before `at`:
+    /// the row at `at` is then news, whatever else changed. Decided on the
+    /// snapshot time alone, so nothing about it is stored.
+    fn opens_or_closes_by(&self, ctx: &OfficeContext, settings: &TrackerSettings, at: Millis) -> bool {
+        ctx.hours.as_ref().is_some_and(|hours| hours.changes_within(at.minus_ms(settings.snapshot_interval_ms), at))
     }
 
     /// An `office` row carries news when its state changed since the last
@@ -743,6 +756,7 @@ impl OfficeLive {
         if let Some(silent) = row.silent {
             point.field("silent", FieldValue::Int(i64::from(silent)));
         }
+        ctx.open_field(&mut point, at);
         if let Some(name) = ctx.config.as_ref().and_then(|config| config.name.as_ref()) {
             point.field("name", FieldValue::Str(name.as_str().into()));
         }
@@ -912,6 +926,7 @@ impl OfficeLive {
         point.tag("counter", ctx.counters.get(counter).tag());
         point.tag("kind", AlertKind::Idle.tag());
         point.field("target_s", seconds(idle_target_ms));
+        ctx.open_field(&mut point, at);
         out.points.push(point);
         let mut alert = idle_alert(ctx, counter, at, idle_target_ms, released_upto.max(at));
         alert.ts = alert.ts.plus_ms(settings.reorder_window_ms);

@@ -648,6 +648,7 @@ mod properties {
     }
 }
 
+mod day;
 mod limits;
 mod live;
 mod state;

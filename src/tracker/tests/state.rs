@@ -479,14 +479,16 @@ fn after_resume_an_event_stamped_just_after_the_last_one_is_not_late() {
     tracker.advance(restart.plus_ms(60_000), &mut out);
     assert!(out.points.iter().all(|point| point.measurement != "breach"), "{:?}", out.points);
 
-    // Without resume, the downtime would have passed at once on the office clock.
+    // Without resume, the downtime would have passed at once on the office
+    // clock: a restart after the day's close (16:00 + 30 min) closes A2.
     let (mut not_resumed, _) = crashed_live_tracker();
     let mut out = Output::default();
-    not_resumed.advance(restart, &mut out);
+    let after_close = Millis(last_ts + 8 * 3_600_000);
+    not_resumed.advance(after_close, &mut out);
     let call = with(event("o1", EventType::Called, last_ts + 1_000, Some("A2".into())), None, Some("c2"));
-    not_resumed.ingest(call, restart.plus_ms(200), &mut out);
-    assert_eq!(out.notes.get(Note::LateDropped), 1, "A2 expired during the downtime; its call came late");
-    assert!(out.points.iter().any(|point| point.tag_value("outcome") == Some("expired")));
+    not_resumed.ingest(call, after_close.plus_ms(200), &mut out);
+    assert_eq!(out.notes.get(Note::LateDropped), 1, "A2 was closed during the downtime; its call came late");
+    assert!(out.points.iter().any(|point| point.tag_value("outcome") == Some("abandoned")));
 }
 
 #[test]
