@@ -5,8 +5,10 @@
 # written to target/load-report.txt.
 #
 # Usage: bash scripts/load.sh [SCENARIO...]
-#   replay memory e2e latency drain (the default: all five), and the diagnostic
+#   replay memory e2e latency drain office-day (the default: all of them), and the diagnostic
 #   e2e-hourly-gauges (e2e with gauges every hour instead of every 10 s).
+#   office-day measures this build's replay of a simulated week at offices with hours;
+#   QUEUEWATCH_BEFORE=path/to/queuewatch adds the same measurement of another build.
 # The daemon's, Mosquitto's and InfluxDB's logs of each run are kept in
 # target/load-logs/SCENARIO/, the progress of each in target/load-SCENARIO.log.
 #
@@ -23,7 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if (($# > 0)); then
     scenarios=("$@")
 else
-    scenarios=(replay memory e2e latency drain e2e-hourly-gauges)
+    scenarios=(replay memory e2e latency drain e2e-hourly-gauges office-day)
 fi
 
 cargo build --release --bin queuewatch --bin queuewatch-load
@@ -81,8 +83,16 @@ for scenario in "${scenarios[@]}"; do
             run e2e-hourly-gauges 1200 "$load" e2e --events 500000 --offices 50 \
                 --set 'tracking.snapshot_interval="1h"' --keep-logs "$logs/e2e-hourly-gauges"
             ;;
+        office-day)
+            run office-day 600 "$load" office-day --offices 12 --days 7 --seed 19
+            # The same week replayed by another build, for a before/after comparison:
+            # QUEUEWATCH_BEFORE=path/to/older/queuewatch bash scripts/load.sh office-day
+            if [[ -n ${QUEUEWATCH_BEFORE:-} ]]; then
+                run office-day 600 "$load" office-day --offices 12 --days 7 --seed 19 --queuewatch "$QUEUEWATCH_BEFORE"
+            fi
+            ;;
         *)
-            echo "unknown scenario: $scenario (replay, memory, e2e, latency, drain, e2e-hourly-gauges)" >&2
+            echo "unknown scenario: $scenario (replay, memory, e2e, latency, drain, e2e-hourly-gauges, office-day)" >&2
             exit 2
             ;;
     esac

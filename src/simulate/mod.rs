@@ -86,6 +86,7 @@
 //! offset), `office`, the fields of its type, and last an `id`
 //! `<office>-<n>`, counting the office's events from 1.
 
+pub mod audit;
 mod model;
 mod office;
 mod publish;

@@ -1,6 +1,6 @@
 //! `queuewatch-load`: the load harness behind `scripts/load.sh`.
 //!
-//! Five scenarios, each a subcommand that prints its figures on standard
+//! The scenarios, each a subcommand that prints its figures on standard
 //! output (progress goes to standard error):
 //! - `replay`: events/s through decode, and through decode + track + encode,
 //!   on one thread with nothing written, plus allocations per event;
@@ -11,7 +11,11 @@
 //! - `latency`: event-to-point latency at a fixed offered rate;
 //! - `drain`: a backlog queued in a real Mosquitto while the daemon is away,
 //!   timed from the daemon's start until its points are in InfluxDB 1.x and
-//!   checked point for point.
+//!   checked point for point;
+//! - `office-day`: a simulated week at offices with opening hours, replayed
+//!   by a `queuewatch` binary (this build's or another), and what its output
+//!   says about the day (rows outside hours, people waiting at 20:00,
+//!   `abandoned` against the simulator's ground truth).
 //!
 //! What must stay true:
 //! - Servers listen on 127.0.0.1 only, on free ports, in a temporary folder
@@ -42,6 +46,7 @@ mod input;
 mod latency;
 mod measure;
 mod memory;
+mod office_day;
 mod open_tickets;
 mod publisher;
 mod replay;
@@ -83,6 +88,9 @@ enum Scenario {
     Drain(drain::DrainArgs),
     /// The drain's backlog through a plain MQTT-to-InfluxDB consumer: the floor the broker and InfluxDB set.
     Baseline(baseline::BaselineArgs),
+    /// A simulated week at offices with opening hours, replayed by a queuewatch binary: rows outside
+    /// hours, people waiting at 20:00, abandoned points against the ground truth.
+    OfficeDay(office_day::OfficeDayArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +102,7 @@ fn main() -> ExitCode {
         Scenario::Latency(args) => servers::with_servers(latency::latency(args)),
         Scenario::Drain(args) => servers::with_servers(drain::drain(args)),
         Scenario::Baseline(args) => servers::with_servers(baseline::baseline(args)),
+        Scenario::OfficeDay(args) => office_day::office_day(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
