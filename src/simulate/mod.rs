@@ -89,13 +89,18 @@
 mod model;
 mod office;
 mod publish;
+mod realism;
+mod truth;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::Write;
 
-use self::office::{OfficeSetup, OfficeSim};
+pub use self::model::display_name;
+use self::office::{OfficeSetup, OfficeSim, TruthRecording};
 pub use self::publish::{publish, SimReport};
+pub use self::realism::{parse_closing, parse_percent, Closing, Realism};
+pub use self::truth::{TicketEnd, TicketTruth};
 use crate::event::EventType;
 use crate::time::Millis;
 
@@ -122,6 +127,8 @@ pub struct SimOptions {
     pub topic_prefix: String,
     /// The MQTT client id; `queuewatch-simulate-<pid>` when absent.
     pub client_id: Option<String>,
+    /// How untidy the days are; [`Realism::tidy`] for none of it.
+    pub realism: Realism,
 }
 
 impl SimOptions {
@@ -138,6 +145,7 @@ impl SimOptions {
             start,
             topic_prefix: "queue".into(),
             client_id: None,
+            realism: Realism::default(),
         }
     }
 
@@ -162,6 +170,7 @@ impl SimOptions {
         if let Err(problem) = validate_topic_prefix(&self.topic_prefix) {
             problems.push(format!("topic-prefix: {problem}"));
         }
+        problems.extend(self.realism.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -200,6 +209,22 @@ pub struct Simulation {
 
 impl Simulation {
     pub fn new(options: &SimOptions) -> Simulation {
+        Simulation::build(options, TruthRecording::Off)
+    }
+
+    /// The same events, and each ticket's ground truth kept as it ends (for
+    /// [`Simulation::truth`]). Memory grows with the tickets: for runs of some days.
+    pub fn recording_truth(options: &SimOptions) -> Simulation {
+        Simulation::build(options, TruthRecording::Kept)
+    }
+
+    /// The tickets ended so far, office by office in office order, each
+    /// office's in issue order. Empty unless built by [`Simulation::recording_truth`].
+    pub fn truth(&self) -> Vec<TicketTruth> {
+        self.offices.iter().flat_map(OfficeSim::truth).collect()
+    }
+
+    fn build(options: &SimOptions, truth: TruthRecording) -> Simulation {
         let mut offices: Vec<OfficeSim> = (0..options.offices as usize)
             .map(|index| {
                 OfficeSim::new(&OfficeSetup {
@@ -209,6 +234,8 @@ impl Simulation {
                     days: options.days,
                     start: options.start,
                     topic_prefix: options.topic_prefix.clone(),
+                    realism: options.realism,
+                    truth,
                 })
             })
             .collect();
@@ -256,6 +283,43 @@ pub fn write_ndjson(options: &SimOptions, writer: impl Write) -> std::io::Result
     Ok(written)
 }
 
+/// Writes the ground truth of the simulation of `options` as NDJSON (see
+/// [`TicketTruth`]), generating it to its end; returns the number of tickets.
+/// The simulation must end: `days` = 0 is refused.
+pub fn write_truth(options: &SimOptions, writer: impl Write) -> std::io::Result<u64> {
+    if options.days == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the ground truth needs a simulation that ends (days above 0)",
+        ));
+    }
+    let mut simulation = Simulation::recording_truth(options);
+    simulation.by_ref().for_each(drop);
+    truth::write_records(&simulation.truth(), writer)
+}
+
+/// The `[offices.<id>]` sections of a daemon config for the offices `options`
+/// simulates: name, region (`wib`, `wita`, `wit`), time zone, and the
+/// opening hours the simulated counters keep, every day. With
+/// [`Closing::AtClosingTime`] no ticket is called outside these hours.
+pub fn office_config_toml(options: &SimOptions) -> String {
+    let hours = format!("{}-{}", model::clock(model::OPENING_MINUTE), model::clock(model::CLOSING_MINUTE));
+    let mut text = String::new();
+    for index in 0..options.offices as usize {
+        let (id, _, zone) = model::office_identity(index);
+        if index > 0 {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "[offices.{id}]\nname = \"{}\"\nregion = \"{}\"\ntimezone = \"{}\"\nhours = \"{hours}\"\ndays = \"Mon-Sun\"\n",
+            display_name(&id),
+            model::zone_region(zone),
+            zone.name()
+        ));
+    }
+    text
+}
+
 /// `--start`: RFC 3339 with an offset (`2026-11-27T07:00:00+07:00`).
 pub fn parse_start(text: &str) -> Result<Millis, String> {
     chrono::DateTime::parse_from_rfc3339(text)
@@ -285,6 +349,9 @@ pub fn validate_topic_prefix(prefix: &str) -> Result<String, String> {
     }
     Ok(prefix.to_string())
 }
+
+#[cfg(test)]
+mod realism_tests;
 
 #[cfg(test)]
 mod tests {
