@@ -17,9 +17,22 @@
 //!   office order, then the order the office produced them), so each office's
 //!   timestamps never go backwards.
 //! - **Valid and complete.** Every payload is accepted by the decoder and
-//!   carries `office`; every ticket issued is closed (finished, no-show,
-//!   cancelled or transferred and then closed) before its office's last day
-//!   ends, and no event but `feedback` refers to a ticket already closed.
+//!   carries `office`; every ticket ends (see [`TicketEnd`]) before its
+//!   office's last day ends, and no event but `feedback` refers to a ticket
+//!   already over. With [`Realism::tidy`] every ticket issued is published
+//!   and closed by an event (finished, no-show, cancelled, or transferred and
+//!   then closed).
+//! - **The truth is exact.** [`Simulation::truth`] has one record per ticket,
+//!   its final end; a ticket whose end has no event (walked out, left at
+//!   closing) and whose final segment was published is exactly one a tracker
+//!   still finds waiting when the office closes.
+//! - **Closing on time means it.** With [`Closing::AtClosingTime`] no ticket
+//!   is called, cancelled, transferred or issued at or after 15:30 local;
+//!   only tickets already called finish (recall, start, no-show, finish,
+//!   feedback). [`office_config_toml`] gives a daemon those hours.
+//! - **Off is off.** A realism part that is off draws nothing from the
+//!   office's stream: [`Realism::tidy`] gives byte for byte the events of the
+//!   model before realism existed.
 //!
 //! # The model
 //!
@@ -44,8 +57,10 @@
 //!
 //! **A day** (every day is a working day): counters open at 07:30 local
 //! (`counter_opened` with `staff`), the kiosk issues tickets until 15:00, and
-//! counters close at 15:30 (`counter_closed`), or later while tickets they
-//! handle still wait (those are served). One or two counters (never all) take
+//! counters close at 15:30 (`counter_closed`): at once when idle, after their
+//! current ticket otherwise; whoever still waits leaves without an event (with
+//! `Closing::WhenQueuesEmpty`, the tidy model, they stay instead while tickets
+//! they handle still wait, and serve them). One or two counters (never all) take
 //! a lunch break of 40–60 min starting 12:00–12:20 or 12:30–12:45, finishing
 //! their current ticket first (`counter_closed`, later `counter_opened`).
 //! Arrivals are a non-homogeneous Poisson process, drawn by thinning, whose
@@ -74,6 +89,41 @@
 //! again after a transfer): still waiting after it, they `cancelled`. After
 //! `finished`, 40% press `feedback` 5–30 s later with a rating of
 //! round(4.7 − 0.06 × minutes waited + N(0, 0.8)) clamped to 1–5.
+//!
+//! **Realism** ([`Realism`]; each part has an option that turns it off, and
+//! [`Realism::tidy`] turns all off). The defaults are near what a busy
+//! Indonesian service hall sees:
+//! - *Walk-outs*, 4 % of tickets (`--walkouts`): someone looks at the queue,
+//!   decides it is not today, and leaves without telling anyone, 5–45 min
+//!   after taking the ticket (uniform), or at the latest when a counter would
+//!   call them: no counter ever calls a walk-out, and no event says they left.
+//!   They take no part in the patience draw.
+//! - *Closing on time* (`--closing on-time`, default; `when-empty` is the tidy
+//!   model): counters close at 15:30 whoever waits, as halls that keep office
+//!   hours do; a ticket already called is finished.
+//! - *Busy days*, 20 % of office-days (`--busy-days`): expected arrivals are
+//!   110–125 % (uniform) of what the counters can serve, instead of 80–92 %,
+//!   as after a holiday or at a tax deadline; people who came on such a day
+//!   expect to wait and have twice the patience. The queue grows all day, and
+//!   at closing some people are still waiting (left at closing; over a week
+//!   of twelve offices, 2–29 on each of 15 office-days).
+//! - *A service's counters at lunch together*, 10 % of office-days
+//!   (`--service-lunch-days`): instead of the one or two breaks, every counter
+//!   of one service (one whose counters are not all the office's) begins its
+//!   break at 12:00 + U(0, 10 min), for 40–60 min, so for half an hour at
+//!   least nobody serves it while its customers wait (they keep waiting; their
+//!   patience runs on).
+//! - *A silent kiosk*, one hour per office and simulated week
+//!   (`--kiosk-outages N`): the hour starts at 07:30 + U(0, 6.5 h) on a day
+//!   drawn among the week's seven (weeks count from the office's first day).
+//!   Its tickets are printed and served as usual, but their `issued` is never
+//!   published (nor later): a tracker first hears of them through `called`.
+//!
+//! **Truth.** [`Simulation::recording_truth`] keeps, per ticket, how it ended
+//! ([`TicketEnd`]: served, no_show, cancelled, walked_out, left_at_close),
+//! when, and whether its final segment was published (`seen`: its `issued`
+//! was, or it was transferred by a published `transferred`); [`write_truth`]
+//! writes it as NDJSON (format in `truth.rs`).
 //!
 //! **Start and days.** The simulation starts at `start` (every office's
 //! heartbeat begins there). An office's first day is the first local date
