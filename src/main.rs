@@ -316,6 +316,10 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             if let Some(path) = truth {
+                if options.days == 0 {
+                    eprintln!("queuewatch: --truth needs a simulation that ends: --days above 0");
+                    return ExitCode::from(2);
+                }
                 match std::fs::File::create(&path).and_then(|file| simulate::write_truth(&options, file)) {
                     Ok(count) => eprintln!("simulate: {count} tickets' truth written to {}", path.display()),
                     Err(error) => {
