@@ -138,6 +138,7 @@
 
 mod model;
 mod office;
+mod payload;
 mod publish;
 mod realism;
 mod truth;
