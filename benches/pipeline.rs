@@ -19,7 +19,7 @@ use queuewatch::config::Config;
 use queuewatch::event::{decode, DecodeLimits, Event, EventType};
 use queuewatch::pipeline::Pipeline;
 use queuewatch::point::Point;
-use queuewatch::simulate::{parse_start, SimOptions, Simulation};
+use queuewatch::simulate::{parse_start, Realism, SimOptions, Simulation};
 use queuewatch::time::Millis;
 use queuewatch::tracker::{Mode, Output, Tracker, TrackerSettings};
 
@@ -47,7 +47,8 @@ fn input() -> &'static Input {
     static INPUT: OnceLock<Input> = OnceLock::new();
     INPUT.get_or_init(|| {
         let start = parse_start("2026-11-02T06:00:00+07:00").expect("a valid start");
-        let options = SimOptions { offices: 4, counters: 6, days: 0, ..SimOptions::new(start) };
+        let options =
+            SimOptions { offices: 4, counters: 6, days: 0, realism: Realism::tidy(), ..SimOptions::new(start) };
         let simulated: Vec<_> = Simulation::new(&options).take(EVENTS).collect();
         let limits = DecodeLimits::default();
         let events: Vec<Event> = simulated

@@ -104,6 +104,15 @@ enum Command {
         /// publishing them.
         #[arg(long, value_name = "FILE")]
         ndjson: Option<PathBuf>,
+        /// Also write each ticket's ground truth (how it ended, whether a tracker could see it) as NDJSON to
+        /// FILE, before publishing. Needs --days above 0.
+        #[arg(long, value_name = "FILE")]
+        truth: Option<PathBuf>,
+        /// Print the simulated offices' [offices.<id>] config sections (zones, opening hours) and exit.
+        #[arg(long)]
+        print_config: bool,
+        #[command(flatten)]
+        realism: RealismArgs,
     },
     /// Run everything on this machine: an embedded MQTT broker, the daemon, the simulator, and a live table.
     #[cfg(feature = "demo")]
@@ -148,7 +157,50 @@ enum Command {
         /// The v2 bucket.
         #[arg(long, value_name = "NAME", default_value = "queuewatch", requires = "influx_url")]
         influx_bucket: String,
+        #[command(flatten)]
+        realism: RealismArgs,
     },
+}
+
+/// How untidy the simulated days are (`simulate` and `demo`); each part has a way to turn it off.
+#[cfg(feature = "simulate")]
+#[derive(clap::Args)]
+struct RealismArgs {
+    /// Share of tickets whose customer walks out unseen, never called (0: none).
+    #[arg(long, value_name = "PCT", default_value = "4", value_parser = simulate::parse_percent)]
+    walkouts: f64,
+    /// `on-time`: counters close at 15:30 and whoever still waits leaves unseen; `when-empty`: they stay
+    /// until their queues are empty.
+    #[arg(long, value_name = "on-time|when-empty", default_value = "on-time", value_parser = simulate::parse_closing)]
+    closing: simulate::Closing,
+    /// Share of office-days with arrivals at 110-125 % of what the counters can serve (0: none).
+    #[arg(long, value_name = "PCT", default_value = "20", value_parser = simulate::parse_percent)]
+    busy_days: f64,
+    /// Share of office-days on which every counter of one service lunches at once (0: none).
+    #[arg(long, value_name = "PCT", default_value = "10", value_parser = simulate::parse_percent)]
+    service_lunch_days: f64,
+    /// Hours per office and simulated week in which the kiosk publishes no `issued` (0: none).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    kiosk_outages: u32,
+    /// None of the above: every ticket issued is published and closed by an event.
+    #[arg(long, conflicts_with_all = ["walkouts", "closing", "busy_days", "service_lunch_days", "kiosk_outages"])]
+    tidy: bool,
+}
+
+#[cfg(feature = "simulate")]
+impl RealismArgs {
+    fn realism(&self) -> simulate::Realism {
+        if self.tidy {
+            return simulate::Realism::tidy();
+        }
+        simulate::Realism {
+            walkout_share: self.walkouts,
+            closing: self.closing,
+            busy_day_share: self.busy_days,
+            service_lunch_share: self.service_lunch_days,
+            kiosk_outages_per_week: self.kiosk_outages,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -242,6 +294,9 @@ fn main() -> ExitCode {
             topic_prefix,
             client_id,
             ndjson,
+            truth,
+            print_config,
+            realism,
         } => {
             let options = SimOptions {
                 url,
@@ -254,7 +309,25 @@ fn main() -> ExitCode {
                 start: start.unwrap_or_else(Millis::now),
                 topic_prefix,
                 client_id,
+                realism: realism.realism(),
             };
+            if print_config {
+                print!("{}", simulate::office_config_toml(&options));
+                return ExitCode::SUCCESS;
+            }
+            if let Some(path) = truth {
+                if options.days == 0 {
+                    eprintln!("queuewatch: --truth needs a simulation that ends: --days above 0");
+                    return ExitCode::from(2);
+                }
+                match std::fs::File::create(&path).and_then(|file| simulate::write_truth(&options, file)) {
+                    Ok(count) => eprintln!("simulate: {count} tickets' truth written to {}", path.display()),
+                    Err(error) => {
+                        eprintln!("queuewatch: {}: {error}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             if let Some(path) = ndjson {
                 let written = if path.as_os_str() == "-" {
                     simulate::write_ndjson(&options, std::io::stdout().lock())
@@ -302,6 +375,7 @@ fn main() -> ExitCode {
             influx_database,
             influx_org,
             influx_bucket,
+            realism,
         } => {
             let options = queuewatch::demo::DemoOptions {
                 offices,
@@ -319,6 +393,7 @@ fn main() -> ExitCode {
                     org: influx_org,
                     bucket: influx_bucket,
                 }),
+                realism: realism.realism(),
             };
             runtime().block_on(async {
                 match queuewatch::demo::run(options, shutdown_signal()).await {

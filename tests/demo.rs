@@ -83,7 +83,9 @@ fn demo_runs_without_external_servers_and_writes_points() {
     );
 
     assert!(run.stdout.contains("queuewatch demo · simulated"), "{}", run.stdout);
-    assert!(run.stdout.contains("waiting  oldest wait  service level  avg wait  served  no-shows  open breaches"));
+    assert!(run
+        .stdout
+        .contains("waiting  oldest wait  service level  avg wait  served  no-shows  left  open breaches"));
     for name in OFFICE_NAMES {
         assert!(run.stdout.lines().any(|line| line.starts_with(name)), "no row for {name}:\n{}", run.stdout);
     }

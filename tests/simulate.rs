@@ -13,7 +13,7 @@ use queuewatch::config::Config;
 use queuewatch::event::{decode, DecodeLimits, Event, EventType};
 use queuewatch::ids::OfficeId;
 use queuewatch::pipeline::Pipeline;
-use queuewatch::simulate::{parse_start, publish, write_ndjson, SimEvent, SimOptions, Simulation};
+use queuewatch::simulate::{parse_start, publish, write_ndjson, Realism, SimEvent, SimOptions, Simulation};
 use queuewatch::time::Millis;
 use queuewatch::tracker::{Mode, Note};
 
@@ -119,10 +119,9 @@ fn a_simulated_day_has_every_event_type_and_a_morning_peak() {
     assert!((0.3..0.5).contains(&feedback), "{feedback}");
 }
 
-#[test]
-fn a_simulated_day_through_the_pipeline_closes_every_ticket_cleanly() {
-    let events: Vec<SimEvent> = Simulation::new(&one_day(3, 1)).collect();
-    let counts = counts_by_type(&events);
+/// Feeds events through a pipeline as `replay` does (the office from the
+/// payload, no wall time passing); returns it and the `ticket` points written.
+fn through_the_pipeline(events: &[SimEvent]) -> (Pipeline, usize) {
     let mut pipeline = Pipeline::new(&Config::default(), Mode::Replay);
     let mut ticket_points = 0usize;
     let mut count_ticket_points = |pipeline: &mut Pipeline| {
@@ -130,13 +129,22 @@ fn a_simulated_day_through_the_pipeline_closes_every_ticket_cleanly() {
             ticket_points += lines.lines().filter(|line| line.starts_with("ticket,")).count();
         }
     };
-    for event in &events {
-        // As `replay` feeds it: the office from the payload, no wall time passing.
+    for event in events {
         pipeline.handle(Ok(None), event.payload.as_bytes(), Millis(0), FAR_FUTURE).expect("accepted");
         count_ticket_points(&mut pipeline);
     }
     pipeline.drain(Millis(0));
     count_ticket_points(&mut pipeline);
+    (pipeline, ticket_points)
+}
+
+#[test]
+fn a_tidy_simulated_day_through_the_pipeline_closes_every_ticket_cleanly() {
+    // Tidy: every ticket issued is published and closed by an event.
+    let options = SimOptions { realism: Realism::tidy(), ..one_day(3, 1) };
+    let events: Vec<SimEvent> = Simulation::new(&options).collect();
+    let counts = counts_by_type(&events);
+    let (pipeline, ticket_points) = through_the_pipeline(&events);
 
     let stats = pipeline.stats();
     assert_eq!(stats.rejected_total(), 0, "{}", stats.summary());
@@ -146,6 +154,26 @@ fn a_simulated_day_through_the_pipeline_closes_every_ticket_cleanly() {
     assert_eq!(pipeline.tracker().open_segments(), 0, "every ticket is closed by the end of the day");
     // One point per segment: each issue opens one, each transfer another.
     assert_eq!(ticket_points, counts[&EventType::Issued] + counts[&EventType::Transferred]);
+}
+
+#[test]
+fn a_realistic_day_through_the_pipeline_leaves_waiting_exactly_the_seen_tickets_that_left_unseen() {
+    // A busy day everywhere, and silent kiosk hours likely on it.
+    let realism = Realism { busy_day_share: 1.0, kiosk_outages_per_week: 7, ..Realism::default() };
+    let options = SimOptions { realism, ..one_day(3, 1) };
+    let mut simulation = Simulation::recording_truth(&options);
+    let events: Vec<SimEvent> = simulation.by_ref().collect();
+    let truth = simulation.truth();
+    let (pipeline, _) = through_the_pipeline(&events);
+
+    let stats = pipeline.stats();
+    assert_eq!(stats.rejected_total(), 0, "{}", stats.summary());
+    let left_unseen = truth.iter().filter(|record| record.seen && record.end.is_silent()).count();
+    let never_seen = truth.iter().filter(|record| !record.seen).count();
+    eprintln!("{} tickets: {left_unseen} seen ones left unseen, {never_seen} never seen", truth.len());
+    assert!(left_unseen > 0 && never_seen > 0);
+    // What a tracker closing each day's waiting segments would call abandoned.
+    assert_eq!(pipeline.tracker().open_segments(), left_unseen, "{}", stats.summary());
 }
 
 #[test]

@@ -12,6 +12,9 @@
 //! - `service level`: the mean of `wait_within_target` over `ticket` points.
 //! - `avg wait`: the mean of `wait_s` over `ticket` points.
 //! - `served`, `no-shows`: `ticket` points by `outcome`.
+//! - `left`: `ticket` points whose `outcome` is `cancelled` (gave up with an
+//!   event) or `abandoned` (still waiting when the office closed: the
+//!   tracker's name for people who left unseen).
 //! - `open breaches`: alerts firing and not yet resolved (by alert id).
 //!
 //! "Latest" means latest received, not latest in time: before an office is
@@ -78,11 +81,12 @@ struct Row {
     wait_sum_s: f64,
     served: u64,
     no_shows: u64,
+    left: u64,
     open_alerts: BTreeSet<String>,
 }
 
-const COLUMNS: [&str; 7] =
-    ["waiting", "oldest wait", "service level", "avg wait", "served", "no-shows", "open breaches"];
+const COLUMNS: [&str; 8] =
+    ["waiting", "oldest wait", "service level", "avg wait", "served", "no-shows", "left", "open breaches"];
 
 impl Board {
     pub fn new(offices: Vec<BoardOffice>, note: String) -> Board {
@@ -187,6 +191,7 @@ impl Board {
             wait_sum_s: 0.0,
             served: 0,
             no_shows: 0,
+            left: 0,
             open_alerts: BTreeSet::new(),
         });
         index
@@ -210,6 +215,7 @@ impl Row {
         match point.tag_value("outcome") {
             Some("served") => self.served += 1,
             Some("no_show") => self.no_shows += 1,
+            Some("cancelled" | "abandoned") => self.left += 1,
             _ => {}
         }
         if let Some(within) = int_field(point, "wait_within_target") {
@@ -223,7 +229,7 @@ impl Row {
     }
 
     /// The cells after the name, in [`COLUMNS`] order; `-` where nothing is known yet.
-    fn cells(&self) -> [String; 7] {
+    fn cells(&self) -> [String; 8] {
         let unknown = || "-".to_string();
         [
             self.waiting.map_or_else(unknown, |waiting| waiting.to_string()),
@@ -233,6 +239,7 @@ impl Row {
             mean(self.wait_sum_s, self.tickets_with_wait).map_or_else(unknown, format_wait),
             self.served.to_string(),
             self.no_shows.to_string(),
+            self.left.to_string(),
             self.open_alerts.len().to_string(),
         ]
     }
@@ -357,29 +364,30 @@ mod tests {
     #[test]
     fn an_office_nothing_was_heard_from_shows_dashes_and_zeros() {
         let rendered = board().render(&running());
-        assert_eq!(cells(&rendered, "RS B"), ["-", "-", "-", "-", "0", "0", "0"]);
+        assert_eq!(cells(&rendered, "RS B"), ["-", "-", "-", "-", "0", "0", "0", "0"]);
         assert!(rendered.starts_with("queuewatch demo · simulated - · events published 120 · points written 45\n"));
-        assert!(
-            rendered.contains("office  waiting  oldest wait  service level  avg wait  served  no-shows  open breaches")
-        );
+        assert!(rendered
+            .contains("office  waiting  oldest wait  service level  avg wait  served  no-shows  left  open breaches"));
         assert!(rendered.ends_with("\nbroker mqtt://127.0.0.1:1883 · Ctrl-C to stop\n"), "{rendered}");
         let stopped = board().render(&Status { phase: Phase::Stopped, ..running() });
         assert!(stopped.ends_with("\nbroker mqtt://127.0.0.1:1883\n"), "{stopped}");
     }
 
     #[test]
-    fn tickets_give_service_level_average_wait_served_and_no_shows() {
+    fn tickets_give_service_level_average_wait_served_no_shows_and_left() {
         let mut board = board();
         board.apply(&ticket("mpp-a", "served", Some(120.0), Some(1)));
         board.apply(&ticket("mpp-a", "served", Some(1200.0), Some(0)));
         board.apply(&ticket("mpp-a", "no_show", Some(300.0), Some(1)));
         board.apply(&ticket("mpp-a", "cancelled", None, Some(0)));
+        // Still waiting when the office closed: left, as a cancelled ticket did.
+        board.apply(&ticket("mpp-a", "abandoned", None, None));
         // An expired ticket has neither field: it counts nowhere.
         board.apply(&ticket("mpp-a", "expired", None, None));
         let rendered = board.render(&running());
         // 2 of 4 within target; (120 + 1200 + 300) / 3 = 540 s.
-        assert_eq!(cells(&rendered, "MPP A"), ["-", "-", "50.0%", "9:00", "2", "1", "0"]);
-        assert_eq!(cells(&rendered, "RS B"), ["-", "-", "-", "-", "0", "0", "0"]);
+        assert_eq!(cells(&rendered, "MPP A"), ["-", "-", "50.0%", "9:00", "2", "1", "2", "0"]);
+        assert_eq!(cells(&rendered, "RS B"), ["-", "-", "-", "-", "0", "0", "0", "0"]);
     }
 
     #[test]
@@ -392,7 +400,7 @@ mod tests {
         board.apply(&queue_gauge("rs-b", NINE_FIFTEEN_MS, "poli-umum", 500.4));
         board.apply(&queue_gauge("rs-b", NINE_FIFTEEN_MS, "poli-anak", 0.0));
         let rendered = board.render(&running());
-        assert_eq!(cells(&rendered, "RS B"), ["5", "8:20", "-", "-", "0", "0", "0"]);
+        assert_eq!(cells(&rendered, "RS B"), ["5", "8:20", "-", "-", "0", "0", "0", "0"]);
     }
 
     #[test]
@@ -426,8 +434,8 @@ mod tests {
         board.apply(&alert("mpp-a", "A-009", AlertState::Resolved));
         board.apply(&alert("rs-b", "B-001", AlertState::Firing));
         let rendered = board.render(&running());
-        assert_eq!(cells(&rendered, "MPP A")[6], "2");
-        assert_eq!(cells(&rendered, "RS B")[6], "1");
+        assert_eq!(cells(&rendered, "MPP A")[7], "2");
+        assert_eq!(cells(&rendered, "RS B")[7], "1");
     }
 
     #[test]
@@ -447,7 +455,7 @@ mod tests {
     fn an_office_nobody_announced_gets_a_row_under_its_id() {
         let mut board = board();
         board.apply(&ticket("samsat-x", "served", Some(61.0), Some(1)));
-        assert_eq!(cells(&board.render(&running()), "samsat-x"), ["-", "-", "100.0%", "1:01", "1", "0", "0"]);
+        assert_eq!(cells(&board.render(&running()), "samsat-x"), ["-", "-", "100.0%", "1:01", "1", "0", "0", "0"]);
     }
 
     #[test]

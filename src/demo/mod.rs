@@ -51,7 +51,8 @@ use crate::config::{
 use crate::daemon::{self, Outputs, RunReport, Tapped};
 use crate::ids::{validate_ident, OfficeId, ServiceId};
 use crate::mqtt::incoming_packet_limit;
-use crate::simulate::{self, SimOptions, SimReport, Simulation};
+pub use crate::simulate::display_name;
+use crate::simulate::{self, Realism, SimOptions, SimReport, Simulation};
 use crate::sink::{self, FileWriter, Secrets, SinkHandle, SinkReport, WriteFuture, Writer, SHUTDOWN_DEADLINE};
 use crate::time::Millis;
 
@@ -96,6 +97,8 @@ pub struct DemoOptions {
     pub mqtt_port: u16,
     /// Also write to this InfluxDB.
     pub influx: Option<InfluxOptions>,
+    /// How untidy the simulated days are.
+    pub realism: Realism,
 }
 
 /// Where to write besides the file; the token comes from [`TOKEN_ENV`].
@@ -182,6 +185,7 @@ pub async fn run(
         seed: options.seed,
         speed: options.speed,
         days: options.days,
+        realism: options.realism,
         ..SimOptions::new(Millis::now())
     };
     probe.validate()?;
@@ -393,22 +397,6 @@ pub fn simulated_offices(options: &SimOptions) -> Vec<DemoOffice> {
             Some(DemoOffice { name: display_name(&name), region: zone_region(zone, options.start), zone, id })
         })
         .collect()
-}
-
-/// `mpp-jakarta-pusat-2` → `MPP Jakarta Pusat 2`.
-pub fn display_name(office_id: &str) -> String {
-    office_id
-        .split('-')
-        .enumerate()
-        .map(|(index, word)| match word {
-            "mpp" | "rs" if index == 0 => word.to_uppercase(),
-            _ => {
-                let mut characters = word.chars();
-                characters.next().map_or_else(String::new, |first| first.to_uppercase().chain(characters).collect())
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Indonesia's zones by offset; elsewhere a fixed-offset zone.

@@ -17,9 +17,22 @@
 //!   office order, then the order the office produced them), so each office's
 //!   timestamps never go backwards.
 //! - **Valid and complete.** Every payload is accepted by the decoder and
-//!   carries `office`; every ticket issued is closed (finished, no-show,
-//!   cancelled or transferred and then closed) before its office's last day
-//!   ends, and no event but `feedback` refers to a ticket already closed.
+//!   carries `office`; every ticket ends (see [`TicketEnd`]) before its
+//!   office's last day ends, and no event but `feedback` refers to a ticket
+//!   already over. With [`Realism::tidy`] every ticket issued is published
+//!   and closed by an event (finished, no-show, cancelled, or transferred and
+//!   then closed).
+//! - **The truth is exact.** [`Simulation::truth`] has one record per ticket,
+//!   its final end; a ticket whose end has no event (walked out, left at
+//!   closing) and whose final segment was published is exactly one a tracker
+//!   still finds waiting when the office closes.
+//! - **Closing on time means it.** With [`Closing::AtClosingTime`] no ticket
+//!   is called, cancelled, transferred or issued at or after 15:30 local;
+//!   only tickets already called finish (recall, start, no-show, finish,
+//!   feedback). [`office_config_toml`] gives a daemon those hours.
+//! - **Off is off.** A realism part that is off draws nothing from the
+//!   office's stream: [`Realism::tidy`] gives byte for byte the events of the
+//!   model before realism existed.
 //!
 //! # The model
 //!
@@ -44,8 +57,10 @@
 //!
 //! **A day** (every day is a working day): counters open at 07:30 local
 //! (`counter_opened` with `staff`), the kiosk issues tickets until 15:00, and
-//! counters close at 15:30 (`counter_closed`), or later while tickets they
-//! handle still wait (those are served). One or two counters (never all) take
+//! counters close at 15:30 (`counter_closed`): at once when idle, after their
+//! current ticket otherwise; whoever still waits leaves without an event (with
+//! `Closing::WhenQueuesEmpty`, the tidy model, they stay instead while tickets
+//! they handle still wait, and serve them). One or two counters (never all) take
 //! a lunch break of 40–60 min starting 12:00–12:20 or 12:30–12:45, finishing
 //! their current ticket first (`counter_closed`, later `counter_opened`).
 //! Arrivals are a non-homogeneous Poisson process, drawn by thinning, whose
@@ -75,6 +90,41 @@
 //! `finished`, 40% press `feedback` 5–30 s later with a rating of
 //! round(4.7 − 0.06 × minutes waited + N(0, 0.8)) clamped to 1–5.
 //!
+//! **Realism** ([`Realism`]; each part has an option that turns it off, and
+//! [`Realism::tidy`] turns all off). The defaults are near what a busy
+//! Indonesian service hall sees:
+//! - *Walk-outs*, 4 % of tickets (`--walkouts`): someone looks at the queue,
+//!   decides it is not today, and leaves without telling anyone, 5–45 min
+//!   after taking the ticket (uniform), or at the latest when a counter would
+//!   call them: no counter ever calls a walk-out, and no event says they left.
+//!   They take no part in the patience draw.
+//! - *Closing on time* (`--closing on-time`, default; `when-empty` is the tidy
+//!   model): counters close at 15:30 whoever waits, as halls that keep office
+//!   hours do; a ticket already called is finished.
+//! - *Busy days*, 20 % of office-days (`--busy-days`): expected arrivals are
+//!   110–125 % (uniform) of what the counters can serve, instead of 80–92 %,
+//!   as after a holiday or at a tax deadline; people who came on such a day
+//!   expect to wait and have twice the patience. The queue grows all day, and
+//!   at closing some people are still waiting (left at closing; over a week
+//!   of twelve offices, 2–29 on each of 15 office-days).
+//! - *A service's counters at lunch together*, 10 % of office-days
+//!   (`--service-lunch-days`): instead of the one or two breaks, every counter
+//!   of one service (one whose counters are not all the office's) begins its
+//!   break at 12:00 + U(0, 10 min), for 40–60 min, so for half an hour at
+//!   least nobody serves it while its customers wait (they keep waiting; their
+//!   patience runs on).
+//! - *A silent kiosk*, one hour per office and simulated week
+//!   (`--kiosk-outages N`): the hour starts at 07:30 + U(0, 6.5 h) on a day
+//!   drawn among the week's seven (weeks count from the office's first day).
+//!   Its tickets are printed and served as usual, but their `issued` is never
+//!   published (nor later): a tracker first hears of them through `called`.
+//!
+//! **Truth.** [`Simulation::recording_truth`] keeps, per ticket, how it ended
+//! ([`TicketEnd`]: served, no_show, cancelled, walked_out, left_at_close),
+//! when, and whether its final segment was published (`seen`: its `issued`
+//! was, or it was transferred by a published `transferred`); [`write_truth`]
+//! writes it as NDJSON (format in `truth.rs`).
+//!
 //! **Start and days.** The simulation starts at `start` (every office's
 //! heartbeat begins there). An office's first day is the first local date
 //! whose issuing hours (until 15:00) are not over at `start`; when `start`
@@ -89,14 +139,20 @@
 pub mod audit;
 mod model;
 mod office;
+mod payload;
 mod publish;
+mod realism;
+mod truth;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::Write;
 
-use self::office::{OfficeSetup, OfficeSim};
+pub use self::model::display_name;
+use self::office::{OfficeSetup, OfficeSim, TruthRecording};
 pub use self::publish::{publish, SimReport};
+pub use self::realism::{parse_closing, parse_percent, Closing, Realism};
+pub use self::truth::{TicketEnd, TicketTruth};
 use crate::event::EventType;
 use crate::time::Millis;
 
@@ -123,6 +179,8 @@ pub struct SimOptions {
     pub topic_prefix: String,
     /// The MQTT client id; `queuewatch-simulate-<pid>` when absent.
     pub client_id: Option<String>,
+    /// How untidy the days are; [`Realism::tidy`] for none of it.
+    pub realism: Realism,
 }
 
 impl SimOptions {
@@ -139,6 +197,7 @@ impl SimOptions {
             start,
             topic_prefix: "queue".into(),
             client_id: None,
+            realism: Realism::default(),
         }
     }
 
@@ -163,6 +222,7 @@ impl SimOptions {
         if let Err(problem) = validate_topic_prefix(&self.topic_prefix) {
             problems.push(format!("topic-prefix: {problem}"));
         }
+        problems.extend(self.realism.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -201,6 +261,22 @@ pub struct Simulation {
 
 impl Simulation {
     pub fn new(options: &SimOptions) -> Simulation {
+        Simulation::build(options, TruthRecording::Off)
+    }
+
+    /// The same events, and each ticket's ground truth kept as it ends (for
+    /// [`Simulation::truth`]). Memory grows with the tickets: for runs of some days.
+    pub fn recording_truth(options: &SimOptions) -> Simulation {
+        Simulation::build(options, TruthRecording::Kept)
+    }
+
+    /// The tickets ended so far, office by office in office order, each
+    /// office's in issue order. Empty unless built by [`Simulation::recording_truth`].
+    pub fn truth(&self) -> Vec<TicketTruth> {
+        self.offices.iter().flat_map(OfficeSim::truth).collect()
+    }
+
+    fn build(options: &SimOptions, truth: TruthRecording) -> Simulation {
         let mut offices: Vec<OfficeSim> = (0..options.offices as usize)
             .map(|index| {
                 OfficeSim::new(&OfficeSetup {
@@ -210,6 +286,8 @@ impl Simulation {
                     days: options.days,
                     start: options.start,
                     topic_prefix: options.topic_prefix.clone(),
+                    realism: options.realism,
+                    truth,
                 })
             })
             .collect();
@@ -257,6 +335,43 @@ pub fn write_ndjson(options: &SimOptions, writer: impl Write) -> std::io::Result
     Ok(written)
 }
 
+/// Writes the ground truth of the simulation of `options` as NDJSON (see
+/// [`TicketTruth`]), generating it to its end; returns the number of tickets.
+/// The simulation must end: `days` = 0 is refused.
+pub fn write_truth(options: &SimOptions, writer: impl Write) -> std::io::Result<u64> {
+    if options.days == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the ground truth needs a simulation that ends (days above 0)",
+        ));
+    }
+    let mut simulation = Simulation::recording_truth(options);
+    simulation.by_ref().for_each(drop);
+    truth::write_records(&simulation.truth(), writer)
+}
+
+/// The `[offices.<id>]` sections of a daemon config for the offices `options`
+/// simulates: name, region (`wib`, `wita`, `wit`), time zone, and the
+/// opening hours the simulated counters keep, every day. With
+/// [`Closing::AtClosingTime`] no ticket is called outside these hours.
+pub fn office_config_toml(options: &SimOptions) -> String {
+    let hours = format!("{}-{}", model::clock(model::OPENING_MINUTE), model::clock(model::CLOSING_MINUTE));
+    let mut text = String::new();
+    for index in 0..options.offices as usize {
+        let (id, _, zone) = model::office_identity(index);
+        if index > 0 {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "[offices.{id}]\nname = \"{}\"\nregion = \"{}\"\ntimezone = \"{}\"\nhours = \"{hours}\"\ndays = \"Mon-Sun\"\n",
+            display_name(&id),
+            model::zone_region(zone),
+            zone.name()
+        ));
+    }
+    text
+}
+
 /// `--start`: RFC 3339 with an offset (`2026-11-27T07:00:00+07:00`).
 pub fn parse_start(text: &str) -> Result<Millis, String> {
     chrono::DateTime::parse_from_rfc3339(text)
@@ -286,6 +401,9 @@ pub fn validate_topic_prefix(prefix: &str) -> Result<String, String> {
     }
     Ok(prefix.to_string())
 }
+
+#[cfg(test)]
+mod realism_tests;
 
 #[cfg(test)]
 mod tests {

@@ -92,6 +92,36 @@ pub(super) fn office_identity(index: usize) -> (String, OfficeKind, Tz) {
     (name, kind, zone)
 }
 
+/// `mpp-jakarta-pusat-2` → `MPP Jakarta Pusat 2`.
+pub fn display_name(office_id: &str) -> String {
+    office_id
+        .split('-')
+        .enumerate()
+        .map(|(index, word)| match word {
+            "mpp" | "rs" if index == 0 => word.to_uppercase(),
+            _ => {
+                let mut characters = word.chars();
+                characters.next().map_or_else(String::new, |first| first.to_uppercase().chain(characters).collect())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Indonesia's time-zone region of a simulated office's zone: `wib`, `wita`, `wit`.
+pub(super) fn zone_region(zone: Tz) -> &'static str {
+    match zone {
+        chrono_tz::Asia::Makassar => "wita",
+        chrono_tz::Asia::Jayapura => "wit",
+        _ => "wib",
+    }
+}
+
+/// `HH:MM` of a minute of the day.
+pub(super) fn clock(minute: u32) -> String {
+    format!("{:02}:{:02}", minute / 60, minute % 60)
+}
+
 /// The staff member at counter `counter` of office `office`.
 pub(super) fn staff_name(office: usize, counter: usize) -> String {
     let slot = office.wrapping_mul(5).wrapping_add(counter);
@@ -205,6 +235,23 @@ pub(super) const LUNCH_LENGTH_MINUTES: (f64, f64) = (40.0, 60.0);
 pub(super) const LOAD: (f64, f64) = (0.80, 0.92);
 /// Per-ticket time at a counter besides the service: next-call gap and walk, in seconds.
 pub(super) const CALL_OVERHEAD_S: f64 = 50.0;
+
+// Realism (see `realism.rs`; each applies only when switched on).
+
+/// A walk-out leaves this long after joining the queue (uniform minutes), or
+/// earlier, when a counter would otherwise call them: never called.
+pub(super) const WALKOUT_AFTER_MINUTES: (f64, f64) = (5.0, 45.0);
+/// Load of a busy day: expected arrivals are this fraction (uniform per
+/// office-day) of what the counters could serve, so queues grow all day.
+pub(super) const BUSY_LOAD: (f64, f64) = (1.10, 1.25);
+/// On a busy day people came expecting to wait: patience is this many times the usual.
+pub(super) const BUSY_PATIENCE_FACTOR: f64 = 2.0;
+/// On a service's lunch day every counter of the service begins its break at
+/// 12:00 + U(0, this many minutes), so the breaks overlap by half an hour at least.
+pub(super) const SERVICE_LUNCH_SPREAD_MINUTES: u32 = 10;
+/// A silent kiosk stays silent this long, wholly within the issuing hours.
+pub(super) const KIOSK_OUTAGE_MINUTES: u32 = 60;
+pub(super) const DAYS_PER_WEEK: u32 = 7;
 
 /// Mean of a lognormal with this median and σ.
 pub(super) fn lognormal_mean(median: f64, sigma: f64) -> f64 {

@@ -13,6 +13,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Exp1, StandardNormal};
 
 use super::model::{self, OfficeKind, ServiceSpec};
+use super::payload::PayloadBuilder;
+use super::realism::{Closing, Realism};
+use super::truth::{TicketEnd, TicketTruth};
 use super::SimEvent;
 use crate::event::EventType;
 use crate::time::Millis;
@@ -30,6 +33,15 @@ pub(super) struct OfficeSetup {
     pub days: u32,
     pub start: Millis,
     pub topic_prefix: String,
+    pub realism: Realism,
+    pub truth: TruthRecording,
+}
+
+/// Whether an office keeps the ground truth of its tickets as they end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TruthRecording {
+    Off,
+    Kept,
 }
 
 pub(super) struct OfficeSim {
@@ -59,7 +71,15 @@ pub(super) struct OfficeSim {
     last_day: bool,
     pending_feedback: u32,
     day: Option<DayPlan>,
+    /// Expected tickets on an ordinary day (a busy day has its own in `DayPlan`).
     tickets_per_day: f64,
+    realism: Realism,
+    /// Planned silent-kiosk hours: (office day, seconds after opening).
+    kiosk_outages: Vec<(u32, f64)>,
+    /// Today's silent-kiosk hours: `[from, until)`.
+    silent_kiosk: Vec<(Millis, Millis)>,
+    /// Every ticket's end so far, when kept.
+    truth: Option<Vec<TicketTruth>>,
     shape_integral_h: f64,
     shape_bound: f64,
     service_weight_total: f64,
@@ -112,6 +132,13 @@ impl OfficeSim {
             pending_feedback: 0,
             day: None,
             tickets_per_day,
+            realism: setup.realism,
+            kiosk_outages: Vec::new(),
+            silent_kiosk: Vec::new(),
+            truth: match setup.truth {
+                TruthRecording::Off => None,
+                TruthRecording::Kept => Some(Vec::new()),
+            },
             shape_integral_h,
             shape_bound,
             service_weight_total: services.iter().map(|service| service.weight).sum(),
@@ -124,6 +151,14 @@ impl OfficeSim {
 
     pub(super) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The tickets ended so far, in issue order (empty unless kept).
+    pub(super) fn truth(&self) -> Vec<TicketTruth> {
+        let mut records = self.truth.clone().unwrap_or_default();
+        // Stable: tickets issued at the same instant keep the order they ended in.
+        records.sort_by_key(|record| record.issued_at);
+        records
     }
 
     /// The office's next event, or `None` once its last day is over.
@@ -175,6 +210,7 @@ impl OfficeSim {
             Action::TryCall { counter } => self.try_call(at, counter),
             Action::Arrival => self.arrival(at),
             Action::GiveUp { ticket, generation } => self.give_up(at, ticket, generation),
+            Action::WalkOut { ticket, generation } => self.walk_out(at, ticket, generation),
             Action::Recall { ticket } => self.recall(at, ticket),
             Action::Start { ticket } => self.start_service(at, ticket),
             Action::NoShow { ticket } => self.no_show(at, ticket),
@@ -209,7 +245,17 @@ impl OfficeSim {
         let opening = self.local_time(date, model::OPENING_MINUTE);
         let issuing_end = self.local_time(date, model::ISSUING_END_MINUTE);
         let closing = self.local_time(date, model::CLOSING_MINUTE);
-        self.day = Some(DayPlan { opening, issuing_end });
+        // Realism first, and only what is switched on draws: off, the day is as before.
+        let (tickets_per_day, patience_factor) = match self.realism.busy_day_share {
+            share if share > 0.0 && self.rng.random_bool(share) => {
+                let load = uniform(&mut self.rng, model::BUSY_LOAD);
+                let tickets = model::expected_tickets_per_day(self.services, self.counters.len(), load);
+                (tickets, model::BUSY_PATIENCE_FACTOR)
+            }
+            _ => (self.tickets_per_day, 1.0),
+        };
+        self.plan_kiosk_outages(day, opening);
+        self.day = Some(DayPlan { opening, issuing_end, tickets_per_day, patience_factor });
         self.closing = false;
         self.last_day = self.days > 0 && day + 1 >= self.days;
         self.issued_today.iter_mut().for_each(|count| *count = 0);
@@ -221,7 +267,34 @@ impl OfficeSim {
         if let Some(first) = self.next_arrival_after(open_at) {
             self.schedule(first, Action::Arrival);
         }
-        // Lunch breaks: one or two counters, never all of them.
+        let service_lunch = match self.realism.service_lunch_share {
+            share if share > 0.0 && self.rng.random_bool(share) => self.counters_of_a_service_at_lunch(),
+            _ => None,
+        };
+        if let Some(counters) = service_lunch {
+            let (from_min, _) = model::LUNCH_STARTS_MINUTE[0];
+            for counter in counters {
+                let spread_s = f64::from(model::SERVICE_LUNCH_SPREAD_MINUTES) * 60.0;
+                let begin = self.local_time(date, from_min).plus_ms(seconds_to_ms(self.rng.random::<f64>() * spread_s));
+                let length_ms = seconds_to_ms(uniform(&mut self.rng, model::LUNCH_LENGTH_MINUTES) * 60.0);
+                if begin > at {
+                    self.schedule(begin, Action::LunchBreak { counter, length_ms });
+                }
+            }
+        } else {
+            self.plan_lunch_breaks(at, date);
+        }
+        self.schedule(closing, Action::ClosingTime);
+        if self.days == 0 || day + 1 < self.days {
+            if let Some(next_date) = date.succ_opt() {
+                let plan_at = self.local_time(next_date, model::OPENING_MINUTE - model::PLAN_AHEAD_MINUTES);
+                self.schedule(plan_at.max(closing), Action::PlanDay { day: day + 1, date: next_date });
+            }
+        }
+    }
+
+    /// Lunch breaks: one or two counters, never all of them.
+    fn plan_lunch_breaks(&mut self, at: Millis, date: NaiveDate) {
         let wanted = if self.rng.random_bool(0.5) { model::LUNCH_BREAKS.0 } else { model::LUNCH_BREAKS.1 };
         let breaks = wanted.min(self.counters.len().saturating_sub(1));
         let mut on_break: Vec<usize> = Vec::with_capacity(breaks);
@@ -241,20 +314,54 @@ impl OfficeSim {
                 self.schedule(begin, Action::LunchBreak { counter, length_ms });
             }
         }
-        self.schedule(closing, Action::ClosingTime);
-        if self.days == 0 || day + 1 < self.days {
-            if let Some(next_date) = date.succ_opt() {
-                let plan_at = self.local_time(next_date, model::OPENING_MINUTE - model::PLAN_AHEAD_MINUTES);
-                self.schedule(plan_at.max(closing), Action::PlanDay { day: day + 1, date: next_date });
+    }
+
+    /// Every counter of one service (drawn among the services whose counters
+    /// are not all the office's), for a day on which they lunch together.
+    fn counters_of_a_service_at_lunch(&mut self) -> Option<Vec<usize>> {
+        let counters_of = |service: usize| -> Vec<usize> {
+            (0..self.counters.len()).filter(|counter| self.counters[*counter].services.contains(&service)).collect()
+        };
+        let candidates: Vec<Vec<usize>> =
+            (0..self.services.len()).map(counters_of).filter(|counters| counters.len() < self.counters.len()).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let pick = self.rng.random_range(0..candidates.len());
+        candidates.into_iter().nth(pick)
+    }
+
+    /// At the first day of each simulated week, draws that week's silent-kiosk
+    /// hours; then sets today's.
+    fn plan_kiosk_outages(&mut self, day: u32, opening: Millis) {
+        let per_week = self.realism.kiosk_outages_per_week;
+        if per_week > 0 && day.is_multiple_of(model::DAYS_PER_WEEK) {
+            let window_s =
+                f64::from(model::ISSUING_END_MINUTE - model::OPENING_MINUTE - model::KIOSK_OUTAGE_MINUTES) * 60.0;
+            for _ in 0..per_week {
+                let outage_day = day + self.rng.random_range(0..model::DAYS_PER_WEEK);
+                let after_opening_s = self.rng.random::<f64>() * window_s;
+                self.kiosk_outages.push((outage_day, after_opening_s));
             }
         }
+        let outage_ms = i64::from(model::KIOSK_OUTAGE_MINUTES) * MINUTE_MS;
+        self.silent_kiosk = self
+            .kiosk_outages
+            .iter()
+            .filter(|(outage_day, _)| *outage_day == day)
+            .map(|(_, after_opening_s)| {
+                let from = opening.plus_ms(seconds_to_ms(*after_opening_s));
+                (from, from.plus_ms(outage_ms))
+            })
+            .collect();
+        self.kiosk_outages.retain(|(outage_day, _)| *outage_day > day);
     }
 
     /// The next arrival after `after` on the current day, by thinning a
     /// Poisson process at the bound rate; `None` once issuing has ended.
     fn next_arrival_after(&mut self, after: Millis) -> Option<Millis> {
         let day = self.day?;
-        let per_hour_bound = self.tickets_per_day * self.shape_bound / self.shape_integral_h;
+        let per_hour_bound = day.tickets_per_day * self.shape_bound / self.shape_integral_h;
         if per_hour_bound <= 0.0 {
             return None;
         }
@@ -292,7 +399,7 @@ impl OfficeSim {
         if self.counters[counter].state != CounterState::Calling {
             return; // went on a break meanwhile
         }
-        let Some(ticket_key) = self.take_oldest_for(counter) else {
+        let Some(ticket_key) = self.take_oldest_for(at, counter) else {
             if self.closing {
                 self.close_counter(at, counter);
             } else {
@@ -365,7 +472,9 @@ impl OfficeSim {
         let TicketState::Called { counter } = ticket.state else { return };
         let payload = self.ticket_payload(EventType::NoShow, at, ticket_key, Some(counter));
         self.emit(at, EventType::NoShow, payload);
-        self.tickets.remove(&ticket_key);
+        if let Some(ticket) = self.tickets.remove(&ticket_key) {
+            self.record_end(&ticket, TicketEnd::NoShow, at);
+        }
         self.counter_free(at, counter);
     }
 
@@ -384,6 +493,8 @@ impl OfficeSim {
             if let Some(ticket) = self.tickets.get_mut(&ticket_key) {
                 ticket.service = to;
                 ticket.transferred = true;
+                // The `transferred` event announces the new segment.
+                ticket.seen = true;
             }
             let patience_factor = model::TRANSFER_PATIENCE_FACTOR;
             self.enqueue(at, ticket_key, patience_factor);
@@ -391,6 +502,7 @@ impl OfficeSim {
             let payload = self.ticket_payload(EventType::Finished, at, ticket_key, Some(counter));
             self.emit(at, EventType::Finished, payload);
             if let Some(ticket) = self.tickets.remove(&ticket_key) {
+                self.record_end(&ticket, TicketEnd::Served, at);
                 if self.rng.random_bool(model::P_FEEDBACK) {
                     let waited_min = ticket.waited_ms as f64 / MINUTE_MS as f64;
                     let mean = model::RATING_BEST - model::RATING_DROP_PER_MIN * waited_min;
@@ -414,7 +526,42 @@ impl OfficeSim {
         let payload = self.ticket_payload(EventType::Cancelled, at, ticket_key, None);
         self.emit(at, EventType::Cancelled, payload);
         self.queues[service].retain(|waiting| *waiting != ticket_key);
-        self.tickets.remove(&ticket_key);
+        if let Some(ticket) = self.tickets.remove(&ticket_key) {
+            self.record_end(&ticket, TicketEnd::Cancelled, at);
+        }
+    }
+
+    /// A walk-out leaves the queue: no event.
+    fn walk_out(&mut self, at: Millis, ticket_key: TicketKey, generation: u32) {
+        let Some(ticket) = self.tickets.get(&ticket_key) else { return };
+        if ticket.state != TicketState::Waiting || ticket.generation != generation {
+            return;
+        }
+        let service = ticket.service;
+        self.queues[service].retain(|waiting| *waiting != ticket_key);
+        if let Some(ticket) = self.tickets.remove(&ticket_key) {
+            self.record_end(&ticket, TicketEnd::WalkedOut, at);
+        }
+    }
+
+    /// Keeps a ticket's end when the truth is kept.
+    fn record_end(&mut self, ticket: &Ticket, end: TicketEnd, at: Millis) {
+        if self.truth.is_none() {
+            return;
+        }
+        let record = TicketTruth {
+            office: self.name.clone(),
+            ticket: ticket.number.clone(),
+            issued_at: ticket.issued_at,
+            issued: self.timestamp(ticket.issued_at),
+            end,
+            end_at: at,
+            at: self.timestamp(at),
+            seen: ticket.seen,
+        };
+        if let Some(truth) = self.truth.as_mut() {
+            truth.push(record);
+        }
     }
 
     fn feedback(&mut self, at: Millis, feedback: Feedback) {
@@ -444,6 +591,30 @@ impl OfficeSim {
 
     fn closing_time(&mut self, at: Millis) {
         self.closing = true;
+        match self.realism.closing {
+            Closing::AtClosingTime => self.close_on_time(at),
+            Closing::WhenQueuesEmpty => self.stay_until_queues_are_empty(at),
+        }
+    }
+
+    /// Whoever still waits leaves, unseen; idle counters close now, the others
+    /// once their current ticket is over (their queues are empty).
+    fn close_on_time(&mut self, at: Millis) {
+        for service in 0..self.queues.len() {
+            while let Some(ticket_key) = self.queues[service].pop_front() {
+                if let Some(ticket) = self.tickets.remove(&ticket_key) {
+                    self.record_end(&ticket, TicketEnd::LeftAtClose, at);
+                }
+            }
+        }
+        for counter in 0..self.counters.len() {
+            if self.counters[counter].state == CounterState::Idle {
+                self.close_counter(at, counter);
+            }
+        }
+    }
+
+    fn stay_until_queues_are_empty(&mut self, at: Millis) {
         for counter in 0..self.counters.len() {
             if self.counters[counter].state == CounterState::Idle {
                 self.counters[counter].state = CounterState::Calling;
@@ -464,6 +635,13 @@ impl OfficeSim {
         }
         self.issued_today[service] += 1;
         let number = format!("{}-{:03}", self.services[service].letter, self.issued_today[service]);
+        let walkout_after_ms = match self.realism.walkout_share {
+            share if share > 0.0 && self.rng.random_bool(share) => {
+                Some(seconds_to_ms(uniform(&mut self.rng, model::WALKOUT_AFTER_MINUTES) * 60.0))
+            }
+            _ => None,
+        };
+        let kiosk_silent = self.silent_kiosk.iter().any(|(from, until)| (*from..*until).contains(&at));
         let ticket_key = self.next_ticket_key;
         self.next_ticket_key += 1;
         self.tickets.insert(
@@ -478,10 +656,16 @@ impl OfficeSim {
                 recalls_left: 0,
                 no_show: false,
                 transferred: false,
+                issued_at: at,
+                seen: !kiosk_silent,
+                walkout_after_ms,
             },
         );
-        let payload = self.ticket_payload(EventType::Issued, at, ticket_key, None);
-        self.emit(at, EventType::Issued, payload);
+        // A silent kiosk still prints the ticket; its `issued` is never published.
+        if !kiosk_silent {
+            let payload = self.ticket_payload(EventType::Issued, at, ticket_key, None);
+            self.emit(at, EventType::Issued, payload);
+        }
         self.enqueue(at, ticket_key, 1.0);
         if let Some(next) = self.next_arrival_after(at) {
             self.schedule(next, Action::Arrival);
@@ -495,11 +679,20 @@ impl OfficeSim {
         ticket.state = TicketState::Waiting;
         ticket.queued_at = at;
         ticket.generation += 1;
-        let (service, generation) = (ticket.service, ticket.generation);
+        let (service, generation, walkout_after_ms) = (ticket.service, ticket.generation, ticket.walkout_after_ms);
         self.queues[service].push_back(ticket_key);
-        let noise: f64 = self.rng.sample(StandardNormal);
-        let patience_s = patience_factor * model::PATIENCE_MEDIAN_S * (model::PATIENCE_SIGMA * noise).exp();
-        self.schedule(at.plus_ms(seconds_to_ms(patience_s)), Action::GiveUp { ticket: ticket_key, generation });
+        match walkout_after_ms {
+            // A walk-out leaves before their patience would run out.
+            Some(after_ms) => self.schedule(at.plus_ms(after_ms), Action::WalkOut { ticket: ticket_key, generation }),
+            None => {
+                let noise: f64 = self.rng.sample(StandardNormal);
+                let day_factor = self.day.map_or(1.0, |day| day.patience_factor);
+                let patience_s =
+                    day_factor * patience_factor * model::PATIENCE_MEDIAN_S * (model::PATIENCE_SIGMA * noise).exp();
+                let give_up_at = at.plus_ms(seconds_to_ms(patience_s));
+                self.schedule(give_up_at, Action::GiveUp { ticket: ticket_key, generation });
+            }
+        }
 
         let idle: Vec<usize> = (0..self.counters.len())
             .filter(|counter| {
@@ -537,19 +730,29 @@ impl OfficeSim {
         self.counters[counter].services.iter().all(|service| self.queues[*service].is_empty())
     }
 
-    /// Removes and returns the longest-waiting ticket among the counter's services.
-    fn take_oldest_for(&mut self, counter: usize) -> Option<TicketKey> {
-        let mut oldest: Option<(Millis, TicketKey, usize)> = None;
-        for service in &self.counters[counter].services {
-            let Some(head) = self.queues[*service].front() else { continue };
-            let queued_at = self.tickets.get(head).map_or(Millis(i64::MAX), |ticket| ticket.queued_at);
-            if oldest.is_none_or(|(best, _, _)| queued_at < best) {
-                oldest = Some((queued_at, *head, *service));
+    /// Removes and returns the longest-waiting ticket among the counter's
+    /// services. A walk-out it would call has already left (now, unseen):
+    /// walk-outs are never called.
+    fn take_oldest_for(&mut self, at: Millis, counter: usize) -> Option<TicketKey> {
+        loop {
+            let mut oldest: Option<(Millis, TicketKey, usize)> = None;
+            for service in &self.counters[counter].services {
+                let Some(head) = self.queues[*service].front() else { continue };
+                let queued_at = self.tickets.get(head).map_or(Millis(i64::MAX), |ticket| ticket.queued_at);
+                if oldest.is_none_or(|(best, _, _)| queued_at < best) {
+                    oldest = Some((queued_at, *head, *service));
+                }
+            }
+            let (_, ticket_key, service) = oldest?;
+            self.queues[service].pop_front();
+            let walks_out = self.tickets.get(&ticket_key).is_some_and(|ticket| ticket.walkout_after_ms.is_some());
+            if !walks_out {
+                return Some(ticket_key);
+            }
+            if let Some(ticket) = self.tickets.remove(&ticket_key) {
+                self.record_end(&ticket, TicketEnd::WalkedOut, at);
             }
         }
-        let (_, ticket_key, service) = oldest?;
-        self.queues[service].pop_front();
-        Some(ticket_key)
     }
 
     fn emit(&mut self, at: Millis, kind: EventType, payload: String) {
@@ -614,6 +817,10 @@ type TicketKey = u64;
 struct DayPlan {
     opening: Millis,
     issuing_end: Millis,
+    /// Expected tickets today (more on a busy day).
+    tickets_per_day: f64,
+    /// Patience today relative to the model's (more on a busy day).
+    patience_factor: f64,
 }
 
 #[derive(Debug)]
@@ -651,6 +858,12 @@ struct Ticket {
     recalls_left: u8,
     no_show: bool,
     transferred: bool,
+    /// When it was first issued.
+    issued_at: Millis,
+    /// Its current segment was published (`issued`, or `transferred`).
+    seen: bool,
+    /// A walk-out: leaves this long after joining the queue, or when a counter would call it.
+    walkout_after_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -676,6 +889,7 @@ enum Action {
     TryCall { counter: usize },
     Arrival,
     GiveUp { ticket: TicketKey, generation: u32 },
+    WalkOut { ticket: TicketKey, generation: u32 },
     Recall { ticket: TicketKey },
     Start { ticket: TicketKey },
     NoShow { ticket: TicketKey },
@@ -710,62 +924,6 @@ impl PartialOrd for Scheduled {
 impl Ord for Scheduled {
     fn cmp(&self, other: &Self) -> Ordering {
         (self.at, self.order).cmp(&(other.at, other.order))
-    }
-}
-
-/// Writes one payload: a JSON object with `type`, `ts` and `office` first and
-/// `id` last. Every value written is either an identifier, a ticket number of
-/// the form `A-001`, or an RFC 3339 timestamp: none needs JSON escaping, and
-/// the builder checks that in debug builds.
-struct PayloadBuilder {
-    text: String,
-}
-
-impl PayloadBuilder {
-    fn new(kind: EventType, ts: &str, office: &str) -> PayloadBuilder {
-        let mut builder = PayloadBuilder { text: String::with_capacity(192) };
-        builder.text.push('{');
-        builder.push_string("type", kind.as_str());
-        builder.push_string("ts", ts);
-        builder.push_string("office", office);
-        builder
-    }
-
-    fn field(mut self, key: &str, value: &str) -> PayloadBuilder {
-        self.push_string(key, value);
-        self
-    }
-
-    fn integer(mut self, key: &str, value: i64) -> PayloadBuilder {
-        self.push_key(key);
-        self.text.push_str(&value.to_string());
-        self
-    }
-
-    fn finish(mut self, id: &str) -> String {
-        self.push_string("id", id);
-        self.text.push('}');
-        self.text
-    }
-
-    fn push_key(&mut self, key: &str) {
-        if self.text.len() > 1 {
-            self.text.push(',');
-        }
-        self.text.push('"');
-        self.text.push_str(key);
-        self.text.push_str("\":");
-    }
-
-    fn push_string(&mut self, key: &str, value: &str) {
-        debug_assert!(
-            value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
-            "{value:?} would need JSON escaping"
-        );
-        self.push_key(key);
-        self.text.push('"');
-        self.text.push_str(value);
-        self.text.push('"');
     }
 }
 

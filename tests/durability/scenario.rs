@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use queuewatch::simulate::{SimOptions, Simulation};
+use queuewatch::simulate::{Realism, SimOptions, Simulation};
 use queuewatch::time::Millis;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -48,7 +48,13 @@ impl Scenario {
     pub fn build(offices: u32, seed: u64) -> Scenario {
         let now = Millis::now().0;
         let local_midnight = (now + JAKARTA_OFFSET_MS).div_euclid(DAY_MS) * DAY_MS - JAKARTA_OFFSET_MS;
-        let options = SimOptions { offices, seed, days: 1, ..SimOptions::new(Millis(local_midnight - 2 * DAY_MS)) };
+        let options = SimOptions {
+            offices,
+            seed,
+            days: 1,
+            realism: Realism::tidy(),
+            ..SimOptions::new(Millis(local_midnight - 2 * DAY_MS))
+        };
         let simulation = Simulation::new(&options);
         let office_names = simulation.office_names();
         let mut events: Vec<(String, Millis, Message)> = simulation

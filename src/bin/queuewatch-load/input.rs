@@ -12,7 +12,7 @@ use queuewatch::config::Config;
 use queuewatch::mqtt::office_from_topic;
 use queuewatch::pipeline::Pipeline;
 use queuewatch::point::Point;
-use queuewatch::simulate::{SimOptions, Simulation};
+use queuewatch::simulate::{Realism, SimOptions, Simulation};
 use queuewatch::time::Millis;
 use queuewatch::tracker::Mode;
 
@@ -35,7 +35,8 @@ pub struct SimulatedInput {
 /// whole days.
 pub fn simulated(events: usize, offices: u32, seed: u64) -> anyhow::Result<SimulatedInput> {
     let start = local_morning_days_ago(21);
-    let options = SimOptions { offices, counters: 6, seed, days: 0, ..SimOptions::new(start) };
+    let options =
+        SimOptions { offices, counters: 6, seed, days: 0, realism: Realism::tidy(), ..SimOptions::new(start) };
     let mut messages: Vec<(String, String)> = Vec::with_capacity(events + 3 * offices as usize);
     let mut last_at_by_office = BTreeMap::new();
     let mut last_at = start;

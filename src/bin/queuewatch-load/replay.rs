@@ -13,7 +13,7 @@ use queuewatch::event::{decode, DecodeLimits, Event};
 use queuewatch::ids::ServiceId;
 use queuewatch::pipeline::Pipeline;
 use queuewatch::privacy::StaffPrivacy;
-use queuewatch::simulate::{parse_start, SimOptions, Simulation};
+use queuewatch::simulate::{parse_start, Realism, SimOptions, Simulation};
 use queuewatch::stats::Stats;
 use queuewatch::time::Millis;
 use queuewatch::tracker::{Mode, Output, Tracker, TrackerSettings};
@@ -59,7 +59,14 @@ const OPEN_FOR: Duration = Duration::from_secs(30 * 86_400);
 pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     ensure!(args.passes > 0, "--passes must be at least 1");
     let start = parse_start(REPLAY_START).map_err(anyhow::Error::msg)?;
-    let options = SimOptions { offices: args.offices, counters: 6, seed: args.seed, days: 0, ..SimOptions::new(start) };
+    let options = SimOptions {
+        offices: args.offices,
+        counters: 6,
+        seed: args.seed,
+        days: 0,
+        realism: Realism::tidy(),
+        ..SimOptions::new(start)
+    };
     let generated = Instant::now();
     let simulated: Vec<_> = Simulation::new(&options).take(args.events).collect();
     let span_days = match (simulated.first(), simulated.last()) {
