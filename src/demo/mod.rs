@@ -61,6 +61,9 @@ pub const CLIENT_ID: &str = "queuewatch-demo";
 /// The environment variable the InfluxDB token is read from, when set.
 pub const TOKEN_ENV: &str = "QUEUEWATCH_INFLUX_TOKEN";
 
+/// `tracking.silence_after` in the demo: the longest the config takes.
+const MAX_SILENCE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Simulated events carry timestamps up to `speed ×` ahead of the wall clock.
 const MAX_FUTURE_SKEW: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// Idle-counter breaches are on in the demo.
@@ -453,6 +456,9 @@ pub fn demo_config(broker_port: u16, offices: &[DemoOffice], influx: Option<Infl
     };
     config.tracking.max_future_skew = MAX_FUTURE_SKEW;
     config.tracking.clock = ClockMode::Event;
+    // `silent` is judged on the wall clock, which the demo's compressed
+    // days do not follow: never silent.
+    config.tracking.silence_after = MAX_SILENCE;
     let minutes = |minutes: Option<u64>| minutes.map(|minutes| Duration::from_secs(minutes * 60));
     for (service, wait_min, service_min) in SERVICE_TARGETS_MIN {
         // The table above holds valid identifiers.
@@ -469,6 +475,9 @@ pub fn demo_config(broker_port: u16, offices: &[DemoOffice], influx: Option<Infl
                 name: Some(office.name.clone()),
                 region: office.region.clone(),
                 timezone: office.zone,
+                // The simulated hours, so that the day closes on event time and
+                // walk-outs are counted as left (`abandoned`).
+                hours: simulate::opening_hours().to_vec(),
                 ..OfficeConfig::default()
             },
         );
@@ -677,7 +686,8 @@ mod tests {
         let samsat = &config.offices[&OfficeId::parse("samsat-bandung").unwrap()];
         assert_eq!(samsat.name.as_deref(), Some("Samsat Bandung"));
         assert_eq!(samsat.region.as_deref(), Some("wib"));
-        assert!(!samsat.has_hours(), "opening hours would make offices `silent` on the wall clock");
+        assert!(samsat.has_hours(), "the day closes, so walk-outs are counted as left");
+        assert_eq!(config.tracking.silence_after, MAX_SILENCE, "hours on the wall clock must not make offices silent");
     }
 
     #[test]

@@ -45,10 +45,8 @@ impl OfficeWeek {
         // The next morning: past every close + grace, before any opening.
         for (office, last) in &last_by_office {
             let next_morning = last.plus_ms(12 * 3_600_000);
-            events_ndjson.push_str(&format!(
-                "{{\"type\":\"heartbeat\",\"ts\":{},\"office\":\"{office}\"}}\n",
-                next_morning.0
-            ));
+            events_ndjson
+                .push_str(&format!("{{\"type\":\"heartbeat\",\"ts\":{},\"office\":\"{office}\"}}\n", next_morning.0));
             events += 1;
         }
         OfficeWeek {

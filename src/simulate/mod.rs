@@ -350,12 +350,19 @@ pub fn write_truth(options: &SimOptions, writer: impl Write) -> std::io::Result<
     truth::write_records(&simulation.truth(), writer)
 }
 
+/// The hours the simulated counters keep, every day, as the config's
+/// minute-of-day ranges (`OfficeConfig::hours`).
+pub fn opening_hours() -> [(u32, u32); 1] {
+    [(model::OPENING_MINUTE, model::CLOSING_MINUTE)]
+}
+
 /// The `[offices.<id>]` sections of a daemon config for the offices `options`
 /// simulates: name, region (`wib`, `wita`, `wit`), time zone, and the
 /// opening hours the simulated counters keep, every day. With
 /// [`Closing::AtClosingTime`] no ticket is called outside these hours.
 pub fn office_config_toml(options: &SimOptions) -> String {
-    let hours = format!("{}-{}", model::clock(model::OPENING_MINUTE), model::clock(model::CLOSING_MINUTE));
+    let [(opening, closing)] = opening_hours();
+    let hours = format!("{}-{}", model::clock(opening), model::clock(closing));
     let mut text = String::new();
     for index in 0..options.offices as usize {
         let (id, _, zone) = model::office_identity(index);

@@ -73,7 +73,7 @@ pub fn office_day(args: &OfficeDayArgs) -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     ensure!(output.status.success(), "replay failed: {}", String::from_utf8_lossy(&output.stderr));
 
-    let config = Config::parse(&week.offices_toml)?;
+    let config = Config::parse(&week.offices_toml).map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
     let grace_ms = duration_ms(TrackingConfig::default().close_grace);
     let audit = DayAudit::of(&std::fs::read_to_string(&lines_path)?, &config.offices, grace_ms);
 
@@ -90,7 +90,11 @@ pub fn office_day(args: &OfficeDayArgs) -> anyhow::Result<()> {
     report.line("ground truth, tickets by end", ends.join(", "));
     report.line(
         "points",
-        format!("{} ({:.2} per event), replayed in {seconds:.2} s", audit.points, audit.points as f64 / week.events as f64),
+        format!(
+            "{} ({:.2} per event), replayed in {seconds:.2} s",
+            audit.points,
+            audit.points as f64 / week.events as f64
+        ),
     );
     let by_measurement: Vec<String> =
         audit.by_measurement.iter().map(|(measurement, count)| format!("{measurement} {count}")).collect();
@@ -105,10 +109,8 @@ pub fn office_day(args: &OfficeDayArgs) -> anyhow::Result<()> {
             audit.rows_outside_hours, audit.rows_outside_hours_with_people
         ),
     );
-    report.line(
-        "tickets waiting at 20:00",
-        format!("{} over {} office-days", audit.waiting_at_evening, audit.evenings),
-    );
+    report
+        .line("tickets waiting at 20:00", format!("{} over {} office-days", audit.waiting_at_evening, audit.evenings));
     report.line(
         "abandoned points",
         format!(
