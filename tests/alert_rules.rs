@@ -59,6 +59,7 @@ fn alert_provisioning_parses_and_every_rule_is_well_formed() {
         "queuewatch-waiting-no-counter",
         "queuewatch-office-silent",
         "queuewatch-messages-rejected",
+        "queuewatch-no-events",
         "queuewatch-stopped",
     ]
     .into_iter()
@@ -67,20 +68,56 @@ fn alert_provisioning_parses_and_every_rule_is_well_formed() {
     assert_eq!(uids, expected);
 }
 
+/// The rules about the daemon as a whole, not one office.
+const DAEMON_RULES: [&str; 2] = ["queuewatch-stopped", "queuewatch-no-events"];
+
 #[test]
-fn only_the_heartbeat_rule_alerts_on_no_data_and_office_rules_carry_the_office() {
+fn only_the_heartbeat_rule_alerts_on_no_data_the_others_keep_their_state_and_office_rules_carry_office_and_region() {
     for rule in all_rules() {
-        let expected = if rule.uid == "queuewatch-stopped" { "Alerting" } else { "OK" };
+        // An outage of queuewatch, InfluxDB or the broker empties every query: no office rule may
+        // then resolve (or fire) for a queue that did not change.
+        let expected = if rule.uid == "queuewatch-stopped" { "Alerting" } else { "KeepLast" };
         assert_eq!(rule.no_data_state, expected, "rule {}", rule.uid);
+        assert_eq!(rule.exec_err_state, if rule.uid == "queuewatch-stopped" { "Alerting" } else { "KeepLast" });
+        let per_office = !DAEMON_RULES.contains(&rule.uid.as_str());
         let groups_by_office = rule
             .data
             .iter()
             .filter_map(|query| query.model.get("query").and_then(Value::as_str))
-            .all(|query| query.ends_with("GROUP BY \"office\""));
-        assert_eq!(groups_by_office, rule.uid != "queuewatch-stopped", "rule {}: GROUP BY \"office\"", rule.uid);
+            .all(|query| query.ends_with("GROUP BY \"office\", \"region\""));
+        assert_eq!(groups_by_office, per_office, "rule {}: GROUP BY \"office\", \"region\"", rule.uid);
         for key in ["summary", "description", "runbook"] {
             let text = rule.annotations.get(key).map(String::as_str).unwrap_or_default();
             assert!(text.len() > 20, "rule {}: annotation {key} missing or too short: {text:?}", rule.uid);
+        }
+        let severity = rule.labels.get("severity").map(String::as_str);
+        assert!(matches!(severity, Some("page" | "warning")), "rule {}: severity {severity:?}", rule.uid);
+        if per_office {
+            let link = rule.annotations.get("dashboard").map(String::as_str).unwrap_or_default();
+            assert_eq!(
+                link, "{{ externalURL }}/d/queuewatch-office/office?var-office={{ $labels.office }}",
+                "rule {}: a link to the office's dashboard",
+                rule.uid
+            );
+        }
+    }
+}
+
+#[test]
+fn rules_that_page_need_the_office_open_and_rolling_windows_wait_ten_minutes_or_more() {
+    for rule in all_rules() {
+        let reads_open = rule.data.iter().any(|query| {
+            query.model.get("query").and_then(Value::as_str).is_some_and(|query| query.contains("\"open\""))
+        });
+        let pages = rule.labels.get("severity").map(String::as_str) == Some("page");
+        if pages && rule.uid != "queuewatch-stopped" {
+            assert!(reads_open, "rule {} pages without asking whether the office is open", rule.uid);
+        }
+        if ["queuewatch-service-level", "queuewatch-messages-rejected", "queuewatch-waiting-past-target"]
+            .contains(&rule.uid.as_str())
+        {
+            let for_duration = humantime::parse_duration(&rule.for_duration).unwrap();
+            assert!(for_duration >= std::time::Duration::from_secs(600), "rule {}: for {for_duration:?}", rule.uid);
         }
     }
 }
@@ -103,6 +140,19 @@ fn contact_point_reads_its_addresses_from_the_environment_and_the_policy_groups_
     assert_eq!(policy.receiver, contact_point.name);
     let group_by: BTreeSet<&str> = policy.group_by.iter().map(String::as_str).collect();
     assert_eq!(group_by, BTreeSet::from(["alertname", "office"]));
+    // Child routes: pages and warnings apart, and every `silent` office in one notification.
+    let matchers: Vec<Vec<Vec<String>>> = policy.routes.iter().map(|route| route.object_matchers.clone()).collect();
+    for severity in ["page", "warning"] {
+        assert!(matchers.contains(&vec![vec!["severity".into(), "=".into(), severity.into()]]), "{matchers:?}");
+    }
+    let silent_title = rule("queuewatch-office-silent").title;
+    let silent = policy
+        .routes
+        .iter()
+        .find(|route| route.object_matchers == vec![vec!["alertname".to_string(), "=".into(), silent_title.clone()]])
+        .expect("a route for silent offices");
+    assert_eq!(silent.group_by.as_deref(), Some(&["alertname".to_string()][..]));
+    assert!(policy.routes.iter().all(|route| route.receiver == contact_point.name));
 }
 
 fn rule_problems(rule: &Rule) -> Vec<String> {
@@ -275,13 +325,15 @@ async fn rejected_messages_in_the_last_15_minutes_fire_for_the_office_that_sent_
     let breach = load_events(&influx, "breach", "messages-rejected-breach.ndjson").await;
     let healthy = load_events(&influx, "healthy", "messages-rejected-healthy.ndjson").await;
 
-    // rusak sent an unknown type and an `issued` without a ticket around 09:50.
+    // rusak sent an unknown type and an `issued` without a ticket around 09:50, among a few
+    // heartbeats: far more than 5 % of its messages, for the 10 minutes of the rule's `for`.
     let values = reduced_values(&influx, &breach, &rule, "B", at(NOW)).await;
     assert_eq!(values.get(&office("rusak")), Some(&2.0), "{values:?}");
-    assert_eq!(alerting(&influx, &breach, &rule, at(NOW)).await, BTreeSet::from([office("rusak")]));
+    let later = at("2026-11-25T10:02:00+07:00");
+    assert_eq!(alerting(&influx, &breach, &rule, later).await, BTreeSet::from([office("rusak")]));
 
     // The same two rejections around 09:20, over 15 minutes ago.
-    assert_eq!(alerting(&influx, &healthy, &rule, at(NOW)).await, BTreeSet::new());
+    assert_eq!(alerting(&influx, &healthy, &rule, later).await, BTreeSet::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,6 +352,60 @@ async fn no_heartbeat_row_for_3_minutes_fires_on_no_data_whatever_the_offices_do
     assert_eq!(alerting(&influx, &healthy, &rule, now).await, BTreeSet::new());
     // Two minutes after its last row, the breach database does not alert yet.
     assert_eq!(alerting(&influx, &breach, &rule, stopped_at + 2 * 60_000).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_rules_stay_quiet_once_the_office_has_closed_with_people_still_waiting() {
+    let influx = Influx1::start();
+    // lambat's A1 and tutup's A1 still wait when the office closes at 16:00; a heartbeat after
+    // the close + grace lets the day close (A1 abandoned at 16:30).
+    let mut events = fixture_text("waiting-past-target-breach.ndjson");
+    events.push_str(&fixture_text("waiting-no-counter-breach.ndjson"));
+    for office in ["lambat", "sebentar", "tutup", "buka", "tanpa-loket"] {
+        events.push_str(&format!(
+            "{{\"office\":\"{office}\",\"type\":\"heartbeat\",\"ts\":\"2026-11-25T16:40:00+07:00\"}}\n"
+        ));
+    }
+    let db = load_event_text(&influx, "closing", &events).await;
+    for uid in ["queuewatch-waiting-past-target", "queuewatch-waiting-no-counter"] {
+        let rule = rule(uid);
+        assert!(!alerting(&influx, &db, &rule, at(NOW)).await.is_empty(), "{uid} pages while open");
+        // At 16:05 the latest rows say closed: the rule resolves although rows still show people.
+        let states = states_at(&influx, &db, &rule, at("2026-11-25T16:05:00+07:00")).await;
+        assert!(states.values().all(|state| *state == State::Normal), "{uid}: {states:?}");
+        let states = states_at(&influx, &db, &rule, at("2026-11-25T20:00:00+07:00")).await;
+        assert!(states.values().all(|state| *state == State::Normal), "{uid}: {states:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_from_any_office_pages_once_while_an_office_is_open() {
+    let rule = rule("queuewatch-no-events");
+    let influx = Influx1::start();
+    let now = at(NOW);
+    let heartbeats = |age_s: f64| -> String {
+        heartbeat_rows(now - 3_600_000, now).replace("newest_event_age_s=1.5", &format!("newest_event_age_s={age_s}"))
+    };
+    let office_rows = |open: i64| -> String {
+        ["a", "b"]
+            .iter()
+            .map(|office| {
+                format!(
+                    "office,office={office},region=jabar waiting=0i,in_service=0i,open={open}i {}\n",
+                    (now - 7_200_000) * 1_000_000
+                )
+            })
+            .collect()
+    };
+    // The broker delivers nothing for 12 minutes while the offices are open: one page, no labels.
+    let quiet = load_line_protocol(&influx, "quiet", &(heartbeats(720.0) + &office_rows(1))).await;
+    assert_eq!(alerting(&influx, &quiet, &rule, now).await, BTreeSet::from([Labels::new()]));
+    // The same silence at night is no reason to page.
+    let night = load_line_protocol(&influx, "night", &(heartbeats(720.0) + &office_rows(0))).await;
+    assert_eq!(alerting(&influx, &night, &rule, now).await, BTreeSet::new());
+    // Events flowing: nothing.
+    let flowing = load_line_protocol(&influx, "flowing", &(heartbeats(3.0) + &office_rows(1))).await;
+    assert_eq!(alerting(&influx, &flowing, &rule, now).await, BTreeSet::new());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,6 +482,16 @@ struct Receiver {
 struct Policy {
     receiver: String,
     group_by: Vec<String>,
+    #[serde(default)]
+    routes: Vec<Route>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Route {
+    receiver: String,
+    #[serde(default)]
+    object_matchers: Vec<Vec<String>>,
+    group_by: Option<Vec<String>>,
 }
 
 fn provisioning() -> Provisioning {
@@ -416,7 +532,22 @@ fn fixture_text(name: &str) -> String {
 /// Creates database `db` and fills it with `queuewatch replay` of the fixture (wait target 10 min).
 async fn load_events(influx: &Influx1, db: &str, fixture: &str) -> String {
     let events = std::fs::read_to_string(fixture_path(fixture)).expect("fixture exists");
-    common::replay_into(influx, db, "[sla]\nwait_target = \"10m\"\nservice_target = \"20m\"\n", &events).await;
+    load_event_text(influx, db, &events).await
+}
+
+/// Creates database `db` and fills it with `queuewatch replay` of `events`: every office open
+/// 07:00-16:00 (Asia/Jakarta, the default zone), in region `jabar`, wait target 10 min.
+async fn load_event_text(influx: &Influx1, db: &str, events: &str) -> String {
+    let offices: BTreeSet<String> = events
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|event| event["office"].as_str().map(str::to_owned))
+        .collect();
+    let mut config = String::from("[sla]\nwait_target = \"10m\"\nservice_target = \"20m\"\n");
+    for office in offices {
+        config.push_str(&format!("[offices.{office}]\nregion = \"jabar\"\nhours = \"07:00-16:00\"\n"));
+    }
+    common::replay_into(influx, db, &config, events).await;
     db.to_string()
 }
 
@@ -457,8 +588,9 @@ fn at(rfc3339: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339).expect("RFC 3339").timestamp_millis()
 }
 
+/// An office's alert labels: every fixture office is configured in region `jabar`.
 fn office(name: &str) -> Labels {
-    Labels::from([("office".to_string(), name.to_string())])
+    Labels::from([("office".to_string(), name.to_string()), ("region".to_string(), "jabar".to_string())])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -554,6 +686,11 @@ async fn states_at(influx: &Influx1, db: &str, rule: &Rule, now_ms: i64) -> BTre
             Evaluation::NoData => match rule.no_data_state.as_str() {
                 "Alerting" => BTreeSet::from([Labels::new()]),
                 "OK" => BTreeSet::new(),
+                // Every instance keeps its state, and its pending time runs on.
+                "KeepLast" => {
+                    evaluation_ms += interval_ms;
+                    continue;
+                }
                 other => panic!("noDataState {other} is not modelled here"),
             },
         };
@@ -686,8 +823,8 @@ fn math_references(expression: &str) -> Vec<String> {
         .collect()
 }
 
-/// The part of Grafana's math expressions the rules use: `$refId`, numbers, comparisons,
-/// `&&`, `||`, parentheses. Binary operations join numbers by labels as Grafana does: a pair
+/// The part of Grafana's math expressions the rules use: `$refId`, numbers, `+ - * /`,
+/// comparisons, `&&`, `||`, parentheses. Binary operations join numbers by labels as Grafana does: a pair
 /// matches when one side's labels are a subset of the other's (a side with a single unlabelled
 /// number matches everything); unmatched numbers are dropped.
 mod math {
@@ -736,7 +873,7 @@ mod math {
                 let operator = ["&&", "||", "==", "!=", ">=", "<="]
                     .into_iter()
                     .find(|operator| *operator == two)
-                    .or_else(|| [">", "<"].into_iter().find(|operator| operator.starts_with(c)))
+                    .or_else(|| [">", "<", "+", "-", "*", "/"].into_iter().find(|operator| operator.starts_with(c)))
                     .unwrap_or_else(|| panic!("math expression {expression:?}: unexpected {c:?}"));
                 i += operator.len();
                 tokens.push(Token::Operator(operator));
@@ -759,6 +896,8 @@ mod math {
         match operator {
             "||" => 1,
             "&&" => 2,
+            "+" | "-" => 4,
+            "*" | "/" => 5,
             _ => 3,
         }
     }
@@ -804,6 +943,13 @@ mod math {
 
     fn combine(left: &Numbers, right: &Numbers, operator: &str) -> Numbers {
         let apply = |a: f64, b: f64| -> f64 {
+            match operator {
+                "+" => return a + b,
+                "-" => return a - b,
+                "*" => return a * b,
+                "/" => return a / b,
+                _ => {}
+            }
             let truth = match operator {
                 "&&" => a != 0.0 && b != 0.0,
                 "||" => a != 0.0 || b != 0.0,
