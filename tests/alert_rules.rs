@@ -60,6 +60,10 @@ fn alert_provisioning_parses_and_every_rule_is_well_formed() {
         "queuewatch-office-silent",
         "queuewatch-messages-rejected",
         "queuewatch-no-events",
+        "queuewatch-office-not-open",
+        "queuewatch-oldest-wait-twice-target",
+        "queuewatch-counter-idle",
+        "queuewatch-points-refused",
         "queuewatch-stopped",
     ]
     .into_iter()
@@ -69,7 +73,7 @@ fn alert_provisioning_parses_and_every_rule_is_well_formed() {
 }
 
 /// The rules about the daemon as a whole, not one office.
-const DAEMON_RULES: [&str; 2] = ["queuewatch-stopped", "queuewatch-no-events"];
+const DAEMON_RULES: [&str; 3] = ["queuewatch-stopped", "queuewatch-no-events", "queuewatch-points-refused"];
 
 #[test]
 fn only_the_heartbeat_rule_alerts_on_no_data_the_others_keep_their_state_and_office_rules_carry_office_and_region() {
@@ -80,11 +84,13 @@ fn only_the_heartbeat_rule_alerts_on_no_data_the_others_keep_their_state_and_off
         assert_eq!(rule.no_data_state, expected, "rule {}", rule.uid);
         assert_eq!(rule.exec_err_state, if rule.uid == "queuewatch-stopped" { "Alerting" } else { "KeepLast" });
         let per_office = !DAEMON_RULES.contains(&rule.uid.as_str());
-        let groups_by_office = rule
-            .data
-            .iter()
-            .filter_map(|query| query.model.get("query").and_then(Value::as_str))
-            .all(|query| query.ends_with("GROUP BY \"office\", \"region\""));
+        let groups_by_office =
+            rule.data.iter().filter_map(|query| query.model.get("query").and_then(Value::as_str)).all(|query| {
+                // Per office, or per service or counter of an office (joined with the office's `open`).
+                ["", ", \"service\"", ", \"counter\""]
+                    .iter()
+                    .any(|finer| query.ends_with(&format!("GROUP BY \"office\", \"region\"{finer}")))
+            });
         assert_eq!(groups_by_office, per_office, "rule {}: GROUP BY \"office\", \"region\"", rule.uid);
         for key in ["summary", "description", "runbook"] {
             let text = rule.annotations.get(key).map(String::as_str).unwrap_or_default();
@@ -408,6 +414,133 @@ async fn no_event_from_any_office_pages_once_while_an_office_is_open() {
     assert_eq!(alerting(&influx, &flowing, &rule, now).await, BTreeSet::new());
 }
 
+/// NDJSON events of `office`: each `(time, rest)` is a local time of 2026-11-25 (or, prefixed
+/// `d-1 `, of the day before) and the rest of the event's members.
+fn events_of(office: &str, events: &[(&str, &str)]) -> String {
+    events
+        .iter()
+        .map(|(time, rest)| {
+            let (date, time) = match time.strip_prefix("d-1 ") {
+                Some(time) => ("2026-11-24", time),
+                None => ("2026-11-25", *time),
+            };
+            format!("{{\"office\":\"{office}\",\"ts\":\"{date}T{time}:00+07:00\",{rest}}}\n")
+        })
+        .collect()
+}
+
+/// A heartbeat every 10 minutes of 2026-11-25 from `from` to `to` (HH:MM, on the hour or half).
+fn heartbeats_of(office: &str, from_hour: u32, to_hour: u32) -> String {
+    let times: Vec<String> =
+        (from_hour * 6..=to_hour * 6).map(|tenth| format!("{:02}:{:02}", tenth / 6, tenth % 6 * 10)).collect();
+    let events: Vec<(&str, &str)> = times.iter().map(|time| (time.as_str(), "\"type\":\"heartbeat\"")).collect();
+    events_of(office, &events)
+}
+
+fn with_label(mut labels: Labels, key: &str, value: &str) -> Labels {
+    labels.insert(key.to_string(), value.to_string());
+    labels
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_office_with_no_counter_open_15_minutes_after_opening_pages() {
+    let rule = rule("queuewatch-office-not-open");
+    let influx = Influx1::start();
+    // Both offices worked the day before; at 07:00 they open by their hours. tepat opens a
+    // counter at 07:05, telat only at 07:40.
+    let day_before = |office: &str| {
+        events_of(
+            office,
+            &[
+                ("d-1 07:05", r#""type":"counter_opened","counter":"c1""#),
+                ("d-1 15:55", r#""type":"counter_closed","counter":"c1""#),
+                ("d-1 23:00", r#""type":"heartbeat""#),
+            ],
+        )
+    };
+    let mut events = day_before("tepat") + &day_before("telat");
+    events.push_str(&events_of("tepat", &[("07:05", r#""type":"counter_opened","counter":"c1""#)]));
+    events.push_str(&events_of("telat", &[("07:40", r#""type":"counter_opened","counter":"c1""#)]));
+    events.push_str(&(heartbeats_of("tepat", 6, 8) + &heartbeats_of("telat", 6, 8)));
+    let db = load_event_text(&influx, "opening", &events).await;
+    assert_eq!(alerting(&influx, &db, &rule, at("2026-11-25T07:12:00+07:00")).await, BTreeSet::new());
+    assert_eq!(alerting(&influx, &db, &rule, at("2026-11-25T07:20:00+07:00")).await, BTreeSet::from([office("telat")]));
+    // Once its counter is open, and at night before the opening, nothing.
+    assert_eq!(alerting(&influx, &db, &rule, at("2026-11-25T07:45:00+07:00")).await, BTreeSet::new());
+    assert_eq!(alerting(&influx, &db, &rule, at("2026-11-25T06:50:00+07:00")).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_waiting_more_than_twice_its_target_pages_for_its_service() {
+    let rule = rule("queuewatch-oldest-wait-twice-target");
+    let influx = Influx1::start();
+    // lupa's A1 (target 10 min) waits from 09:30 on; ingat's B1 waits 13 minutes, then is called.
+    let mut events = events_of("lupa", &[("09:30", r#""type":"issued","ticket":"A1","service":"ktp""#)]);
+    events.push_str(&events_of(
+        "ingat",
+        &[
+            ("09:45", r#""type":"issued","ticket":"B1","service":"ktp""#),
+            ("09:58", r#""type":"called","ticket":"B1","counter":"c1""#),
+        ],
+    ));
+    events.push_str(&(heartbeats_of("lupa", 9, 10) + &heartbeats_of("ingat", 9, 10)));
+    let db = load_event_text(&influx, "forgotten", &events).await;
+    let lupa_ktp = with_label(office("lupa"), "service", "ktp");
+    // Twice the target from 09:50 on: pending, then alerting 5 minutes later.
+    let states = states_at(&influx, &db, &rule, at("2026-11-25T09:53:00+07:00")).await;
+    assert_eq!(states.get(&lupa_ktp), Some(&State::Pending), "{states:?}");
+    assert_eq!(alerting(&influx, &db, &rule, at(NOW)).await, BTreeSet::from([lupa_ktp]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_idle_while_people_wait_warns_for_that_counter() {
+    let rule = rule("queuewatch-counter-idle");
+    let influx = Influx1::start();
+    // diam's c1 is open from 09:30 and calls nobody while A1 waits from 09:40: an idle breach at
+    // 09:45 (idle target 5 min). sibuk's c1 calls its ticket at once.
+    let mut events = events_of(
+        "diam",
+        &[
+            ("09:30", r#""type":"counter_opened","counter":"c1""#),
+            ("09:40", r#""type":"issued","ticket":"A1","service":"ktp""#),
+        ],
+    );
+    events.push_str(&events_of(
+        "sibuk",
+        &[
+            ("09:30", r#""type":"counter_opened","counter":"c1""#),
+            ("09:40", r#""type":"issued","ticket":"B1","service":"ktp""#),
+            ("09:41", r#""type":"called","ticket":"B1","counter":"c1""#),
+        ],
+    ));
+    events.push_str(&(heartbeats_of("diam", 9, 10) + &heartbeats_of("sibuk", 9, 10)));
+    let db = load_event_text(&influx, "idle", &events).await;
+    let expected = BTreeSet::from([with_label(office("diam"), "counter", "c1")]);
+    assert_eq!(alerting(&influx, &db, &rule, at("2026-11-25T09:55:00+07:00")).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_refused_by_influxdb_in_the_last_15_minutes_warn_once() {
+    let rule = rule("queuewatch-points-refused");
+    let influx = Influx1::start();
+    let now = at(NOW);
+    // The cumulative count rises from 0 to 4 at 09:50.
+    let rows = |refused_from_ms: i64| -> String {
+        heartbeat_rows(now - 3_600_000, now)
+            .lines()
+            .map(|line| {
+                let time_ms = line.rsplit(' ').next().unwrap().parse::<i64>().unwrap() / 1_000_000;
+                let refused = if time_ms >= refused_from_ms { 4 } else { 0 };
+                format!("{}\n", line.replace("points_refused=0i", &format!("points_refused={refused}i")))
+            })
+            .collect()
+    };
+    let recent = load_line_protocol(&influx, "recent", &rows(now - 10 * 60_000)).await;
+    assert_eq!(alerting(&influx, &recent, &rule, now).await, BTreeSet::from([Labels::new()]));
+    let long_ago = load_line_protocol(&influx, "long_ago", &rows(now - 40 * 60_000)).await;
+    assert_eq!(alerting(&influx, &long_ago, &rule, now).await, BTreeSet::new());
+}
+
 // ---------------------------------------------------------------------------------------------
 // The provisioning file
 // ---------------------------------------------------------------------------------------------
@@ -536,14 +669,15 @@ async fn load_events(influx: &Influx1, db: &str, fixture: &str) -> String {
 }
 
 /// Creates database `db` and fills it with `queuewatch replay` of `events`: every office open
-/// 07:00-16:00 (Asia/Jakarta, the default zone), in region `jabar`, wait target 10 min.
+/// 07:00-16:00 (Asia/Jakarta, the default zone), in region `jabar`, wait target 10 min, idle
+/// target 5 min.
 async fn load_event_text(influx: &Influx1, db: &str, events: &str) -> String {
     let offices: BTreeSet<String> = events
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter_map(|event| event["office"].as_str().map(str::to_owned))
         .collect();
-    let mut config = String::from("[sla]\nwait_target = \"10m\"\nservice_target = \"20m\"\n");
+    let mut config = String::from("[sla]\nwait_target = \"10m\"\nservice_target = \"20m\"\nidle_target = \"5m\"\n");
     for office in offices {
         config.push_str(&format!("[offices.{office}]\nregion = \"jabar\"\nhours = \"07:00-16:00\"\n"));
     }
