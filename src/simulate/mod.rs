@@ -93,11 +93,13 @@
 //! **Realism** ([`Realism`]; each part has an option that turns it off, and
 //! [`Realism::tidy`] turns all off). The defaults are near what a busy
 //! Indonesian service hall sees:
-//! - *Walk-outs*, 4 % of tickets (`--walkouts`): someone looks at the queue,
-//!   decides it is not today, and leaves without telling anyone, 5–45 min
-//!   after taking the ticket (uniform), or at the latest when a counter would
-//!   call them: no counter ever calls a walk-out, and no event says they left.
-//!   They take no part in the patience draw.
+//! - *Walk-outs*, 4 % of tickets (`--walkouts`): someone who will not wait
+//!   long, and leaves without telling anyone if not called within 5–45 min
+//!   of taking the ticket (uniform). No event says they left, and their
+//!   ticket stays in the queue, as it does on the hall's display: when a
+//!   counter calls it, nobody comes (a recall, then `no_show`); still in the
+//!   queue at closing, it is never called. Called in time, they are served
+//!   like anyone. They take no part in the patience draw.
 //! - *Closing on time* (`--closing on-time`, default; `when-empty` is the tidy
 //!   model): counters close at 15:30 whoever waits, as halls that keep office
 //!   hours do; a ticket already called is finished.

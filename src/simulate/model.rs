@@ -238,8 +238,8 @@ pub(super) const CALL_OVERHEAD_S: f64 = 50.0;
 
 // Realism (see `realism.rs`; each applies only when switched on).
 
-/// A walk-out leaves this long after joining the queue (uniform minutes), or
-/// earlier, when a counter would otherwise call them: never called.
+/// A walk-out leaves this long after joining the queue (uniform minutes),
+/// unless called before; the ticket stays in the queue.
 pub(super) const WALKOUT_AFTER_MINUTES: (f64, f64) = (5.0, 45.0);
 /// Load of a busy day: expected arrivals are this fraction (uniform per
 /// office-day) of what the counters could serve, so queues grow all day.

@@ -399,7 +399,7 @@ impl OfficeSim {
         if self.counters[counter].state != CounterState::Calling {
             return; // went on a break meanwhile
         }
-        let Some(ticket_key) = self.take_oldest_for(at, counter) else {
+        let Some(ticket_key) = self.take_oldest_for(counter) else {
             if self.closing {
                 self.close_counter(at, counter);
             } else {
@@ -408,8 +408,11 @@ impl OfficeSim {
             return;
         };
         self.counters[counter].state = CounterState::Serving(ticket_key);
-        let no_show = self.rng.random_bool(model::P_NO_SHOW);
-        let recalls = if no_show {
+        let drawn_no_show = self.rng.random_bool(model::P_NO_SHOW);
+        // Someone who walked out is not there when the number is called: recalled, then a no-show.
+        let walked_out = self.tickets.get(&ticket_key).is_some_and(|ticket| ticket.left_at.is_some());
+        let no_show = drawn_no_show || walked_out;
+        let recalls = if drawn_no_show {
             if self.rng.random_bool(0.5) {
                 1
             } else {
@@ -424,6 +427,7 @@ impl OfficeSim {
         } else {
             0
         };
+        let recalls = if walked_out { recalls.max(1) } else { recalls };
         let Some(ticket) = self.tickets.get_mut(&ticket_key) else { return };
         ticket.state = TicketState::Called { counter };
         ticket.recalls_left = recalls;
@@ -531,17 +535,15 @@ impl OfficeSim {
         }
     }
 
-    /// A walk-out leaves the queue: no event.
+    /// A walk-out leaves, unseen: no event, and the ticket stays in the queue, as
+    /// it does on the hall's display. When a counter calls it, nobody comes (a
+    /// recall, then `no_show`); still in the queue at closing, it ends there.
     fn walk_out(&mut self, at: Millis, ticket_key: TicketKey, generation: u32) {
-        let Some(ticket) = self.tickets.get(&ticket_key) else { return };
+        let Some(ticket) = self.tickets.get_mut(&ticket_key) else { return };
         if ticket.state != TicketState::Waiting || ticket.generation != generation {
             return;
         }
-        let service = ticket.service;
-        self.queues[service].retain(|waiting| *waiting != ticket_key);
-        if let Some(ticket) = self.tickets.remove(&ticket_key) {
-            self.record_end(&ticket, TicketEnd::WalkedOut, at);
-        }
+        ticket.left_at = Some(at);
     }
 
     /// Keeps a ticket's end when the truth is kept.
@@ -603,7 +605,10 @@ impl OfficeSim {
         for service in 0..self.queues.len() {
             while let Some(ticket_key) = self.queues[service].pop_front() {
                 if let Some(ticket) = self.tickets.remove(&ticket_key) {
-                    self.record_end(&ticket, TicketEnd::LeftAtClose, at);
+                    match ticket.left_at {
+                        Some(left_at) => self.record_end(&ticket, TicketEnd::WalkedOut, left_at),
+                        None => self.record_end(&ticket, TicketEnd::LeftAtClose, at),
+                    }
                 }
             }
         }
@@ -659,6 +664,7 @@ impl OfficeSim {
                 issued_at: at,
                 seen: !kiosk_silent,
                 walkout_after_ms,
+                left_at: None,
             },
         );
         // A silent kiosk still prints the ticket; its `issued` is never published.
@@ -731,28 +737,19 @@ impl OfficeSim {
     }
 
     /// Removes and returns the longest-waiting ticket among the counter's
-    /// services. A walk-out it would call has already left (now, unseen):
-    /// walk-outs are never called.
-    fn take_oldest_for(&mut self, at: Millis, counter: usize) -> Option<TicketKey> {
-        loop {
-            let mut oldest: Option<(Millis, TicketKey, usize)> = None;
-            for service in &self.counters[counter].services {
-                let Some(head) = self.queues[*service].front() else { continue };
-                let queued_at = self.tickets.get(head).map_or(Millis(i64::MAX), |ticket| ticket.queued_at);
-                if oldest.is_none_or(|(best, _, _)| queued_at < best) {
-                    oldest = Some((queued_at, *head, *service));
-                }
-            }
-            let (_, ticket_key, service) = oldest?;
-            self.queues[service].pop_front();
-            let walks_out = self.tickets.get(&ticket_key).is_some_and(|ticket| ticket.walkout_after_ms.is_some());
-            if !walks_out {
-                return Some(ticket_key);
-            }
-            if let Some(ticket) = self.tickets.remove(&ticket_key) {
-                self.record_end(&ticket, TicketEnd::WalkedOut, at);
+    /// services (a walk-out's too: the counter cannot know they left).
+    fn take_oldest_for(&mut self, counter: usize) -> Option<TicketKey> {
+        let mut oldest: Option<(Millis, TicketKey, usize)> = None;
+        for service in &self.counters[counter].services {
+            let Some(head) = self.queues[*service].front() else { continue };
+            let queued_at = self.tickets.get(head).map_or(Millis(i64::MAX), |ticket| ticket.queued_at);
+            if oldest.is_none_or(|(best, _, _)| queued_at < best) {
+                oldest = Some((queued_at, *head, *service));
             }
         }
+        let (_, ticket_key, service) = oldest?;
+        self.queues[service].pop_front();
+        Some(ticket_key)
     }
 
     fn emit(&mut self, at: Millis, kind: EventType, payload: String) {
@@ -864,6 +861,8 @@ struct Ticket {
     seen: bool,
     /// A walk-out: leaves this long after joining the queue, or when a counter would call it.
     walkout_after_ms: Option<i64>,
+    /// When a walk-out left (unseen); the ticket waits on in the queue.
+    left_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,8 @@
 /// Indonesian service hall; [`Realism::tidy`] turns everything off.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Realism {
-    /// Share of tickets (0–1) whose customer walks out unseen, never called.
+    /// Share of tickets (0–1) whose customer walks out unseen unless called
+    /// within 5–45 min (their number is called later in vain: a no-show).
     pub walkout_share: f64,
     /// What the counters do at closing time (15:30).
     pub closing: Closing,

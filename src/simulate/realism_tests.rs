@@ -102,12 +102,23 @@ fn tidy_closes_every_ticket_with_an_event() {
 }
 
 #[test]
-fn walkouts_are_near_their_share_of_a_week_and_never_called() {
+fn walkouts_not_called_in_time_leave_unseen_and_their_numbers_end_as_no_shows_or_at_closing() {
     let Run { events, truth } = run(&week(4, Realism::default()));
     let walked_out = count_ends(&truth, TicketEnd::WalkedOut);
+    let no_shows = count_ends(&truth, TicketEnd::NoShow);
+    let no_shows_tidy =
+        count_ends(&run(&week(4, Realism { walkout_share: 0.0, ..Realism::default() })).truth, TicketEnd::NoShow);
     let share = walked_out as f64 / truth.len() as f64;
-    eprintln!("{walked_out} walk-outs of {} tickets: {:.2} %", truth.len(), share * 100.0);
-    assert!((0.03..0.05).contains(&share), "{share}");
+    eprintln!(
+        "{walked_out} walk-outs never called of {} tickets ({:.2} %); no-shows {no_shows} against {no_shows_tidy} without walk-outs",
+        truth.len(),
+        share * 100.0
+    );
+    // Of the 4 % impatient, those called within their 5-45 min stay; the others leave, and
+    // most of their numbers are called later in vain (no-shows); the rest are still waiting at
+    // closing.
+    assert!(walked_out > 0 && share < 0.04, "{share}");
+    assert!(no_shows > no_shows_tidy, "called walk-outs are no-shows: {no_shows} vs {no_shows_tidy}");
     let with_events_besides_issued: HashSet<_> =
         events.iter().filter(|event| event.kind != EventType::Issued).filter_map(Parsed::ticket_key).collect();
     for record in truth.iter().filter(|record| record.end == TicketEnd::WalkedOut) {
