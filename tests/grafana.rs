@@ -153,7 +153,7 @@ fn the_dashboard_provider_loads_the_folder_the_dashboards_are_copied_to() {
     assert_eq!(providers[0]["options"]["path"], "/var/lib/grafana/dashboards/queuewatch");
     assert!(well_formed_uid(providers[0]["folderUid"].as_str().unwrap()));
     let names: Vec<String> = dashboards().into_iter().map(|(name, _)| name).collect();
-    assert_eq!(names, ["all-offices.json", "office.json"]);
+    assert_eq!(names, ["all-offices.json", "office.json", "queuewatch.json"]);
 }
 
 /// Every problem of one dashboard's structure, as sentences.
@@ -311,7 +311,7 @@ fn panel_links(panel: &Value) -> Vec<String> {
 fn dashboards_are_well_formed_and_use_only_the_provisioned_datasource_and_defined_variables() {
     let dashboards = dashboards();
     let uids: Vec<&str> = dashboards.iter().map(|(_, d)| d["uid"].as_str().unwrap_or_default()).collect();
-    assert_eq!(uids, ["queuewatch-all-offices", "queuewatch-office"]);
+    assert_eq!(uids, ["queuewatch-all-offices", "queuewatch-office", "queuewatch-daemon"]);
     assert!(uids.iter().all(|uid| well_formed_uid(uid)), "{uids:?}");
     let mut problems = Vec::new();
     for (name, dashboard) in &dashboards {
@@ -441,11 +441,15 @@ fn by_office(rows: &[Map<String, Value>], column: &str) -> BTreeMap<String, Opti
 
 /// Panels of buckets (waits of 0-5 min, ratings of 3) where a bucket of a
 /// fixture day may hold nothing, which InfluxDB answers with no row (the
-/// panel shows its noValue, 0).
+/// panel shows its noValue, 0). The figures of these panels are proven on
+/// the simulated week.
 const BUCKET_PANELS: &[&str] = &["Waiting time distribution", "Satisfaction, ratings 1 to 5"];
 
 fn may_be_empty(query: &grafana_kit::DashboardQuery) -> bool {
-    matches!(&query.source, grafana_kit::QuerySource::Panel { title, .. } if BUCKET_PANELS.contains(&title.as_str()))
+    // The range's last hour, and the same range a week earlier, may hold no ticket of the fixture day.
+    let shifted = query.query.contains("${__to}ms - ");
+    shifted
+        || matches!(&query.source, grafana_kit::QuerySource::Panel { title, .. } if BUCKET_PANELS.contains(&title.as_str()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,6 +471,22 @@ async fn every_dashboard_query_runs_with_grafana_macros_and_returns_rows() {
                             format!("region={label} interval={interval}"),
                             region_substitution(region.clone(), from, to, interval),
                             true,
+                        ));
+                    }
+                }
+            } else if name == "queuewatch.json" {
+                // The fixture has no heartbeat rows (replay writes none): they are written by the test.
+                let (from, to) = whole_day("Asia/Jakarta");
+                for (label, instance) in
+                    [("All", VariableValue::All(".*".into())), ("one", VariableValue::One("queuewatch-a.1".into()))]
+                {
+                    for interval in ["1m", "1h"] {
+                        cases.push((
+                            format!("instance={label} interval={interval}"),
+                            Substitution::new(from, to, interval)
+                                .with("instance", instance.clone())
+                                .with("tz", VariableValue::Raw("Asia/Jakarta".into())),
+                            false,
                         ));
                     }
                 }
@@ -548,39 +568,40 @@ async fn variable_queries_list_the_fixtures_regions_offices_and_services() {
     assert_eq!(values(services), ["ktp", "paspor"]);
 }
 
+/// The "Now" table's first query: names, open, waiting, counters open.
+const NAMES: (&str, &str) = ("Now", "A");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_offices_figures_equal_those_of_the_fixture_day() {
     let influx = loaded_influx().await;
     let day = Day::from_ndjson(FIXTURE);
     let all = dashboard("queuewatch-all-offices");
-    let table = "Offices, worst service level first";
     let (from, to) = whole_day("Asia/Jakarta");
     let every_region = region_substitution(VariableValue::All(".*".into()), from, to, "1m");
-    let run = |ref_id: &str, substitution: Substitution| {
+    // (table, refId): the "Today" and "Now" tables, one query per figure.
+    let run = |(table, ref_id): (&str, &str), substitution: Substitution| {
         let query = target_query(&all, table, ref_id);
         let label = format!("{table} {ref_id}");
         let influx = &influx;
         async move { grafana_kit::rows(influx, DB, &label, &query, &substitution).await }
     };
 
-    let names = by_office(&run("A", every_region.clone()).await, "name");
+    let names = by_office(&run(NAMES, every_region.clone()).await, "name");
     let name_of = |rows: &[Map<String, Value>], office: &str| {
         rows.iter().find(|row| row["office"] == office).and_then(|row| row["name"].as_str().map(str::to_string))
     };
-    let name_rows = run("A", every_region.clone()).await;
+    let name_rows = run(NAMES, every_region.clone()).await;
     assert_eq!(name_of(&name_rows, "mpp-jkt").as_deref(), Some("MPP Jakarta"));
     assert_eq!(name_of(&name_rows, "mpp-mks").as_deref(), Some("MPP Makassar"));
     assert_eq!(name_of(&name_rows, "pkm-abepura"), None, "{names:?}");
 
-    let service_level = by_office(&run("D", every_region.clone()).await, "service level");
-    let waits = run("E", every_region.clone()).await;
-    let served = by_office(&run("F", every_region.clone()).await, "served");
-    let no_shows = by_office(&run("G", every_region.clone()).await, "no-shows");
-    let cancelled = by_office(&run("H", every_region.clone()).await, "cancelled");
-    let closed = by_office(&run("I", every_region.clone()).await, "closed");
-    let satisfaction = by_office(&run("J", every_region.clone()).await, "satisfaction");
-    let breaches = by_office(&run("K", every_region.clone()).await, "breaches");
-    let rejected = by_office(&run("L", every_region.clone()).await, "rejected");
+    let waits = run(("Today", "B"), every_region.clone()).await;
+    let service_level = by_office(&waits, "of those called");
+    let of_everyone = by_office(&waits, "of everyone who came");
+    let served = by_office(&run(("Today", "A"), every_region.clone()).await, "served");
+    let cancelled = by_office(&run(("Now", "D"), every_region.clone()).await, "left without service");
+    let satisfaction = by_office(&run(("Today", "C"), every_region.clone()).await, "satisfaction");
+    let breaches = by_office(&run(("Today", "D"), every_region.clone()).await, "breaches");
     let offices = day.offices();
     assert_eq!(served.keys().cloned().collect::<Vec<_>>(), offices, "All includes the office without a region");
     for office in &offices {
@@ -600,25 +621,26 @@ async fn all_offices_figures_equal_those_of_the_fixture_day() {
         );
         assert_close(figure(&satisfaction), expected.satisfaction, &format!("{office} satisfaction"));
         assert_close(figure(&breaches).or(Some(0.0)), Some(expected.breaches as f64), &format!("{office} breaches"));
+        // Every fixture ticket closes as served, no-show or cancelled: everyone who came is every closed one.
+        let closed = expected.served + expected.no_shows + expected.cancelled;
+        let within = day.closed_in(office, from, to).filter(|t| t.wait_within_target() == Some(1.0)).count();
         assert_close(
-            figure(&rejected),
-            Some(day.rejected.get(office).copied().unwrap_or(0) as f64),
-            &format!("{office} rejected"),
+            figure(&of_everyone),
+            (closed > 0).then(|| within as f64 / closed as f64),
+            &format!("{office} service level of everyone who came"),
         );
-        // What the table's transformation computes: no-shows / closed (empty when none).
-        let rate = figure(&no_shows).zip(figure(&closed)).map(|(n, c)| n / c);
-        let expected_rate = expected.no_show_rate().filter(|rate| *rate > 0.0);
-        assert_close(rate, expected_rate, &format!("{office} no-show rate"));
         let cancellation = figure(&cancelled).unwrap_or(0.0);
-        assert_close(Some(cancellation), Some(expected.cancelled as f64), &format!("{office} cancelled"));
+        assert_close(Some(cancellation), Some(expected.cancelled as f64), &format!("{office} left without service"));
     }
-    assert!(day.rejected.values().sum::<u64>() > 0 && offices.iter().any(|o| day.figures(o, from, to).cancelled > 0));
+    assert!(offices.iter().any(|o| day.figures(o, from, to).cancelled > 0));
 
     // "Now" at 10:00 in Jakarta (11:00 in Makassar, 12:00 in Jayapura), today so far.
     let now = local_ms("Asia/Jakarta", 0, 10, 0);
     let so_far = region_substitution(VariableValue::All(".*".into()), from, now, "1m");
-    let waiting = by_office(&run("B", so_far.clone()).await, "waiting now");
-    let oldest = by_office(&run("C", so_far.clone()).await, "oldest wait now");
+    let waiting = by_office(&run(("Now", "A"), so_far.clone()).await, "waiting");
+    let oldest = by_office(&run(("Now", "B"), so_far.clone()).await, "oldest wait now");
+    let top = run(("Most waiting now, top 10", "A"), so_far.clone()).await;
+    assert_eq!(by_office(&top, "waiting"), waiting, "the top 10 reads the same rows");
     for office in &offices {
         let expected_waiting = day.waiting_at(office, now);
         assert_close(
@@ -656,7 +678,7 @@ async fn all_offices_figures_equal_those_of_the_fixture_day() {
     );
     let within: Vec<f64> = day.tickets.iter().filter_map(|t| t.wait_within_target()).collect();
     assert_close(
-        single(&stat("Service level today", every_region.clone()).await, "service level", "sl"),
+        single(&stat("Service level today, of those called", every_region.clone()).await, "service level", "sl"),
         model::mean(&within),
         "service level today",
     );
@@ -679,7 +701,7 @@ async fn all_offices_figures_equal_those_of_the_fixture_day() {
         (VariableValue::Many(vec!["dki".into(), "sulsel".into()]), vec!["mpp-jkt", "mpp-mks"]),
         (VariableValue::All(".*".into()), vec!["mpp-jkt", "mpp-mks", "pkm-abepura"]),
     ] {
-        let rows = run("F", region_substitution(region.clone(), from, to, "1m")).await;
+        let rows = run(("Today", "A"), region_substitution(region.clone(), from, to, "1m")).await;
         assert_eq!(by_office(&rows, "served").keys().collect::<Vec<_>>(), expected, "region {region:?}");
     }
 }
@@ -1327,4 +1349,236 @@ async fn office_panels_equal_the_simulated_weeks_truth_and_events() {
         }
         assert_close(Some(sum), all, &format!("{title}: the services add up to All"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_offices_week_over_week_and_left_without_service_equal_the_simulated_weeks_truth() {
+    let week = SimWeek::load().await;
+    let all = dashboard("queuewatch-all-offices");
+    let zone: chrono_tz::Tz = "Asia/Jakarta".parse().unwrap();
+    let office = "mpp-jakarta-pusat";
+    let days = week.days(office);
+    // The week's last day and the same weekday a week before it.
+    let (date, from, to) = days[7];
+    let (week_ago, _, _) = days[0];
+    assert_eq!(date - week_ago, chrono::Duration::days(7));
+    let substitution = Substitution::new(from, to, "1h")
+        .with("region", VariableValue::All(".*".into()))
+        .with("tz", VariableValue::Raw(zone.name().into()));
+    let rows = |title: &str, ref_id: &str| {
+        let query = target_query(&all, title, ref_id);
+        let week = &week;
+        let substitution = substitution.clone();
+        async move { week.rows("all offices", &query, &substitution).await }
+    };
+    let served_now = by_office(&rows("Today", "A").await, "served");
+    let served_before = by_office(&rows("Today", "E").await, "served a week ago");
+    let left = by_office(&rows("Now", "D").await, "left without service");
+    for (office, _) in &week.offices {
+        let office_days = week.days(office);
+        assert_close(
+            served_now.get(office).copied().flatten(),
+            Some(week.served(office, office_days[7].0) as f64),
+            &format!("{office} served on the last day"),
+        );
+        assert_close(
+            served_before.get(office).copied().flatten(),
+            Some(week.served(office, office_days[0].0) as f64),
+            &format!("{office} served a week before (7-day shift)"),
+        );
+        assert_close(
+            left.get(office).copied().flatten().or(Some(0.0)),
+            Some(week.left_without_service(office, office_days[7].0) as f64),
+            &format!("{office} left without service on the last day"),
+        );
+    }
+    // Both service levels a week ago, against the points of that day read directly.
+    let levels_before = rows("Today", "F").await;
+    let raw = week
+        .rows(
+            "raw",
+            "SELECT \"wait_within_target\", \"recalls\" FROM \"ticket\" WHERE time >= ${__from}ms - 7d AND time <= ${__to}ms - 7d GROUP BY \"office\"",
+            &substitution,
+        )
+        .await;
+    for row in &levels_before {
+        let office = row["office"].as_str().unwrap();
+        let points: Vec<_> = raw.iter().filter(|r| r["office"] == office).collect();
+        let within: Vec<f64> = points.iter().filter_map(|p| number(p, "wait_within_target")).collect();
+        assert_close(number(row, "of those called a week ago"), model::mean(&within), &format!("{office} a week ago"));
+        assert_close(
+            number(row, "of everyone a week ago"),
+            Some(within.iter().sum::<f64>() / points.len() as f64),
+            &format!("{office} of everyone a week ago"),
+        );
+    }
+    // The service level of the range's last hour reads only that hour.
+    let last_hour = by_office(&rows("Now", "C").await, "service level, last hour");
+    let raw_hour = week
+        .rows(
+            "raw hour",
+            "SELECT MEAN(\"wait_within_target\") AS \"sl\" FROM \"ticket\" WHERE time > ${__to}ms - 1h AND time <= ${__to}ms GROUP BY \"office\"",
+            &substitution,
+        )
+        .await;
+    assert_eq!(last_hour, by_office(&raw_hour, "sl"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_dashboard_reads_heartbeat_rows_and_each_offices_rejected_messages() {
+    let influx = loaded_influx().await;
+    let day = Day::from_ndjson(FIXTURE);
+    let board = dashboard("queuewatch-daemon");
+    let (from, to) = whole_day("Asia/Jakarta");
+    // Two instances' heartbeat rows a minute apart; the second restarts after 5 minutes (counts from zero).
+    let mut lines = String::new();
+    let start = from + 8 * 3_600_000;
+    for minute in 0..10_i64 {
+        let at = (start + minute * 60_000) * 1_000_000;
+        let a = minute * 7;
+        lines.push_str(&format!(
+            "queuewatch,instance=queuewatch-a.1 accepted={a}i,rejected={}i,points_written={}i,points_refused=0i,open_tickets=3i,newest_event_age_s=2.5,uptime_s={} {at}\n",
+            minute,
+            a * 3,
+            minute * 60
+        ));
+        let b = if minute < 5 { minute * 4 } else { (minute - 5) * 4 };
+        lines.push_str(&format!(
+            "queuewatch,instance=queuewatch-b accepted={b}i,rejected=0i,points_written={b}i,points_refused={}i,open_tickets=1i,uptime_s={} {at}\n",
+            i64::from(minute >= 8),
+            (minute % 5) * 60
+        ));
+    }
+    influx.write(DB, "ns", &lines).await;
+    let substitution = |instance: VariableValue| {
+        Substitution::new(from, to, "1m")
+            .with("instance", instance)
+            .with("tz", VariableValue::Raw("Asia/Jakarta".into()))
+    };
+    let all = substitution(VariableValue::All(".*".into()));
+    let query = |title: &str| target_query(&board, title, "A");
+    let rows =
+        grafana_kit::rows(&influx, DB, "accepted", &query("Events accepted and messages rejected per minute"), &all)
+            .await;
+    let sum = |instance: &str, column: &str| -> f64 {
+        rows.iter().filter(|r| r["instance"] == instance).filter_map(|r| number(r, column)).sum()
+    };
+    assert_close(Some(sum("queuewatch-a.1", "accepted")), Some(63.0), "a: 9 minutes of 7");
+    assert_close(Some(sum("queuewatch-a.1", "rejected")), Some(9.0), "a: one a minute");
+    // b: 4 a minute, except the minute of its restart, which counts from zero again.
+    assert_close(Some(sum("queuewatch-b", "accepted")), Some(32.0), "b: 8 minutes of 4");
+    let refused = grafana_kit::rows(&influx, DB, "refused", &query("Points refused in the range"), &all).await;
+    assert_close(single(&refused, "points refused", "refused"), Some(1.0), "one point refused by b");
+    let one = substitution(VariableValue::One("queuewatch-a.1".into()));
+    let uptime = grafana_kit::rows(&influx, DB, "uptime", &query("Last heartbeat row"), &one).await;
+    assert_close(single(&uptime, "uptime", "uptime"), Some(540.0), "a's newest row");
+
+    // The messages each office's machines sent, moved here from the office dashboard.
+    let per_office = grafana_kit::rows(&influx, DB, "per office", &query("Messages per office"), &all).await;
+    for (office, _) in OFFICES {
+        let rejected = by_office(&per_office, "rejected").get(*office).copied().flatten();
+        assert_close(
+            rejected,
+            Some(day.rejected.get(*office).copied().unwrap_or(0) as f64),
+            &format!("{office} rejected"),
+        );
+    }
+    assert!(day.rejected.values().sum::<u64>() > 0);
+}
+
+// ------------------------------------------------------------------ installed together
+
+/// What `deploy/README.md` section 5 installs (and the alert rules of
+/// section 6), copied into a temporary root the way `install` would.
+fn installed_kit() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, to: &str| {
+        let to = root.path().join(to.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, &to).unwrap_or_else(|error| panic!("{}: {error}", from.display()));
+    };
+    let kit = grafana_dir();
+    for kind in ["datasources", "dashboards", "alerting"] {
+        copy(
+            &kit.join(format!("provisioning/{kind}/queuewatch.yaml")),
+            &format!("/etc/grafana/provisioning/{kind}/queuewatch.yaml"),
+        );
+    }
+    for (name, _) in dashboards() {
+        copy(&kit.join("dashboards").join(&name), &format!("/var/lib/grafana/dashboards/queuewatch/{name}"));
+    }
+    root
+}
+
+#[test]
+fn the_installed_kit_has_one_folder_resolvable_datasources_and_links_to_existing_dashboards_and_variables() {
+    let root = installed_kit();
+    let at = |path: &str| root.path().join(path.trim_start_matches('/'));
+    let datasources = yaml(&at("/etc/grafana/provisioning/datasources/queuewatch.yaml"));
+    let datasource_uids: BTreeSet<&str> =
+        datasources["datasources"].as_array().unwrap().iter().filter_map(|d| d["uid"].as_str()).collect();
+    let provider = &yaml(&at("/etc/grafana/provisioning/dashboards/queuewatch.yaml"))["providers"][0];
+    let alerting = yaml(&at("/etc/grafana/provisioning/alerting/queuewatch.yaml"));
+
+    // One folder. Grafana's file provisioning of alert rules names a group's
+    // folder by its title (`folder`); the dashboard provider creates the folder
+    // with that title and uid `folderUid`. So rules and dashboards share a
+    // folder when the titles are equal; a group with a `folderUid` must name the provider's.
+    let folder_title = provider["folder"].as_str().unwrap();
+    let folder_uid = provider["folderUid"].as_str().unwrap();
+    for group in alerting["groups"].as_array().unwrap() {
+        assert_eq!(group["folder"].as_str(), Some(folder_title), "rule group {} folder", group["name"]);
+        if let Some(uid) = group.get("folderUid").or(group.get("folderUID")) {
+            assert_eq!(uid.as_str(), Some(folder_uid), "rule group {} folder uid", group["name"]);
+        }
+        // Every rule's queries name a provisioned datasource or Grafana's expressions.
+        for rule in group["rules"].as_array().unwrap() {
+            for query in rule["data"].as_array().unwrap() {
+                let uid = query["datasourceUid"].as_str().unwrap();
+                assert!(uid == "__expr__" || datasource_uids.contains(uid), "rule {}: datasource {uid}", rule["uid"]);
+            }
+        }
+    }
+
+    // The provider loads the folder the dashboards were copied to, and every link resolves.
+    let folder = at(provider["options"]["path"].as_str().unwrap());
+    let mut installed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut boards = Vec::new();
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let board: Value = serde_json::from_str(&read(&entry.unwrap().path())).unwrap();
+        let variables = board["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect();
+        installed.insert(board["uid"].as_str().unwrap().to_string(), variables);
+        boards.push(board);
+    }
+    assert_eq!(installed.len(), 3, "{installed:?}");
+    let mut checked = 0;
+    for board in &boards {
+        let mut urls: Vec<String> = all_panels(board).into_iter().flat_map(panel_links).collect();
+        urls.extend(
+            board["links"].as_array().into_iter().flatten().filter_map(|l| l["url"].as_str().map(str::to_string)),
+        );
+        for url in urls {
+            let Some(rest) = url.strip_prefix("/d/") else { continue };
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let uid = path.split('/').next().unwrap();
+            let variables =
+                installed.get(uid).unwrap_or_else(|| panic!("{}: link to unknown dashboard {url}", board["uid"]));
+            for parameter in query.split('&') {
+                if let Some(name) = parameter.strip_prefix("var-").and_then(|p| p.split('=').next()) {
+                    assert!(
+                        variables.contains(name),
+                        "{}: {url} sets ${name}, which {uid} does not define",
+                        board["uid"]
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "links checked: {checked}");
 }
