@@ -250,14 +250,6 @@ pub struct Figures {
     pub breaches: u64,
 }
 
-impl Figures {
-    /// no_show / (served + no_show + cancelled)
-    pub fn no_show_rate(&self) -> Option<f64> {
-        let closed = self.served + self.no_shows + self.cancelled;
-        (closed > 0).then(|| self.no_shows as f64 / closed as f64)
-    }
-}
-
 pub fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }

@@ -7,11 +7,16 @@
 //! the way its InfluxDB datasource does for raw InfluxQL:
 //!
 //! - `$timeFilter` becomes `time >= FROMms and time <= TOms` (epoch milliseconds);
+//! - `${__from}` and `${__to}` become the range's ends in epoch milliseconds;
 //! - `$__interval` becomes the interval as written (`1m`, `1h`), and
 //!   `$__interval_ms` its milliseconds;
 //! - a variable with several values becomes `(a|b)`, each value regex-escaped,
 //!   as Grafana formats multi-value variables for InfluxDB (to be used inside
-//!   `=~ /^$var$/`); a single value is regex-escaped alone; "All" becomes the
+//!   `=~ /^$var$/`; Grafana's "Formatting multi-value variables": "InfluxDB and
+//!   Prometheus use regex expressions, so the same variable would be
+//!   interpolated as `(host1|host2|host3)`. Every value would also be regex
+//!   escaped", grafana/grafana docs/sources/variables/formatting-multi-value-variables.md),
+//!   so an office id `kcp.bdg-1` becomes `kcp\.bdg-1`; a single value is regex-escaped alone; "All" becomes the
 //!   variable's custom all-value (`.*`) as written;
 //! - `$var` and `${var}` are both recognised; any other `$name` is an error, so a
 //!   query that uses an undefined variable fails the test instead of reaching
@@ -138,6 +143,9 @@ impl Substitution {
             "timeFilter" | "__timeFilter" => Some(format!("time >= {}ms and time <= {}ms", self.from_ms, self.to_ms)),
             "__interval" => Some(self.interval.clone()),
             "__interval_ms" => interval_ms(&self.interval).map(|ms| ms.to_string()),
+            // Epoch milliseconds of the range's ends, Grafana's default format for them.
+            "__from" => Some(self.from_ms.to_string()),
+            "__to" => Some(self.to_ms.to_string()),
             _ => self.variables.get(name).map(|value| match value {
                 VariableValue::One(one) => regex_escape(one),
                 VariableValue::Many(many) if many.len() == 1 => regex_escape(&many[0]),
