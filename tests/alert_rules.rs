@@ -869,7 +869,12 @@ async fn alerting(influx: &Influx1, db: &str, rule: &Rule, now_ms: i64) -> BTree
 
 /// One series per InfluxDB series and value column; the query must run without error.
 async fn run_query(influx: &Influx1, db: &str, influxql: &str) -> Vec<Series> {
-    let response = influx.query(db, influxql).await;
+    series_of(influxql, &influx.query(db, influxql).await)
+}
+
+/// The series of a query's answer: one per InfluxDB series (its tags are the labels), whose
+/// one value column is its values; the query must have run without error.
+fn series_of(influxql: &str, response: &Value) -> Vec<Series> {
     let result = &response["results"][0];
     if let Some(error) = response.get("error").or_else(|| result.get("error")) {
         panic!("{influxql}: {error}");

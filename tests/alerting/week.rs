@@ -345,7 +345,8 @@ async fn evaluate_week(
                     .json()
                     .await
                     .expect("JSON");
-                (query, series_of(&response))
+                let series = series_of(&query, &response);
+                (query, series)
             });
         }
         let mut answers: HashMap<String, Vec<Series>> = HashMap::new();
@@ -421,27 +422,6 @@ async fn evaluate_week(
         now += MINUTE;
     }
     timelines
-}
-
-/// One series per InfluxDB series and value column of a query's answer.
-fn series_of(response: &Value) -> Vec<Series> {
-    let result = &response["results"][0];
-    if let Some(error) = response.get("error").or_else(|| result.get("error")) {
-        panic!("query failed: {error}");
-    }
-    let mut all = Vec::new();
-    for series in result.get("series").and_then(Value::as_array).into_iter().flatten() {
-        let labels: Labels = series
-            .get("tags")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_default().to_string()))
-            .collect();
-        let values = series["values"].as_array().into_iter().flatten().map(|row| row[1].as_f64()).collect();
-        all.push(Series { labels, values });
-    }
-    all
 }
 
 /// Maximal intervals [start, end] (minutes) in which an instance's model condition is on.
