@@ -1992,6 +1992,7 @@ max_ticket_age = "366days"
 dedup_horizon = "100years"
 max_future_skew = "2years"
 gauge_idle_after = "1000days"
+close_grace = "400days"
 [sla.services.ktp]
 service_target = "367days"
 "#,
@@ -2005,10 +2006,14 @@ service_target = "367days"
                 "tracking.dedup_horizon: must be at most 365days",
                 "tracking.max_future_skew: must be at most 365days",
                 "tracking.gauge_idle_after: must be at most 365days",
+                "tracking.close_grace: must be at most 365days",
                 "sla.services.ktp.service_target: must be at most 365days",
             ],
         );
         assert!(Config::parse("[tracking]\nmax_ticket_age = \"365days\"\n").is_ok());
+        let grace = Config::parse("[tracking]\nclose_grace = \"45m\"\n").unwrap().tracking.close_grace;
+        assert_eq!(grace, Duration::from_secs(45 * 60));
+        assert_eq!(TrackingConfig::default().close_grace, Duration::from_secs(30 * 60));
     }
 
     #[test]
