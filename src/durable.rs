@@ -155,7 +155,7 @@ impl Durability {
         pipeline: &mut Pipeline,
         now: Millis,
     ) -> Result<(Durability, Recovery), StorageError> {
-        let session = Session { mqtt_url: config.mqtt.url.clone(), client_id: config.mqtt.client_id.clone() };
+        let session = Session::of(config);
         let dir = StateDir::open(&config.storage.data_dir, &session)?;
         let mut recovery = Recovery::default();
         snapshot::remove_pending(dir.path())?;
@@ -168,6 +168,7 @@ impl Durability {
             recent.extend(hashes);
             let tracker = state::decode(pipeline.tracker().settings().clone(), bytes).map_err(|error| match error {
                 StateError::NewerVersion { found, supported } => StorageError::Version { path, found, supported },
+                StateError::OlderVersion { found, supported } => StorageError::OldVersion { path, found, supported },
                 error => StorageError::Corrupt { path, detail: error.to_string() },
             })?;
             pipeline.replace_tracker(tracker);

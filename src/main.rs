@@ -24,6 +24,21 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum StateAction {
+    /// Keep the saved state and record the configured broker and client id as its session: the same broker
+    /// under another name or address.
+    Adopt {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Rename the saved state to state.set-aside-<time> (kept, not deleted), so that `run` starts afresh.
+    SetAside {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the daemon: subscribe over MQTT, write points to InfluxDB.
     Run {
@@ -50,6 +65,12 @@ enum Command {
     ResendDeadLetters {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Decide about saved state (storage.data_dir) that belongs to another MQTT session, which `run` refuses
+    /// to start on. Not while the daemon runs.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
     },
     /// Print the hash `privacy.staff = "hash"` gives each staff id, one `NAME<TAB>HASH` a line, so that an
     /// office can find its own staff in the points.
@@ -228,6 +249,24 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::State { action } => {
+            let (config, choice) = match action {
+                StateAction::Adopt { config } => (config, queuewatch::storage::OtherSession::Adopt),
+                StateAction::SetAside { config } => (config, queuewatch::storage::OtherSession::SetAside),
+            };
+            let config = match load_config(&config) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let session = queuewatch::storage::Session::of(&config);
+            match queuewatch::storage::StateDir::open_with(&config.storage.data_dir, &session, choice) {
+                Ok(state) => {
+                    println!("{}: the state belongs to {}", state.path().display(), session.describe());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(&error.into()),
+            }
+        }
         Command::StaffHash { config, names } => {
             let config = match load_config(&config) {
                 Ok(config) => config,

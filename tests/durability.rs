@@ -387,3 +387,102 @@ fn tags_and_fields(pairs: &[(&str, &str)]) -> String {
     let sorted: BTreeMap<&str, &str> = pairs.iter().copied().collect();
     sorted.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(" ")
 }
+
+/// The state folder a released queuewatch left when it was killed mid-day (see
+/// `tests/data/state-v1/make.sh`): this version starts on it and carries on exactly. Each
+/// release keeps reading the previous release's formats; a change of format that drops
+/// them fails here before it reaches a user's upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_folder_of_the_previous_release_is_read_and_resumed_exactly() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-v1");
+    let mqtt = Mosquitto::start_persistent(&MosquittoOptions::default());
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    copy_folder(&fixture.join("data"), &data_dir);
+    let config_text = std::fs::read_to_string(fixture.join("config.toml.in"))
+        .unwrap()
+        .replace("@MQTT@", &mqtt.url)
+        .replace("@DATA@", &data_dir.display().to_string())
+        .replace("http://127.0.0.1:9", &influx.url);
+    let config = common::write_config(dir.path(), &config_text);
+    common::create_session(&mqtt, "upgrade-daemon", "queue/+/events").await;
+    let mut daemon = Daemon::start(&config, dir.path(), "upgraded");
+    daemon.wait_until_connected().await;
+
+    // 2026-12-07 08:00 in Jakarta, when Q-1 was issued.
+    let base = 1_796_605_200_000;
+    let event = |kind: &str, at_s: i64, ticket: &str| {
+        let more = if kind == "issued" { r#","service":"ktp""# } else { r#","counter":"c1""# };
+        let ts = base + at_s * 1000;
+        Message::event(
+            "kantor-a",
+            format!(r#"{{"type":"{kind}","ts":{ts},"ticket":"{ticket}","id":"{kind}-{ticket}-2"{more}}}"#),
+        )
+    };
+    let kiosk = Publisher::connect(mqtt.port, "kiosk");
+    kiosk
+        .publish_all(&[
+            event("called", 600, "Q-1"),
+            event("started", 630, "Q-1"),
+            event("finished", 900, "Q-1"),
+            event("called", 700, "Q-3"),
+            event("started", 720, "Q-3"),
+            event("finished", 1000, "Q-3"),
+        ])
+        .await;
+    kiosk.wait_until_acknowledged().await;
+    points::wait_for_points(&influx, "ticket", 3, &daemon).await;
+    daemon.terminate().await;
+
+    let tickets = points::rows(&influx, "qw", "ticket").await;
+    let summary: Vec<(i64, String)> = tickets
+        .iter()
+        .map(|row| {
+            let field = |name: &str| {
+                row.tags_and_fields
+                    .split(' ')
+                    .find(|pair| pair.starts_with(&format!("{name}=")))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (
+                (row.time_ns / 1_000_000 - base) / 1000,
+                format!("{} {} {}", field("ticket"), field("wait_s"), field("total_s")),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            // From the spool: Q-2 was served before the kill.
+            (400, "ticket=\"Q-2\" wait_s=60 total_s=340".to_string()),
+            // From the snapshot: Q-1 waited 10 minutes.
+            (900, "ticket=\"Q-1\" wait_s=600 total_s=900".to_string()),
+            // From the journal after the snapshot: Q-3 was issued at 500 s.
+            (1000, "ticket=\"Q-3\" wait_s=200 total_s=500".to_string()),
+        ],
+        "{tickets:#?}\n{}",
+        daemon.log_tails(40)
+    );
+    let recoveries = daemon.recoveries();
+    assert!(
+        matches!(recoveries.as_slice(), [Some(recovery)] if recovery.snapshot > 0 && recovery.replayed >= 1),
+        "the snapshot and the journal after it were read: {recoveries:?}\n{}",
+        daemon.log_tails(40)
+    );
+}
+
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

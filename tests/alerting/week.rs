@@ -222,7 +222,21 @@ impl Model {
         Some(if index == 0 { 0 } else { changes[index - 1].1 })
     }
 
+    /// The condition each rule states. The two that read a gauge over its last 2 minutes
+    /// (`MAX` over the rows of a minute each) are on when their instant condition held at one
+    /// of the minutes in that window: a ticket past target called a minute before the next one
+    /// passes it is one condition, as the rules document.
     fn condition(&self, uid: &str, at: i64) -> BTreeSet<Labels> {
+        match uid {
+            "queuewatch-waiting-past-target" | "queuewatch-oldest-wait-twice-target" => {
+                [at - 2 * MINUTE, at - MINUTE, at].iter().flat_map(|minute| self.condition_at(uid, *minute)).collect()
+            }
+            _ => self.condition_at(uid, at),
+        }
+    }
+
+    /// Whether each rule's condition holds at the instant `at`.
+    fn condition_at(&self, uid: &str, at: i64) -> BTreeSet<Labels> {
         let offices: Vec<&String> = self.regions.keys().collect();
         let open_offices = || offices.iter().filter(move |office| self.open(office, at));
         match uid {
@@ -504,7 +518,13 @@ async fn every_rule_over_a_simulated_week_pages_exactly_the_true_conditions_with
         .collect();
     let model = Model { observed, offices: parsed.offices, regions, outages };
 
-    let rules = all_rules();
+    // QUEUEWATCH_WEEK_RULES=uid,uid evaluates only those rules and prints every finding (to
+    // study one rule without the whole week's queries).
+    let only: Option<Vec<String>> =
+        std::env::var("QUEUEWATCH_WEEK_RULES").ok().map(|list| list.split(',').map(str::to_owned).collect());
+    let rules: Vec<Rule> =
+        all_rules().into_iter().filter(|rule| only.as_ref().is_none_or(|only| only.contains(&rule.uid))).collect();
+    let shown = if only.is_some() { usize::MAX } else { 5 };
     let from = start + 60 * MINUTE;
     let timelines = evaluate_week(&influx, "week", &rules, &model.outages, from, end).await;
 
@@ -557,7 +577,19 @@ async fn every_rule_over_a_simulated_week_pages_exactly_the_true_conditions_with
                     .iter()
                     .any(|(begin, finish)| *begin <= page - for_ms + TOLERANCE && *finish >= page - TOLERANCE);
                 if !justified {
-                    tally.false_pages.push(name(*page));
+                    // What the model and the rule did around it, to tell a late model from an early rule.
+                    let near = |time: i64| (page - 60 * MINUTE..=page + 10 * MINUTE).contains(&time);
+                    let model_near: Vec<String> = true_intervals
+                        .iter()
+                        .filter(|(begin, finish)| near(*begin) || near(*finish))
+                        .map(|(begin, finish)| format!("{}..{}", render_time(*begin), render_time(*finish)))
+                        .collect();
+                    let rule_near: Vec<String> = changes
+                        .iter()
+                        .filter(|(time, _)| near(*time))
+                        .map(|(time, state)| format!("{state:?} {}", render_time(*time)))
+                        .collect();
+                    tally.false_pages.push(format!("{}; model on {model_near:?}; rule {rule_near:?}", name(*page)));
                 }
             }
             for (begin, finish) in &true_intervals {
@@ -565,7 +597,15 @@ async fn every_rule_over_a_simulated_week_pages_exactly_the_true_conditions_with
                     continue;
                 }
                 tally.true_conditions += 1;
-                let due = begin + for_ms + TOLERANCE + MINUTE;
+                // While InfluxDB is down no rule is evaluated, and while queuewatch or the
+                // broker is down no office row is new: a condition that starts before or during
+                // an outage is due later by the outage's length.
+                let mut due = begin + for_ms + TOLERANCE + MINUTE;
+                for (_, (outage_start, minutes)) in model.outages.windows() {
+                    if (*begin - for_ms..due).contains(&outage_start) {
+                        due += minutes * MINUTE;
+                    }
+                }
                 if !alerting_at(due.min(*finish)) {
                     tally.missed.push(name(*begin));
                 }
@@ -617,7 +657,7 @@ async fn every_rule_over_a_simulated_week_pages_exactly_the_true_conditions_with
             ("outside hours", &tally.outside_hours, true),
             ("resolved in outage", &tally.resolved_in_outage, true),
         ] {
-            let lines = list.iter().take(5).map(|item| format!("{}: {what}: {item}", rule.uid));
+            let lines = list.iter().take(shown).map(|item| format!("{}: {what}: {item}", rule.uid));
             if asserted {
                 failures.extend(lines);
             } else {
@@ -628,7 +668,9 @@ async fn every_rule_over_a_simulated_week_pages_exactly_the_true_conditions_with
     eprintln!("{table}");
     assert!(failures.is_empty(), "{table}\n{}", failures.join("\n"));
     // The week did page: the queuewatch stop and the InfluxDB outage.
-    assert_eq!(stopped_pages, 2, "{table}");
+    if only.is_none() {
+        assert_eq!(stopped_pages, 2, "{table}");
+    }
 }
 
 /// `at` as `YYYY-MM-DD HH:MM` in Jakarta.

@@ -131,6 +131,11 @@ impl Daemon {
 
     /// What each start after the first reported recovering, in start order
     /// (`None` for a start that logged no recovery).
+    /// What every start's "State recovered." line reported, the first start's included.
+    pub fn recoveries(&self) -> Vec<Option<Recovery>> {
+        (1..=self.starts).map(|start| recovery_in(&read(&self.log_path(start)))).collect()
+    }
+
     pub fn recoveries_after_restarts(&self) -> Vec<Option<Recovery>> {
         (2..=self.starts).map(|start| recovery_in(&read(&self.log_path(start)))).collect()
     }
