@@ -126,6 +126,9 @@ pub struct StorageConfig {
     pub checkpoint_interval: Duration,
     /// `false`: no journal, messages acknowledged once taken in (a crash loses what was held).
     pub journal: bool,
+    /// Journal bytes after which a checkpoint is taken before its interval
+    /// is up: a flood cannot grow the journal (nor recovery) without bound.
+    pub journal_segment_bytes: u64,
     /// The most the point spool (`data_dir/spool`) holds while InfluxDB is
     /// unavailable; when full, MQTT messages are no longer acknowledged.
     /// 0: no spool (points wait in memory, as `replay` does).
@@ -138,6 +141,7 @@ impl Default for StorageConfig {
             data_dir: "/var/lib/queuewatch".into(),
             checkpoint_interval: Duration::from_secs(60),
             journal: true,
+            journal_segment_bytes: 64 << 20,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         }
     }
@@ -860,6 +864,14 @@ impl Config {
                 match value.as_bool() {
                     Some(journal) => config.storage.journal = journal,
                     None => problems.push("storage.journal: expected true or false".into()),
+                }
+            }
+            if let Some(value) = section.get("journal_segment_bytes") {
+                match value.as_integer().and_then(|bytes| u64::try_from(bytes).ok()) {
+                    Some(bytes) if bytes >= 1 << 20 => config.storage.journal_segment_bytes = bytes,
+                    _ => problems.push(format!(
+                        "storage.journal_segment_bytes: expected a number of bytes of at least 1048576 (1 MiB), found {value}"
+                    )),
                 }
             }
             if let Some(value) = section.get("spool_max_bytes") {

@@ -375,14 +375,18 @@ pub async fn run_with(
             () = &mut stop => Input::Shutdown,
             // Before messages: once a minute, and due even while a backlog keeps the channel full.
             () = &mut self_report_due => Input::SelfReport(next_self_report),
+            // Acknowledgements, ticks and checkpoints before messages too: a
+            // flood that keeps the channel full must not hold acknowledgements
+            // back nor starve the snapshots that keep the journal short. Each
+            // is cheap and comes at most once per its interval (`Delay`).
+            () = durable_changed(&mut durability) => Input::Durable,
+            _ = tick.tick() => Input::Tick,
+            _ = checkpoint_due.tick(), if durability.is_some() => Input::Checkpoint,
             // Zero only once the channel is closed and empty.
             taken = messages.recv_many(&mut batch, MESSAGE_BATCH) => match taken {
                 0 => Input::Shutdown,
                 _ => Input::Messages,
             },
-            () = durable_changed(&mut durability) => Input::Durable,
-            _ = tick.tick() => Input::Tick,
-            _ = checkpoint_due.tick(), if durability.is_some() => Input::Checkpoint,
             _ = stats_log.tick() => {
                 info!(stats = %pipeline.stats().one_line(), "Totals so far.");
                 continue;
@@ -443,6 +447,12 @@ pub async fn run_with(
                 if let Some(durability) = &mut durability {
                     durability.release_acks(&mut acker);
                 }
+                // A flood fills the journal faster than the checkpoint
+                // interval empties it: a checkpoint by size, now.
+                if durability.as_ref().is_some_and(Durability::journal_outgrown) {
+                    checkpoint(&mut pipeline, &sinks, &mut durability).await;
+                    checkpoint_due.reset();
+                }
             }
             // While messages wait in the channel the daemon is behind: letting
             // wall time move the office clocks now would make those messages
@@ -470,17 +480,7 @@ pub async fn run_with(
                 continue;
             }
             Input::Checkpoint => {
-                // Every point of the records the snapshot covers goes to the
-                // writers first, so that their settling can be awaited.
-                if let Some((lines, count)) = pipeline.take_lines() {
-                    if !send_to_all(&sinks, lines, count).await {
-                        error!(points = count, "The InfluxDB writer has stopped; points lost.");
-                    }
-                }
-                if let Some(durability) = durability.as_mut().filter(|durability| durability.checkpoint_wanted()) {
-                    let tracker = pipeline.tracker().clone();
-                    durability.begin_checkpoint(tracker, &sinks).await;
-                }
+                checkpoint(&mut pipeline, &sinks, &mut durability).await;
                 continue;
             }
             Input::SelfReport(at) => {
@@ -689,6 +689,21 @@ async fn stopped(mut receiver: watch::Receiver<Option<tokio::time::Instant>>) {
         if receiver.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Begins a snapshot of the tracker, if one is wanted. Every point of the
+/// records the snapshot covers goes to the writers first, so that their
+/// settling can be awaited.
+async fn checkpoint(pipeline: &mut Pipeline, sinks: &[SinkHandle], durability: &mut Option<Durability>) {
+    if let Some((lines, count)) = pipeline.take_lines() {
+        if !send_to_all(sinks, lines, count).await {
+            error!(points = count, "The InfluxDB writer has stopped; points lost.");
+        }
+    }
+    if let Some(durability) = durability.as_mut().filter(|durability| durability.checkpoint_wanted()) {
+        let tracker = pipeline.tracker().clone();
+        durability.begin_checkpoint(tracker, sinks).await;
     }
 }
 

@@ -90,6 +90,11 @@ pub struct Durability {
     committed_at: Option<std::time::SystemTime>,
     /// Hashes of the last messages journaled, oldest first (kept in snapshots).
     recent: VecDeque<u64>,
+    /// Journal bytes handed over since the last checkpoint began: a
+    /// checkpoint (and with it a new segment) is due by size as well as by
+    /// time, so that a flood cannot grow one segment without bound.
+    handed_since_roll: u64,
+    segment_bytes: u64,
     /// After a recovery, until the first message that is not a redelivery:
     /// hashes of journaled messages, with how many copies.
     redeliveries: Option<HashMap<u64, u32>>,
@@ -216,6 +221,8 @@ impl Durability {
             committed: recovery.snapshot,
             committed_at,
             recent,
+            handed_since_roll: 0,
+            segment_bytes: config.storage.journal_segment_bytes,
             redeliveries: (!redeliveries.is_empty()).then_some(redeliveries),
         };
         if summary.last > 0 {
@@ -290,6 +297,7 @@ impl Durability {
             return;
         }
         let frames = std::mem::replace(&mut self.framed, Vec::with_capacity(HAND_OVER_BYTES));
+        self.handed_since_roll += frames.len() as u64;
         if !self.journal.send(Command::Framed { last: self.last, frames }).await {
             error!("The journal thread has stopped; nothing more is acknowledged.");
         }
@@ -341,12 +349,21 @@ impl Durability {
         self.checkpoint.is_none() && self.last != self.committed
     }
 
+    /// Whether the journal grew past `storage.journal_segment_bytes` since
+    /// the last checkpoint began, and a checkpoint can begin now: a segment
+    /// stays about this size however fast messages come, and recovery reads
+    /// at most about this much.
+    pub fn journal_outgrown(&self) -> bool {
+        self.handed_since_roll >= self.segment_bytes && self.checkpoint_wanted()
+    }
+
     /// Starts a snapshot of `tracker`, the pipeline's state after the last
     /// record. The caller has handed every pending point to `sinks`.
     pub async fn begin_checkpoint(&mut self, tracker: Tracker, sinks: &[SinkHandle]) {
         let number = self.last;
         // The records the snapshot covers go to the segment it rolls off.
         self.hand_over().await;
+        self.handed_since_roll = 0;
         if !self.journal.send(Command::Roll { first: number + 1 }).await {
             return;
         }

@@ -486,3 +486,47 @@ fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A flood keeps the daemon's channel full: checkpoints still come, by size when the interval
+/// is far off, so the journal (and what a restart reads) stays about a segment long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_checkpointed_by_journal_size_and_the_journal_stays_short() {
+    let mqtt = Mosquitto::start_persistent(&MosquittoOptions::default());
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    let segment_bytes = 1 << 20;
+    let (dir, config, data_dir) =
+        config_for(&mqtt, &influx, &format!("checkpoint_interval = \"1h\"\njournal_segment_bytes = {segment_bytes}\n"));
+    common::create_session(&mqtt, "durable-daemon", "queue/+/events").await;
+    let mut daemon = Daemon::start(&config, dir.path(), "flood");
+    daemon.wait_until_connected().await;
+
+    // About 5 MiB of journal: five segments' worth.
+    let start = Millis::now().0 - 60 * MINUTE_MS;
+    let padding = "x".repeat(120);
+    let messages: Vec<Message> = (0..20_000)
+        .map(|n| {
+            let payload = format!(
+                r#"{{"type":"issued","ts":{},"ticket":"F-{n}","service":"ktp","id":"flood-{n}","note":"{padding}"}}"#,
+                start + n
+            );
+            Message::event(OFFICE, payload)
+        })
+        .collect();
+    let kiosk = Publisher::connect(mqtt.port, "kiosk");
+    kiosk.publish_all(&messages).await;
+    kiosk.wait_until_acknowledged().await;
+    wait_until_journaled(&data_dir, b"flood-19999", &daemon).await;
+    daemon.terminate().await;
+
+    let log = daemon.log_tails(10_000);
+    let snapshots = log.matches("Snapshot taken").count();
+    let journal_bytes: u64 = std::fs::read_dir(data_dir.join("state"))
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("journal-"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum();
+    assert!(snapshots >= 3, "{snapshots} snapshots during the flood\n{}", daemon.log_tails(30));
+    assert!(journal_bytes < 2 * segment_bytes, "{journal_bytes} journal bytes left\n{}", daemon.log_tails(30));
+}
