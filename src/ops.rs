@@ -25,11 +25,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper::service::{make_service_fn, service_fn};
+use hyper::service::service_fn;
 use hyper::{Body, Method, Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
@@ -160,7 +160,16 @@ pub struct Endpoint {
     mqtt: ConnectionState,
     sink_stall_limit: Duration,
     registry: Registry,
+    /// Connections closed at once because [`MAX_CONNECTIONS`] were open.
+    connections_refused: Counter,
 }
+
+/// Connections the endpoint serves at once. A scraper, a load balancer's
+/// probe and an operator's curl need a handful; beyond this a connection is
+/// closed at once and counted, so a client that opens connections without
+/// end costs neither memory nor file descriptors (the daemon's own sockets
+/// and files share its limit).
+pub const MAX_CONNECTIONS: usize = 64;
 
 impl Endpoint {
     /// The endpoint and the publisher the daemon loop sends snapshots through.
@@ -176,7 +185,13 @@ impl Endpoint {
         let live = Arc::new(Live { snapshots, sink, sink_watch: Mutex::new(SinkWatch::default()) });
         let mut registry = Registry::with_prefix("queuewatch");
         registry.register_collector(Box::new(Metrics { live: Arc::clone(&live), mqtt: mqtt.clone() }));
-        (Endpoint { live, mqtt, sink_stall_limit, registry }, publisher)
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            format!("Connections to this endpoint closed at once because {MAX_CONNECTIONS} were open."),
+            connections_refused.clone(),
+        );
+        (Endpoint { live, mqtt, sink_stall_limit, registry, connections_refused }, publisher)
     }
 
     /// The answer to one request.
@@ -231,7 +246,7 @@ impl Live {
 }
 
 /// Serves `endpoint` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: Listener, endpoint: Endpoint, shutdown: impl Future<Output = ()>) -> hyper::Result<()> {
+pub async fn serve(listener: Listener, endpoint: Endpoint, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let endpoint = Arc::new(endpoint);
     let live = Arc::clone(&endpoint.live);
     let watching = tokio::spawn(async move {
@@ -241,21 +256,44 @@ pub async fn serve(listener: Listener, endpoint: Endpoint, shutdown: impl Future
             live.current();
         }
     });
-    let make_service = make_service_fn(move |_connection| {
-        let endpoint = Arc::clone(&endpoint);
-        async move {
-            Ok::<_, Infallible>(service_fn(move |request| {
+    let listener = tokio::net::TcpListener::from_std(listener.socket)?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::Http::new();
+    // One request per connection: a client cannot hold a permit with an idle keep-alive.
+    http.http1_only(true).http1_keep_alive(false).http1_header_read_timeout(Duration::from_secs(10));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let served = loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors or a connection reset before it was
+                // taken: the listener itself is fine; try again shortly.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            endpoint.connections_refused.inc();
+            drop(stream);
+            continue;
+        };
+        let service = {
+            let endpoint = Arc::clone(&endpoint);
+            service_fn(move |request| {
                 let response = endpoint.answer(&request);
                 async move { Ok::<_, Infallible>(response) }
-            }))
-        }
-    });
-    let served = hyper::Server::from_tcp(listener.socket)?
-        .http1_only(true)
-        .http1_header_read_timeout(Duration::from_secs(10))
-        .serve(make_service)
-        .with_graceful_shutdown(shutdown)
-        .await;
+            })
+        };
+        let connection = http.serve_connection(stream, service);
+        tokio::spawn(async move {
+            // A client's error (a reset, a header timeout) ends its connection only.
+            let _ = connection.await;
+            drop(permit);
+        });
+    };
     watching.abort();
     served
 }

@@ -283,6 +283,54 @@ async fn readyz_follows_the_broker_and_healthz_answers_throughout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let mqtt = Mosquitto::start_persistent(&MosquittoOptions::default());
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        common::write_config(dir.path(), &common::daemon_config_text(&mqtt.url, "ops-limit", "", &influx.url, ""));
+    let mut daemon = Daemon::start(&config, dir.path(), "daemon");
+    daemon.wait_until_connected().await;
+    let base = daemon.ops_url().await;
+    let address = base.trim_start_matches("http://").to_string();
+
+    // Idle connections that send nothing hold every place.
+    let mut idle = Vec::new();
+    for _ in 0..queuewatch::ops::MAX_CONNECTIONS {
+        idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    // Let the endpoint take them all before the next ones arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let extra = 6;
+    for n in 0..extra {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "connection {n} beyond the limit: {read:?}");
+    }
+    drop(idle);
+    let refused = poll(
+        "the refused connections counted",
+        || {
+            let base = base.clone();
+            async move {
+                let scraped = scrape(&base).await;
+                match scraped.get("queuewatch_http_connections_refused_total") {
+                    Some(count) if *count >= extra as f64 => Ok(*count),
+                    other => Err(format!("queuewatch_http_connections_refused_total: {other:?}")),
+                }
+            }
+        },
+        || daemon.log_tails(40),
+    )
+    .await;
+    assert_eq!(refused, extra as f64);
+    daemon.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listen_address_in_use_stops_the_start_with_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
