@@ -525,6 +525,11 @@ async fn every_rule_over_a_simulated_week_pages_exactly_the_true_conditions_with
     let rules: Vec<Rule> =
         all_rules().into_iter().filter(|rule| only.as_ref().is_none_or(|only| only.contains(&rule.uid))).collect();
     let shown = if only.is_some() { usize::MAX } else { 5 };
+    // QUEUEWATCH_WEEK_DAYS=N evaluates the first N days only (with QUEUEWATCH_WEEK_RULES).
+    let end = match std::env::var("QUEUEWATCH_WEEK_DAYS").ok().and_then(|days| days.parse::<i64>().ok()) {
+        Some(days) if only.is_some() => end.min(start + days * 86_400_000),
+        _ => end,
+    };
     let from = start + 60 * MINUTE;
     let timelines = evaluate_week(&influx, "week", &rules, &model.outages, from, end).await;
 
@@ -607,7 +612,13 @@ async fn every_rule_over_a_simulated_week_pages_exactly_the_true_conditions_with
                     }
                 }
                 if !alerting_at(due.min(*finish)) {
-                    tally.missed.push(name(*begin));
+                    let near = |time: i64| (begin - 10 * MINUTE..=finish + 10 * MINUTE).contains(&time);
+                    let rule_near: Vec<String> = changes
+                        .iter()
+                        .filter(|(time, _)| near(*time))
+                        .map(|(time, state)| format!("{state:?} {}", render_time(*time)))
+                        .collect();
+                    tally.missed.push(format!("{} until {}; rule {rule_near:?}", name(*begin), render_time(*finish)));
                 }
             }
             for resolve in &resolves {
