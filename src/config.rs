@@ -159,6 +159,10 @@ pub struct LimitsConfig {
     pub max_counters_per_office: usize,
     pub max_staff_per_office: usize,
     pub max_open_tickets_per_office: usize,
+    /// Closed tickets and dedup keys of closed segments (and of events that
+    /// belong to no open segment) remembered for `tracking.dedup_horizon`;
+    /// beyond it the least recently closed are forgotten early.
+    pub max_remembered_per_office: usize,
     /// Sustained messages per second of the office's clock.
     pub max_messages_per_second_per_office: usize,
     /// Messages an office may send at once beyond the sustained rate.
@@ -174,6 +178,9 @@ impl Default for LimitsConfig {
             max_counters_per_office: 500,
             max_staff_per_office: 2_000,
             max_open_tickets_per_office: 10_000,
+            // A busy hall's whole day, ten times: 1,000 tickets and ~6
+            // events of 2 keys each, 13,000 a day (see the README).
+            max_remembered_per_office: 130_000,
             max_messages_per_second_per_office: 200,
             max_burst_per_office: 20_000,
         }
@@ -932,6 +939,7 @@ fn parse_limits(table: &toml::Table, problems: &mut Vec<String>) -> LimitsConfig
         ("max_counters_per_office", &mut limits.max_counters_per_office),
         ("max_staff_per_office", &mut limits.max_staff_per_office),
         ("max_open_tickets_per_office", &mut limits.max_open_tickets_per_office),
+        ("max_remembered_per_office", &mut limits.max_remembered_per_office),
         ("max_messages_per_second_per_office", &mut limits.max_messages_per_second_per_office),
         ("max_burst_per_office", &mut limits.max_burst_per_office),
     ] {
@@ -2109,15 +2117,21 @@ service_target = "367days"
         let example = Config::parse(include_str!("../config/queuewatch.toml")).unwrap();
         assert_eq!((example.limits, example.only_configured), (LimitsConfig::default(), false));
         let config = Config::parse(
-            "[limits]\nmax_offices = 0\nmax_open_tickets_per_office = 7\n[offices]\nonly_configured = true\n[offices.o1]\n",
+            "[limits]\nmax_offices = 0\nmax_open_tickets_per_office = 7\nmax_remembered_per_office = 9\n\
+             [offices]\nonly_configured = true\n[offices.o1]\n",
         )
         .unwrap();
         assert_eq!((config.limits.max_offices, config.limits.max_open_tickets_per_office), (0, 7));
+        assert_eq!(config.limits.max_remembered_per_office, 9);
         assert!(config.only_configured && config.offices.len() == 1);
         assert_reported(
-            &problems_of("[limits]\nmax_staff_per_office = -1\nmax_offce = 3\n[offices]\nonly_configured = \"yes\"\n"),
+            &problems_of(
+                "[limits]\nmax_staff_per_office = -1\nmax_offce = 3\nmax_remembered_per_office = \"lots\"\n\
+                 [offices]\nonly_configured = \"yes\"\n",
+            ),
             &[
                 "limits.max_staff_per_office: expected a whole number (0 for no limit), found -1",
+                "limits.max_remembered_per_office: expected a whole number (0 for no limit), found \"lots\"",
                 "limits.max_offce: unknown key",
                 "offices.only_configured: expected true or false",
             ],

@@ -347,6 +347,12 @@ impl Collector for Metrics {
             "remark",
             Note::REMARKS.iter().map(|note| (note.as_str(), stats.notes.get(*note))),
         )?;
+        out.counter(
+            "remembered_forgotten_early",
+            "Closed tickets and dedup keys forgotten before tracking.dedup_horizon because their office \
+             reached limits.max_remembered_per_office (least recently closed first).",
+            stats.forgotten_early,
+        )?;
         out.counter_family(
             "points_produced",
             "Points handed to the InfluxDB writer, by measurement.",
@@ -554,6 +560,7 @@ mod tests {
         stats.notes.add(Note::Duplicate);
         stats.point("ticket");
         stats.point("ticket");
+        stats.forgotten_early = 12;
         publisher.send_replace(OpsSnapshot {
             stats,
             sink: SinkProgress {
@@ -581,6 +588,7 @@ mod tests {
             "queuewatch_events_rejected_total{reason=\"oversized\"} 0",
             "queuewatch_event_outcomes_total{outcome=\"duplicate\"} 1",
             "queuewatch_event_outcomes_total{outcome=\"late_dropped\"} 0",
+            "queuewatch_remembered_forgotten_early_total 12",
             "queuewatch_points_produced_total{measurement=\"ticket\"} 2",
             "queuewatch_points_produced_total{measurement=\"office\"} 0",
             "queuewatch_points_unsettled 1",

@@ -120,6 +120,24 @@ impl Pipeline {
         }
     }
 
+    /// Counts closed tickets and dedup keys an office forgot before the dedup
+    /// horizon (at `limits.max_remembered_per_office`), and logs it at most
+    /// once per office every 10 s.
+    fn note_forgotten_early(&mut self, office: &OfficeId, forgotten: u64) {
+        self.stats.forgotten_early += forgotten;
+        let key = format!("{office}/forgotten_early");
+        if let Some(suppressed) = self.reject_log.allow(&key, Instant::now()) {
+            warn!(
+                office = %office,
+                reason = "max_remembered_per_office",
+                forgotten,
+                suppressed,
+                "Forgot closed tickets and dedup keys before the dedup horizon: the office is at \
+                 limits.max_remembered_per_office (a copy of their events would no longer be recognised)."
+            );
+        }
+    }
+
     /// Accepted events refused since the last call because they would have
     /// gone over one of their office's `[limits]` (echoed by `run`).
     pub fn take_refused(&mut self) -> Vec<Rejection> {
@@ -198,6 +216,9 @@ impl Pipeline {
     fn collect(&mut self) {
         self.stats.notes.merge(&self.out.notes);
         self.out.notes = Default::default();
+        for (office, forgotten) in std::mem::take(&mut self.out.forgotten_early) {
+            self.note_forgotten_early(&office, forgotten);
+        }
         if !self.out.rejections.is_empty() {
             let refused = std::mem::take(&mut self.out.rejections);
             for rejection in &refused {

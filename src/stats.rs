@@ -23,6 +23,9 @@ pub struct Stats {
     pub points_by_measurement: [u64; MEASUREMENTS.len()],
     /// `ticket` points by their `outcome` tag, in the order of [`Outcome::ALL`].
     pub ticket_outcomes: [u64; Outcome::ALL.len()],
+    /// Closed tickets and dedup keys forgotten before the dedup horizon, their
+    /// office being at `limits.max_remembered_per_office`.
+    pub forgotten_early: u64,
 }
 
 /// The measurements the pipeline writes (the daemon's own `queuewatch` row aside).
@@ -92,6 +95,13 @@ impl Stats {
             if count > 0 {
                 let _ = writeln!(text, "  {}: {count}", note.as_str());
             }
+        }
+        if self.forgotten_early > 0 {
+            let _ = writeln!(
+                text,
+                "  closed tickets and dedup keys forgotten early (limits.max_remembered_per_office): {}",
+                self.forgotten_early
+            );
         }
         let _ = writeln!(text, "events rejected: {}", self.rejected_total());
         for reason in RejectReason::ALL {

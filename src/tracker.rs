@@ -17,7 +17,10 @@
 //! - `released_upto` only grows; every event with `ts < released_upto` has
 //!   been applied, and an arrival below it is `late`.
 //! - A dedup key stays known until `dedup_horizon` after the segment it
-//!   belongs to closed (keys of open segments are never forgotten).
+//!   belongs to closed (keys of open segments are never forgotten), or
+//!   less when its office's closed tickets and keys reach
+//!   `limits.max_remembered_per_office`: then the least recently closed go
+//!   first, decided as segments close in the ordered loop.
 //! - Points are a pure function of the applied events: writing one twice is
 //!   harmless. Every time-driven output (breach deadlines, expiries,
 //!   snapshots) fires from the same ordered loop as the events, once the
@@ -248,6 +251,10 @@ pub struct Output {
     pub alerts: Vec<Alert>,
     /// Accepted events refused when applied (`cardinality_limit`), to echo.
     pub rejections: Vec<Rejection>,
+    /// Closed tickets and dedup keys forgotten before the dedup horizon
+    /// because their office reached `limits.max_remembered_per_office`, by
+    /// office (consecutive counts of one office summed).
+    pub forgotten_early: Vec<(OfficeId, u64)>,
     /// Points already encoded, handed back for their buffers to be reused
     /// by the next points (see [`Output::recycle`]).
     spare_points: Vec<Point>,
@@ -1261,13 +1268,54 @@ impl OfficeState {
 
     /// Gives an event's dedup keys a one-off tag that closes at `at`: they
     /// are forgotten `dedup_horizon` after it (events that belong to no open segment).
-    fn retire_keys(&mut self, keys: EventKeys, at: Millis) {
+    fn retire_keys(&mut self, settings: &TrackerSettings, keys: EventKeys, at: Millis, out: &mut Output) {
         let tag = self.next_tag();
         let mut count = 0;
         for key in keys.iter() {
             count += usize::from(self.seen.insert(key, tag));
         }
         self.seen.close(tag, at, Some(count));
+        self.limit_remembered(settings, out);
+    }
+
+    /// Keeps what the office remembers of closed segments (closed tickets,
+    /// and the dedup keys of closed segments and of events that belong to
+    /// none) within `limits.max_remembered_per_office`, forgetting the least
+    /// recently closed first (a ticket before keys closed at the same time).
+    /// Runs wherever something closes, as events are applied in event-time
+    /// order, so what is forgotten depends on the events alone.
+    ///
+    /// A closed ticket counts once per close still in `closed_memory`: a
+    /// number closed, issued again and closed again counts twice until its
+    /// first close is forgotten, since that entry takes memory too.
+    fn limit_remembered(&mut self, settings: &TrackerSettings, out: &mut Output) {
+        let max = settings.limits.max_remembered_per_office;
+        if max == 0 {
+            return;
+        }
+        let mut forgotten = 0u64;
+        while self.closed_memory.len() + self.seen.closed_keys() > max {
+            let ticket_closed = self.closed_memory.peek().map(|Reverse((at, _))| *at);
+            let keys_closed = self.seen.oldest_closed();
+            match (ticket_closed, keys_closed) {
+                (Some(ticket_at), keys_at) if keys_at.is_none_or(|keys_at| ticket_at <= keys_at) => {
+                    if let Some(Reverse((closed_at, slot))) = self.closed_memory.pop() {
+                        if self.tickets.get(slot).is_some_and(|state| state.closed_at() == Some(closed_at)) {
+                            self.tickets.remove(slot);
+                            forgotten += 1;
+                        }
+                    }
+                }
+                (_, Some(_)) => forgotten += self.seen.forget_oldest() as u64,
+                (_, None) => break,
+            }
+        }
+        if forgotten > 0 {
+            match out.forgotten_early.last_mut() {
+                Some((office, count)) if *office == self.ctx.office => *count += forgotten,
+                _ => out.forgotten_early.push((self.ctx.office.clone(), forgotten)),
+            }
+        }
     }
 
     /// Applies one event in its place (or late), unless it would break one
@@ -1275,7 +1323,7 @@ impl OfficeState {
     /// noted against the office and echoed.
     fn apply(&mut self, settings: &TrackerSettings, event: Event, keys: EventKeys, arrival: Arrival, out: &mut Output) {
         if let Some(detail) = self.check_names(settings, &event) {
-            self.retire_keys(keys, event.ts);
+            self.retire_keys(settings, keys, event.ts, out);
             self.live.note_rejection();
             out.notes.add(Note::CardinalityLimit);
             out.rejections.push(Rejection {
@@ -1304,7 +1352,7 @@ impl OfficeState {
             (true, Some(ticket)) => ticket,
             _ => {
                 // Counter events, feedback and heartbeats belong to no segment.
-                self.retire_keys(keys, event.ts);
+                self.retire_keys(settings, keys, event.ts, out);
                 match event.kind {
                     EventType::CounterOpened | EventType::CounterClosed => {
                         self.live.apply_counter_event(&mut self.ctx, &event, out)
@@ -1341,7 +1389,7 @@ impl OfficeState {
                 None => event.kind == EventType::Issued && !was_closed,
             };
             if !belongs {
-                self.retire_keys(keys, event.ts);
+                self.retire_keys(settings, keys, event.ts, out);
                 out.notes.add(Note::LateDropped);
                 return;
             }
@@ -1359,7 +1407,7 @@ impl OfficeState {
                     (Some(slot), true) => slot,
                     _ if was_closed => {
                         out.notes.add(Note::AfterClose);
-                        self.retire_keys(keys, event.ts);
+                        self.retire_keys(settings, keys, event.ts, out);
                         return;
                     }
                     _ => {
@@ -1374,7 +1422,7 @@ impl OfficeState {
             kind => {
                 let Some(outcome) = Outcome::of(kind) else {
                     // Unreachable: every other type that needs a ticket closes a segment.
-                    self.retire_keys(keys, event.ts);
+                    self.retire_keys(settings, keys, event.ts, out);
                     out.notes.add(Note::Applied);
                     return;
                 };
@@ -1412,7 +1460,7 @@ impl OfficeState {
                     }
                     None => out.notes.add(Note::OrphanClose),
                 }
-                self.retire_keys(keys, event.ts);
+                self.retire_keys(settings, keys, event.ts, out);
                 return;
             }
         }
@@ -1625,6 +1673,7 @@ impl OfficeState {
         let mut point = self.ctx.point(out, "ticket", point_time_ns(closing.at, &ticket));
         self.fill_segment_point(&mut point, &ticket, &segment, &targets, &closing, out);
         out.points.push(point);
+        self.limit_remembered(settings, out);
     }
 
     /// Raises a wait or service breach for an open segment: its point, and a firing alert.

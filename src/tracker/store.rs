@@ -11,9 +11,12 @@
 //! - [`Seen`]: dedup keys (64-bit hashes) tagged with the generation of the
 //!   segment they belong to. A key is forgotten only once its generation has
 //!   been closed for the dedup horizon, found by an occasional sweep rather
-//!   than by a list of keys per segment.
+//!   than by a list of keys per segment, or earlier, least recently closed
+//!   first, when the office's `limits.max_remembered_per_office` bites.
 
 use hashbrown::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::hash::{BuildHasher, Hash};
 use std::num::{NonZeroI64, NonZeroU32};
 
@@ -298,8 +301,14 @@ pub(super) const PENDING: u32 = u32::MAX;
 pub(super) struct Seen {
     keys: HashTable<[u32; 3]>,
     /// When closed generations closed, and how many keys each has; their
-    /// keys go `dedup_horizon` later.
+    /// keys go `dedup_horizon` later. A generation closed with no keys has
+    /// nothing to forget and is not kept.
     closed: HashMap<u32, Closed>,
+    /// The closed generations, least recently closed first. An entry whose
+    /// tag is no longer in `closed` at that time is stale and skipped.
+    by_close: BinaryHeap<Reverse<(Millis, u32)>>,
+    /// The keys of `closed`, summed.
+    closed_keys: usize,
     /// Tags whose keys are forgotten but still in `keys`.
     forgotten: HashSet<u32>,
     /// How many entries of `keys` have a tag in `forgotten`.
@@ -361,7 +370,10 @@ impl Seen {
         if !self.forgotten.is_empty() && self.forgotten.contains(&previous) {
             self.forgotten_keys = self.forgotten_keys.saturating_sub(1);
         } else if let Some(closed) = self.closed.get_mut(&previous) {
-            closed.keys = closed.keys.saturating_sub(1);
+            if closed.keys > 0 {
+                closed.keys -= 1;
+                self.closed_keys -= 1;
+            }
         }
         true
     }
@@ -370,7 +382,48 @@ impl Seen {
     /// counted, they are counted here): its keys are forgotten after the horizon.
     pub(super) fn close(&mut self, tag: u32, at: Millis, keys: Option<usize>) {
         let keys = keys.unwrap_or_else(|| self.keys.iter().filter(|entry| entry[2] == tag).count());
-        self.closed.insert(tag, Closed { at, keys });
+        if keys == 0 {
+            return;
+        }
+        if let Some(previous) = self.closed.insert(tag, Closed { at, keys }) {
+            self.closed_keys -= previous.keys;
+        }
+        self.closed_keys += keys;
+        self.by_close.push(Reverse((at, tag)));
+    }
+
+    /// When the least recently closed generation still remembered closed.
+    pub(super) fn oldest_closed(&mut self) -> Option<Millis> {
+        while let Some(Reverse((at, tag))) = self.by_close.peek().copied() {
+            if self.closed.get(&tag).is_some_and(|closed| closed.at == at) {
+                return Some(at);
+            }
+            self.by_close.pop();
+        }
+        None
+    }
+
+    /// Forgets the keys of the least recently closed generation now, before
+    /// the horizon: returns how many.
+    pub(super) fn forget_oldest(&mut self) -> usize {
+        if self.oldest_closed().is_none() {
+            return 0;
+        }
+        let Some(Reverse((_, tag))) = self.by_close.pop() else { return 0 };
+        let keys = self.forget_generation(tag);
+        self.maybe_purge();
+        keys
+    }
+
+    /// Marks a closed generation's keys forgotten: returns how many.
+    fn forget_generation(&mut self, tag: u32) -> usize {
+        let Some(closed) = self.closed.remove(&tag) else { return 0 };
+        self.closed_keys -= closed.keys;
+        if closed.keys > 0 {
+            self.forgotten.insert(tag);
+            self.forgotten_keys += closed.keys;
+        }
+        closed.keys
     }
 
     /// Forgets keys of generations closed before `cutoff`. Runs when the
@@ -383,21 +436,20 @@ impl Seen {
             return;
         }
         self.last_sweep = Some(now);
-        let (forgotten, forgotten_keys) = (&mut self.forgotten, &mut self.forgotten_keys);
-        self.closed.retain(|tag, closed| {
-            if closed.at >= cutoff {
-                return true;
+        while self.oldest_closed().is_some_and(|at| at < cutoff) {
+            if let Some(Reverse((_, tag))) = self.by_close.pop() {
+                self.forget_generation(tag);
             }
-            if closed.keys > 0 {
-                forgotten.insert(*tag);
-                *forgotten_keys += closed.keys;
-            }
-            false
-        });
+        }
+        self.maybe_purge();
+        self.len_after_sweep = self.len();
+    }
+
+    /// Drops the forgotten keys from the table once they are a quarter of it.
+    fn maybe_purge(&mut self) {
         if self.forgotten_keys >= MIN_PURGE.max(self.keys.len() / 4) {
             self.purge();
         }
-        self.len_after_sweep = self.len();
     }
 
     /// Drops the forgotten keys from the table, and gives memory back when most of it is unused.
@@ -433,6 +485,11 @@ impl Seen {
         self.keys.len() - self.forgotten_keys
     }
 
+    /// Keys of closed generations not forgotten yet.
+    pub(super) fn closed_keys(&self) -> usize {
+        self.closed_keys
+    }
+
     /// Every key with its tag, in no particular order (for snapshots).
     pub(super) fn entries(&self) -> impl ExactSizeIterator<Item = (u64, u32)> + '_ {
         Live { entries: self.keys.iter(), seen: self, left: self.len() }
@@ -463,8 +520,12 @@ impl Seen {
         for entry in &seen.keys {
             if let Some(closed) = seen.closed.get_mut(&entry[2]) {
                 closed.keys += 1;
+                seen.closed_keys += 1;
             }
         }
+        // Kept even with no keys (a state written before those were left
+        // out), so that the state encodes back as it was; the horizon drops them.
+        seen.by_close = seen.closed.iter().map(|(tag, closed)| Reverse((closed.at, *tag))).collect();
         seen
     }
 }

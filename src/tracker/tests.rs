@@ -637,6 +637,27 @@ mod properties {
             prop_assert_eq!(outcome_of(settings(), &arrivals), baseline);
         }
 
+        /// With `limits.max_remembered_per_office` biting all the time, what
+        /// is forgotten early still depends on the events alone.
+        #[test]
+        fn shuffling_within_the_window_changes_nothing_when_the_memory_limit_bites(
+            events in scenario(),
+            jitters in proptest::collection::vec(0i64..9_999, 80),
+            max_remembered in 1usize..12,
+        ) {
+            let mut limited = settings();
+            limited.limits.max_remembered_per_office = max_remembered;
+            let baseline = outcome_of(limited.clone(), &events);
+            let mut keyed: Vec<(i64, usize, Event)> = events
+                .iter()
+                .enumerate()
+                .map(|(index, event)| (event.ts.0 + jitters[index % jitters.len()], index, event.clone()))
+                .collect();
+            keyed.sort_by_key(|(key, index, _)| (*key, *index));
+            let arrivals: Vec<Event> = keyed.into_iter().map(|(_, _, event)| event).collect();
+            prop_assert_eq!(outcome_of(limited, &arrivals), baseline);
+        }
+
         #[test]
         fn an_office_output_never_depends_on_other_offices(events in scenario()) {
             let all = outcome_of(settings(), &events).0;

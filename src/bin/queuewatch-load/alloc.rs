@@ -89,6 +89,17 @@ impl AllocCounts {
         }
     }
 
+    /// What happened since `self`, counting on.
+    pub fn so_far(&self) -> AllocCounts {
+        let now = AllocCounts::read();
+        AllocCounts {
+            allocations: now.allocations - self.allocations,
+            allocated_bytes: now.allocated_bytes - self.allocated_bytes,
+            frees: now.frees - self.frees,
+            freed_bytes: now.freed_bytes - self.freed_bytes,
+        }
+    }
+
     pub fn live_bytes(&self) -> i64 {
         self.allocated_bytes as i64 - self.freed_bytes as i64
     }

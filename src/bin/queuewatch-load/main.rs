@@ -6,6 +6,9 @@
 //!   on one thread with nothing written, plus allocations per event;
 //! - `memory`: resident bytes per open ticket in a tracker holding a million
 //!   open tickets, and the resident memory of an idle `queuewatch run`;
+//! - `office-memory`: the tracker's heap for an office flooding at its
+//!   message rate limit for longer than the dedup horizon (the most `[limits]`
+//!   let one office make the daemon hold);
 //! - `e2e`: events/s from a QoS 1 publisher through a real Mosquitto and
 //!   `queuewatch run` into a real InfluxDB 1.x, checking nothing is lost;
 //! - `latency`: event-to-point latency at a fixed offered rate;
@@ -47,6 +50,7 @@ mod latency;
 mod measure;
 mod memory;
 mod office_day;
+mod office_memory;
 mod open_tickets;
 mod publisher;
 mod replay;
@@ -91,6 +95,8 @@ enum Scenario {
     /// A simulated week at offices with opening hours, replayed by a queuewatch binary: rows outside
     /// hours, people waiting at 20:00, abandoned points against the ground truth.
     OfficeDay(office_day::OfficeDayArgs),
+    /// The tracker's heap for offices flooding at their rate limit past the dedup horizon, inventing tickets.
+    OfficeMemory(office_memory::OfficeMemoryArgs),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +109,7 @@ fn main() -> ExitCode {
         Scenario::Drain(args) => servers::with_servers(drain::drain(args)),
         Scenario::Baseline(args) => servers::with_servers(baseline::baseline(args)),
         Scenario::OfficeDay(args) => office_day::office_day(&args),
+        Scenario::OfficeMemory(args) => office_memory::office_memory(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -212,3 +212,106 @@ fn the_message_rate_is_measured_on_the_office_clock() {
         assert!(tracker.ingest_admitted(event, Millis(0), Millis(0), &mut out).is_ok(), "minute {minute}");
     }
 }
+
+/// What an office remembers of closed segments: (closed tickets, their and
+/// ticketless events' dedup keys).
+fn remembered(tracker: &Tracker) -> (usize, usize) {
+    let office = &tracker.offices[&OfficeId::parse("o1").unwrap()];
+    (office.tickets.len() - office.open_segments, office.seen.closed_keys())
+}
+
+fn forgotten_early(out: &Output) -> u64 {
+    out.forgotten_early.iter().map(|(_, count)| count).sum()
+}
+
+#[test]
+fn closed_tickets_and_dedup_keys_beyond_the_limit_are_forgotten_least_recently_closed_first() {
+    // Each ticket leaves 1 closed ticket and 4 keys (two events, each with
+    // an id and a content key): 5 fit in 6, 10 do not.
+    let settings = limited(|limits| limits.max_remembered_per_office = 6);
+    let mut tracker = Tracker::new(settings);
+    let mut out = feed(
+        &mut tracker,
+        "08:00 issued A1 service=ktp id=a1
+         08:01 finished A1 counter=c1 id=a2
+         08:02 issued A2 service=ktp id=b1
+         08:03 finished A2 counter=c1 id=b2
+         08:04 issued A3 service=ktp id=c1
+         08:05 finished A3 counter=c1 id=c2
+         08:06 called A4 counter=c1 id=d1",
+    );
+    assert_eq!(remembered(&tracker), (1, 4), "A3 only: A1, then A2, were forgotten as A2, then A3, closed");
+    assert_eq!(forgotten_early(&out), 2 * 5);
+    assert_eq!(out.forgotten_early.first().map(|(office, _)| office.as_str()), Some("o1"));
+
+    // A copy of A3's finish is still a duplicate; one of A1's is not
+    // recognised any more and, late with no open segment, changes nothing.
+    let copies = feed(
+        &mut tracker,
+        "08:05 finished A3 counter=c1 id=c2
+         08:01 finished A1 counter=c1 id=a2",
+    );
+    assert_eq!((copies.notes.get(Note::Duplicate), copies.notes.get(Note::LateDropped)), (1, 1));
+    // The dropped copy's keys closed at 08:01, before A3: they go first.
+    assert_eq!(remembered(&tracker), (1, 4));
+    assert_eq!(forgotten_early(&copies), 2);
+    out.points.extend(copies.points);
+    tracker.drain(Millis(0), &mut out);
+    let tickets: Vec<String> =
+        out.points.iter().filter(|point| point.measurement == "ticket").map(render_point).collect();
+    assert_eq!(tickets.len(), 3, "{tickets:?}");
+}
+
+#[test]
+fn without_the_limit_closed_tickets_and_keys_stay_for_the_dedup_horizon() {
+    let settings = limited(|limits| limits.max_remembered_per_office = 0);
+    let mut tracker = Tracker::new(settings);
+    let out = feed(
+        &mut tracker,
+        "08:00 issued A1 service=ktp id=a1
+         08:01 finished A1 counter=c1 id=a2
+         08:02 issued A2 service=ktp id=b1
+         08:03 finished A2 counter=c1 id=b2
+         08:10 heartbeat",
+    );
+    assert_eq!(remembered(&tracker), (2, 8));
+    assert_eq!(forgotten_early(&out), 0);
+}
+
+/// Which tickets and keys are forgotten early depends on the events, not on
+/// their arrival order within the reorder window, and a state taken when the
+/// limit bites resumes to the same output.
+#[test]
+fn forgetting_early_is_the_same_whatever_the_arrival_order_within_the_window() {
+    let settings = limited(|limits| limits.max_remembered_per_office = 7);
+    let script = "08:00:00 issued A1 service=ktp id=a1
+                  08:00:01 issued A2 service=ktp id=b1
+                  08:00:02 finished A2 counter=c1 id=b2
+                  08:00:03 finished A1 counter=c1 id=a2
+                  08:00:04 heartbeat
+                  08:00:05 issued A3 service=ktp
+                  08:00:06 finished A3 counter=c2
+                  08:00:30 heartbeat";
+    let lines: Vec<&str> = script.lines().map(str::trim).collect();
+    let mut results = Vec::new();
+    for order in [[0, 1, 2, 3, 4, 5, 6, 7], [3, 2, 1, 0, 6, 5, 4, 7], [6, 4, 0, 2, 5, 1, 3, 7]] {
+        let mut tracker = Tracker::new(settings.clone());
+        let shuffled: Vec<&str> = order.iter().map(|index| lines[*index]).collect();
+        let out = feed(&mut tracker, &shuffled.join("\n"));
+        let restored = decode(settings.clone(), &encode(&tracker)).unwrap();
+        let mut outcome = Vec::new();
+        for mut copy in [tracker, restored] {
+            // Copies of every event: recognised exactly where remembered.
+            let mut more = feed(&mut copy, script);
+            copy.drain(Millis(0), &mut more);
+            outcome.push((remembered(&copy), render_notes(&more.notes)));
+        }
+        assert_eq!(outcome[0], outcome[1], "restored");
+        let mut tickets: Vec<String> =
+            out.points.iter().filter(|point| point.measurement == "ticket").map(render_point).collect();
+        tickets.sort();
+        results.push((tickets, forgotten_early(&out), outcome[0].clone()));
+    }
+    assert!(results[0].1 > 0, "the limit bites");
+    assert!(results.iter().all(|result| *result == results[0]), "{results:#?}");
+}
