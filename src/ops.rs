@@ -404,6 +404,11 @@ impl Collector for Metrics {
             None,
             u64::from(snapshot.sink.spool_full),
         )?;
+        out.counter(
+            "spool_segments_quarantined",
+            "Damaged spool segments set aside in data_dir/spool/quarantine (kept, not sent).",
+            snapshot.sink.spool_segments_quarantined,
+        )?;
         if let Some(oldest) = snapshot.sink.spool_oldest {
             out.age("spool_oldest_point_age", "Wall time since the oldest batch in the spool was spooled.", oldest)?;
         }

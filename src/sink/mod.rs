@@ -196,11 +196,13 @@ impl SinkStore {
         std::fs::create_dir_all(data_dir).map_err(|source| crate::storage::StorageError::io(data_dir, source))?;
         let spool = if spool_max_bytes > 0 {
             let (spool, recovered) = spool::Spool::open(&data_dir.join("spool"), spool_max_bytes)?;
-            if recovered.lines > 0 || recovered.bytes_discarded > 0 {
+            if recovered.lines > 0 || recovered.bytes_discarded > 0 || recovered.segments_quarantined > 0 {
                 tracing::info!(
                     batches = recovered.batches,
                     points = recovered.lines,
                     bytes_discarded = recovered.bytes_discarded,
+                    segments_quarantined = recovered.segments_quarantined,
+                    bytes_quarantined = recovered.bytes_quarantined,
                     "Points waiting in the spool are sent first."
                 );
             }
@@ -286,6 +288,10 @@ pub struct SinkProgress {
     /// The spool is full: the writer takes no more lines and MQTT
     /// acknowledgements have stopped until InfluxDB takes some.
     pub spool_full: bool,
+    /// Damaged spool segments set aside in `data_dir/spool/quarantine`
+    /// since the writer started (at its start included): their batches
+    /// before the damage are sent, the rest is kept there, not sent.
+    pub spool_segments_quarantined: u64,
     /// Write requests made (retries, halves and spool re-sends included).
     pub requests: u64,
     /// Requests made again after a transient failure.
@@ -347,6 +353,7 @@ pub(crate) struct Counters {
     /// Milliseconds since the epoch; `i64::MIN` when the spool is empty.
     pub(crate) spool_oldest_ms: AtomicI64,
     pub(crate) spool_full: AtomicBool,
+    pub(crate) spool_quarantined: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) retries: AtomicU64,
     write_errors: [AtomicU64; ERROR_KINDS],
@@ -366,6 +373,7 @@ impl Default for Counters {
             spool_bytes: AtomicU64::new(0),
             spool_oldest_ms: AtomicI64::new(i64::MIN),
             spool_full: AtomicBool::new(false),
+            spool_quarantined: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             write_errors: Default::default(),
@@ -390,6 +398,7 @@ impl Counters {
             spool_bytes: load(&self.spool_bytes),
             spool_oldest: (oldest != i64::MIN).then_some(Millis(oldest)),
             spool_full: self.spool_full.load(Ordering::Relaxed),
+            spool_segments_quarantined: load(&self.spool_quarantined),
             requests: load(&self.requests),
             retries: load(&self.retries),
             write_errors: WriteErrors {

@@ -91,8 +91,9 @@ pub(crate) struct WriterTask {
     draining: bool,
     /// Lines of the batch being sent from the spool already counted written or refused.
     draining_counted: u64,
-    /// The spool cannot be read: nothing more is sent from it this run.
-    spool_unreadable: bool,
+    /// Reads of the spool that failed in a row, and when to try again.
+    spool_read_failures: u32,
+    spool_read_retry_at: Option<Instant>,
     /// Until when new batches bypass a spool that failed to take one.
     spool_failing_until: Option<Instant>,
 }
@@ -194,7 +195,8 @@ impl WriterTask {
             dead_letters,
             draining: false,
             draining_counted: 0,
-            spool_unreadable: false,
+            spool_read_failures: 0,
+            spool_read_retry_at: None,
             spool_failing_until: None,
         };
         task.publish_spool();
@@ -228,6 +230,7 @@ impl WriterTask {
             let reading = self.commands_open && (self.gave_up || self.pending.lines() < self.settings.batch_size);
             let deadline = self.shutdown_started.map(|started| started + self.settings.shutdown_deadline);
             let spool_retry = self.spool_failing_until.filter(|_| !self.gave_up);
+            let read_retry = self.spool_read_retry_at.filter(|_| !self.gave_up);
             let input = tokio::select! {
                 biased;
                 Some(joined) = self.attempts.join_next() => match joined {
@@ -251,6 +254,10 @@ impl WriterTask {
                 }
                 () = sleep_until(spool_retry.unwrap_or_else(Instant::now)), if spool_retry.is_some() => {
                     self.spool_failing_until = None;
+                    continue;
+                }
+                () = sleep_until(read_retry.unwrap_or_else(Instant::now)), if read_retry.is_some() => {
+                    self.spool_read_retry_at = None;
                     continue;
                 }
             };
@@ -405,9 +412,12 @@ impl WriterTask {
         }
     }
 
-    /// Sends the spool's oldest batch, if none is on its way.
+    /// Sends the spool's oldest batch, if none is on its way. A read that
+    /// fails is tried again with backoff (the spool sets a segment aside
+    /// after [`super::spool::READ_ATTEMPTS`] failures in a row); meanwhile
+    /// new batches still go behind it, up to `spool_max_bytes`.
     async fn start_drain(&mut self) {
-        if self.draining || self.spool_unreadable || self.shutdown_started.is_some() {
+        if self.draining || self.spool_read_retry_at.is_some() || self.shutdown_started.is_some() {
             return;
         }
         if self.spool.as_ref().is_none_or(|spool| spool.is_empty()) {
@@ -415,6 +425,7 @@ impl WriterTask {
         }
         match self.with_spool(Spool::next).await {
             Some(Ok(Some(spooled))) => {
+                self.spool_read_failures = 0;
                 self.draining = true;
                 self.draining_counted = 0;
                 let part = Part { first: 0, batch: Batch { text: spooled.text, lines: spooled.lines }, encoded: None };
@@ -424,10 +435,12 @@ impl WriterTask {
                 );
             }
             Some(Err(error)) => {
-                error!(error = %error, "Cannot read the spool; what it holds is sent at the next start.");
-                self.spool_unreadable = true;
+                let delay = backoff_delay(self.spool_read_failures, None, self.settings.max_backoff);
+                self.spool_read_failures = self.spool_read_failures.saturating_add(1);
+                error!(error = %error, failures = self.spool_read_failures, retry_in = ?delay, "Cannot read the spool; trying again.");
+                self.spool_read_retry_at = Some(Instant::now() + delay);
             }
-            Some(Ok(None)) | None => {}
+            Some(Ok(None)) | None => self.spool_read_failures = 0,
         }
     }
 
@@ -461,6 +474,7 @@ impl WriterTask {
         self.counters.spool_points.store(spool.lines(), Ordering::Relaxed);
         self.counters.spool_bytes.store(spool.bytes(), Ordering::Relaxed);
         self.counters.spool_oldest_ms.store(spool.oldest().map_or(i64::MIN, |at| at.0), Ordering::Relaxed);
+        self.counters.spool_quarantined.store(spool.quarantined(), Ordering::Relaxed);
         let next_batch = self.pending.bytes_of_next(self.settings.batch_size);
         if self.counters.spool_full.load(Ordering::Relaxed) && spool.has_room(next_batch) {
             self.counters.spool_full.store(false, Ordering::Relaxed);
@@ -586,9 +600,7 @@ impl WriterTask {
             // Every line of the spooled batch is written or dead-lettered.
             self.draining = false;
             self.draining_counted = 0;
-            if let Some(Err(error)) = self.with_spool(Spool::ack).await {
-                error!(error = %error, "Cannot remove a sent batch from the spool; it is sent again at the next start.");
-            }
+            self.with_spool(Spool::ack).await;
         }
     }
 

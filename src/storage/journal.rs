@@ -17,7 +17,9 @@
 //!   with backoff after cutting the file back to its last good length, and
 //!   meanwhile nothing more is committed, so nothing more is acknowledged and
 //!   the bounded channel into the thread fills: the daemon waits and the
-//!   broker keeps the rest.
+//!   broker keeps the rest. A cut that fails is tried again before anything
+//!   more is written ([`SegmentWriter`]): a frame after a torn one would be
+//!   acknowledged and then lost, since reading stops at the torn one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -36,7 +38,7 @@ const MAGIC: &[u8; 8] = b"qwjournl";
 pub(crate) const HEADER_BYTES: usize = 16;
 pub(crate) const FRAME_HEADER_BYTES: usize = 16;
 /// Larger frames are taken as corruption (a record holds one MQTT payload).
-const MAX_RECORD_BYTES: usize = 64 << 20;
+pub(crate) const MAX_RECORD_BYTES: usize = 64 << 20;
 /// How long a group waits for more records before it is committed: at a
 /// few thousand messages a second, committing each as it comes means an
 /// `fdatasync` per message or two, which costs more CPU than the rest of the
@@ -301,9 +303,9 @@ impl JournalHandle {
     }
 }
 
-/// What the committer needs of a segment file; a test puts a disk that
-/// fills up in its place.
-trait SegmentFile: Write + Send {
+/// What a segment writer needs of its file; a test puts a disk that fills
+/// up or fails in its place.
+pub(crate) trait SegmentFile: Write + Send {
     fn sync_data(&mut self) -> std::io::Result<()>;
     /// Cuts the file to `length` and continues writing there.
     fn cut_to(&mut self, length: u64) -> std::io::Result<()>;
@@ -320,36 +322,81 @@ impl SegmentFile for File {
     }
 }
 
-/// The current segment and the folder it lives in.
-struct Files {
-    dir: PathBuf,
-    file: Box<dyn SegmentFile>,
+/// A segment file being appended to, frame by frame (the journal's, the
+/// spool's): every append is synced, and a failed one is cut back off.
+/// Should the cut fail too, nothing more is written until a cut succeeds,
+/// so no frame ever lands behind a torn one (a reader stops at the first
+/// bad frame, and would lose every frame after it).
+pub(crate) struct SegmentWriter {
+    pub(crate) file: Box<dyn SegmentFile>,
     path: PathBuf,
-    /// The segment's length after the last successful commit.
+    /// The file's length after the last successful append.
     good_length: u64,
+    /// A failed append may have left part of its bytes after `good_length`.
+    torn: bool,
 }
 
-impl Files {
-    fn create(dir: &Path, first: u64) -> Result<Files, StorageError> {
-        let path = dir.join(segment_name(first));
-        let file = create_segment_file(&path, MAGIC, JOURNAL_FORMAT_VERSION)?;
-        Ok(Files { dir: dir.into(), file: Box::new(file), path, good_length: HEADER_BYTES as u64 })
+impl SegmentWriter {
+    /// Creates the segment at `path` with its header (see [`create_segment_file`]).
+    pub(crate) fn create(path: &Path, magic: &[u8; 8], version: u32) -> Result<SegmentWriter, StorageError> {
+        let file = create_segment_file(path, magic, version)?;
+        Ok(SegmentWriter { file: Box::new(file), path: path.into(), good_length: HEADER_BYTES as u64, torn: false })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length after the last successful append.
+    pub(crate) fn length(&self) -> u64 {
+        self.good_length
     }
 
     /// Writes `bytes` at the end and syncs; on failure the file is cut back
     /// to its last good length, so a retry never leaves half a frame inside.
-    fn commit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let written = self.file.write_all(bytes).and_then(|()| self.file.sync_data());
-        match written {
+    /// A cut that fails is tried again before the next append, which fails
+    /// while it does.
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.torn {
+            self.cut_back()?;
+        }
+        match self.file.write_all(bytes).and_then(|()| self.file.sync_data()) {
             Ok(()) => {
                 self.good_length += bytes.len() as u64;
                 Ok(())
             }
             Err(error) => {
-                let _ = self.file.cut_to(self.good_length);
+                self.torn = true;
+                // Failing, it is tried again (and reported) by the next append.
+                let _ = self.cut_back();
                 Err(error)
             }
         }
+    }
+
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        self.file.cut_to(self.good_length).map_err(|error| {
+            std::io::Error::new(error.kind(), format!("cannot cut a failed write back off the file: {error}"))
+        })?;
+        self.torn = false;
+        Ok(())
+    }
+}
+
+/// The current segment and the folder it lives in.
+struct Files {
+    dir: PathBuf,
+    segment: SegmentWriter,
+}
+
+impl Files {
+    fn create(dir: &Path, first: u64) -> Result<Files, StorageError> {
+        let segment = SegmentWriter::create(&dir.join(segment_name(first)), MAGIC, JOURNAL_FORMAT_VERSION)?;
+        Ok(Files { dir: dir.into(), segment })
+    }
+
+    fn commit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.segment.append(bytes)
     }
 }
 
@@ -399,7 +446,7 @@ impl Committer {
         while let Err(error) = self.files.commit(batch) {
             if failures == 0 || failures.is_power_of_two() {
                 error!(
-                    file = %self.files.path.display(),
+                    file = %self.files.segment.path().display(),
                     error = %error,
                     failures = failures + 1,
                     "Cannot write the journal: messages are no longer acknowledged (the broker keeps them) until it can."
@@ -411,7 +458,7 @@ impl Committer {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         if failures > 0 {
-            info!(file = %self.files.path.display(), failures, "The journal is written again; acknowledgements resume.");
+            info!(file = %self.files.segment.path().display(), failures, "The journal is written again; acknowledgements resume.");
             self.failing.send_replace(false);
         }
         batch.clear();
@@ -442,7 +489,7 @@ impl Committer {
         // A segment holds the records from its first up to the next one's first.
         for pair in found.windows(2) {
             let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
-            if *next_first <= below && *path != self.files.path {
+            if *next_first <= below && path != self.files.segment.path() {
                 if let Err(error) = std::fs::remove_file(path) {
                     warn!(file = %path.display(), error = %error, "Cannot remove a journal segment a snapshot covers.");
                 }
@@ -451,8 +498,75 @@ impl Committer {
     }
 }
 
+/// Files that fail as failing disks do, for the tests of the journal and the spool.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::fs::{File, OpenOptions};
+    use std::io::{Seek, SeekFrom, Write};
+    use std::path::Path;
+
+    use super::SegmentFile;
+
+    /// A segment whose next writes stop halfway through and fail, and whose
+    /// next cuts fail without cutting anything, as on a failing disk.
+    pub(crate) struct TornWrites {
+        file: File,
+        writes_failing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        cuts_failing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    /// Takes one from `counter` if it is above zero.
+    fn take_one(counter: &std::sync::atomic::AtomicUsize) -> bool {
+        counter
+            .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
+
+    impl Write for TornWrites {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if take_one(&self.writes_failing) {
+                self.file.write_all(&bytes[..bytes.len() / 2])?;
+                return Err(std::io::Error::from_raw_os_error(5)); // EIO
+            }
+            self.file.write(bytes)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.file.flush()
+        }
+    }
+
+    impl SegmentFile for TornWrites {
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+
+        fn cut_to(&mut self, length: u64) -> std::io::Result<()> {
+            if take_one(&self.cuts_failing) {
+                return Err(std::io::Error::from_raw_os_error(5));
+            }
+            self.file.cut_to(length)
+        }
+    }
+
+    /// Opens the segment at `path` as the committer does (not in append
+    /// mode: writes land where the file's position is), behind [`TornWrites`].
+    pub(crate) fn torn_writes(path: &Path, writes_failing: usize, cuts_failing: usize) -> TornWrites {
+        let mut file = OpenOptions::new().write(true).open(path).unwrap();
+        file.seek(SeekFrom::End(0)).unwrap();
+        TornWrites {
+            file,
+            writes_failing: std::sync::Arc::new(writes_failing.into()),
+            cuts_failing: std::sync::Arc::new(cuts_failing.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::torn_writes;
     use super::*;
 
     fn append_all(dir: &Path, first: u64, records: &[&[u8]]) {
@@ -583,7 +697,7 @@ mod tests {
         let mut files = Files::create(dir.path(), 1).unwrap();
         let room = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(FRAME_HEADER_BYTES + 4 + 7));
         let file = OpenOptions::new().append(true).open(dir.path().join(segment_name(1))).unwrap();
-        files.file = Box::new(FullDisk { file, room: room.clone() });
+        files.segment.file = Box::new(FullDisk { file, room: room.clone() });
         let (durable_sender, durable) = watch::channel(0);
         let (failing_sender, failing) = watch::channel(false);
         let mut committer = Committer { files, durable: durable_sender, failing: failing_sender };
@@ -620,6 +734,30 @@ mod tests {
         drop(committer);
         let (seen, summary) = read_all(dir.path(), 0);
         assert_eq!(seen, vec![(1, b"kept".to_vec()), (2, b"waits for room".to_vec())]);
+        assert_eq!(summary.bytes_discarded, 0);
+    }
+
+    #[test]
+    fn a_failed_cut_back_holds_the_journal_until_the_torn_frame_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Files::create(dir.path(), 1).unwrap();
+        let mut batch = Vec::new();
+        frame(&mut batch, 1, b"kept");
+        files.commit(&batch).unwrap();
+        // The next write stops halfway, and the two cuts after it fail.
+        files.segment.file = Box::new(torn_writes(&dir.path().join(segment_name(1)), 1, 2));
+        let (durable_sender, durable) = watch::channel(1);
+        let (failing_sender, _failing) = watch::channel(false);
+        let mut committer = Committer { files, durable: durable_sender, failing: failing_sender };
+        let mut batch = Vec::new();
+        frame(&mut batch, 2, b"acknowledged once durable");
+        committer.commit_with_retries(&mut batch, 2);
+        assert_eq!(*durable.borrow(), 2);
+        drop(committer);
+        // Record 2 was published as durable, so it must read back: nothing
+        // was written after the half frame the failed write left.
+        let (seen, summary) = read_all(dir.path(), 0);
+        assert_eq!(seen, vec![(1, b"kept".to_vec()), (2, b"acknowledged once durable".to_vec())]);
         assert_eq!(summary.bytes_discarded, 0);
     }
 
