@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod pki;
+pub mod responder;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
