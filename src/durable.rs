@@ -395,6 +395,7 @@ impl Durability {
                 }
                 Err(error) => {
                     error!(error = %error, "The snapshot task failed; the journal is kept until the next one.");
+                    snapshot::discard_pending(&snapshot::pending_path(self.dir.path(), checkpoint.number));
                     self.checkpoint = None;
                     return;
                 }
@@ -437,8 +438,12 @@ impl Durability {
                 acker.ack(&publish);
             }
         }
-        if let Some(Checkpoint { writing: Some(writing), .. }) = self.checkpoint.take() {
-            let _ = writing.await;
+        // A snapshot not committed by now never will be: its file goes.
+        if let Some(Checkpoint { number, writing, .. }) = self.checkpoint.take() {
+            if let Some(writing) = writing {
+                let _ = writing.await;
+            }
+            snapshot::discard_pending(&snapshot::pending_path(self.dir.path(), number));
         }
     }
 }
@@ -641,6 +646,31 @@ mod tests {
         let missing: Vec<_> = expected.difference(&points).collect();
         let extra: Vec<_> = points.difference(&expected).collect();
         assert!(missing.is_empty() && extra.is_empty(), "missing {missing:#?}\nextra {extra:#?}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_not_committed_by_the_stop_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let topics = config.mqtt.topics.clone();
+        let mut pipeline = Pipeline::new(&config, Mode::Live);
+        let (mut durability, _) = Durability::recover(&config, &mut pipeline, Millis(START)).await.unwrap();
+        let (client, _never_polled) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 1_000);
+        let mut acker = Acker::new(client);
+        for message in morning().iter().take(100) {
+            feed(&mut pipeline, &topics, message);
+            let publish = Publish::new(message.0.as_str(), QoS::AtLeastOnce, message.1.as_bytes());
+            durability.message(publish, arrival(message.2), arrival(message.2));
+        }
+        // Written, never committed: the daemon stops first.
+        durability.begin_checkpoint(pipeline.tracker().clone(), &[]).await;
+        durability.close(&mut acker).await;
+        let left: Vec<String> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[tokio::test]

@@ -3,6 +3,10 @@
 //! so a snapshot file is either whole or absent. A snapshot is committed
 //! (renamed) only once every point its records produced has been settled by
 //! the writers, which is what lets the journal before it be deleted.
+//! A temporary file that will not be committed (its write or its rename
+//! failed, or the daemon stops first) is removed at once, so that on a
+//! nearly full disk its space goes back to the journal; one a crash left is
+//! removed at the next start.
 //!
 //! Layout: `magic 8 | format version u32 | crc32 of the rest u32 | number u64 | state`.
 
@@ -10,7 +14,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tracing::error;
+use tracing::{error, warn};
 
 use super::{sync_dir, StorageError};
 
@@ -23,29 +27,43 @@ pub fn snapshot_name(number: u64) -> String {
     format!("snapshot-{number:020}.qws")
 }
 
+/// The temporary file the snapshot after record `number` is written to.
+pub fn pending_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{}.tmp", snapshot_name(number)))
+}
+
 /// Writes the snapshot of the state after record `number` to a temporary
-/// file and syncs it; [`commit`] puts it in place.
+/// file and syncs it; [`commit`] puts it in place. On an error the
+/// temporary file is gone: on a nearly full disk its space is the journal's.
 pub fn write_pending(dir: &Path, number: u64, state: &[u8]) -> Result<PathBuf, StorageError> {
-    let path = dir.join(format!("{}.tmp", snapshot_name(number)));
+    let path = pending_path(dir, number);
     let mut body = Vec::with_capacity(8 + state.len());
     body.extend_from_slice(&number.to_le_bytes());
     body.extend_from_slice(state);
-    let mut file = File::create(&path).map_err(|source| StorageError::io(&path, source))?;
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    file.write_all(&header)
-        .and_then(|()| file.write_all(&body))
-        .and_then(|()| file.sync_all())
-        .map_err(|source| StorageError::io(&path, source))?;
-    Ok(path)
+    let written = File::create(&path).and_then(|mut file| {
+        file.write_all(&header).and_then(|()| file.write_all(&body)).and_then(|()| file.sync_all())
+    });
+    match written {
+        Ok(()) => Ok(path),
+        Err(source) => {
+            discard_pending(&path);
+            Err(StorageError::io(&path, source))
+        }
+    }
 }
 
-/// Puts a pending snapshot in place and removes the older ones.
+/// Puts a pending snapshot in place and removes the older ones. If it
+/// cannot be put in place, the pending file is removed.
 pub fn commit(dir: &Path, pending: &Path, number: u64) -> Result<(), StorageError> {
     let path = dir.join(snapshot_name(number));
-    std::fs::rename(pending, &path).map_err(|source| StorageError::io(&path, source))?;
+    if let Err(source) = std::fs::rename(pending, &path) {
+        discard_pending(pending);
+        return Err(StorageError::io(&path, source));
+    }
     sync_dir(dir)?;
     for (older, older_path) in list(dir)? {
         if older < number {
@@ -53,6 +71,18 @@ pub fn commit(dir: &Path, pending: &Path, number: u64) -> Result<(), StorageErro
         }
     }
     Ok(())
+}
+
+/// Removes a pending snapshot that will not be committed. A failure is
+/// logged: the next start removes it (see [`remove_pending`]).
+pub fn discard_pending(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            warn!(file = %path.display(), error = %error, "Cannot remove an unfinished snapshot; the next start does.")
+        }
+    }
 }
 
 /// Removes the pending snapshots a crash left behind (at start, before any is written).
@@ -148,6 +178,73 @@ mod tests {
         assert!(list(dir.path()).unwrap().is_empty());
         remove_pending(dir.path()).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A tmpfs of `bytes` mounted on a new temporary folder for as long as it
+    /// lives: a real filesystem that runs out of space. Mounting needs root
+    /// (CAP_SYS_ADMIN); without it the test fails and says so.
+    struct SmallFs {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallFs {
+        fn mount(bytes: u64) -> SmallFs {
+            let dir = tempfile::tempdir().unwrap();
+            let output = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "queuewatch-test"])
+                .arg(dir.path())
+                .output()
+                .expect("mount (util-linux) runs");
+            assert!(
+                output.status.success(),
+                "this test mounts a {bytes}-byte tmpfs, which needs root (CAP_SYS_ADMIN): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            SmallFs { dir }
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        }
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_fit_leaves_no_temporary_file_and_the_journal_the_room() {
+        let disk = SmallFs::mount(64 << 10);
+        let state = vec![7u8; 200 << 10];
+        let error = write_pending(disk.path(), 10, &state).unwrap_err();
+        assert!(error.to_string().contains("No space left"), "{error}");
+        let left: Vec<_> = std::fs::read_dir(disk.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{left:?}");
+        // The room is the journal's again: records still become durable.
+        let mut records = Vec::new();
+        for number in 1..=40 {
+            super::super::journal::frame(&mut records, number, &[number as u8; 1000]);
+        }
+        let mut segment = super::super::journal::SegmentWriter::create(
+            &disk.path().join(super::super::journal::segment_name(1)),
+            b"qwjournl",
+            super::super::journal::JOURNAL_FORMAT_VERSION,
+        )
+        .unwrap();
+        segment.append(&records).expect("the journal has the room the snapshot left");
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_be_put_in_place_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Something that cannot be replaced by a rename sits where it goes.
+        std::fs::create_dir(dir.path().join(snapshot_name(10))).unwrap();
+        std::fs::write(dir.path().join(snapshot_name(10)).join("in the way"), b"x").unwrap();
+        let pending = write_pending(dir.path(), 10, b"state").unwrap();
+        assert!(commit(dir.path(), &pending, 10).is_err());
+        assert!(!pending.exists());
     }
 
     #[test]
