@@ -662,11 +662,9 @@ impl Config {
                 }
             }
             if let Some(url) = section.string("url", &mut problems) {
-                match reqwest::Url::parse(&url) {
-                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
-                        influx.url = url
-                    }
-                    _ => problems.push(format!("influxdb.url: {url:?} is not an http:// or https:// URL")),
+                match check_influx_url(&url) {
+                    Ok(_) => influx.url = url,
+                    Err(problem) => problems.push(problem),
                 }
             }
             for (key, slot) in
@@ -1105,6 +1103,32 @@ fn parse_mqtt_tls(section: &mut Section<'_>, mqtt: &mut MqttConfig, problems: &m
         (None, None) => {}
     }
     problems.extend(crate::mqtt::tls::check(tls));
+}
+
+/// `influxdb.url`: an `http://` or `https://` URL with a host, and without a
+/// user name or password, which would sit in the config and reach the logs
+/// (they come from `influxdb.username` and a password or token variable or
+/// file). A problem names the key and never shows a password.
+pub fn check_influx_url(url: &str) -> Result<reqwest::Url, String> {
+    let shown = match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Err(_) if url.contains('@') => "(not shown: it may hold a password)".to_string(),
+        Err(_) => url.to_string(),
+    };
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => Err(format!(
+            "influxdb.url: {shown:?} holds a user name or password; give the user as influxdb.username and the \
+             password in influxdb.password_env or influxdb.password_file (v1), or a token in influxdb.token_env \
+             or influxdb.token_file (v2)"
+        )),
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => Ok(parsed),
+        Ok(_) => Err(format!("influxdb.url: {shown:?} is not an http:// or https:// URL")),
+        Err(error) => Err(format!("influxdb.url: {shown:?} is not a valid URL: {error}")),
+    }
 }
 
 /// `influxdb.ca_file`: only with an `https://` URL, a file of PEM CA certificates.
@@ -1862,6 +1886,18 @@ topic = "queue/+/alerts"
                 "storage.spool_max_bytes: expected a number of bytes",
             ],
         );
+    }
+
+    #[test]
+    fn an_influx_url_with_a_user_and_password_is_refused_without_showing_them() {
+        for url in ["http://writer:hunter2@influx:8086", "https://writer:hunter2@influx", "http//writer:hunter2@influx"]
+        {
+            let problems = problems_of(&format!("[influxdb]\nurl = \"{url}\"\n"));
+            assert!(problems.contains("influxdb.url"), "{problems}");
+            assert!(!problems.contains("hunter2"), "{problems}");
+        }
+        let problems = problems_of("[influxdb]\nurl = \"http://writer@influx:8086\"\n");
+        assert!(problems.contains("holds a user name or password"), "{problems}");
     }
 
     /// Every problem `text` has, joined, for `contains` checks.

@@ -379,8 +379,9 @@ impl Collector for Metrics {
         out.counter_family(
             "write_errors",
             "Failed write requests, by kind: transport (no answer), unauthorized (401, 403), \
-             not_found (404), too_large (413), refused (400, 422, other 4xx), throttled (429), \
-             server (5xx), tls (a failed TLS handshake: untrusted certificate, wrong host).",
+             not_found (404), too_large (413), refused (400, 422), throttled (429), \
+             server (5xx), tls (a failed TLS handshake: untrusted certificate, wrong host), \
+             unexpected (a redirect, never followed, 405, 408, other 4xx: a URL or proxy to correct).",
             "kind",
             [
                 ("transport", errors.transport),
@@ -391,6 +392,7 @@ impl Collector for Metrics {
                 ("throttled", errors.throttled),
                 ("server", errors.server),
                 ("tls", errors.tls),
+                ("unexpected", errors.unexpected),
             ]
             .into_iter(),
         )?;

@@ -147,6 +147,90 @@ async fn unauthorized_forbidden_and_not_found_wait_in_the_spool_and_go_out_once_
 }
 
 #[tokio::test]
+async fn redirects_are_not_followed_and_their_lines_wait_in_the_spool_until_the_url_is_right() {
+    for api in BOTH_APIS {
+        for status in [301, 302, 307, 308] {
+            let fixed = Arc::new(AtomicBool::new(false));
+            // The write path answers with a redirect to another path of the
+            // same server, which would take anything (a GET after a 301 or 302).
+            let responder = Responder::start({
+                let fixed = Arc::clone(&fixed);
+                move |request| {
+                    if request.path == "/moved" || fixed.load(Ordering::SeqCst) {
+                        Reply::status(204)
+                    } else {
+                        Reply::status(status).header("Location", "/moved")
+                    }
+                }
+            })
+            .await;
+            let (report, moved) = wait_in_the_spool_until_fixed(api, &responder, &fixed).await;
+            assert!(moved.is_empty(), "{api:?} {status}: the redirect was followed: {moved:?}");
+            assert_eq!((report.points_written, report.points_rejected), (20, 0), "{api:?} {status}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn method_not_allowed_and_request_timeout_wait_in_the_spool_rather_than_refuse_the_lines() {
+    for api in BOTH_APIS {
+        for status in [405, 408] {
+            let fixed = Arc::new(AtomicBool::new(false));
+            let responder = Responder::start({
+                let fixed = Arc::clone(&fixed);
+                move |_| if fixed.load(Ordering::SeqCst) { Reply::status(204) } else { Reply::status(status) }
+            })
+            .await;
+            let (report, _) = wait_in_the_spool_until_fixed(api, &responder, &fixed).await;
+            assert_eq!((report.points_written, report.points_rejected), (20, 0), "{api:?} {status}");
+        }
+    }
+}
+
+/// Sends 20 lines through a sink with a spool to `responder`, which answers
+/// badly until `fixed`: checks that they wait in the spool, none refused or
+/// dead-lettered, then fixes it and waits until they all arrive. Returns the
+/// report and every request that reached `/moved`.
+async fn wait_in_the_spool_until_fixed(
+    api: InfluxApi,
+    responder: &Responder,
+    fixed: &AtomicBool,
+) -> (SinkReport, Vec<Recorded>) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = InfluxConfig { batch_size: 5, username: Some("writer".into()), ..config(api, &responder.url) };
+    let secrets = Secrets { token: Some("xyz".into()), password: Some("s3cret".into()) };
+    let store = SinkStore::open(data_dir.path(), 1 << 20).unwrap();
+    let (handle, task) = sink::spawn(&config, secrets, Some(store), WAIT_LIMIT).unwrap();
+    handle.send(lines(0..20), 20).await.unwrap();
+    within_limit(handle.flush()).await.unwrap();
+    let progress = handle.progress();
+    assert_eq!((progress.points_written, progress.points_rejected), (0, 0), "{api:?}: {progress:?}");
+    assert_eq!(progress.spool_points, 20, "{api:?}: {progress:?}");
+    assert!(progress.write_errors.unexpected >= 1, "{api:?}: {:?}", progress.write_errors);
+    fixed.store(true, Ordering::SeqCst);
+    within_limit(async {
+        while handle.progress().spool_points > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    drop(handle);
+    let report = within_limit(task).await.unwrap();
+    assert!(!data_dir.path().join(sink::DEAD_LETTER_FILE).exists(), "{api:?}: nothing is dead-lettered");
+    let written: Vec<String> = responder
+        .requests()
+        .iter()
+        .filter(|request| request.status == 204 && request.path != "/moved")
+        .flat_map(|request| request.lines().lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let mut written = written;
+    written.sort();
+    assert_eq!(written, sorted_lines(0..20), "{api:?}: every line once, to the configured URL");
+    let moved = responder.requests().into_iter().filter(|request| request.path == "/moved").collect();
+    (report, moved)
+}
+
+#[tokio::test]
 async fn a_partial_write_is_halved_down_to_the_refused_lines_which_alone_are_dead_lettered() {
     // 1.x answers 400 "partial write" naming the first bad line; 2.x answers 422.
     for (api, status) in [(InfluxApi::V1, 400), (InfluxApi::V2, 422)] {
@@ -495,6 +579,21 @@ async fn bad_url_gives_a_config_error_not_a_panic() {
                 Err(other) => panic!("{api:?} {url:?}: expected a config error, got {other:?}"),
                 Ok(_) => panic!("{api:?} {url:?}: accepted"),
             }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_url_with_a_user_and_password_is_refused_without_showing_them() {
+    for api in BOTH_APIS {
+        let config = config(api, "http://writer:hunter2@127.0.0.1:8086");
+        match sink::spawn(&config, Secrets::default(), None, WAIT_LIMIT) {
+            Err(SinkError::Config(message)) => {
+                assert!(message.contains("influxdb.url"), "{message}");
+                assert!(!message.contains("hunter2"), "{message}");
+            }
+            Err(other) => panic!("{api:?}: expected a config error, got {other:?}"),
+            Ok(_) => panic!("{api:?}: a URL with credentials was accepted"),
         }
     }
 }

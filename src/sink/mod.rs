@@ -311,7 +311,7 @@ pub struct WriteErrors {
     pub not_found: u64,
     /// 413 (the batch is halved).
     pub too_large: u64,
-    /// 400, 422 and other 4xx: lines refused for their content.
+    /// 400 and 422: lines refused for their content.
     pub refused: u64,
     /// 429.
     pub throttled: u64,
@@ -319,10 +319,13 @@ pub struct WriteErrors {
     pub server: u64,
     /// A failed TLS handshake: an untrusted certificate, one for another host.
     pub tls: u64,
+    /// A status InfluxDB does not answer a write with: a redirect (never
+    /// followed), 405, 408, other 4xx; a URL or proxy to correct.
+    pub unexpected: u64,
 }
 
 /// The kinds of [`WriteErrors`], as indexes into [`Counters::write_errors`].
-const ERROR_KINDS: usize = 8;
+const ERROR_KINDS: usize = 9;
 
 fn error_kind(error: &WriteError) -> usize {
     match error {
@@ -333,7 +336,8 @@ fn error_kind(error: &WriteError) -> usize {
         WriteError::Transient { status: Some(429), .. } => 5,
         WriteError::Transient { status: Some(500..), .. } => 6,
         WriteError::Tls { .. } => 7,
-        WriteError::Permanent { .. } | WriteError::Transient { .. } => 4,
+        WriteError::Permanent { .. } => 4,
+        WriteError::Transient { status: Some(_), .. } => 8,
     }
 }
 
@@ -410,6 +414,7 @@ impl Counters {
                 throttled: errors(5),
                 server: errors(6),
                 tls: errors(7),
+                unexpected: errors(8),
             },
         }
     }

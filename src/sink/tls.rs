@@ -4,7 +4,8 @@
 //!
 //! Invariants:
 //! - One way to build the client: [`ClientSetup::builder`], so every path to
-//!   InfluxDB trusts the same roots. TLS is reqwest's rustls (ring); no OpenSSL.
+//!   InfluxDB trusts the same roots and follows no redirect. TLS is reqwest's
+//!   rustls (ring); no OpenSSL.
 //! - With `influxdb.ca_file` the server's certificate must chain to a
 //!   certificate in that file only (reqwest's built-in roots are off); without
 //!   it, to a root of the platform's trust store, as for MQTT.
@@ -44,8 +45,13 @@ impl ClientSetup {
     /// A client builder with the timeout, the default headers and, for
     /// `https://`, the roots as they are now. The error names the key.
     pub fn builder(&self) -> Result<reqwest::ClientBuilder, String> {
-        let mut builder =
-            reqwest::Client::builder().timeout(self.request_timeout).default_headers(self.headers.clone());
+        // Redirects are not followed: the credentials would go along to
+        // wherever they point, and a 301 or 302 turns the write into a GET
+        // without its body. A redirect is an `influxdb.url` to correct.
+        let mut builder = reqwest::Client::builder()
+            .timeout(self.request_timeout)
+            .default_headers(self.headers.clone())
+            .redirect(reqwest::redirect::Policy::none());
         if self.https_host.is_some() {
             builder = builder.tls_built_in_root_certs(false);
             for root in root_certificates(self.ca_file.as_deref())? {

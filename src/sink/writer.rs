@@ -55,7 +55,9 @@ pub trait Writer: Send + Sync {
 /// Why one write failed; decides what the writer task does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
-    /// Worth retrying as is: 429, 5xx, 401/403/404, connection refused, timeout.
+    /// Worth retrying as is: 429, 5xx, 401/403/404, a redirect (not
+    /// followed), 405, 408 or another status that says nothing about the
+    /// lines, connection refused, timeout.
     #[error("transient failure (status {status:?}): {message}")]
     Transient { status: Option<u16>, retry_after: Option<Duration>, message: String },
     /// The TLS handshake failed (an untrusted certificate, one for another
@@ -66,8 +68,8 @@ pub enum WriteError {
     /// 413: the body must be split and sent again in smaller pieces.
     #[error("request body too large (413)")]
     TooLarge,
-    /// Lines refused for their content (400, 422, other 4xx): sending the
-    /// same body again would fail the same way.
+    /// Lines refused for their content (400, 422): sending the same body
+    /// again would fail the same way.
     #[error("rejected with status {status}: {message}")]
     Permanent { status: u16, message: String },
 }
@@ -152,8 +154,15 @@ impl V1Writer {
         } else {
             None
         };
+        let location = status
+            .is_redirection()
+            .then(|| response.headers().get(reqwest::header::LOCATION)?.to_str().ok().map(location_shown))
+            .flatten();
         // A body that cannot be read leaves the message empty; the status decides.
-        let mut message = response.text().await.unwrap_or_default();
+        let mut message = match location {
+            Some(location) => format!("Location: {location}"),
+            None => response.text().await.unwrap_or_default(),
+        };
         if let (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(path)) = (status, &self.password_file) {
             match super::read_password_file(path) {
                 Ok(password) => *self.password.write().unwrap_or_else(PoisonError::into_inner) = Some(password),
@@ -395,29 +404,40 @@ impl Writer for DiscardWriter {
 
 /// The status rules shared by both InfluxDB APIs.
 ///
-/// - 429 and 5xx: InfluxDB is overloaded or down; 401, 403 and 404: a
-///   credential, permission or database an operator fixes while we wait.
-///   All are transient: the lines wait (in the spool) and are tried again.
-/// - 400, 422 and any other status: the lines themselves are refused.
-///   InfluxDB 1.x answers 400 to a batch of which only some lines failed
-///   ("partial write: field type conflict: ... dropped=N"), having stored the
-///   others, and names only the first bad line; 2.x answers 422 (or 400 for
-///   a line it cannot parse). The writer task halves such a batch down to
-///   the single lines refused.
+/// - 400 and 422: the lines themselves are refused. InfluxDB 1.x answers
+///   400 to a batch of which only some lines failed ("partial write: field
+///   type conflict: ... dropped=N"), having stored the others; 2.x answers
+///   422 (or 400 for a line it cannot parse). The writer task finds the
+///   lines refused (`refusal.rs`) and dead-letters them.
+/// - 413: the batch is split.
+/// - Every other status is transient: the lines wait (in the spool) and are
+///   tried again. 429 and 5xx: InfluxDB is overloaded or down; 401, 403 and
+///   404: a credential, permission or database an operator fixes while we
+///   wait; a redirect (3xx, never followed), 405, 408 and any status
+///   InfluxDB does not answer a write with: a URL or a proxy in the way,
+///   which says nothing about the lines.
 pub(crate) fn classify(status: u16, message: &str, retry_after: Option<Duration>) -> Result<(), WriteError> {
     let message = short_message(message);
     match status {
         200..=299 => Ok(()),
         413 => Err(WriteError::TooLarge),
-        401 | 403 | 404 | 429 | 500..=599 => Err(WriteError::Transient { status: Some(status), retry_after, message }),
         // Go's answer to plain HTTP on a TLS port: `influxdb.url` should say
         // https://. The lines are fine; an operator fixes the URL.
         400 if message.contains("HTTP request to an HTTPS server") => Err(WriteError::Tls {
             message: format!("influxdb: the server speaks HTTPS; write influxdb.url with https:// ({message})"),
         }),
-        // Any other 4xx, and statuses a write endpoint never answers with
-        // (1xx, 3xx left after redirects).
-        _ => Err(WriteError::Permanent { status, message }),
+        400 | 422 => Err(WriteError::Permanent { status, message }),
+        300..=399 => Err(WriteError::Transient {
+            status: Some(status),
+            retry_after,
+            message: format!(
+                "influxdb: the server answered {status}, a redirect, which is not followed (the credentials \
+                 would go along, and a 301 or 302 makes the write a GET); write influxdb.url as the address \
+                 that takes writes{}",
+                if message.is_empty() { String::new() } else { format!(" ({message})") }
+            ),
+        }),
+        _ => Err(WriteError::Transient { status: Some(status), retry_after, message }),
     }
 }
 
@@ -477,10 +497,16 @@ pub(crate) fn gzip(body: &str) -> Bytes {
 }
 
 fn parse_http_url(url: &str) -> Result<Url, SinkError> {
-    match Url::parse(url) {
-        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => Ok(parsed),
-        Ok(_) => Err(SinkError::Config(format!("influxdb.url: {url:?} is not an http:// or https:// URL"))),
-        Err(error) => Err(SinkError::Config(format!("influxdb.url: {url:?} is not a valid URL: {error}"))),
+    crate::config::check_influx_url(url).map_err(SinkError::Config)
+}
+
+/// A redirect's `Location` for a log: without credentials, resolved
+/// against nothing (a relative one stays as it is).
+fn location_shown(location: &str) -> String {
+    match Url::parse(location) {
+        Ok(url) => without_credentials(&url),
+        Err(_) if location.contains('@') => "(a location with credentials, not shown)".into(),
+        Err(_) => location.to_string(),
     }
 }
 
@@ -521,9 +547,15 @@ mod tests {
         }
         let plain_to_tls = classify(400, "Client sent an HTTP request to an HTTPS server.\n", None);
         assert!(matches!(plain_to_tls, Err(WriteError::Tls { message }) if message.contains("https://")));
-        for status in [400, 405, 422] {
+        for status in [400, 422] {
             assert!(matches!(classify(status, "", None), Err(WriteError::Permanent { .. })), "{status}");
         }
+        // Nothing about the lines: a URL or a proxy in the way, fixed while they wait.
+        for status in [301, 302, 307, 308, 405, 408, 409, 415, 418] {
+            assert!(matches!(classify(status, "", None), Err(WriteError::Transient { .. })), "{status}");
+        }
+        let redirect = classify(301, "Location: http://elsewhere/write", None).unwrap_err().to_string();
+        assert!(redirect.contains("not followed") && redirect.contains("http://elsewhere/write"), "{redirect}");
         let retry_after = Some(Duration::from_secs(1));
         assert_eq!(
             classify(429, " slow down\n", retry_after),
