@@ -133,6 +133,9 @@ pub struct StorageConfig {
     /// unavailable; when full, MQTT messages are no longer acknowledged.
     /// 0: no spool (points wait in memory, as `replay` does).
     pub spool_max_bytes: u64,
+    /// The most the dead-letter file (`data_dir/dead-letters.lp`) holds;
+    /// refused lines beyond it are dropped and counted. 0: none kept.
+    pub dead_letter_max_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -143,6 +146,7 @@ impl Default for StorageConfig {
             journal: true,
             journal_segment_bytes: 64 << 20,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
         }
     }
 }
@@ -189,6 +193,11 @@ impl Default for LimitsConfig {
 
 /// `storage.spool_max_bytes` when not given: 1 GiB.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
+
+/// `storage.dead_letter_max_bytes` when not given: 256 MiB, over a million
+/// refused lines; past it an office sending refused lines at its full rate
+/// fills no more of the state disk.
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 256 << 20;
 
 /// `[offices.<id>]`: what is known about an office beyond its events.
 #[derive(Debug, Clone, PartialEq)]
@@ -884,6 +893,14 @@ impl Config {
                     Some(bytes) => config.storage.spool_max_bytes = bytes,
                     None => problems.push(format!(
                         "storage.spool_max_bytes: expected a number of bytes (0 for no spool), found {value}"
+                    )),
+                }
+            }
+            if let Some(value) = section.get("dead_letter_max_bytes") {
+                match value.as_integer().and_then(|bytes| u64::try_from(bytes).ok()) {
+                    Some(bytes) => config.storage.dead_letter_max_bytes = bytes,
+                    None => problems.push(format!(
+                        "storage.dead_letter_max_bytes: expected a number of bytes (0 to keep none), found {value}"
                     )),
                 }
             }
@@ -1875,6 +1892,11 @@ topic = "queue/+/alerts"
         assert_eq!(config.storage.spool_max_bytes, 65536);
         assert_eq!(Config::default().storage.spool_max_bytes, 1 << 30);
         assert_eq!(Config::parse("[storage]\nspool_max_bytes = 0\n").unwrap().storage.spool_max_bytes, 0);
+        assert_eq!(Config::default().storage.dead_letter_max_bytes, 256 << 20);
+        let config = Config::parse("[storage]\ndead_letter_max_bytes = 4096\n").unwrap();
+        assert_eq!(config.storage.dead_letter_max_bytes, 4096);
+        let problems = problems_of("[storage]\ndead_letter_max_bytes = -1\n");
+        assert_reported(&problems, &["storage.dead_letter_max_bytes: expected a number of bytes"]);
         let problems = problems_of(
             "[influxdb]\npassword_env = \"P\"\npassword_file = \"\"\n[storage]\nspool_max_bytes = \"1GiB\"\n",
         );

@@ -251,7 +251,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let writer_deadline = ShutdownBudget::writer_deadline(config.shutdown_timeout);
     // The spool and the dead letters live in the state folder.
     let store = sink::SinkStore::open(&config.storage.data_dir, config.storage.spool_max_bytes)
-        .context("InfluxDB writer's spool (storage.data_dir)")?;
+        .context("InfluxDB writer's spool (storage.data_dir)")?
+        .with_dead_letter_max_bytes(config.storage.dead_letter_max_bytes);
     let sink = sink::spawn(&config.influxdb, secrets, Some(store), writer_deadline).context("InfluxDB writer")?;
     run_with(config, Outputs { sinks: vec![sink], tap: None }, shutdown).await
 }
@@ -626,6 +627,7 @@ impl SelfReport {
         point.field("rejected", count(self.rejected));
         point.field("points_written", count(self.sink.points_written));
         point.field("points_refused", count(self.sink.points_rejected));
+        point.field("points_dead_letter_dropped", count(self.sink.points_dead_letter_dropped));
         point.field("open_tickets", count(self.open_tickets as u64));
         if let Some(newest) = self.newest_event {
             point.field("newest_event_age_s", seconds(self.at.since(newest)));
@@ -767,6 +769,7 @@ mod tests {
                 points_handed: 9000,
                 points_written: 8990,
                 points_rejected: 2,
+                points_dead_letter_dropped: 1,
                 points_settled: 8992,
                 ..SinkProgress::default()
             },
@@ -776,7 +779,7 @@ mod tests {
         assert_eq!(
             report.to_point().to_line(),
             "queuewatch,instance=qw-1 accepted=1200i,rejected=3i,points_written=8990i,points_refused=2i,\
-             open_tickets=41i,newest_event_age_s=2.25,uptime_s=90.5 1795737600000000000"
+             points_dead_letter_dropped=1i,open_tickets=41i,newest_event_age_s=2.25,uptime_s=90.5 1795737600000000000"
         );
         let before_any_event = SelfReport { newest_event: None, ..report };
         assert!(!before_any_event.to_point().to_line().contains("newest_event_age_s"));

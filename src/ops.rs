@@ -371,6 +371,11 @@ impl Collector for Metrics {
             snapshot.sink.points_dead_lettered,
         )?;
         out.counter(
+            "points_dead_letter_dropped",
+            "Refused points not kept: the dead-letter file had reached storage.dead_letter_max_bytes.",
+            snapshot.sink.points_dead_letter_dropped,
+        )?;
+        out.counter(
             "points_spooled",
             "Points put in the disk spool while InfluxDB was unavailable.",
             snapshot.sink.points_spooled,
@@ -575,8 +580,10 @@ mod tests {
                 spool_points: 40,
                 spool_bytes: 9000,
                 spool_oldest: Some(Millis::now().minus_ms(60_000)),
-                write_errors: crate::sink::WriteErrors { server: 3, ..Default::default() },
+                write_errors: crate::sink::WriteErrors { server: 3, unexpected: 1, ..Default::default() },
                 retries: 2,
+                points_dead_letter_dropped: 5,
+                spool_segments_quarantined: 1,
                 ..progress(2, 1)
             },
             newest_event: Some(Millis::now().minus_ms(2_500)),
@@ -607,7 +614,10 @@ mod tests {
             "queuewatch_spool_full 0",
             "queuewatch_write_errors_total{kind=\"server\"} 3",
             "queuewatch_write_errors_total{kind=\"unauthorized\"} 0",
+            "queuewatch_write_errors_total{kind=\"unexpected\"} 1",
             "queuewatch_write_retries_total 2",
+            "queuewatch_points_dead_letter_dropped_total 5",
+            "queuewatch_spool_segments_quarantined_total 1",
         ] {
             assert!(text.lines().any(|rendered| rendered == line), "{line:?} in:\n{text}");
         }

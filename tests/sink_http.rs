@@ -310,6 +310,30 @@ async fn dead_letters_that_now_succeed_leave_the_file_and_those_still_refused_st
 }
 
 #[tokio::test]
+async fn a_second_resend_of_the_dead_letters_is_refused_while_one_runs() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dead_letters = sink::DeadLetters::in_dir(data_dir.path());
+    dead_letters.append(&lines(0..6), 400, "partial write: old answer", queuewatch::time::Millis(0)).unwrap();
+    let before = std::fs::read_to_string(dead_letters.path()).unwrap();
+    // InfluxDB never answers: the first resend waits on it for a while.
+    let responder = Responder::start(|_| Reply::never()).await;
+    let config = InfluxConfig { request_timeout: Duration::from_millis(500), ..config(InfluxApi::V1, &responder.url) };
+    let writer = V1Writer::new(&config, &Secrets::default()).unwrap();
+    let first = sink::dead_letter::resend(&writer, data_dir.path(), 100, Duration::from_millis(5));
+    let second = async {
+        responder.wait_for_requests(1).await;
+        let writer = V1Writer::new(&config, &Secrets::default()).unwrap();
+        sink::dead_letter::resend(&writer, data_dir.path(), 100, Duration::from_millis(5)).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    let error = second.expect_err("a second resend runs alongside the first");
+    assert!(error.to_string().contains("another resend-dead-letters is running"), "{error}");
+    assert_eq!(first.unwrap(), sink::ResendReport { written: 0, refused: 0, kept: 6 });
+    let after = sink::dead_letter::parse(&std::fs::read_to_string(dead_letters.path()).unwrap());
+    assert_eq!(after, sink::dead_letter::parse(&before), "every dead letter kept once, with its answer");
+}
+
+#[tokio::test]
 async fn a_full_spool_stops_taking_lines_and_everything_goes_out_in_order_once_influx_answers() {
     let up = Arc::new(AtomicBool::new(false));
     let responder = Responder::start({

@@ -18,6 +18,23 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    pub fn empty() -> Batch {
+        Batch { text: String::new(), lines: 0 }
+    }
+
+    /// Splits into the lines marked `true` in `mask` (one mark a line) and
+    /// the others, each keeping its order.
+    pub fn split_by(self, mask: &[bool]) -> (Batch, Batch) {
+        debug_assert_eq!(mask.len(), self.lines, "one mark a line");
+        let (mut marked, mut others) = (Batch::empty(), Batch::empty());
+        for (line, is_marked) in self.text.split_inclusive('\n').zip(mask) {
+            let into = if *is_marked { &mut marked } else { &mut others };
+            into.text.push_str(line);
+            into.lines += 1;
+        }
+        (marked, others)
+    }
+
     /// Splits into two halves by lines, the first half getting the smaller
     /// share when the count is odd. Needs at least two lines.
     pub fn split_in_half(mut self) -> (Batch, Batch) {

@@ -66,6 +66,7 @@
 
 mod batch;
 pub mod dead_letter;
+mod refusal;
 mod spool;
 mod task;
 pub mod tls;
@@ -84,7 +85,7 @@ use tracing::error;
 use crate::time::Millis;
 
 pub use crate::config::{InfluxApi, InfluxConfig};
-pub use dead_letter::{DeadLetters, ResendReport, DEAD_LETTER_FILE};
+pub use dead_letter::{Appended, DeadLetters, ResendReport, DEAD_LETTER_FILE};
 pub use task::MAX_IN_FLIGHT;
 pub use writer::{DiscardWriter, Encoder, FileWriter, V1Writer, V2Writer, WriteError, WriteFuture, Writer};
 
@@ -212,6 +213,11 @@ impl SinkStore {
         };
         Ok(SinkStore { spool, dead_letters: DeadLetters::in_dir(data_dir) })
     }
+
+    /// The dead-letter file holds at most `max_bytes` (`storage.dead_letter_max_bytes`).
+    pub fn with_dead_letter_max_bytes(self, max_bytes: u64) -> SinkStore {
+        SinkStore { dead_letters: self.dead_letters.with_max_bytes(max_bytes), ..self }
+    }
 }
 
 /// What the writer task reports when it ends.
@@ -271,6 +277,9 @@ pub struct SinkProgress {
     pub points_rejected: u64,
     /// Of `points_rejected`, those written to the dead-letter file.
     pub points_dead_lettered: u64,
+    /// Of `points_rejected`, those dropped because the dead-letter file had
+    /// reached `storage.dead_letter_max_bytes` (or the file could not be written).
+    pub points_dead_letter_dropped: u64,
     /// The longest prefix of the points handed over (in the order they were
     /// handed) that are all written, refused or spooled. Batches end in any
     /// order, so this can be less than their sum; a checkpoint waits for it.
@@ -349,6 +358,7 @@ pub(crate) struct Counters {
     pub(crate) written: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dead_letter_dropped: AtomicU64,
     pub(crate) settled: AtomicU64,
     pub(crate) spooled: AtomicU64,
     pub(crate) spooled_before_start: AtomicU64,
@@ -370,6 +380,7 @@ impl Default for Counters {
             written: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            dead_letter_dropped: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             spooled: AtomicU64::new(0),
             spooled_before_start: AtomicU64::new(0),
@@ -395,6 +406,7 @@ impl Counters {
             points_written: load(&self.written),
             points_rejected: load(&self.rejected),
             points_dead_lettered: load(&self.dead_lettered),
+            points_dead_letter_dropped: load(&self.dead_letter_dropped),
             points_settled: load(&self.settled),
             points_spooled: load(&self.spooled),
             points_spooled_before_start: load(&self.spooled_before_start),
@@ -674,6 +686,69 @@ mod tests {
         assert_eq!(report.points_rejected, 1);
         // [a, huge, b, c] 413 → [a, huge] 413 → [a] ok, [huge] 413; [b, c] ok.
         assert_eq!(report.requests, 5);
+    }
+
+    #[tokio::test]
+    async fn the_lines_a_batch_had_refused_reach_the_dead_letter_file_in_one_synced_append() {
+        // An answer that names no line: the batch is halved down to the three refused.
+        let writer = ScriptedWriter::new(|body| {
+            if body.contains("bad") {
+                Err(WriteError::Permanent {
+                    status: 400,
+                    message: "partial write: unable to parse 'x': dropped=0".into(),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = SinkStore::open(dir.path(), 0).unwrap();
+        let dead_letters = store.dead_letters.clone();
+        let settings = task_settings(16, Duration::from_secs(60), MS, Duration::from_secs(1));
+        let (sink, task) = spawn_task(Box::new(writer), settings, Some(store));
+        let lines: String = (0..16)
+            .map(|number| {
+                if [2, 7, 13].contains(&number) {
+                    format!("bad v={number}i {number}\n")
+                } else {
+                    format!("good v={number}i {number}\n")
+                }
+            })
+            .collect();
+        sink.send(lines, 16).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(counts(sink.progress()), (16, 13, 3, 16));
+        assert_eq!(sink.progress().points_dead_lettered, 3);
+        assert_eq!(dead_letters.appends(), 1, "one append, one fdatasync for the batch");
+        let entries = dead_letter::parse(&std::fs::read_to_string(dead_letters.path()).unwrap());
+        let refused: Vec<&str> = entries.iter().map(|entry| entry.line.as_str()).collect();
+        assert_eq!(refused, ["bad v=2i 2", "bad v=7i 7", "bad v=13i 13"]);
+        finish(sink, task).await;
+    }
+
+    #[tokio::test]
+    async fn refused_lines_beyond_the_dead_letter_limit_are_dropped_and_counted() {
+        let writer = ScriptedWriter::new(|body| {
+            let lines = body.lines().count();
+            Err(WriteError::Permanent {
+                status: 400,
+                message: format!("partial write: points beyond retention policy dropped={lines}"),
+            })
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = SinkStore::open(dir.path(), 0).unwrap().with_dead_letter_max_bytes(1024);
+        let settings = task_settings(100, Duration::from_secs(60), MS, Duration::from_secs(1));
+        let (sink, task) = spawn_task(Box::new(writer), settings, Some(store));
+        let lines: String = (0..100).map(|number| format!("ticket,office=o1 wait_s={number}i {number}\n")).collect();
+        sink.send(lines, 100).await.unwrap();
+        sink.flush().await.unwrap();
+        let progress = sink.progress();
+        assert_eq!((progress.points_rejected, progress.points_settled), (100, 100));
+        assert!(progress.points_dead_lettered > 0 && progress.points_dead_letter_dropped > 50, "{progress:?}");
+        assert_eq!(progress.points_dead_lettered + progress.points_dead_letter_dropped, 100);
+        assert_eq!(progress.requests, 1, "a whole batch beyond retention is one request");
+        assert!(std::fs::metadata(dir.path().join(DEAD_LETTER_FILE)).unwrap().len() <= 1024);
+        finish(sink, task).await;
     }
 
     #[tokio::test]

@@ -2,14 +2,17 @@
 //! [`MAX_IN_FLIGHT`] of them at once with retries, splits on 413 and counts
 //! every line into exactly one of written, rejected or unwritten-at-shutdown.
 //!
-//! Each batch on its way is a [`Delivery`]: its parts (the batch, or the
-//! halves a 413 left of it) go out one after another, in order, each encoded
-//! (gzip) on a blocking thread before its first attempt. So encoding never
-//! holds up the async threads, and one batch is encoded while another is
-//! being written: neither InfluxDB nor this task waits on the other. Each
-//! attempt runs as its own Tokio task; this task alone decides what follows
-//! (count, retry, split) from its result. Deliveries end in any order, so
-//! [`Watermark`] keeps the prefix of lines that are all written or refused.
+//! Each batch on its way is a [`Delivery`]: its parts (the batch, or what a
+//! 413 or a refusal left of it: halves, or the lines a refusal names and the
+//! others, see `refusal.rs`) go out one after another, each encoded (gzip)
+//! on a blocking thread before its first attempt. So encoding never holds up
+//! the async threads, and one batch is encoded while another is being
+//! written: neither InfluxDB nor this task waits on the other. Each attempt
+//! runs as its own Tokio task; this task alone decides what follows (count,
+//! retry, split) from its result. The lines a delivery's parts had refused
+//! go to the dead-letter file in one append (one `fdatasync`) when it ends,
+//! and its lines are settled then, together. Deliveries end in any order,
+//! so [`Watermark`] keeps the prefix of lines that are all settled.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -23,7 +26,8 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{error, info, warn};
 
 use super::batch::{count_lines, Batch, Pending, Watermark};
-use super::dead_letter::DeadLetters;
+use super::dead_letter::{Appended, DeadLetters, Refused};
+use super::refusal::{verdict, Verdict};
 use super::spool::Spool;
 use super::{Counters, SinkReport, SinkStore, WriteError, Writer};
 use crate::time::Millis;
@@ -79,8 +83,10 @@ pub(crate) struct WriterTask {
     /// The counts readable while the task runs.
     counters: Arc<Counters>,
     failure_log: FailureLog,
-    /// Rate limit for the log of refused lines.
+    /// Rate limits for the logs of refused lines, and of those the full
+    /// dead-letter file could not keep.
     refusal_log: FailureLog,
+    dead_letter_full_log: FailureLog,
     /// Set once the shutdown deadline has passed: nothing more is attempted.
     gave_up: bool,
     /// The spool; `None` without a store, or for the moment a blocking
@@ -111,7 +117,7 @@ enum Input {
 /// Where a delivery's lines come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    /// Lines handed over, numbered in `Part::first`, counted in the watermark.
+    /// Lines handed over, numbered from `Delivery::first`, counted in the watermark.
     Memory,
     /// A batch from the spool: already settled, acknowledged to the spool once done.
     Spool,
@@ -119,32 +125,57 @@ enum Origin {
 
 /// One batch on its way: the part being attempted and the parts after it.
 struct Delivery {
+    /// Lines handed over: the number of its first line; its lines, `first ..
+    /// first + lines`, are settled together when it ends.
+    first: u64,
+    lines: u64,
     part: Part,
     /// Parts still to send after `part`, the next one last.
     later: Vec<Part>,
     failures_in_a_row: u32,
     origin: Origin,
+    /// Lines its parts had refused, appended to the dead-letter file in one
+    /// write when it ends.
+    refused: Refused,
 }
 
-/// Whole lines sent in one request, with their place among all lines.
+/// Whole lines sent in one request.
 struct Part {
-    /// The number of its first line.
-    first: u64,
     batch: Batch,
     /// What the writer's encoder made of `batch`, once made.
     encoded: Option<Bytes>,
 }
 
+impl Part {
+    fn new(batch: Batch) -> Part {
+        Part { batch, encoded: None }
+    }
+}
+
 impl Delivery {
-    fn lines(&self) -> u64 {
+    fn new(first: u64, batch: Batch, origin: Origin) -> Delivery {
+        let lines = batch.lines as u64;
+        let part = Part::new(batch);
+        Delivery { first, lines, part, later: Vec::new(), failures_in_a_row: 0, origin, refused: Refused::default() }
+    }
+
+    /// Takes the current part's lines, leaving it empty.
+    fn take_batch(&mut self) -> Batch {
+        self.part.encoded = None;
+        std::mem::replace(&mut self.part.batch, Batch::empty())
+    }
+
+    /// Lines not yet written or refused: the current part and those after it.
+    fn unsent_lines(&self) -> u64 {
         (self.part.batch.lines + self.later.iter().map(|part| part.batch.lines).sum::<usize>()) as u64
     }
 
     /// Lines that nothing else accounts for while they are in flight: those
-    /// handed over (a spooled batch stays in the spool until it is done).
+    /// handed over and not yet counted written or refused (a spooled batch
+    /// stays in the spool until it is done).
     fn memory_lines(&self) -> u64 {
         match self.origin {
-            Origin::Memory => self.lines(),
+            Origin::Memory => self.unsent_lines() + self.refused.lines(),
             Origin::Spool => 0,
         }
     }
@@ -190,6 +221,7 @@ impl WriterTask {
             counters,
             failure_log: FailureLog::default(),
             refusal_log: FailureLog::default(),
+            dead_letter_full_log: FailureLog::default(),
             gave_up: false,
             spool,
             dead_letters,
@@ -338,11 +370,7 @@ impl WriterTask {
             let first = self.received - self.pending.lines() as u64;
             let Some(batch) = self.pending.take(self.settings.batch_size) else { return };
             self.in_flight_lines += batch.lines as u64;
-            let part = Part { first, batch, encoded: None };
-            self.attempt(
-                Delivery { part, later: Vec::new(), failures_in_a_row: 0, origin: Origin::Memory },
-                Duration::ZERO,
-            );
+            self.attempt(Delivery::new(first, batch, Origin::Memory), Duration::ZERO);
         }
     }
 
@@ -367,21 +395,21 @@ impl WriterTask {
             }
             let first = self.received - self.pending.lines() as u64;
             let Some(batch) = self.pending.take(self.settings.batch_size) else { return };
-            let part = Part { first, batch, encoded: None };
-            if let Err(part) = self.spool_part(part).await {
-                // The disk failed: this batch and the next ones for a while are sent directly.
-                self.in_flight_lines += part.batch.lines as u64;
-                self.attempt(
-                    Delivery { part, later: Vec::new(), failures_in_a_row: 0, origin: Origin::Memory },
-                    Duration::ZERO,
-                );
-                return;
+            let lines = batch.lines as u64;
+            match self.spool_part(Part::new(batch)).await {
+                Ok(()) => self.mark_settled(first, lines),
+                Err(part) => {
+                    // The disk failed: this batch and the next ones for a while are sent directly.
+                    self.in_flight_lines += lines;
+                    self.attempt(Delivery::new(first, part.batch, Origin::Memory), Duration::ZERO);
+                    return;
+                }
             }
         }
     }
 
-    /// Appends a part's lines to the spool, counting them settled; gives
-    /// the part back when the spool cannot take it.
+    /// Appends a part's lines to the spool, counting them spooled (the
+    /// caller settles them); gives the part back when the spool cannot take it.
     async fn spool_part(&mut self, part: Part) -> Result<(), Part> {
         if self.spool_failing_until.is_some()
             || !self.spool.as_ref().is_some_and(|spool| spool.has_room(part.batch.text.len()))
@@ -401,7 +429,6 @@ impl WriterTask {
             Ok(()) => {
                 let lines = part.batch.lines as u64;
                 self.counters.spooled.fetch_add(lines, Ordering::Relaxed);
-                self.mark_settled(&part);
                 Ok(())
             }
             Err(error) => {
@@ -428,11 +455,8 @@ impl WriterTask {
                 self.spool_read_failures = 0;
                 self.draining = true;
                 self.draining_counted = 0;
-                let part = Part { first: 0, batch: Batch { text: spooled.text, lines: spooled.lines }, encoded: None };
-                self.attempt(
-                    Delivery { part, later: Vec::new(), failures_in_a_row: 0, origin: Origin::Spool },
-                    Duration::ZERO,
-                );
+                let batch = Batch { text: spooled.text, lines: spooled.lines };
+                self.attempt(Delivery::new(0, batch, Origin::Spool), Duration::ZERO);
             }
             Some(Err(error)) => {
                 let delay = backoff_delay(self.spool_read_failures, None, self.settings.max_backoff);
@@ -513,8 +537,8 @@ impl WriterTask {
     }
 
     /// Counts what one attempt decided and sends what comes next: the same
-    /// part again after a backoff, its halves, the delivery's next part, or
-    /// the delivery to the spool.
+    /// part again after a backoff, what a refusal or a 413 leaves of it, the
+    /// delivery's next part, or the delivery to the spool.
     async fn settle(&mut self, mut delivery: Delivery, result: Result<(), WriteError>) {
         self.in_flight_lines -= delivery.memory_lines();
         let lines = delivery.part.batch.lines as u64;
@@ -528,52 +552,72 @@ impl WriterTask {
                 }
                 self.report.points_written += lines;
                 self.counters.written.fetch_add(lines, Ordering::Relaxed);
-                self.count_settled(&delivery);
+                if delivery.origin == Origin::Spool {
+                    self.draining_counted += lines;
+                }
             }
-            // Too large, or lines refused for their content (a partial
-            // write): halve and send each half, down to the single lines refused.
-            Err(WriteError::TooLarge | WriteError::Permanent { .. }) if lines > 1 && !self.gave_up => {
-                let Part { first, batch, .. } = delivery.part;
-                let (first_half, second_half) = batch.split_in_half();
-                let second = Part { first: first + first_half.lines as u64, batch: second_half, encoded: None };
-                delivery.later.push(second);
-                delivery.part = Part { first, batch: first_half, encoded: None };
-                delivery.failures_in_a_row = 0;
-                self.in_flight_lines += delivery.memory_lines();
-                self.attempt(delivery, Duration::ZERO);
+            // Too large: halve and send each half, down to single lines.
+            Err(WriteError::TooLarge) if lines > 1 && !self.gave_up => {
+                let (first_half, second_half) = delivery.take_batch().split_in_half();
+                self.attempt_parts(delivery, first_half, second_half);
                 return;
+            }
+            // Lines refused for their content (a partial write): all of them,
+            // or those the answer names and the others sent apart, or the
+            // halves (`refusal.rs`), down to the lines refused.
+            Err(WriteError::Permanent { status, message }) if !self.gave_up => {
+                let batch = delivery.take_batch();
+                let lines_of: Vec<&str> = batch.text.lines().collect();
+                match verdict(&lines_of, &message) {
+                    Verdict::All => delivery.refused.add(&batch.text, lines, status, &message, Millis::now()),
+                    Verdict::Split(named) => {
+                        let (named, others) = batch.split_by(&named);
+                        self.attempt_parts(delivery, others, named);
+                        return;
+                    }
+                    Verdict::Halve => {
+                        let (first_half, second_half) = batch.split_in_half();
+                        self.attempt_parts(delivery, first_half, second_half);
+                        return;
+                    }
+                }
             }
             // Past the deadline, lines not yet told apart are unwritten, not refused.
             Err(WriteError::Permanent { .. }) if lines > 1 => {
-                self.end_unfinished(&delivery);
+                self.end_unfinished(delivery).await;
                 return;
             }
             Err(WriteError::Permanent { status, message }) => {
-                self.refuse(&delivery, status, &message).await;
+                let batch = delivery.take_batch();
+                delivery.refused.add(&batch.text, lines, status, &message, Millis::now());
             }
             Err(WriteError::TooLarge) if !self.gave_up => {
-                let message = format!("the line alone is too large ({} bytes)", delivery.part.batch.text.len());
-                self.refuse(&delivery, 413, &message).await;
+                let batch = delivery.take_batch();
+                let message = format!("the line alone is too large ({} bytes)", batch.text.len());
+                delivery.refused.add(&batch.text, lines, 413, &message, Millis::now());
             }
             Err(error @ (WriteError::Transient { .. } | WriteError::Tls { .. }))
                 if delivery.origin == Origin::Memory && self.spool.is_some() =>
             {
-                let Delivery { part, later, .. } = delivery;
-                let mut parts = std::iter::once(part).chain(later.into_iter().rev());
+                let mut parts = std::iter::once(std::mem::replace(&mut delivery.part, Part::new(Batch::empty())))
+                    .chain(std::mem::take(&mut delivery.later).into_iter().rev());
                 while let Some(part) = parts.next() {
                     if let Err(part) = self.spool_part(part).await {
                         // No room (or a disk error): what is left is retried from memory.
-                        let mut later: Vec<Part> = parts.collect();
-                        later.reverse();
-                        let delivery = Delivery { part, later, failures_in_a_row: 1, origin: Origin::Memory };
+                        delivery.part = part;
+                        delivery.later = parts.collect();
+                        delivery.later.reverse();
+                        delivery.failures_in_a_row = 1;
                         if self.gave_up {
-                            self.end_unfinished(&delivery);
+                            self.end_unfinished(delivery).await;
                         } else {
                             self.retry(delivery, error);
                         }
                         return;
                     }
                 }
+                // Every part is in the spool (its lines settled with the delivery's).
+                self.end_delivery(delivery).await;
                 return;
             }
             Err(error @ (WriteError::Transient { .. } | WriteError::Tls { .. })) if !self.gave_up => {
@@ -582,25 +626,45 @@ impl WriterTask {
             }
             // The deadline has passed: nothing more is attempted.
             Err(WriteError::TooLarge | WriteError::Transient { .. } | WriteError::Tls { .. }) => {
-                self.end_unfinished(&delivery);
+                self.end_unfinished(delivery).await;
                 return;
             }
         }
         if let Some(next) = delivery.later.pop() {
+            delivery.part = next;
             if self.gave_up {
-                delivery.part = next;
-                self.end_unfinished(&delivery);
+                self.end_unfinished(delivery).await;
                 return;
             }
-            delivery.part = next;
             delivery.failures_in_a_row = 0;
             self.in_flight_lines += delivery.memory_lines();
             self.attempt(delivery, Duration::ZERO);
-        } else if delivery.origin == Origin::Spool {
-            // Every line of the spooled batch is written or dead-lettered.
-            self.draining = false;
-            self.draining_counted = 0;
-            self.with_spool(Spool::ack).await;
+        } else {
+            self.end_delivery(delivery).await;
+        }
+    }
+
+    /// Sends `first` now and `second` after it, in place of the delivery's part.
+    fn attempt_parts(&mut self, mut delivery: Delivery, first: Batch, second: Batch) {
+        delivery.later.push(Part::new(second));
+        delivery.part = Part::new(first);
+        delivery.failures_in_a_row = 0;
+        self.in_flight_lines += delivery.memory_lines();
+        self.attempt(delivery, Duration::ZERO);
+    }
+
+    /// Every part of the delivery is written, refused or spooled: its
+    /// refused lines go to the dead-letter file (one append), then its lines
+    /// are settled; a spooled batch leaves the spool.
+    async fn end_delivery(&mut self, mut delivery: Delivery) {
+        self.write_refused(&mut delivery).await;
+        match delivery.origin {
+            Origin::Memory => self.mark_settled(delivery.first, delivery.lines),
+            Origin::Spool => {
+                self.draining = false;
+                self.draining_counted = 0;
+                self.with_spool(Spool::ack).await;
+            }
         }
     }
 
@@ -630,64 +694,79 @@ impl WriterTask {
     }
 
     /// A delivery's current part and later parts will not be attempted (the
-    /// deadline passed): lines handed over are unwritten; a spooled batch
-    /// stays in the spool.
-    fn end_unfinished(&mut self, delivery: &Delivery) {
+    /// deadline passed): what it had refused is dead-lettered, lines handed
+    /// over are unwritten; a spooled batch stays in the spool.
+    async fn end_unfinished(&mut self, mut delivery: Delivery) {
+        self.write_refused(&mut delivery).await;
         match delivery.origin {
-            Origin::Memory => self.report.points_unwritten_at_shutdown += delivery.lines(),
+            Origin::Memory => self.report.points_unwritten_at_shutdown += delivery.unsent_lines(),
             Origin::Spool => self.draining = false,
         }
     }
 
-    /// A single line refused for itself: into the dead-letter file (when
-    /// there is one) with the server's answer, counted as refused.
-    async fn refuse(&mut self, delivery: &Delivery, status: u16, message: &str) {
-        let part = &delivery.part;
-        let lines = part.batch.lines as u64;
-        let mut dead_lettered = false;
-        if let Some(dead_letters) = self.dead_letters.clone() {
-            let text = part.batch.text.clone();
-            let answer = message.to_string();
-            let appended =
-                tokio::task::spawn_blocking(move || dead_letters.append(&text, status, &answer, Millis::now())).await;
-            match appended {
-                Ok(Ok(())) => dead_lettered = true,
-                Ok(Err(error)) => {
-                    error!(error = %error, line = %part.batch.text.trim_end(), "Cannot write a refused line to the dead-letter file.")
-                }
-                Err(error) => error!(error = %error, "The dead-letter write failed."),
-            }
+    /// The lines the delivery had refused: into the dead-letter file (when
+    /// there is one) in one append with the server's answers, as many as
+    /// `storage.dead_letter_max_bytes` leaves room for; counted as refused,
+    /// and those not kept as dropped. Logged at a limited rate.
+    async fn write_refused(&mut self, delivery: &mut Delivery) {
+        let refused = std::mem::take(&mut delivery.refused);
+        let lines = refused.lines();
+        if lines == 0 {
+            return;
         }
+        let (first_line, reason) =
+            refused.first().map(|(line, reason)| (line.to_string(), reason.to_string())).unwrap_or_default();
+        let appended = match self.dead_letters.clone() {
+            Some(dead_letters) => {
+                match tokio::task::spawn_blocking(move || dead_letters.append_refused(&refused)).await {
+                    Ok(Ok(appended)) => appended,
+                    Ok(Err(error)) => {
+                        error!(error = %error, lines, "Cannot write refused lines to the dead-letter file; they are counted as dropped.");
+                        Appended { kept: 0, dropped: lines }
+                    }
+                    // File IO does not panic short of a bug; its panic is the task's.
+                    Err(error) => std::panic::resume_unwind(
+                        error.try_into_panic().unwrap_or_else(|_| Box::new("dead-letter write cancelled")),
+                    ),
+                }
+            }
+            None => Appended::default(),
+        };
+        let dead_letter_file =
+            self.dead_letters.as_ref().map(|file| file.path().display().to_string()).unwrap_or_default();
         if let Some(refusals) = self.refusal_log.failed(Instant::now()) {
             warn!(
-                status,
-                message = %message,
+                lines,
+                reason = %reason,
                 refusals,
-                line = %part.batch.text.trim_end(),
-                dead_letter_file = %self.dead_letters.as_ref().map(|file| file.path().display().to_string()).unwrap_or_default(),
+                line = %first_line,
+                dead_letter_file = %dead_letter_file,
                 writer = %self.writer.describe(),
-                "InfluxDB refused a line; it is counted as refused (and kept in the dead-letter file, if there is one)."
+                "InfluxDB refused lines; they are counted as refused and kept in the dead-letter file, if there is one."
             );
         }
-        if dead_lettered {
-            self.counters.dead_lettered.fetch_add(lines, Ordering::Relaxed);
+        if appended.dropped > 0 {
+            if let Some(drops) = self.dead_letter_full_log.failed(Instant::now()) {
+                error!(
+                    dropped = appended.dropped,
+                    drops,
+                    dead_letter_file = %dead_letter_file,
+                    "Refused lines are dropped and counted, not kept: the dead-letter file is full \
+                     (storage.dead_letter_max_bytes). Fix their cause, then re-send or move the file."
+                );
+            }
         }
+        self.counters.dead_lettered.fetch_add(appended.kept, Ordering::Relaxed);
+        self.counters.dead_letter_dropped.fetch_add(appended.dropped, Ordering::Relaxed);
         self.report.points_rejected += lines;
         self.counters.rejected.fetch_add(lines, Ordering::Relaxed);
-        self.count_settled(delivery);
-    }
-
-    /// The delivery's current part is written or refused: lines handed over
-    /// join the watermark; a spooled batch's lines are noted until it is done.
-    fn count_settled(&mut self, delivery: &Delivery) {
-        match delivery.origin {
-            Origin::Memory => self.mark_settled(&delivery.part),
-            Origin::Spool => self.draining_counted += delivery.part.batch.lines as u64,
+        if delivery.origin == Origin::Spool {
+            self.draining_counted += lines;
         }
     }
 
-    fn mark_settled(&mut self, part: &Part) {
-        let prefix = self.settled.settle(part.first, part.batch.lines as u64);
+    fn mark_settled(&mut self, first: u64, lines: u64) {
+        let prefix = self.settled.settle(first, lines);
         self.counters.settled.store(prefix, Ordering::Relaxed);
     }
 
@@ -726,8 +805,10 @@ impl WriterTask {
         while self.spool.is_some() && self.pending.lines() > 0 {
             let first = self.received - self.pending.lines() as u64;
             let Some(batch) = self.pending.take(self.settings.batch_size) else { break };
-            if let Err(part) = self.spool_part(Part { first, batch, encoded: None }).await {
-                self.report.points_unwritten_at_shutdown += part.batch.lines as u64;
+            let lines = batch.lines as u64;
+            match self.spool_part(Part::new(batch)).await {
+                Ok(()) => self.mark_settled(first, lines),
+                Err(part) => self.report.points_unwritten_at_shutdown += part.batch.lines as u64,
             }
         }
         self.report.points_unwritten_at_shutdown += self.pending.discard() as u64;

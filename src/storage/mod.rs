@@ -60,6 +60,9 @@ pub enum StorageError {
     OtherSession { path: PathBuf, recorded: String, configured: String },
     #[error("{path}: {detail}; move the state folder aside to start without it, or run `queuewatch state adopt --config FILE` if it is this daemon's")]
     UnknownSession { path: PathBuf, detail: String },
+    /// Something that runs one at a time holds the lock at `path`.
+    #[error("{path}: {holder} is running on this state folder; wait for it to end")]
+    InUse { path: PathBuf, holder: String },
 }
 
 impl StorageError {
@@ -282,7 +285,30 @@ pub fn lock_folder(dir: &Path) -> Result<File, StorageError> {
 
 /// Syncs a folder, so that a file created or renamed in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    #[cfg(test)]
+    synced::note(dir);
     File::open(dir).and_then(|dir| dir.sync_all()).map_err(|source| StorageError::io(dir, source))
+}
+
+/// The folders [`sync_dir`] synced on this thread: what a test of "a new
+/// file's folder is synced" can observe (a crash cannot be staged in a test).
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static FOLDERS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(crate) fn note(dir: &Path) {
+        FOLDERS.with(|folders| folders.borrow_mut().push(dir.to_path_buf()));
+    }
+
+    /// The folders synced on this thread since the last call.
+    pub(crate) fn take() -> Vec<PathBuf> {
+        FOLDERS.with(|folders| std::mem::take(&mut *folders.borrow_mut()))
+    }
 }
 
 #[cfg(test)]
