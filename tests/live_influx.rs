@@ -267,6 +267,7 @@ async fn a_live_run_raises_a_wait_alert_resolves_it_on_call_and_echoes_rejection
             ("rejected", 0.into()),
             ("points_written", 0.into()),
             ("points_refused", 0.into()),
+            ("points_dead_letter_dropped", 0.into()),
             ("open_tickets", 0.into()),
             ("uptime_s", 0.into()),
         ],
