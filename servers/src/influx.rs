@@ -189,6 +189,13 @@ impl AsRef<InfluxClient> for Influx1 {
     }
 }
 
+/// So that a query helper takes a server guard or a client alike.
+impl AsRef<InfluxClient> for InfluxClient {
+    fn as_ref(&self) -> &InfluxClient {
+        self
+    }
+}
+
 /// InfluxDB's v1 HTTP API (`/query`, `/write`) at one URL: InfluxDB 1.x, and
 /// 3.x's compatibility endpoints.
 #[derive(Clone)]
