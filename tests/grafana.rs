@@ -978,10 +978,11 @@ async fn office_panels_equal_the_simulated_weeks_truth_and_events() {
     let offices: Vec<String> = week.offices.iter().map(|(id, _)| id.clone()).collect();
     assert!(offices.contains(&DOTTED.to_string()));
 
-    // The office variable lists offices from their rows: the one that only sent a heartbeat too.
+    // The office variable lists offices from their rows in the range: the one that only sent a heartbeat too.
     let variable = board["templating"]["list"].as_array().unwrap().iter().find(|v| v["name"] == "office").unwrap();
+    let (from, to) = week.range();
     let listed: Vec<String> = week
-        .rows("variable office", variable["query"].as_str().unwrap(), &Substitution::new(0, 1, "1m"))
+        .rows("variable office", variable["query"].as_str().unwrap(), &Substitution::new(from, to, "1m"))
         .await
         .iter()
         .map(|row| row["value"].as_str().unwrap().to_string())
