@@ -33,10 +33,10 @@ mod scenario;
 mod spool;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Influx1, Mosquitto};
-use daemon::{Daemon, DEADLINE};
+use daemon::Daemon;
 use mqtt::{Message, Publisher};
 use queuewatch::time::Millis;
 use spool::{
@@ -61,6 +61,9 @@ fn config_for(
 async fn influx_stopped_for_a_minute_mid_stream_loses_nothing_and_the_spool_drains() {
     use std::sync::Arc;
 
+    use std::time::Instant;
+
+    use crate::daemon::DEADLINE;
     use crate::points::MEASUREMENTS;
     use crate::scenario::{Scenario, END_OFFICE};
 
