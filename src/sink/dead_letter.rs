@@ -65,10 +65,16 @@ impl DeadLetters {
 
     /// Appends refused lines with the server's answer and syncs them.
     pub fn append(&self, lines: &str, status: u16, message: &str, now: Millis) -> Result<(), StorageError> {
-        let reason = format!("{} status {status}: {}", now.to_rfc3339(), one_line(message));
-        let mut text = String::with_capacity(lines.len() + reason.len() + 4);
-        for line in lines.lines() {
-            write_entry(&mut text, &reason, line);
+        let entries: Vec<(&str, &str)> = lines.lines().map(|line| (line, message)).collect();
+        self.append_each(&entries, status, now)
+    }
+
+    /// Appends refused lines, each `(line, the server's answer about it)`,
+    /// in one write, and syncs them.
+    pub fn append_each(&self, entries: &[(&str, &str)], status: u16, now: Millis) -> Result<(), StorageError> {
+        let mut text = String::new();
+        for (line, message) in entries {
+            write_entry(&mut text, &reason(now, status, message), line);
         }
         append_text(&self.path, &text)
     }
@@ -86,6 +92,11 @@ fn append_text(path: &Path, text: &str) -> Result<(), StorageError> {
     let mut file =
         OpenOptions::new().create(true).append(true).open(path).map_err(|source| StorageError::io(path, source))?;
     file.write_all(text.as_bytes()).and_then(|()| file.sync_data()).map_err(|source| StorageError::io(path, source))
+}
+
+/// An entry's comment: when, and the server's answer.
+fn reason(now: Millis, status: u16, message: &str) -> String {
+    format!("{} status {status}: {}", now.to_rfc3339(), one_line(message))
 }
 
 /// A server message on one line (it may hold newlines).
@@ -144,8 +155,8 @@ pub async fn resend_configured(config: &Config) -> Result<ResendReport, SinkErro
 const RESEND_ATTEMPTS: u32 = 5;
 
 /// Re-sends the dead letters of `data_dir` through `writer`, `batch_size`
-/// lines at a time, finding the lines still refused by halving (see the
-/// module's invariants).
+/// lines at a time, finding the lines still refused by halving, or from the
+/// server's per-line answer (v3) (see the module's invariants).
 pub async fn resend(
     writer: &dyn Writer,
     data_dir: &Path,
@@ -194,9 +205,20 @@ pub async fn resend(
                     parts.push(first);
                 }
                 Err(WriteError::Permanent { status, message }) => {
-                    let reason = format!("{} status {status}: {}", Millis::now().to_rfc3339(), one_line(&message));
-                    write_entry(&mut back, &reason, &part[0].line);
+                    write_entry(&mut back, &reason(Millis::now(), status, &message), &part[0].line);
                     report.refused += 1;
+                }
+                // The others are stored (v3).
+                Err(WriteError::LinesRefused { status, refused }) => {
+                    for refusal in &refused {
+                        write_entry(
+                            &mut back,
+                            &reason(Millis::now(), status, &refusal.message),
+                            &part[refusal.index].line,
+                        );
+                    }
+                    report.refused += refused.len() as u64;
+                    report.written += (part.len() - refused.len()) as u64;
                 }
                 Err(WriteError::TooLarge) => {
                     let reason = format!("{} status 413: the line alone is too large", Millis::now().to_rfc3339());

@@ -49,6 +49,13 @@ pub(crate) struct Settings {
     pub max_in_flight: usize,
 }
 
+/// A line InfluxDB refused, and its answer.
+#[derive(Debug, Clone)]
+struct Refusal {
+    line: String,
+    message: String,
+}
+
 /// The first retry waits this long; each further one twice as long, up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Transient failures are logged at most once per this period.
@@ -535,11 +542,25 @@ impl WriterTask {
                 return;
             }
             Err(WriteError::Permanent { status, message }) => {
-                self.refuse(&delivery, status, &message).await;
+                let line = delivery.part.batch.text.trim_end().to_string();
+                self.refuse(&delivery, status, vec![Refusal { line, message }]).await;
+            }
+            // The others are stored: nothing to halve, whatever the deadline.
+            Err(WriteError::LinesRefused { status, refused }) => {
+                let lines: Vec<&str> = delivery.part.batch.text.lines().collect();
+                let refused = refused
+                    .into_iter()
+                    .filter_map(|refusal| {
+                        let line = lines.get(refusal.index)?.to_string();
+                        Some(Refusal { line, message: refusal.message })
+                    })
+                    .collect();
+                self.refuse(&delivery, status, refused).await;
             }
             Err(WriteError::TooLarge) if !self.gave_up => {
                 let message = format!("the line alone is too large ({} bytes)", delivery.part.batch.text.len());
-                self.refuse(&delivery, 413, &message).await;
+                let line = delivery.part.batch.text.trim_end().to_string();
+                self.refuse(&delivery, 413, vec![Refusal { line, message }]).await;
             }
             Err(error @ (WriteError::Transient { .. } | WriteError::Tls { .. }))
                 if delivery.origin == Origin::Memory && self.spool.is_some() =>
@@ -597,7 +618,7 @@ impl WriterTask {
         let (status, retry_after, message) = match error {
             WriteError::Transient { status, retry_after, message } => (status, retry_after, message),
             WriteError::Tls { message } => (None, None, message),
-            WriteError::TooLarge | WriteError::Permanent { .. } => return,
+            WriteError::TooLarge | WriteError::Permanent { .. } | WriteError::LinesRefused { .. } => return,
         };
         let delay = backoff_delay(delivery.failures_in_a_row, retry_after, self.settings.max_backoff);
         delivery.failures_in_a_row = delivery.failures_in_a_row.saturating_add(1);
@@ -627,21 +648,31 @@ impl WriterTask {
         }
     }
 
-    /// A single line refused for itself: into the dead-letter file (when
-    /// there is one) with the server's answer, counted as refused.
-    async fn refuse(&mut self, delivery: &Delivery, status: u16, message: &str) {
-        let part = &delivery.part;
-        let lines = part.batch.lines as u64;
+    /// Lines of the delivery's current part refused for themselves (the part
+    /// itself when it is a single line): into the dead-letter file (when
+    /// there is one), each with the server's answer, counted as refused; the
+    /// part's other lines were stored (v3) and count as written.
+    async fn refuse(&mut self, delivery: &Delivery, status: u16, refused: Vec<Refusal>) {
+        let rejected = refused.len() as u64;
+        let written = (delivery.part.batch.lines as u64).saturating_sub(rejected);
+        self.report.points_written += written;
+        self.counters.written.fetch_add(written, Ordering::Relaxed);
+        let Some(first) = refused.first().cloned() else {
+            self.count_settled(delivery);
+            return;
+        };
         let mut dead_lettered = false;
         if let Some(dead_letters) = self.dead_letters.clone() {
-            let text = part.batch.text.clone();
-            let answer = message.to_string();
-            let appended =
-                tokio::task::spawn_blocking(move || dead_letters.append(&text, status, &answer, Millis::now())).await;
+            let appended = tokio::task::spawn_blocking(move || {
+                let entries: Vec<(&str, &str)> =
+                    refused.iter().map(|refusal| (refusal.line.as_str(), refusal.message.as_str())).collect();
+                dead_letters.append_each(&entries, status, Millis::now())
+            })
+            .await;
             match appended {
                 Ok(Ok(())) => dead_lettered = true,
                 Ok(Err(error)) => {
-                    error!(error = %error, line = %part.batch.text.trim_end(), "Cannot write a refused line to the dead-letter file.")
+                    error!(error = %error, line = %first.line, lines = rejected, "Cannot write refused lines to the dead-letter file.")
                 }
                 Err(error) => error!(error = %error, "The dead-letter write failed."),
             }
@@ -649,19 +680,20 @@ impl WriterTask {
         if let Some(refusals) = self.refusal_log.failed(Instant::now()) {
             warn!(
                 status,
-                message = %message,
+                message = %first.message,
                 refusals,
-                line = %part.batch.text.trim_end(),
+                lines = rejected,
+                line = %first.line,
                 dead_letter_file = %self.dead_letters.as_ref().map(|file| file.path().display().to_string()).unwrap_or_default(),
                 writer = %self.writer.describe(),
                 "InfluxDB refused a line; it is counted as refused (and kept in the dead-letter file, if there is one)."
             );
         }
         if dead_lettered {
-            self.counters.dead_lettered.fetch_add(lines, Ordering::Relaxed);
+            self.counters.dead_lettered.fetch_add(rejected, Ordering::Relaxed);
         }
-        self.report.points_rejected += lines;
-        self.counters.rejected.fetch_add(lines, Ordering::Relaxed);
+        self.report.points_rejected += rejected;
+        self.counters.rejected.fetch_add(rejected, Ordering::Relaxed);
         self.count_settled(delivery);
     }
 
