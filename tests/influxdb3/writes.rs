@@ -1,14 +1,15 @@
 //! The write path on InfluxDB 3 Core: `queuewatch replay` and `queuewatch
 //! run` writing through its v1 (`/write`) and v2 (`/api/v2/write`)
-//! compatibility APIs, and what happens when 3.x refuses the token, stops,
-//! or refuses lines.
+//! compatibility APIs and its own v3 API (`/api/v3/write_lp`), and what
+//! happens when 3.x refuses the token, stops, or refuses lines.
 //!
 //! On 3.x a token is the password of the v1 API (any user name) and the
-//! token of the v2 API; the v2 API's bucket is the database, its org is
-//! ignored. Unlike 1.x, which stores the good lines of a batch and answers
+//! token of the v2 and v3 APIs; the v2 API's bucket is the database, its org
+//! is ignored. Unlike 1.x, which stores the good lines of a batch and answers
 //! "partial write", 3.x's v1 and v2 APIs refuse the whole batch when one
 //! line is refused (400, naming the first bad line), so the sink's halving
-//! is what stores the good lines here.
+//! is what stores the good lines there; its v3 API with `accept_partial`
+//! stores them and names every refused line in one answer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 use queuewatch::config::InfluxApi;
 use queuewatch::sink::{self, InfluxConfig, Secrets, SinkStore};
 use queuewatch_servers::{Influx3, Influx3Auth, Influx3Options};
-use serde_json::Value;
 
 use crate::common::{self, Mosquitto};
 use crate::daemon::Daemon;
@@ -32,15 +32,18 @@ use crate::spool::{
 /// How long 3.x may take to show what it was sent.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(60);
 
+const ALL_APIS: [InfluxApi; 3] = [InfluxApi::V1, InfluxApi::V2, InfluxApi::V3];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_through_v1_and_v2_with_and_without_a_token_writes_exactly_the_contract_points() {
+async fn replay_through_each_api_with_and_without_a_token_writes_exactly_the_contract_points() {
     let open = Influx3::start();
     let guarded = Influx3::start_with_auth();
     let secrets = tempfile::tempdir().unwrap();
     let token_file = write_token(secrets.path(), guarded.token.as_deref().unwrap());
     let expected_rows = scenario::expected_points().len();
+    // 3.x holds at most 5 databases.
     for (server, auth) in [(&open, Influx3Auth::Off), (&guarded, Influx3Auth::AdminToken)] {
-        for api in [InfluxApi::V1, InfluxApi::V2] {
+        for api in ALL_APIS {
             let label = format!("{api:?}, authentication {auth:?}");
             let database = format!("{api:?}").to_lowercase();
             let keys = influx_keys(api, &server.url, &database, auth, &token_file);
@@ -74,7 +77,7 @@ async fn a_wrong_token_is_answered_401_spooled_and_everything_arrives_once_the_f
     let influx = Influx3::start_with_auth();
     let token = influx.token.clone().unwrap();
     influx.create_database("qw").await;
-    for api in [InfluxApi::V2, InfluxApi::V1] {
+    for api in ALL_APIS {
         let secrets = tempfile::tempdir().unwrap();
         let token_file = write_token(secrets.path(), "apiv3_wrong");
         let database = "qw";
@@ -162,7 +165,23 @@ async fn influxdb3_stopped_mid_stream_spools_and_every_point_arrives_once_it_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_field_type_conflict_dead_letters_exactly_the_refused_lines_and_the_resend_command_stores_them() {
+async fn a_field_type_conflict_through_v1_is_halved_down_to_the_refused_lines_which_alone_are_dead_lettered() {
+    let requests = field_type_conflict(InfluxApi::V1).await;
+    println!("v1: {requests} write requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_type_conflict_through_v3_dead_letters_exactly_the_lines_named_refused_in_one_request_each() {
+    let requests = field_type_conflict(InfluxApi::V3).await;
+    println!("v3: {requests} write requests");
+}
+
+/// Another writer stored `queue`'s `waiting` as a string, so 3.x refuses
+/// every `queue` line of the daemon's (and through v1 and v2, each batch
+/// that holds one): the dead letters hold exactly those lines, every other
+/// point is stored, and `resend-dead-letters` stores them once the table is
+/// deleted. Returns the write requests the daemon made.
+async fn field_type_conflict(api: InfluxApi) -> u64 {
     let mqtt = Mosquitto::start();
     // Halving waits for one WAL flush per request (1 s by default, see the
     // figures below); 100 ms keeps the test short and changes nothing else.
@@ -171,10 +190,10 @@ async fn a_field_type_conflict_dead_letters_exactly_the_refused_lines_and_the_re
     // `waiting` of `queue` is an integer: a string already there makes 3.x
     // refuse every `queue` line, and with it each batch that holds one.
     influx.write("qw", "ns", "queue,office=other,service=x waiting=\"conflict\" 1000000000\n").await;
-    let keys = influx_keys(InfluxApi::V1, &influx.url, "qw", Influx3Auth::Off, Path::new(""));
+    let keys = influx_keys(api, &influx.url, "qw", Influx3Auth::Off, Path::new(""));
     let (dir, config, data_dir) = daemon_config(&mqtt, &keys, "");
     common::create_session(&mqtt, CLIENT_ID, "queue/+/events").await;
-    let mut daemon = Daemon::start(&config, dir.path(), "conflict");
+    let mut daemon = Daemon::start(&config, dir.path(), &format!("conflict-{api:?}"));
     daemon.wait_until_connected().await;
     let ops = daemon.ops_url().await;
 
@@ -217,6 +236,7 @@ async fn a_field_type_conflict_dead_letters_exactly_the_refused_lines_and_the_re
         assert!(entry.line.starts_with("queue,office=o1,service=ktp "), "{entry:?}");
         assert!(entry.reason.contains("status 400") && entry.reason.contains("invalid column type"), "{entry:?}");
     }
+    let requests = metric(&metrics, "queuewatch_write_requests_total").unwrap() as u64;
     // Only the conflicting row of another writer is stored.
     assert_eq!(influx.rows("qw", "SELECT waiting FROM queue").await.len(), 1);
 
@@ -237,103 +257,97 @@ async fn a_field_type_conflict_dead_letters_exactly_the_refused_lines_and_the_re
     let stored = influx.wait_for_rows("qw", "queue", entries.len(), VISIBLE_WITHIN).await;
     assert_eq!(stored.len(), entries.len(), "{stored:?}");
     assert!(stored.iter().all(|row| row["waiting"].is_i64()), "{stored:?}");
+    requests
 }
 
 /// Lines in one batch, as the shipped `batch_size`.
 const BATCH_LINES: usize = 5000;
 
-/// What telling refused lines apart costs on 3.x: the sink halves a refused
-/// batch (3.x refuses it whole) down to the single lines refused; the v3
-/// API with `accept_partial=true` stores the good lines and names every bad
-/// one by its line number in one answer. Prints the figures.
+/// What telling refused lines apart costs on 3.x, for a batch of the
+/// shipped size: through v2 (as through v1) 3.x refuses the whole batch and
+/// the sink halves it down to the refused lines, each request waiting for a
+/// WAL flush; through v3 it stores the good lines and names the refused ones
+/// in one answer. Prints the figures; `QUEUEWATCH_INFLUXDB3_WAL_FLUSH_MS`
+/// sets the server's WAL flush interval (100 ms unless set; 3.x's default is
+/// 1000), which is what each request waits for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn halving_tells_refused_lines_apart_on_3x_within_its_bound_and_v3_names_them_in_one_answer() {
-    // The server's default WAL flush is 1 s, which every write waits for;
-    // 100 ms keeps the measurement short. The count of requests is the same.
-    let options = Influx3Options { wal_flush_interval: Duration::from_millis(100), ..Influx3Options::default() };
+async fn refused_lines_of_a_full_batch_cost_halving_requests_through_v2_and_one_request_through_v3() {
+    let wal_flush_ms =
+        std::env::var("QUEUEWATCH_INFLUXDB3_WAL_FLUSH_MS").ok().and_then(|ms| ms.parse().ok()).unwrap_or(100);
+    let options =
+        Influx3Options { wal_flush_interval: Duration::from_millis(wal_flush_ms), ..Influx3Options::default() };
     let influx = Influx3::try_start(&options).unwrap_or_else(|error| panic!("{error}"));
     let mut figures = Vec::new();
     for refused in [1, 10] {
-        let database = format!("halving{refused}");
-        let body = batch_with_refused_lines(refused);
-        influx.write(&database, "ns", "m,k=conflict v=\"text\" 1\n").await;
-        let config = InfluxConfig {
-            api: InfluxApi::V2,
-            url: influx.url.clone(),
-            bucket: database.clone(),
-            batch_size: BATCH_LINES,
-            ..InfluxConfig::default()
-        };
-        let data_dir = tempfile::tempdir().unwrap();
-        let store = SinkStore::open(data_dir.path(), 1 << 30).unwrap();
-        let started = Instant::now();
-        let (handle, task) = sink::spawn(&config, Secrets::default(), Some(store), VISIBLE_WITHIN).unwrap();
-        handle.send(body.clone(), BATCH_LINES).await.unwrap();
-        handle.flush().await.unwrap();
-        drop(handle);
-        let report = task.await.unwrap();
-        let halving = started.elapsed();
-        assert_eq!((report.points_written, report.points_rejected), ((BATCH_LINES - refused) as u64, refused as u64));
-        let dead =
-            sink::dead_letter::parse(&std::fs::read_to_string(data_dir.path().join(sink::DEAD_LETTER_FILE)).unwrap());
-        let dead_lines: Vec<&str> = dead.iter().map(|entry| entry.line.as_str()).collect();
-        assert_eq!(dead_lines, refused_lines(&body), "exactly the refused lines");
-        // Each refused line costs at most two requests per level of halving.
-        let levels = (BATCH_LINES / refused).next_power_of_two().ilog2() as u64 + 1;
-        let bound = 1 + 2 * refused as u64 * levels;
-        assert!(report.requests <= bound, "{} requests for {refused} refused lines (bound {bound})", report.requests);
-
-        let database = format!("partial{refused}");
-        influx.write(&database, "ns", "m,k=conflict v=\"text\" 1\n").await;
-        let started = Instant::now();
-        let answer = reqwest::Client::new()
-            .post(format!("{}/api/v3/write_lp", influx.url))
-            .query(&[("db", database.as_str()), ("precision", "nanosecond"), ("accept_partial", "true")])
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        let status = answer.status().as_u16();
-        let report_text = answer.text().await.unwrap();
-        let partial = started.elapsed();
-        assert_eq!(status, 400, "{report_text}");
-        let named: Vec<usize> = serde_json::from_str::<Value>(&report_text).unwrap()["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|error| error["line_number"].as_u64().unwrap() as usize)
-            .collect();
-        let body_lines: Vec<&str> = body.lines().collect();
-        let named_lines: Vec<&str> = named.iter().map(|number| body_lines[number - 1]).collect();
-        assert_eq!(named_lines, refused_lines(&body), "v3 names exactly the refused lines, numbered from 1");
-        let stored = influx.wait_for_rows(&database, "m", BATCH_LINES - refused + 1, VISIBLE_WITHIN).await;
-        assert_eq!(stored.len(), BATCH_LINES - refused + 1);
-        figures.push(format!(
-            "{refused} refused in {BATCH_LINES}: halving {} requests in {:.2} s; v3 accept_partial 1 request in {:.2} s",
-            report.requests,
-            halving.as_secs_f64(),
-            partial.as_secs_f64()
-        ));
+        for api in [InfluxApi::V2, InfluxApi::V3] {
+            // 3.x holds at most 5 databases: one per API, a table per case.
+            let database = format!("{api:?}").to_lowercase();
+            let table = format!("m{refused}");
+            let body = batch_with_refused_lines(&table, refused);
+            influx.write(&database, "ns", &format!("{table},k=conflict v=\"text\" 1\n")).await;
+            let config = InfluxConfig {
+                api,
+                url: influx.url.clone(),
+                bucket: database.clone(),
+                database: database.clone(),
+                batch_size: BATCH_LINES,
+                ..InfluxConfig::default()
+            };
+            let data_dir = tempfile::tempdir().unwrap();
+            let store = SinkStore::open(data_dir.path(), 1 << 30).unwrap();
+            let started = Instant::now();
+            let (handle, task) = sink::spawn(&config, Secrets::default(), Some(store), VISIBLE_WITHIN).unwrap();
+            handle.send(body.clone(), BATCH_LINES).await.unwrap();
+            handle.flush().await.unwrap();
+            drop(handle);
+            let report = task.await.unwrap();
+            let took = started.elapsed();
+            let label = format!("{api:?}, {refused} refused");
+            assert_eq!(
+                (report.points_written, report.points_rejected),
+                ((BATCH_LINES - refused) as u64, refused as u64),
+                "{label}"
+            );
+            let text = std::fs::read_to_string(data_dir.path().join(sink::DEAD_LETTER_FILE)).unwrap();
+            let dead: Vec<String> = sink::dead_letter::parse(&text).into_iter().map(|entry| entry.line).collect();
+            assert_eq!(dead, refused_lines(&body), "{label}: exactly the refused lines");
+            let stored = influx.wait_for_rows(&database, &table, BATCH_LINES - refused + 1, VISIBLE_WITHIN).await;
+            assert_eq!(stored.len(), BATCH_LINES - refused + 1, "{label}");
+            match api {
+                InfluxApi::V3 => assert_eq!(report.requests, 1, "{label}"),
+                _ => {
+                    // Each refused line costs at most two requests per level of halving.
+                    let levels = (BATCH_LINES / refused).next_power_of_two().ilog2() as u64 + 1;
+                    let bound = 1 + 2 * refused as u64 * levels;
+                    assert!(report.requests <= bound, "{label}: {} requests (bound {bound})", report.requests);
+                }
+            }
+            figures.push(format!(
+                "{label} in {BATCH_LINES}: {} requests in {:.2} s",
+                report.requests,
+                took.as_secs_f64()
+            ));
+        }
     }
-    println!("WAL flush {:?}:\n{}", options.wal_flush_interval, figures.join("\n"));
+    println!("3.x WAL flush every {wal_flush_ms} ms:\n{}", figures.join("\n"));
 }
 
 // ---- helpers ----
 
-/// `BATCH_LINES` lines of `m`, `refused` of them (spread evenly) with a
+/// `BATCH_LINES` lines of `table`, `refused` of them (spread evenly) with a
 /// float `v` where a string is already stored.
-fn batch_with_refused_lines(refused: usize) -> String {
+fn batch_with_refused_lines(table: &str, refused: usize) -> String {
     let every = BATCH_LINES / refused;
     (0..BATCH_LINES)
         .map(|index| {
             let value = if index % every == every / 2 { "1.5".to_string() } else { format!("\"{index}\"") };
-            format!("m,k=k{index} v={value} {}\n", 1_000_000_000 + index as i64)
+            format!("{table},k=k{index} v={value} {}\n", 1_000_000_000 + index as i64)
         })
         .collect()
 }
 
-fn refused_lines(body: &str) -> Vec<&str> {
-    body.lines().filter(|line| line.contains(" v=1.5 ")).collect()
+fn refused_lines(body: &str) -> Vec<String> {
+    body.lines().filter(|line| line.contains(" v=1.5 ")).map(str::to_string).collect()
 }
 
 /// The `[influxdb]` section for 3.x at `url` through `api`, writing to
@@ -343,11 +357,14 @@ fn influx_keys(api: InfluxApi, url: &str, database: &str, auth: Influx3Auth, tok
     let credentials = match (api, auth) {
         (_, Influx3Auth::Off) => String::new(),
         (InfluxApi::V1, Influx3Auth::AdminToken) => v1_credentials(token_file),
-        (InfluxApi::V2, Influx3Auth::AdminToken) => format!("token_file = \"{}\"\n", token_file.display()),
+        (InfluxApi::V2 | InfluxApi::V3, Influx3Auth::AdminToken) => {
+            format!("token_file = \"{}\"\n", token_file.display())
+        }
     };
     let target = match api {
         InfluxApi::V1 => format!("api = \"v1\"\ndatabase = \"{database}\"\n"),
         InfluxApi::V2 => format!("api = \"v2\"\nbucket = \"{database}\"\norg = \"queuewatch\"\n"),
+        InfluxApi::V3 => format!("api = \"v3\"\ndatabase = \"{database}\"\n"),
     };
     format!("[influxdb]\nurl = \"{url}\"\nflush_interval = \"100ms\"\n{target}{credentials}")
 }
