@@ -40,8 +40,8 @@ use daemon::Daemon;
 use mqtt::{Message, Publisher};
 use queuewatch::time::Millis;
 use spool::{
-    assert_same_tickets, ndjson, resend_dead_letters, spool_bytes, spool_holds, tickets, wait_until,
-    wait_until_spool_empty, CLIENT_ID,
+    assert_same_tickets, ndjson, resend_dead_letters, spool_bytes, tickets, wait_until, wait_until_spool_empty,
+    CLIENT_ID,
 };
 
 const MINUTE_MS: i64 = 60_000;
@@ -164,14 +164,7 @@ async fn a_wrong_password_loses_nothing_and_the_right_one_in_the_file_lets_every
     daemon.wait_until_connected().await;
 
     let messages = tickets("o1", 20);
-    let publisher = Publisher::connect(mqtt.port, "kiosks");
-    publisher.publish_all(&messages).await;
-    publisher.wait_until_acknowledged().await;
-    daemon.wait_for_log("status=Some(401)").await;
-    wait_until(&daemon, "ticket points in the spool", || {
-        spool_bytes(&data_dir) > 0 && spool_holds(&data_dir, "ticket,")
-    })
-    .await;
+    spool::publish_until_refused_and_spooled(mqtt.port, &messages, &mut daemon, &data_dir).await;
     assert!(points::rows(&influx, "qw", "ticket").await.is_empty());
 
     std::fs::write(&password_file, "s3cret pass\n").unwrap();

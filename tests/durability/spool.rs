@@ -10,7 +10,7 @@ use queuewatch::time::Millis;
 use queuewatch_servers::InfluxClient;
 
 use crate::daemon::{data_dir_of, Daemon, DEADLINE};
-use crate::mqtt::Message;
+use crate::mqtt::{Message, Publisher};
 use crate::points::{self, Row};
 
 pub const CLIENT_ID: &str = "queuewatch-spool";
@@ -73,6 +73,23 @@ pub fn ndjson<'a>(messages: impl IntoIterator<Item = &'a Message>) -> String {
             }
         })
         .collect()
+}
+
+/// Publishes `messages` as kiosks through the broker on `mqtt_port`, then
+/// waits until the daemon, whose credentials InfluxDB refuses, has logged a
+/// 401 and holds ticket points in its spool.
+pub async fn publish_until_refused_and_spooled(
+    mqtt_port: u16,
+    messages: &[Message],
+    daemon: &mut Daemon,
+    data_dir: &Path,
+) {
+    let publisher = Publisher::connect(mqtt_port, "kiosks");
+    publisher.publish_all(messages).await;
+    publisher.wait_until_acknowledged().await;
+    daemon.wait_for_log("status=Some(401)").await;
+    wait_until(daemon, "ticket points in the spool", || spool_bytes(data_dir) > 0 && spool_holds(data_dir, "ticket,"))
+        .await;
 }
 
 /// The daemon's `ticket` points in `qw` are those of the clean replay in `expected`.

@@ -9,7 +9,6 @@
 //! too, so the list stays true.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use queuewatch_servers::InfluxClient;
 use serde_json::Value;
@@ -18,6 +17,7 @@ use crate::alerting;
 use crate::common::{self, Influx1, Influx3};
 use crate::grafana_kit::day::{self, local_ms, office_substitution, region_substitution, OFFICES};
 use crate::grafana_kit::{dashboard_queries, dashboards, grafana_dir, VariableValue};
+use crate::writes;
 
 /// One answer, comparable: each series (by its name and tags) with its rows
 /// sorted, a row being its non-null columns.
@@ -63,7 +63,8 @@ async fn every_query_of_the_kit_answers_the_same_on_influxdb_1x_and_3x_but_the_e
     let one = Influx1::start();
     let three = Influx3::start_with_auth();
     let secrets = tempfile::tempdir().unwrap();
-    let credentials = v1_credentials(secrets.path(), three.token.as_deref().unwrap());
+    let token_file = writes::write_token(secrets.path(), three.token.as_deref().unwrap());
+    let credentials = writes::v1_credentials(&token_file);
     let mut sent: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     let mut send = |label: String, db: &str, rendered: String| {
         sent.entry((db.to_string(), rendered)).or_default().push(label);
@@ -254,13 +255,6 @@ fn alert_queries() -> Vec<AlertQuery> {
         }
     }
     queries
-}
-
-/// 3.x takes its token as the v1 API's password: `[influxdb]` keys for replay.
-fn v1_credentials(dir: &Path, token: &str) -> String {
-    let path = dir.join("influxdb3-token");
-    std::fs::write(&path, token).unwrap();
-    format!("username = \"grafana\"\npassword_file = \"{}\"\n", path.display())
 }
 
 /// Both servers' answers to every query, in order; a few queries at a time.

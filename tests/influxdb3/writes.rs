@@ -25,8 +25,8 @@ use crate::mqtt::{Message, Publisher};
 use crate::points;
 use crate::scenario;
 use crate::spool::{
-    assert_same_tickets, ndjson, resend_dead_letters, spool_bytes, spool_holds, tickets, wait_until,
-    wait_until_spool_empty, CLIENT_ID,
+    assert_same_tickets, ndjson, publish_until_refused_and_spooled, resend_dead_letters, spool_bytes, spool_holds,
+    tickets, wait_until, wait_until_spool_empty, CLIENT_ID,
 };
 
 /// How long 3.x may take to show what it was sent.
@@ -88,14 +88,7 @@ async fn a_wrong_token_is_answered_401_spooled_and_everything_arrives_once_the_f
         daemon.wait_until_connected().await;
 
         let messages = tickets("o1", 20);
-        let publisher = Publisher::connect(mqtt.port, "kiosks");
-        publisher.publish_all(&messages).await;
-        publisher.wait_until_acknowledged().await;
-        daemon.wait_for_log("status=Some(401)").await;
-        wait_until(&daemon, "ticket points in the spool", || {
-            spool_bytes(&data_dir) > 0 && spool_holds(&data_dir, "ticket,")
-        })
-        .await;
+        publish_until_refused_and_spooled(mqtt.port, &messages, &mut daemon, &data_dir).await;
         assert!(points::rows(&influx, database, "ticket").await.is_empty(), "{api:?}: written with a wrong token");
 
         write_token(secrets.path(), &token);
@@ -370,11 +363,12 @@ fn influx_keys(api: InfluxApi, url: &str, database: &str, auth: Influx3Auth, tok
 }
 
 /// 3.x takes the token as the v1 API's password, with any user name.
-fn v1_credentials(token_file: &Path) -> String {
+pub fn v1_credentials(token_file: &Path) -> String {
     format!("username = \"queuewatch\"\npassword_file = \"{}\"\n", token_file.display())
 }
 
-fn write_token(dir: &Path, token: &str) -> PathBuf {
+/// Writes `token` into a token file in `dir`; its path.
+pub fn write_token(dir: &Path, token: &str) -> PathBuf {
     let path = dir.join("influxdb-token");
     std::fs::write(&path, format!("{token}\n")).unwrap();
     path
