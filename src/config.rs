@@ -305,6 +305,9 @@ pub enum InfluxApi {
     V1,
     /// `/api/v2/write`, InfluxDB 1.8+, 2.x, 3.x and compatible servers.
     V2,
+    /// `/api/v3/write_lp`, InfluxDB 3: a batch's good lines are stored and
+    /// each refused one named, so refused lines cost no halving.
+    V3,
 }
 
 /// How request bodies to InfluxDB are encoded (`influxdb.compression`).
@@ -667,7 +670,8 @@ impl Config {
                 match api.as_str() {
                     "v1" => influx.api = InfluxApi::V1,
                     "v2" => influx.api = InfluxApi::V2,
-                    other => problems.push(format!("influxdb.api: {other:?} is neither \"v1\" nor \"v2\"")),
+                    "v3" => influx.api = InfluxApi::V3,
+                    other => problems.push(format!("influxdb.api: {other:?} is none of \"v1\", \"v2\" and \"v3\"")),
                 }
             }
             if let Some(url) = section.string("url", &mut problems) {
@@ -1576,6 +1580,10 @@ service_target = "15m"
         )
         .unwrap();
         assert_eq!(config.influxdb.api, InfluxApi::V1);
+        let v3 = Config::parse("[influxdb]\napi = \"v3\"\ndatabase = \"qw\"\n").unwrap();
+        assert_eq!((v3.influxdb.api, v3.influxdb.database.as_str()), (InfluxApi::V3, "qw"));
+        let problems = Config::parse("[influxdb]\napi = \"v4\"\n").unwrap_err();
+        assert_eq!(problems, ["influxdb.api: \"v4\" is none of \"v1\", \"v2\" and \"v3\""]);
         let ktp = config.sla.targets_for(None, &ServiceId::parse("ktp").unwrap());
         assert_eq!(ktp, Targets { wait_ms: 600_000, service_ms: 900_000 });
         let other = config.sla.targets_for(None, &ServiceId::parse("sim").unwrap());

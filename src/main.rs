@@ -165,11 +165,11 @@ enum Command {
         /// Also write to this InfluxDB (token from QUEUEWATCH_INFLUX_TOKEN when set).
         #[arg(long, value_name = "URL", value_parser = queuewatch::demo::parse_influx_url)]
         influx_url: Option<String>,
-        /// `v2`: /api/v2/write (InfluxDB 1.8+, 2.x, 3.x); `v1`: /write (1.x).
-        #[arg(long, value_name = "v1|v2", default_value = "v2", requires = "influx_url",
+        /// `v2`: /api/v2/write (InfluxDB 1.8+, 2.x, 3.x); `v1`: /write (1.x); `v3`: /api/v3/write_lp (3.x).
+        #[arg(long, value_name = "v1|v2|v3", default_value = "v2", requires = "influx_url",
               value_parser = queuewatch::demo::parse_influx_api)]
         influx_api: queuewatch::config::InfluxApi,
-        /// The v1 database.
+        /// The v1 and v3 database.
         #[arg(long, value_name = "NAME", default_value = "queuewatch", requires = "influx_url")]
         influx_database: String,
         /// The v2 organisation.

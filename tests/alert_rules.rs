@@ -16,20 +16,21 @@
 //! The fixtures are a morning of 2026-11-25 in Asia/Jakarta, "now" is 10:00 there.
 
 mod common;
+#[path = "alerting/fixtures.rs"]
+mod fixtures;
 #[path = "alerting/week.rs"]
 mod week;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::Influx1;
+use fixtures::{at, fixture_path, fixture_text, heartbeat_rows, render_macros, NOW};
 use serde::Deserialize;
 use serde_json::Value;
 
 const PROVISIONING_FILE: &str = "deploy/grafana/provisioning/alerting/queuewatch.yaml";
 const DATASOURCE_UID: &str = "queuewatch-influxdb";
-/// 2026-11-25T10:00:00+07:00.
-const NOW: &str = "2026-11-25T10:00:00+07:00";
 
 // ---------------------------------------------------------------------------------------------
 // Structure
@@ -662,15 +663,6 @@ fn rule(uid: &str) -> Rule {
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
-fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/alerting").join(name)
-}
-
-fn fixture_text(name: &str) -> String {
-    let path = fixture_path(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
-}
-
 /// Creates database `db` and fills it with `queuewatch replay` of the fixture (wait target 10 min).
 async fn load_events(influx: &Influx1, db: &str, fixture: &str) -> String {
     let events = std::fs::read_to_string(fixture_path(fixture)).expect("fixture exists");
@@ -681,16 +673,7 @@ async fn load_events(influx: &Influx1, db: &str, fixture: &str) -> String {
 /// 07:00-16:00 (Asia/Jakarta, the default zone), in region `jabar`, wait target 10 min, idle
 /// target 5 min.
 async fn load_event_text(influx: &Influx1, db: &str, events: &str) -> String {
-    let offices: BTreeSet<String> = events
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter_map(|event| event["office"].as_str().map(str::to_owned))
-        .collect();
-    let mut config = String::from("[sla]\nwait_target = \"10m\"\nservice_target = \"20m\"\nidle_target = \"5m\"\n");
-    for office in offices {
-        config.push_str(&format!("[offices.{office}]\nregion = \"jabar\"\nhours = \"07:00-16:00\"\n"));
-    }
-    common::replay_into(influx, db, &config, events).await;
+    common::replay_into(influx, db, &fixtures::replay_config(events), events).await;
     // The daemon's own row every minute of the day, as `run` writes it: the office rules
     // judge their windows only while queuewatch writes.
     let day = heartbeat_rows(at("2026-11-24T23:00:00+07:00"), at("2026-11-25T23:00:00+07:00"));
@@ -711,28 +694,6 @@ async fn load_line_protocol(influx: &Influx1, db: &str, lines: &str) -> String {
     let status = response.status();
     assert_eq!(status.as_u16(), 204, "write refused: {}", response.text().await.unwrap_or_default());
     db.to_string()
-}
-
-/// `queuewatch` rows as `queuewatch run` writes them, at every whole minute in [from, to].
-fn heartbeat_rows(from_ms: i64, to_ms: i64) -> String {
-    let start_ms = from_ms.div_euclid(60_000) * 60_000;
-    (start_ms..=to_ms)
-        .step_by(60_000)
-        .filter(|minute| *minute >= from_ms)
-        .map(|minute| {
-            let uptime_s = (minute - start_ms) / 1000;
-            format!(
-                "queuewatch,instance=queuewatch accepted={uptime_s}i,rejected=0i,points_written={uptime_s}i,\
-                 points_refused=0i,open_tickets=3i,newest_event_age_s=1.5,uptime_s={uptime_s} {}\n",
-                minute * 1_000_000
-            )
-        })
-        .collect()
-}
-
-/// Unix milliseconds of an RFC 3339 time.
-fn at(rfc3339: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339).expect("RFC 3339").timestamp_millis()
 }
 
 /// An office's alert labels: every fixture office is configured in region `jabar`.
@@ -772,12 +733,6 @@ enum State {
     Normal,
     Pending,
     Alerting,
-}
-
-/// The query with Grafana's `$timeFilter` rendered for the range [from, to] (Unix milliseconds),
-/// as Grafana's InfluxQL backend renders it for a raw query.
-fn render_macros(influxql: &str, from_ms: i64, to_ms: i64) -> String {
-    influxql.replace("$timeFilter", &format!("time > {from_ms}ms and time < {to_ms}ms"))
 }
 
 /// Runs every node of the rule at `now_ms` and returns every node's results.

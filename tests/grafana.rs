@@ -16,73 +16,22 @@ use std::path::Path;
 
 use chrono::{Datelike, NaiveDate, TimeZone, Timelike};
 use common::Influx1;
+use grafana_kit::day::{
+    self, local_ms, office_substitution, region_substitution, whole_day, CONFIG, DB, FIXTURE, OFFICES,
+};
 use grafana_kit::{
-    all_panels, dashboard_queries, grafana_dir, variables_used, Substitution, VariableValue, BUILT_IN_VARIABLES,
-    DATASOURCE_UID,
+    all_panels, dashboard_queries, dashboards, grafana_dir, read, variables_used, Substitution, VariableValue,
+    BUILT_IN_VARIABLES, DATASOURCE_UID,
 };
 use model::Day;
 use serde_json::{Map, Value};
-
-const FIXTURE: &str = include_str!("data/dashboard_day.ndjson");
-const DB: &str = "queuewatch";
-
-/// The fixture's offices: two configured in two regions and zones, one
-/// neither configured nor in a region, in a third zone. Targets as in `model::targets_s`.
-const CONFIG: &str = r#"
-[tracking]
-snapshot_interval = "1m"
-[sla]
-wait_target = "15m"
-service_target = "20m"
-[sla.services.ktp]
-wait_target = "10m"
-service_target = "15m"
-[sla.services.paspor]
-wait_target = "30m"
-service_target = "25m"
-[offices.mpp-jkt]
-name = "MPP Jakarta"
-region = "dki"
-timezone = "Asia/Jakarta"
-[offices.mpp-mks]
-name = "MPP Makassar"
-region = "sulsel"
-timezone = "Asia/Makassar"
-"#;
-
-/// Each office of the fixture and the zone whose day it is read in.
-const OFFICES: &[(&str, &str)] =
-    &[("mpp-jkt", "Asia/Jakarta"), ("mpp-mks", "Asia/Makassar"), ("pkm-abepura", "Asia/Jayapura")];
 
 const PANEL_TYPES: &[&str] = &["table", "timeseries", "stat", "barchart", "bargauge"];
 
 // ------------------------------------------------------------------ structure
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
-}
-
 fn yaml(path: &Path) -> Value {
     serde_norway::from_str(&read(path)).unwrap_or_else(|error| panic!("{} is not YAML: {error}", path.display()))
-}
-
-fn dashboards() -> Vec<(String, Value)> {
-    let dir = grafana_dir().join("dashboards");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let value =
-                serde_json::from_str(&read(&path)).unwrap_or_else(|error| panic!("{name} is not JSON: {error}"));
-            (name, value)
-        })
-        .collect()
 }
 
 fn dashboard(uid: &str) -> Value {
@@ -382,31 +331,6 @@ async fn loaded_influx() -> Influx1 {
     influx
 }
 
-/// Epoch milliseconds of `hour:minute` on the fixture's day in `zone`.
-fn local_ms(zone: &str, day_offset: i64, hour: u32, minute: u32) -> i64 {
-    let zone: chrono_tz::Tz = zone.parse().unwrap();
-    let date = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap() + chrono::Duration::days(day_offset);
-    zone.from_local_datetime(&date.and_hms_opt(hour, minute, 0).unwrap()).unwrap().timestamp_millis()
-}
-
-/// Grafana's "today" in `zone` for the fixture's day: now/d to the day's last millisecond.
-fn whole_day(zone: &str) -> (i64, i64) {
-    (local_ms(zone, 0, 0, 0), local_ms(zone, 1, 0, 0) - 1)
-}
-
-fn office_substitution(office: &str, zone: &str, from_ms: i64, to_ms: i64, interval: &str) -> Substitution {
-    Substitution::new(from_ms, to_ms, interval)
-        .with("office", VariableValue::One(office.into()))
-        .with("service", VariableValue::All(".*".into()))
-        .with("tz", VariableValue::Raw(zone.into()))
-}
-
-fn region_substitution(region: VariableValue, from_ms: i64, to_ms: i64, interval: &str) -> Substitution {
-    Substitution::new(from_ms, to_ms, interval)
-        .with("region", region)
-        .with("tz", VariableValue::Raw("Asia/Jakarta".into()))
-}
-
 fn target_query(dashboard: &Value, title: &str, ref_id: &str) -> String {
     all_panels(dashboard)
         .into_iter()
@@ -460,75 +384,15 @@ async fn every_dashboard_query_runs_with_grafana_macros_and_returns_rows() {
     let influx = loaded_influx().await;
     let mut failures = Vec::new();
     for (name, dashboard) in dashboards() {
+        let cases = day::cases(&name);
         for query in dashboard_queries(&dashboard) {
-            let mut cases: Vec<(String, Substitution, bool)> = Vec::new();
-            if name == "all-offices.json" {
-                let (from, to) = whole_day("Asia/Jakarta");
-                for (label, region) in [
-                    ("All", VariableValue::All(".*".into())),
-                    ("dki", VariableValue::One("dki".into())),
-                    ("dki,sulsel", VariableValue::Many(vec!["dki".into(), "sulsel".into()])),
-                ] {
-                    for interval in ["1m", "1h"] {
-                        cases.push((
-                            format!("region={label} interval={interval}"),
-                            region_substitution(region.clone(), from, to, interval),
-                            true,
-                        ));
-                    }
-                }
-            } else if name == "queuewatch.json" {
-                // The fixture has no heartbeat rows (replay writes none): they are written by the test.
-                let (from, to) = whole_day("Asia/Jakarta");
-                for (label, instance) in
-                    [("All", VariableValue::All(".*".into())), ("one", VariableValue::One("queuewatch-a.1".into()))]
-                {
-                    for interval in ["1m", "1h"] {
-                        cases.push((
-                            format!("instance={label} interval={interval}"),
-                            Substitution::new(from, to, interval)
-                                .with("instance", instance.clone())
-                                .with("tz", VariableValue::Raw("Asia/Jakarta".into())),
-                            false,
-                        ));
-                    }
-                }
-            } else {
-                for (office, zone) in OFFICES {
-                    let (from, to) = whole_day(zone);
-                    for interval in ["1m", "1h", "1d"] {
-                        // The office without a region had no breach: its queries must run, rows may be absent.
-                        let must_have_rows = *office != "pkm-abepura";
-                        cases.push((
-                            format!("office={office} tz={zone} interval={interval}"),
-                            office_substitution(office, zone, from, to, interval),
-                            must_have_rows,
-                        ));
-                    }
-                }
-                // One service, and several offices at once: every query must still run.
-                let (from, to) = whole_day("Asia/Jakarta");
-                cases.push((
-                    "office=mpp-jkt service=ktp".into(),
-                    office_substitution("mpp-jkt", "Asia/Jakarta", from, to, "1h")
-                        .with("service", VariableValue::One("ktp".into())),
-                    false,
-                ));
-                cases.push((
-                    "office=mpp-jkt,mpp-mks service=ktp,paspor".into(),
-                    office_substitution("mpp-jkt", "Asia/Jakarta", from, to, "1h")
-                        .with("office", VariableValue::Many(vec!["mpp-jkt".into(), "mpp-mks".into()]))
-                        .with("service", VariableValue::Many(vec!["ktp".into(), "paspor".into()])),
-                    false,
-                ));
-            }
-            for (case, substitution, must_have_rows) in cases {
+            for day::Case { label: case, substitution, must_have_rows } in &cases {
                 let label = format!("{name} {} ({case})", query.label());
                 match substitution.render(&query.query) {
                     Err(error) => failures.push(format!("{label}: {error}")),
                     Ok(rendered) => match grafana_kit::run(&influx, DB, &rendered).await {
                         Err(error) => failures.push(format!("{label}: {error}")),
-                        Ok(rows) if rows.is_empty() && must_have_rows && !may_be_empty(&query) => {
+                        Ok(rows) if rows.is_empty() && *must_have_rows && !may_be_empty(&query) => {
                             failures.push(format!("{label}: no rows from {rendered}"))
                         }
                         Ok(_) => {}
@@ -1114,10 +978,11 @@ async fn office_panels_equal_the_simulated_weeks_truth_and_events() {
     let offices: Vec<String> = week.offices.iter().map(|(id, _)| id.clone()).collect();
     assert!(offices.contains(&DOTTED.to_string()));
 
-    // The office variable lists offices from their rows: the one that only sent a heartbeat too.
+    // The office variable lists offices from their rows in the range: the one that only sent a heartbeat too.
     let variable = board["templating"]["list"].as_array().unwrap().iter().find(|v| v["name"] == "office").unwrap();
+    let (from, to) = week.range();
     let listed: Vec<String> = week
-        .rows("variable office", variable["query"].as_str().unwrap(), &Substitution::new(0, 1, "1m"))
+        .rows("variable office", variable["query"].as_str().unwrap(), &Substitution::new(from, to, "1m"))
         .await
         .iter()
         .map(|row| row["value"].as_str().unwrap().to_string())
@@ -1434,25 +1299,7 @@ async fn the_daemon_dashboard_reads_heartbeat_rows_and_each_offices_rejected_mes
     let board = dashboard("queuewatch-daemon");
     let (from, to) = whole_day("Asia/Jakarta");
     // Two instances' heartbeat rows a minute apart; the second restarts after 5 minutes (counts from zero).
-    let mut lines = String::new();
-    let start = from + 8 * 3_600_000;
-    for minute in 0..10_i64 {
-        let at = (start + minute * 60_000) * 1_000_000;
-        let a = minute * 7;
-        lines.push_str(&format!(
-            "queuewatch,instance=queuewatch-a.1 accepted={a}i,rejected={}i,points_written={}i,points_refused=0i,open_tickets=3i,newest_event_age_s=2.5,uptime_s={} {at}\n",
-            minute,
-            a * 3,
-            minute * 60
-        ));
-        let b = if minute < 5 { minute * 4 } else { (minute - 5) * 4 };
-        lines.push_str(&format!(
-            "queuewatch,instance=queuewatch-b accepted={b}i,rejected=0i,points_written={b}i,points_refused={}i,open_tickets=1i,uptime_s={} {at}\n",
-            i64::from(minute >= 8),
-            (minute % 5) * 60
-        ));
-    }
-    influx.write(DB, "ns", &lines).await;
+    influx.write(DB, "ns", &day::heartbeat_lines()).await;
     let substitution = |instance: VariableValue| {
         Substitution::new(from, to, "1m")
             .with("instance", instance)

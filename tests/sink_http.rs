@@ -1,5 +1,5 @@
 //! The sink against a scripted local HTTP responder (`tests/common/responder.rs`):
-//! exact requests for both InfluxDB APIs, and what each answer makes the
+//! exact requests for the three InfluxDB APIs, and what each answer makes the
 //! writer task do.
 
 mod common;
@@ -12,11 +12,12 @@ use common::responder::{Recorded, Reply, Responder};
 
 use queuewatch::config::Compression;
 use queuewatch::sink::{
-    self, InfluxApi, InfluxConfig, Secrets, SinkError, SinkReport, SinkStore, V1Writer, V2Writer, WriteError, Writer,
+    self, InfluxApi, InfluxConfig, RefusedLine, Secrets, SinkError, SinkReport, SinkStore, V1Writer, V2Writer,
+    V3Writer, WriteError, Writer,
 };
 use tokio::net::TcpListener;
 
-const BOTH_APIS: [InfluxApi; 2] = [InfluxApi::V1, InfluxApi::V2];
+const ALL_APIS: [InfluxApi; 3] = [InfluxApi::V1, InfluxApi::V2, InfluxApi::V3];
 const WAIT_LIMIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
@@ -69,8 +70,114 @@ async fn v1_request_carries_db_precision_rp_basic_auth_and_gzip_body() {
 }
 
 #[tokio::test]
-async fn with_compression_none_both_apis_send_the_lines_as_they_are() {
-    for api in BOTH_APIS {
+async fn v3_request_carries_db_nanosecond_precision_accept_partial_bearer_token_and_gzip_body() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    let secrets = Secrets { token: Some("apiv3_xyz".into()), password: None };
+    let report = write_and_shut_down(&config(InfluxApi::V3, &responder.url), secrets, &lines(0..3)).await;
+
+    let requests = responder.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/api/v3/write_lp");
+    assert_eq!(request.query, pairs(&[("db", "queuewatch"), ("precision", "nanosecond"), ("accept_partial", "true")]));
+    assert_eq!(request.header("authorization"), Some("Bearer apiv3_xyz"));
+    assert_eq!(request.header("content-encoding"), Some("gzip"));
+    assert_eq!(request.lines(), lines(0..3));
+    assert_eq!(report, SinkReport { points_written: 3, requests: 1, ..SinkReport::default() });
+}
+
+#[tokio::test]
+async fn v3_without_a_token_sends_no_authorization() {
+    let responder = Responder::start(|_| Reply::status(204)).await;
+    write_and_shut_down(&config(InfluxApi::V3, &responder.url), Secrets::default(), &lines(0..1)).await;
+    assert_eq!(responder.requests()[0].header("authorization"), None);
+}
+
+/// InfluxDB 3's answer to a partial write, naming `line_numbers` (from 1).
+fn partial_write_answer(line_numbers: &[usize]) -> String {
+    let data: Vec<String> = line_numbers
+        .iter()
+        .map(|number| {
+            format!(
+                "{{\"error_message\":\"invalid column type for column 'wait_s' (line {number})\",\"line_number\":{number},\"original_line\":\"ticket,office=o\"}}"
+            )
+        })
+        .collect();
+    format!("{{\"error\":\"partial write of line protocol occurred\",\"data\":[{}]}}", data.join(","))
+}
+
+#[tokio::test]
+async fn a_v3_partial_write_dead_letters_the_lines_it_names_and_counts_the_others_written_in_one_request() {
+    let responder = Responder::start(|request| {
+        let numbers: Vec<usize> = request
+            .lines()
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| line.contains("o3 ") || line.contains("o12 "))
+            .map(|(index, _)| index + 1)
+            .collect();
+        if numbers.is_empty() {
+            Reply::status(204)
+        } else {
+            Reply::status(400).body(&partial_write_answer(&numbers))
+        }
+    })
+    .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = InfluxConfig { batch_size: 16, ..config(InfluxApi::V3, &responder.url) };
+    let store = SinkStore::open(data_dir.path(), 1 << 20).unwrap();
+    let (handle, task) = sink::spawn(&config, Secrets::default(), Some(store), WAIT_LIMIT).unwrap();
+    handle.send(lines(0..16), 16).await.unwrap();
+    within_limit(handle.flush()).await.unwrap();
+    let progress = handle.progress();
+    assert_eq!((progress.points_written, progress.points_rejected, progress.points_dead_lettered), (14, 2, 2));
+    drop(handle);
+    let report = within_limit(task).await.unwrap();
+    assert_eq!((report.points_written, report.points_rejected, report.requests), (14, 2, 1));
+    let entries =
+        sink::dead_letter::parse(&std::fs::read_to_string(data_dir.path().join(sink::DEAD_LETTER_FILE)).unwrap());
+    let refused: Vec<&str> = entries.iter().map(|entry| entry.line.as_str()).collect();
+    assert_eq!(refused, [lines(3..4).trim_end(), lines(12..13).trim_end()]);
+    assert!(entries[0].reason.ends_with("status 400: invalid column type for column 'wait_s' (line 4)"), "{entries:?}");
+    assert!(entries[1].reason.ends_with("(line 13)"), "{entries:?}");
+}
+
+#[tokio::test]
+async fn a_v3_partial_answer_naming_a_line_the_batch_lacks_is_not_trusted() {
+    let responder = Responder::start(|_| Reply::status(400).body(&partial_write_answer(&[3, 9]))).await;
+    let writer = V3Writer::new(&config(InfluxApi::V3, &responder.url), &Secrets::default()).unwrap();
+    // Line 3 of 3 is named with its reason; line 9 of 3 makes the answer unusable.
+    assert!(matches!(writer.write(&lines(0..3)).await, Err(WriteError::Permanent { status: 400, .. })));
+    let responder = Responder::start(|_| Reply::status(400).body(&partial_write_answer(&[3]))).await;
+    let writer = V3Writer::new(&config(InfluxApi::V3, &responder.url), &Secrets::default()).unwrap();
+    let refused = vec![RefusedLine { index: 2, message: "invalid column type for column 'wait_s' (line 3)".into() }];
+    assert_eq!(writer.write(&lines(0..3)).await, Err(WriteError::LinesRefused { status: 400, refused }));
+}
+
+#[tokio::test]
+async fn resending_through_v3_keeps_the_lines_it_names_with_the_new_answer_and_drops_the_others() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let dead_letters = sink::DeadLetters::in_dir(data_dir.path());
+    dead_letters.append(&lines(0..6), 400, "old answer", queuewatch::time::Millis(0)).unwrap();
+    let responder = Responder::start(|request| {
+        let line = request.lines().lines().position(|line| line.contains("o4 ")).unwrap() + 1;
+        Reply::status(400).body(&partial_write_answer(&[line]))
+    })
+    .await;
+    let writer = V3Writer::new(&config(InfluxApi::V3, &responder.url), &Secrets::default()).unwrap();
+    let report = sink::dead_letter::resend(&writer, data_dir.path(), 100, Duration::from_millis(5)).await.unwrap();
+    assert_eq!(report, sink::ResendReport { written: 5, refused: 1, kept: 0 });
+    assert_eq!(responder.requests().len(), 1, "one request, no halving");
+    let entries = sink::dead_letter::parse(&std::fs::read_to_string(dead_letters.path()).unwrap());
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].line, lines(4..5).trim_end());
+    assert!(entries[0].reason.ends_with("status 400: invalid column type for column 'wait_s' (line 5)"));
+}
+
+#[tokio::test]
+async fn with_compression_none_every_api_sends_the_lines_as_they_are() {
+    for api in ALL_APIS {
         let responder = Responder::start(|_| Reply::status(204)).await;
         let config = InfluxConfig { compression: Compression::None, ..config(api, &responder.url) };
         write_and_shut_down(&config, Secrets::default(), &lines(0..3)).await;
@@ -92,7 +199,7 @@ async fn v1_without_username_or_retention_policy_sends_neither() {
 
 #[tokio::test]
 async fn ok_answers_200_and_204_both_count_as_written() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         for status in [200, 204] {
             let responder = Responder::start(move |_| Reply::status(status)).await;
             let report = write_and_shut_down(&config(api, &responder.url), Secrets::default(), &lines(0..2)).await;
@@ -107,7 +214,7 @@ async fn ok_answers_200_and_204_both_count_as_written() {
 
 #[tokio::test]
 async fn unauthorized_forbidden_and_not_found_wait_in_the_spool_and_go_out_once_fixed() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         for status in [401, 403, 404] {
             let fixed = Arc::new(AtomicBool::new(false));
             let responder = Responder::start({
@@ -148,7 +255,7 @@ async fn unauthorized_forbidden_and_not_found_wait_in_the_spool_and_go_out_once_
 
 #[tokio::test]
 async fn redirects_are_not_followed_and_their_lines_wait_in_the_spool_until_the_url_is_right() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         for status in [301, 302, 307, 308] {
             let fixed = Arc::new(AtomicBool::new(false));
             // The write path answers with a redirect to another path of the
@@ -173,7 +280,7 @@ async fn redirects_are_not_followed_and_their_lines_wait_in_the_spool_until_the_
 
 #[tokio::test]
 async fn method_not_allowed_and_request_timeout_wait_in_the_spool_rather_than_refuse_the_lines() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         for status in [405, 408] {
             let fixed = Arc::new(AtomicBool::new(false));
             let responder = Responder::start({
@@ -232,8 +339,9 @@ async fn wait_in_the_spool_until_fixed(
 
 #[tokio::test]
 async fn a_partial_write_is_halved_down_to_the_refused_lines_which_alone_are_dead_lettered() {
-    // 1.x answers 400 "partial write" naming the first bad line; 2.x answers 422.
-    for (api, status) in [(InfluxApi::V1, 400), (InfluxApi::V2, 422)] {
+    // 1.x answers 400 "partial write" naming the first bad line; 2.x answers
+    // 422; an answer of 3.x's v3 API that names no line is halved the same way.
+    for (api, status) in [(InfluxApi::V1, 400), (InfluxApi::V2, 422), (InfluxApi::V3, 400)] {
         let responder = Responder::start(move |request| {
             let body = request.lines();
             match body.lines().filter(|line| line.contains("o3 ") || line.contains("o12 ")).count() {
@@ -420,7 +528,7 @@ async fn points_left_in_the_spool_at_shutdown_are_sent_first_at_the_next_start()
 
 #[tokio::test]
 async fn too_large_batch_is_split_until_every_line_arrives_exactly_once() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         let responder = Responder::start(|request| {
             if request.lines().lines().count() > 2 {
                 Reply::status(413).body("request entity too large")
@@ -460,7 +568,7 @@ async fn v1_reads_retry_after_seconds_from_a_429() {
 
 #[tokio::test]
 async fn too_many_requests_with_retry_after_is_retried_then_written() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         let responder = Responder::start(|request| match request.index {
             0 => Reply::status(429).header("Retry-After", "1"),
             _ => Reply::status(204),
@@ -476,7 +584,7 @@ async fn too_many_requests_with_retry_after_is_retried_then_written() {
 
 #[tokio::test]
 async fn service_unavailable_is_retried_until_written() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         let responder = Responder::start(|request| match request.index {
             0 | 1 => Reply::status(503),
             _ => Reply::status(204),
@@ -490,7 +598,7 @@ async fn service_unavailable_is_retried_until_written() {
 
 #[tokio::test]
 async fn connection_refused_is_retried_as_transient_until_the_shutdown_deadline() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
@@ -512,6 +620,7 @@ async fn a_request_timeout_is_a_transient_failure() {
     for writer in [
         Box::new(V1Writer::new(&config, &Secrets::default()).unwrap()) as Box<dyn Writer>,
         Box::new(V2Writer::new(&InfluxConfig { api: InfluxApi::V2, ..config.clone() }, &Secrets::default()).unwrap()),
+        Box::new(V3Writer::new(&InfluxConfig { api: InfluxApi::V3, ..config.clone() }, &Secrets::default()).unwrap()),
     ] {
         let error = within_limit(writer.write(&lines(0..1))).await.unwrap_err();
         assert!(matches!(error, WriteError::Transient { status: None, .. }), "{}: {error:?}", writer.describe());
@@ -564,7 +673,7 @@ async fn flush_interval_sends_without_an_explicit_flush() {
 
 #[tokio::test]
 async fn shutdown_against_a_failing_server_ends_after_the_deadline_counting_unwritten() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         let responder = Responder::start(|_| Reply::status(503)).await;
         let config = InfluxConfig { batch_size: 4, ..config(api, &responder.url) };
         let (handle, task) = sink::spawn(&config, Secrets::default(), None, Duration::from_millis(200)).unwrap();
@@ -594,7 +703,7 @@ async fn lines_left_at_shutdown_are_written_when_the_server_answers() {
 
 #[tokio::test]
 async fn bad_url_gives_a_config_error_not_a_panic() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         for url in ["not a url", "/3242/23", "ftp://influx:8086", "http://"] {
             match sink::spawn(&config(api, url), Secrets::default(), None, WAIT_LIMIT) {
                 Err(SinkError::Config(message)) => {
@@ -609,7 +718,7 @@ async fn bad_url_gives_a_config_error_not_a_panic() {
 
 #[tokio::test]
 async fn a_url_with_a_user_and_password_is_refused_without_showing_them() {
-    for api in BOTH_APIS {
+    for api in ALL_APIS {
         let config = config(api, "http://writer:hunter2@127.0.0.1:8086");
         match sink::spawn(&config, Secrets::default(), None, WAIT_LIMIT) {
             Err(SinkError::Config(message)) => {

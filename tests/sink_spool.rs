@@ -29,24 +29,41 @@ mod points;
 #[cfg(feature = "simulate")]
 #[path = "durability/scenario.rs"]
 mod scenario;
+#[path = "durability/spool.rs"]
+mod spool;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Influx1, Mosquitto};
-use daemon::{data_dir_of, Daemon, DEADLINE};
+use daemon::Daemon;
 use mqtt::{Message, Publisher};
-use points::Row;
 use queuewatch::time::Millis;
+use spool::{
+    assert_same_tickets, ndjson, resend_dead_letters, spool_bytes, tickets, wait_until, wait_until_spool_empty,
+    CLIENT_ID,
+};
 
-const CLIENT_ID: &str = "queuewatch-spool";
 const MINUTE_MS: i64 = 60_000;
+
+/// [`spool::config_for`] this test's broker and InfluxDB 1.x.
+fn config_for(
+    mqtt: &Mosquitto,
+    influx: &Influx1,
+    influx_keys: &str,
+    storage_keys: &str,
+) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    spool::config_for(&mqtt.url, &influx.url, influx_keys, storage_keys)
+}
 
 #[cfg(feature = "simulate")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn influx_stopped_for_a_minute_mid_stream_loses_nothing_and_the_spool_drains() {
     use std::sync::Arc;
 
+    use std::time::Instant;
+
+    use crate::daemon::DEADLINE;
     use crate::points::MEASUREMENTS;
     use crate::scenario::{Scenario, END_OFFICE};
 
@@ -147,14 +164,7 @@ async fn a_wrong_password_loses_nothing_and_the_right_one_in_the_file_lets_every
     daemon.wait_until_connected().await;
 
     let messages = tickets("o1", 20);
-    let publisher = Publisher::connect(mqtt.port, "kiosks");
-    publisher.publish_all(&messages).await;
-    publisher.wait_until_acknowledged().await;
-    daemon.wait_for_log("status=Some(401)").await;
-    wait_until(&daemon, "ticket points in the spool", || {
-        spool_bytes(&data_dir) > 0 && spool_holds(&data_dir, "ticket,")
-    })
-    .await;
+    spool::publish_until_refused_and_spooled(mqtt.port, &messages, &mut daemon, &data_dir).await;
     assert!(points::rows(&influx, "qw", "ticket").await.is_empty());
 
     std::fs::write(&password_file, "s3cret pass\n").unwrap();
@@ -291,110 +301,6 @@ async fn a_refused_line_alone_is_dead_lettered_and_the_resend_command_stores_it_
 
 // ---- helpers ----
 
-/// A config file for client `CLIENT_ID` in a new folder, with `influx_keys`
-/// added to `[influxdb]` and `storage_keys` to `[storage]`; returns the
-/// folder, the file and its state folder.
-fn config_for(
-    mqtt: &Mosquitto,
-    influx: &Influx1,
-    influx_keys: &str,
-    storage_keys: &str,
-) -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let text = common::daemon_config_text(&mqtt.url, CLIENT_ID, "", &influx.url, "")
-        .replacen("flush_interval = \"100ms\"\n", &format!("flush_interval = \"100ms\"\n{influx_keys}\n"), 1)
-        .replacen("[storage]\n", &format!("[storage]\n{storage_keys}"), 1);
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::write_config(dir.path(), &text);
-    (dir, config, data_dir_of(&text))
-}
-
-/// `count` tickets at `office`, 20 s apart, each issued, called, started and
-/// finished, all in the past, in time order.
-fn tickets(office: &str, count: i64) -> Vec<Message> {
-    let start = Millis::now().0 - count * 20_000 - 30 * MINUTE_MS;
-    let mut events = Vec::new();
-    for number in 0..count {
-        let issued = start + number * 20_000;
-        let called = issued + 60_000 + (number % 5) * 7_000;
-        for (kind, ts, extra) in [
-            ("issued", issued, r#","service":"ktp""#),
-            ("called", called, r#","counter":"c1""#),
-            ("started", called + 15_000, r#","counter":"c1""#),
-            ("finished", called + 200_000 + (number % 3) * 30_000, r#","counter":"c1""#),
-        ] {
-            let payload = format!(
-                r#"{{"type":"{kind}","ts":{ts},"ticket":"T{number:03}","id":"{office}-{number}-{kind}"{extra}}}"#
-            );
-            events.push((ts, Message::event(office, payload)));
-        }
-    }
-    events.sort_by_key(|(ts, _)| *ts);
-    events.into_iter().map(|(_, message)| message).collect()
-}
-
-/// The messages as `replay` takes them: one event per line, with its office.
-fn ndjson<'a>(messages: impl IntoIterator<Item = &'a Message>) -> String {
-    messages
-        .into_iter()
-        .map(|message| {
-            let office = message.topic.split('/').nth(1).unwrap_or_default();
-            match serde_json::from_str::<serde_json::Value>(&message.payload) {
-                Ok(serde_json::Value::Object(mut event)) => {
-                    event.entry("office").or_insert(office.into());
-                    format!("{}\n", serde_json::Value::Object(event))
-                }
-                _ => format!("{}\n", message.payload),
-            }
-        })
-        .collect()
-}
-
-/// The daemon's `ticket` points in `qw` are those of the clean replay in `expected`.
-async fn assert_same_tickets(influx: &Influx1, daemon: &Daemon) {
-    let expected: Vec<Row> = points::rows(influx, "expected", "ticket").await;
-    let actual: Vec<Row> = points::rows(influx, "qw", "ticket").await;
-    assert!(!expected.is_empty());
-    if let Some(difference) = points::difference("ticket", &expected, &actual) {
-        panic!("{difference}\n{}", daemon.log_tails(60));
-    }
-}
-
-async fn wait_until(daemon: &Daemon, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "no {what} after {DEADLINE:?}\n{}", daemon.log_tails(60));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_until_spool_empty(data_dir: &Path, daemon: &Daemon) {
-    wait_until(daemon, "empty spool", || spool_bytes(data_dir) == 0).await;
-}
-
-/// Bytes of batches in the spool's segment files (their headers not counted).
-fn spool_bytes(data_dir: &Path) -> u64 {
-    spool_segments(data_dir)
-        .iter()
-        .map(|path| std::fs::metadata(path).map_or(0, |meta| meta.len().saturating_sub(16)))
-        .sum()
-}
-
-fn spool_holds(data_dir: &Path, needle: &str) -> bool {
-    spool_segments(data_dir).iter().any(|path| {
-        std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle.as_bytes()))
-    })
-}
-
-fn spool_segments(data_dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(data_dir.join("spool"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "qwsp"))
-        .collect()
-}
-
 fn journal_bytes(data_dir: &Path) -> u64 {
     std::fs::read_dir(data_dir.join("state"))
         .into_iter()
@@ -442,12 +348,4 @@ async fn post(url: &str, body: String) {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     assert!(status.is_success() && !text.contains("\"error\""), "POST {url}: {status} {text}");
-}
-
-fn resend_dead_letters(config: &Path) -> std::process::Output {
-    std::process::Command::new(common::queuewatch_bin())
-        .args(["resend-dead-letters", "--config"])
-        .arg(config)
-        .output()
-        .expect("queuewatch resend-dead-letters runs")
 }

@@ -106,7 +106,7 @@ impl Influx1 {
                     body: String::new(),
                 });
             }
-            client.credentials = Some((user.to_string(), password.to_string()));
+            client.credentials = Some(Credentials::Basic { user: user.to_string(), password: password.to_string() });
         }
         Ok(Influx1 { port: http_port, client, url, process, dir, https: https.is_some() })
     }
@@ -150,11 +150,7 @@ impl Influx1 {
     /// `GROUP BY tag`) are merged into each row. `time` is in nanoseconds.
     /// Panics if the statement failed.
     pub async fn rows(&self, db: &str, influxql: &str) -> Vec<Map<String, Value>> {
-        let response = self.query(db, influxql).await;
-        match flatten_rows(&response) {
-            Ok(rows) => rows,
-            Err(error) => panic!("{influxql}: {error}"),
-        }
+        self.client.rows_or_panic(db, influxql).await
     }
 
     /// Polls `SELECT * FROM "measurement"` until it returns at least
@@ -168,21 +164,7 @@ impl Influx1 {
         min_rows: usize,
         timeout: Duration,
     ) -> Vec<Map<String, Value>> {
-        let influxql = format!("SELECT * FROM {}", quote_ident(measurement));
-        let deadline = Instant::now() + timeout;
-        loop {
-            let response = self.query(db, &influxql).await;
-            let outcome = flatten_rows(&response);
-            if let Ok(rows) = &outcome {
-                if rows.len() >= min_rows {
-                    return rows.clone();
-                }
-            }
-            if Instant::now() >= deadline {
-                panic!("waited {timeout:?} for {min_rows} rows in {db}.{measurement}; last answer: {:?}", outcome);
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        self.client.wait_for_rows(db, measurement, min_rows, timeout).await
     }
 
     /// The server's process id while it runs.
@@ -201,13 +183,36 @@ impl Influx1 {
     }
 }
 
-/// InfluxDB 1.x's HTTP query API at one URL.
+impl AsRef<InfluxClient> for Influx1 {
+    fn as_ref(&self) -> &InfluxClient {
+        &self.client
+    }
+}
+
+/// So that a query helper takes a server guard or a client alike.
+impl AsRef<InfluxClient> for InfluxClient {
+    fn as_ref(&self) -> &InfluxClient {
+        self
+    }
+}
+
+/// InfluxDB's v1 HTTP API (`/query`, `/write`) at one URL: InfluxDB 1.x, and
+/// 3.x's compatibility endpoints.
 #[derive(Clone)]
 pub struct InfluxClient {
     url: String,
     http: reqwest::Client,
-    /// User and password for a server with authentication on.
-    credentials: Option<(String, String)>,
+    /// For a server with authentication on.
+    pub(crate) credentials: Option<Credentials>,
+}
+
+/// How an [`InfluxClient`] proves who it is.
+#[derive(Clone)]
+pub(crate) enum Credentials {
+    /// 1.x: a user and password, as HTTP basic authentication.
+    Basic { user: String, password: String },
+    /// 3.x: `Authorization: Token ...`.
+    Token(String),
 }
 
 impl InfluxClient {
@@ -233,7 +238,8 @@ impl InfluxClient {
 
     fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.credentials {
-            Some((user, password)) => request.basic_auth(user, Some(password)),
+            Some(Credentials::Basic { user, password }) => request.basic_auth(user, Some(password)),
+            Some(Credentials::Token(token)) => request.header("Authorization", format!("Token {token}")),
             None => request,
         }
     }
@@ -288,6 +294,44 @@ impl InfluxClient {
         let status = response.status();
         let body = response.text().await.map_err(|source| Error::Request { what: what(), source })?;
         serde_json::from_str(&body).map_err(|_| Error::Response { what: what(), status: status.as_u16(), body })
+    }
+
+    /// [`InfluxClient::query`]'s rows over all series of the first
+    /// statement, tags merged in; panics if the request or statement failed.
+    pub async fn rows_or_panic(&self, db: &str, influxql: &str) -> Vec<Map<String, Value>> {
+        let response = or_panic(self.query(db, influxql).await);
+        match flatten_rows(&response) {
+            Ok(rows) => rows,
+            Err(error) => panic!("{influxql}: {error}"),
+        }
+    }
+
+    /// Polls `SELECT * FROM "measurement"` until it returns at least
+    /// `min_rows` rows and returns them. Panics with what it last saw when
+    /// `timeout` passes first. A missing database or measurement, or a
+    /// request that fails, counts as no rows while polling.
+    pub async fn wait_for_rows(
+        &self,
+        db: &str,
+        measurement: &str,
+        min_rows: usize,
+        timeout: Duration,
+    ) -> Vec<Map<String, Value>> {
+        let influxql = format!("SELECT * FROM {}", quote_ident(measurement));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let outcome = self.query(db, &influxql).await.map_err(|error| error.to_string());
+            let outcome = outcome.and_then(|response| flatten_rows(&response));
+            if let Ok(rows) = &outcome {
+                if rows.len() >= min_rows {
+                    return rows.clone();
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!("waited {timeout:?} for {min_rows} rows in {db}.{measurement}; last answer: {outcome:?}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 }
 

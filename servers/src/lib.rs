@@ -1,5 +1,5 @@
 //! Real servers on this machine, for queuewatch's integration tests and its
-//! load harness: Mosquitto, InfluxDB 1.x and VictoriaMetrics, each started on
+//! load harness: Mosquitto, InfluxDB 1.x, InfluxDB 3 Core and VictoriaMetrics, each started on
 //! free loopback ports inside a temporary folder of its own, and stopped (killed
 //! and reaped) when its guard drops.
 //!
@@ -8,13 +8,15 @@
 //!
 //! What must stay true:
 //! - A missing server binary is an error that names the Debian package to
-//!   install, never a silent skip.
+//!   install (for InfluxDB 3 Core, which no registry offers, where it was
+//!   looked for), never a silent skip.
 //! - Every listener binds 127.0.0.1 on a port picked here, never a default
 //!   port, so parallel instances cannot collide.
 //! - The process is stopped before its temporary folder is removed (the
 //!   process field is declared before the `TempDir`, and fields drop in order).
 
 mod influx;
+mod influx3;
 mod mosquitto;
 mod mqtt;
 mod process;
@@ -25,6 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use influx::{flatten_rows, quote_ident, HttpsFiles, Influx1, InfluxClient};
+pub use influx3::{find_influxdb3, Influx3, Influx3Auth, Influx3Options, INFLUXDB3_ENV, INFLUXDB3_SHARED_XZ};
 pub use mosquitto::{mosquitto_passwd, tls_config_text, Mosquitto, MosquittoOptions, TlsListener};
 pub use mqtt::{create_session, try_create_session};
 pub use process::{find_binary, Readiness, ServerProcess};
@@ -52,6 +55,14 @@ pub enum Error {
         debian_path.display()
     )]
     NotInstalled { name: String, debian_path: PathBuf, package: String },
+    #[error(
+        "InfluxDB 3 Core not found at {} ({}): no package registry offers it; set {INFLUXDB3_ENV} \
+         to its `influxdb3` binary or a .xz of it, or put the project's build at {INFLUXDB3_SHARED_XZ} \
+         next to the repository (`bash scripts/test.sh` says whether these tests ran)",
+        looked_at.display(),
+        if *from_env { "named by the variable" } else { "the shared build" }
+    )]
+    Influxdb3NotFound { looked_at: PathBuf, from_env: bool },
     #[error("start {program} {args:?}: {source}{}", install_hint(.package))]
     Spawn { program: PathBuf, args: Vec<String>, package: Option<&'static str>, source: std::io::Error },
     #[error(

@@ -501,6 +501,7 @@ fn describe_influx(influx: &InfluxConfig) -> String {
     let api = match influx.api {
         InfluxApi::V1 => format!("v1, database {}", influx.database),
         InfluxApi::V2 => format!("v2, bucket {}", influx.bucket),
+        InfluxApi::V3 => format!("v3, database {}", influx.database),
     };
     let url = reqwest::Url::parse(&influx.url).map_or_else(
         |_| influx.url.clone(),
@@ -522,12 +523,13 @@ pub fn parse_influx_url(text: &str) -> Result<String, String> {
     }
 }
 
-/// `--influx-api`: `v1` or `v2`.
+/// `--influx-api`: `v1`, `v2` or `v3`.
 pub fn parse_influx_api(text: &str) -> Result<InfluxApi, String> {
     match text {
         "v1" => Ok(InfluxApi::V1),
         "v2" => Ok(InfluxApi::V2),
-        other => Err(format!("{other:?} is neither \"v1\" nor \"v2\"")),
+        "v3" => Ok(InfluxApi::V3),
+        other => Err(format!("{other:?} is none of \"v1\", \"v2\" and \"v3\"")),
     }
 }
 
@@ -748,7 +750,8 @@ mod tests {
         assert!(parse_influx_url("ftp://x").is_err());
         assert!(parse_influx_url("127.0.0.1:8086").is_err());
         assert_eq!(parse_influx_api("v1"), Ok(InfluxApi::V1));
-        assert!(parse_influx_api("v3").is_err());
+        assert_eq!(parse_influx_api("v3"), Ok(InfluxApi::V3));
+        assert!(parse_influx_api("v4").is_err());
         let config = InfluxConfig { url: "http://user:secret@db:8086/".into(), ..InfluxConfig::default() };
         let described = describe_influx(&config);
         assert!(!described.contains("secret"), "{described}");

@@ -302,7 +302,8 @@ const RESEND_ATTEMPTS: u32 = 5;
 
 /// Re-sends the dead letters of `data_dir` through `writer`, `batch_size`
 /// lines at a time, finding the lines still refused as the writer does
-/// (`refusal.rs`; see the module's invariants).
+/// (`refusal.rs`, or the server's per-line answer with v3; see the
+/// module's invariants).
 pub async fn resend(
     writer: &dyn Writer,
     data_dir: &Path,
@@ -386,6 +387,16 @@ pub async fn resend(
                         parts.push(first.to_vec());
                     }
                 },
+                // The others are stored (v3): the lines named stay, each with its answer.
+                Err(WriteError::LinesRefused { status, refused }) => {
+                    for refusal in &refused {
+                        let reason =
+                            format!("{} status {status}: {}", Millis::now().to_rfc3339(), one_line(&refusal.message));
+                        write_entry(&mut back, &reason, &entries[part[refusal.index]].line);
+                    }
+                    report.refused += refused.len() as u64;
+                    report.written += (part.len() - refused.len()) as u64;
+                }
                 Err(WriteError::TooLarge) => {
                     let reason = format!("{} status 413: the line alone is too large", Millis::now().to_rfc3339());
                     write_entry(&mut back, &reason, &entries[part[0]].line);

@@ -37,11 +37,14 @@
 //!   HTTP client again with `influxdb.ca_file` read anew before its next try
 //!   (`tls.rs`), so a corrected certificate needs no restart.
 //! - 413 and a refusal of the batch's content (400, 422: InfluxDB 1.x answers
-//!   `400 partial write` naming one bad line, 2.x `422`) halve the batch and
-//!   send each half, down to single lines; a single line still refused goes
-//!   to the dead-letter file (`dead_letter.rs`) with the server's answer.
-//!   Writes are idempotent, so re-sending the lines a partial write stored is
-//!   harmless.
+//!   `400 partial write` naming one bad line, 2.x `422`, 3.x's v1 and v2
+//!   APIs `400` for the whole batch) halve the batch and send each half, down
+//!   to single lines; a single line still refused goes to the dead-letter
+//!   file (`dead_letter.rs`) with the server's answer. Writes are idempotent,
+//!   so re-sending the lines a partial write stored is harmless. InfluxDB 3's
+//!   own API (`api = "v3"`) stores the good lines of a batch and names each
+//!   refused one: those go to the dead-letter file with their reasons and the
+//!   rest count as written, in one request.
 //! - After a 401 or 403 the writer reads `token_file` / `password_file`
 //!   again before its next try, so a rotated secret needs no restart.
 //! - Shutdown begins when the last handle is dropped: what remains is written
@@ -60,7 +63,7 @@
 //!   never from the config file, and never appear in logs or `Debug` output.
 //!
 //! Layout: `batch.rs` is the pure line buffer, `task.rs` the writer task,
-//! `writer.rs` the destinations (InfluxDB v1, v2, a file, nothing), `tls.rs`
+//! `writer.rs` the destinations (InfluxDB v1, v2, v3, a file, nothing), `tls.rs`
 //! their HTTP client's trust (HTTPS) and TLS failures,
 //! `spool.rs` the disk spool, `dead_letter.rs` the refused lines.
 
@@ -87,7 +90,9 @@ use crate::time::Millis;
 pub use crate::config::{InfluxApi, InfluxConfig};
 pub use dead_letter::{Appended, DeadLetters, ResendReport, DEAD_LETTER_FILE};
 pub use task::MAX_IN_FLIGHT;
-pub use writer::{DiscardWriter, Encoder, FileWriter, V1Writer, V2Writer, WriteError, WriteFuture, Writer};
+pub use writer::{
+    DiscardWriter, Encoder, FileWriter, RefusedLine, V1Writer, V2Writer, V3Writer, WriteError, WriteFuture, Writer,
+};
 
 /// How many chunks (calls to [`SinkHandle::send`]) the channel holds before
 /// producers wait.
@@ -345,7 +350,7 @@ fn error_kind(error: &WriteError) -> usize {
         WriteError::Transient { status: Some(429), .. } => 5,
         WriteError::Transient { status: Some(500..), .. } => 6,
         WriteError::Tls { .. } => 7,
-        WriteError::Permanent { .. } => 4,
+        WriteError::Permanent { .. } | WriteError::LinesRefused { .. } => 4,
         WriteError::Transient { status: Some(_), .. } => 8,
     }
 }
@@ -523,6 +528,7 @@ pub fn influx_writer(config: &InfluxConfig, secrets: &Secrets) -> Result<Box<dyn
     Ok(match config.api {
         InfluxApi::V1 => Box::new(V1Writer::new(config, secrets)?),
         InfluxApi::V2 => Box::new(V2Writer::new(config, secrets)?),
+        InfluxApi::V3 => Box::new(V3Writer::new(config, secrets)?),
     })
 }
 

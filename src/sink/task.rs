@@ -582,6 +582,26 @@ impl WriterTask {
                     }
                 }
             }
+            // The others are stored (v3's per-line answer): only the lines it
+            // names are refused, nothing to halve, whatever the deadline.
+            Err(WriteError::LinesRefused { status, refused }) => {
+                let batch = delivery.take_batch();
+                let lines_of: Vec<&str> = batch.text.lines().collect();
+                let now = Millis::now();
+                let mut named = 0u64;
+                for refusal in &refused {
+                    if let Some(line) = lines_of.get(refusal.index) {
+                        delivery.refused.add(&format!("{line}\n"), 1, status, &refusal.message, now);
+                        named += 1;
+                    }
+                }
+                let written = lines - named;
+                self.report.points_written += written;
+                self.counters.written.fetch_add(written, Ordering::Relaxed);
+                if delivery.origin == Origin::Spool {
+                    self.draining_counted += written;
+                }
+            }
             // Past the deadline, lines not yet told apart are unwritten, not refused.
             Err(WriteError::Permanent { .. }) if lines > 1 => {
                 self.end_unfinished(delivery).await;
@@ -673,7 +693,7 @@ impl WriterTask {
         let (status, retry_after, message) = match error {
             WriteError::Transient { status, retry_after, message } => (status, retry_after, message),
             WriteError::Tls { message } => (None, None, message),
-            WriteError::TooLarge | WriteError::Permanent { .. } => return,
+            WriteError::TooLarge | WriteError::Permanent { .. } | WriteError::LinesRefused { .. } => return,
         };
         let delay = backoff_delay(delivery.failures_in_a_row, retry_after, self.settings.max_backoff);
         delivery.failures_in_a_row = delivery.failures_in_a_row.saturating_add(1);

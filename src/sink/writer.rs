@@ -1,4 +1,4 @@
-//! Destinations for batches: InfluxDB v1 and v2 over HTTP(S), a file, nothing.
+//! Destinations for batches: InfluxDB v1, v2 and v3 over HTTP(S), a file, nothing.
 //!
 //! A [`Writer`] sends one batch once and says how it went; it never retries
 //! and never logs. Retrying, splitting and counting belong to the writer task
@@ -72,6 +72,20 @@ pub enum WriteError {
     /// again would fail the same way.
     #[error("rejected with status {status}: {message}")]
     Permanent { status: u16, message: String },
+    /// These lines refused for their content, each named, and every other
+    /// line of the batch stored (InfluxDB 3's `/api/v3/write_lp` with
+    /// `accept_partial`): nothing to halve or send again.
+    #[error("{} line(s) refused with status {status}", refused.len())]
+    LinesRefused { status: u16, refused: Vec<RefusedLine> },
+}
+
+/// One line a server refused in a batch whose other lines it stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedLine {
+    /// Its index among the batch's lines, from 0.
+    pub index: usize,
+    /// The server's reason.
+    pub message: String,
 }
 
 /// InfluxDB 1.x: `POST {url}/write?db=..&precision=ns[&rp=..]`, gzipped,
@@ -122,54 +136,21 @@ impl V1Writer {
     }
 
     async fn write_body(&self, body: Bytes) -> Result<(), WriteError> {
-        let client = self.client.read().unwrap_or_else(PoisonError::into_inner).clone();
-        let mut request = client.post(self.write_url.clone()).body(body);
-        if let Some(username) = &self.username {
-            let password = self.password.read().unwrap_or_else(PoisonError::into_inner).clone();
-            request = request.basic_auth(username, password);
-        }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(error) => {
-                return Err(request_error(&self.setup, &error, |builder| {
-                    let client = builder.build().map_err(cannot_build)?;
-                    *self.client.write().unwrap_or_else(PoisonError::into_inner) = client;
-                    Ok(())
-                }))
-            }
-        };
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        // Retry-After is honoured in its seconds form only; the HTTP-date form
-        // is rare from InfluxDB and proxies, and falls back to backoff.
-        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs)
-        } else {
-            None
-        };
-        let location = status
-            .is_redirection()
-            .then(|| response.headers().get(reqwest::header::LOCATION)?.to_str().ok().map(location_shown))
-            .flatten();
-        // A body that cannot be read leaves the message empty; the status decides.
-        let mut message = match location {
-            Some(location) => format!("Location: {location}"),
-            None => response.text().await.unwrap_or_default(),
-        };
-        if let (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(path)) = (status, &self.password_file) {
+        let username = self.username.as_deref();
+        let password = self.password.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let answer = post(&self.client, &self.setup, &self.write_url, body, |request| match username {
+            Some(username) => request.basic_auth(username, password),
+            None => request,
+        })
+        .await?;
+        let Some(Answer { status, retry_after, mut message }) = answer else { return Ok(()) };
+        if let (401 | 403, Some(path)) = (status, &self.password_file) {
             match super::read_password_file(path) {
                 Ok(password) => *self.password.write().unwrap_or_else(PoisonError::into_inner) = Some(password),
                 Err(problem) => message = format!("{message} ({problem})"),
             }
         }
-        classify(status.as_u16(), &message, retry_after)
+        classify(status, &message, retry_after)
     }
 }
 
@@ -189,6 +170,130 @@ impl Writer for V1Writer {
     fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
         Box::pin(async move { self.write_body(body_of(self.gzip, lines, encoded)).await })
     }
+}
+
+/// InfluxDB 3: `POST {url}/api/v3/write_lp?db=..&precision=nanosecond&accept_partial=true`,
+/// gzipped, with `Authorization: Bearer ..` when a token is given.
+///
+/// With `accept_partial`, 3.x stores the lines it can and answers 400
+/// "partial write of line protocol occurred" with one entry per refused
+/// line (its `line_number` and why); that answer is
+/// [`WriteError::LinesRefused`], so the refused lines are told apart in one
+/// request, where the v1 and v2 APIs of 3.x refuse the whole batch and the
+/// writer task halves it. Any other answer is classified as for the other
+/// APIs. After a 401 or 403 the token is read again from `token_file`, if
+/// one is configured; after a TLS failure the client is built again.
+pub struct V3Writer {
+    /// Whether bodies are gzipped (`influxdb.compression`).
+    gzip: bool,
+    client: RwLock<reqwest::Client>,
+    setup: ClientSetup,
+    write_url: Url,
+    token: RwLock<Option<String>>,
+    token_file: Option<String>,
+}
+
+impl V3Writer {
+    pub fn new(config: &InfluxConfig, secrets: &Secrets) -> Result<V3Writer, SinkError> {
+        let mut write_url = parse_http_url(&config.url)?;
+        write_url
+            .path_segments_mut()
+            .map_err(|()| SinkError::Config(format!("influxdb.url: {:?} cannot take a path", config.url)))?
+            .pop_if_empty()
+            .extend(["api", "v3", "write_lp"]);
+        write_url
+            .query_pairs_mut()
+            .append_pair("db", &config.database)
+            .append_pair("precision", "nanosecond")
+            .append_pair("accept_partial", "true");
+        let gzip = config.gzip();
+        let setup =
+            ClientSetup::new(&write_url, config.ca_file.as_deref(), config.request_timeout, write_headers(gzip));
+        let client = build_client(&setup).map_err(SinkError::Config)?;
+        Ok(V3Writer {
+            gzip,
+            client: RwLock::new(client),
+            setup,
+            write_url,
+            token: RwLock::new(secrets.token.clone()),
+            token_file: config.token_file.clone(),
+        })
+    }
+
+    async fn write_body(&self, lines: &str, body: Bytes) -> Result<(), WriteError> {
+        let token = self.token.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let answer = post(&self.client, &self.setup, &self.write_url, body, |request| match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        })
+        .await?;
+        let Some(Answer { status, retry_after, mut message }) = answer else { return Ok(()) };
+        if status == 400 {
+            if let Some(refused) = partial_write_refusals(lines, &message) {
+                return Err(WriteError::LinesRefused { status, refused });
+            }
+        }
+        if let (401 | 403, Some(path)) = (status, &self.token_file) {
+            match super::read_token_file(path) {
+                Ok(token) => *self.token.write().unwrap_or_else(PoisonError::into_inner) = Some(token),
+                Err(problem) => message = format!("{message} ({problem})"),
+            }
+        }
+        classify(status, &message, retry_after)
+    }
+}
+
+impl Writer for V3Writer {
+    fn write<'a>(&'a self, body: &'a str) -> WriteFuture<'a> {
+        self.write_encoded(body, None)
+    }
+
+    fn describe(&self) -> String {
+        format!("InfluxDB v3 {}", without_credentials(&self.write_url))
+    }
+
+    fn encoder(&self) -> Option<Encoder> {
+        self.gzip.then_some(gzip as Encoder)
+    }
+
+    fn write_encoded<'a>(&'a self, lines: &'a str, encoded: Option<&'a Bytes>) -> WriteFuture<'a> {
+        Box::pin(async move { self.write_body(lines, body_of(self.gzip, lines, encoded)).await })
+    }
+}
+
+/// The refused lines of InfluxDB 3's answer to a partial write of `lines`,
+/// each with its reason; `None` when `message` is another answer, or names a
+/// line that `lines` does not have (then the batch is halved as usual).
+///
+/// 3.x numbers the lines from 1 and skips empty ones.
+fn partial_write_refusals(lines: &str, message: &str) -> Option<Vec<RefusedLine>> {
+    #[derive(serde::Deserialize)]
+    struct Partial {
+        error: String,
+        data: Vec<Refusal>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Refusal {
+        error_message: String,
+        line_number: usize,
+    }
+    let partial: Partial = serde_json::from_str(message).ok()?;
+    if !partial.error.starts_with("partial write") || partial.data.is_empty() {
+        return None;
+    }
+    let numbered: Vec<usize> =
+        lines.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(|(index, _)| index).collect();
+    let mut refused = partial
+        .data
+        .into_iter()
+        .map(|refusal| {
+            let index = *numbered.get(refusal.line_number.checked_sub(1)?)?;
+            Some(RefusedLine { index, message: short_message(&refusal.error_message) })
+        })
+        .collect::<Option<Vec<RefusedLine>>>()?;
+    refused.sort_by_key(|line| line.index);
+    refused.dedup_by_key(|line| line.index);
+    Some(refused)
 }
 
 /// InfluxDB 2.x (and 1.8+/3.x compatibility endpoints):
@@ -402,13 +507,15 @@ impl Writer for DiscardWriter {
     }
 }
 
-/// The status rules shared by both InfluxDB APIs.
+/// The status rules shared by the InfluxDB APIs.
 ///
 /// - 400 and 422: the lines themselves are refused. InfluxDB 1.x answers
 ///   400 to a batch of which only some lines failed ("partial write: field
 ///   type conflict: ... dropped=N"), having stored the others; 2.x answers
-///   422 (or 400 for a line it cannot parse). The writer task finds the
-///   lines refused (`refusal.rs`) and dead-letters them.
+///   422 (or 400 for a line it cannot parse); 3.x's v1 and v2 APIs answer
+///   400 and store none of the batch. The writer task finds the lines
+///   refused (`refusal.rs`, else by halving) and dead-letters them. (The v3
+///   writer reads 3.x's per-line answer before this.)
 /// - 413: the batch is split.
 /// - Every other status is transient: the lines wait (in the spool) and are
 ///   tried again. 429 and 5xx: InfluxDB is overloaded or down; 401, 403 and
@@ -439,6 +546,64 @@ pub(crate) fn classify(status: u16, message: &str, retry_after: Option<Duration>
         }),
         _ => Err(WriteError::Transient { status: Some(status), retry_after, message }),
     }
+}
+
+/// A server's answer other than success: its status, the seconds of its
+/// `Retry-After` (with 429 and 503), its body.
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    message: String,
+}
+
+/// POSTs `body` to `url` through the client in `client`, as `authorize`
+/// makes the request; `None` on a 2xx answer, else the answer. A request
+/// that gets no answer is an error: a TLS failure, after which the client is
+/// built again with the roots read anew, or a transport error.
+async fn post(
+    client: &RwLock<reqwest::Client>,
+    setup: &ClientSetup,
+    url: &Url,
+    body: Bytes,
+    authorize: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Result<Option<Answer>, WriteError> {
+    let current = client.read().unwrap_or_else(PoisonError::into_inner).clone();
+    let response = match authorize(current.post(url.clone()).body(body)).send().await {
+        Ok(response) => response,
+        Err(error) => {
+            return Err(request_error(setup, &error, |builder| {
+                let rebuilt = builder.build().map_err(cannot_build)?;
+                *client.write().unwrap_or_else(PoisonError::into_inner) = rebuilt;
+                Ok(())
+            }))
+        }
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Ok(None);
+    }
+    // Retry-After is honoured in its seconds form only; the HTTP-date form
+    // is rare from InfluxDB and proxies, and falls back to backoff.
+    let retry_after = if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    } else {
+        None
+    };
+    let location = status
+        .is_redirection()
+        .then(|| response.headers().get(reqwest::header::LOCATION)?.to_str().ok().map(location_shown))
+        .flatten();
+    // A body that cannot be read leaves the message empty; the status decides.
+    let message = match location {
+        Some(location) => format!("Location: {location}"),
+        None => response.text().await.unwrap_or_default(),
+    };
+    Ok(Some(Answer { status: status.as_u16(), retry_after, message }))
 }
 
 fn transport_error(error: &reqwest::Error) -> WriteError {

@@ -1,11 +1,12 @@
 //! What the integration tests share: the real servers of `queuewatch-servers`
-//! (Mosquitto, InfluxDB 1.x and VictoriaMetrics, each on free loopback ports in
+//! (Mosquitto, InfluxDB 1.x and 3.x and VictoriaMetrics, each on free loopback ports in
 //! a temporary folder of its own, stopped when its guard drops; the load
 //! harness starts its servers with the same kit), and the daemon's binary and
 //! config file.
 //!
 //! A missing server binary is a failure that names the Debian package to
-//! install, never a skipped test.
+//! install (or, for InfluxDB 3 Core, where it was looked for), never a
+//! skipped test.
 
 #![allow(dead_code, unused_imports)]
 
@@ -22,7 +23,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use queuewatch_servers::{create_session, free_port, Influx1, Mosquitto, MosquittoOptions, VictoriaMetrics};
+pub use queuewatch_servers::{
+    create_session, free_port, Influx1, Influx3, InfluxClient, Mosquitto, MosquittoOptions, VictoriaMetrics,
+};
 
 /// The `queuewatch` binary that cargo built for this integration test.
 pub fn queuewatch_bin() -> PathBuf {
@@ -68,12 +71,19 @@ pub fn state_dir() -> PathBuf {
 /// fails the test, with the replay's output, if the replay fails.
 pub async fn replay_into(influx: &Influx1, db: &str, config: &str, events: &str) {
     influx.create_database(db).await;
+    replay_to(&influx.url, db, config, events);
+}
+
+/// Writes `events` (NDJSON text) with `queuewatch replay` through the v1 API
+/// to database `db` of the InfluxDB at `url`, under `config`: first more
+/// `[influxdb]` keys if any (credentials), then other sections. Fails the
+/// test, with the replay's output, if the replay fails.
+pub fn replay_to(url: &str, db: &str, config: &str, events: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config_path = write_config(
         dir.path(),
         &format!(
-            "[influxdb]\napi = \"v1\"\nurl = \"{}\"\ndatabase = \"{db}\"\nflush_interval = \"100ms\"\n{config}",
-            influx.url
+            "[influxdb]\napi = \"v1\"\nurl = \"{url}\"\ndatabase = \"{db}\"\nflush_interval = \"100ms\"\n{config}"
         ),
     );
     let events_path = dir.path().join("events.ndjson");

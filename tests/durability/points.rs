@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::common::Influx1;
+use queuewatch_servers::InfluxClient;
 
 /// The measurements compared between runs.
 pub const MEASUREMENTS: [&str; 6] = ["ticket", "breach", "queue", "counter", "feedback", "office"];
@@ -29,10 +29,11 @@ impl std::fmt::Display for Row {
 }
 
 /// Every point of `measurement` in `db`, sorted by time, then tags and fields.
-pub async fn rows(influx: &Influx1, db: &str, measurement: &str) -> Vec<Row> {
+pub async fn rows(influx: &impl AsRef<InfluxClient>, db: &str, measurement: &str) -> Vec<Row> {
     let influxql = format!("SELECT * FROM {} GROUP BY *", queuewatch_servers::quote_ident(measurement));
     let mut rows: Vec<Row> = influx
-        .rows(db, &influxql)
+        .as_ref()
+        .rows_or_panic(db, &influxql)
         .await
         .into_iter()
         .map(|row| {
@@ -54,7 +55,12 @@ pub async fn rows(influx: &Influx1, db: &str, measurement: &str) -> Vec<Row> {
 
 /// Waits until `measurement` in database `qw` has at least `count` points;
 /// fails with the daemon's logs after `DEADLINE`.
-pub async fn wait_for_points(influx: &Influx1, measurement: &str, count: usize, daemon: &crate::daemon::Daemon) {
+pub async fn wait_for_points(
+    influx: &impl AsRef<InfluxClient>,
+    measurement: &str,
+    count: usize,
+    daemon: &crate::daemon::Daemon,
+) {
     let deadline = std::time::Instant::now() + crate::daemon::DEADLINE;
     while rows(influx, "qw", measurement).await.len() < count {
         assert!(

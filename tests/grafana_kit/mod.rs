@@ -27,10 +27,12 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+pub mod day;
 
-use queuewatch_servers::{flatten_rows, Influx1};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use queuewatch_servers::{flatten_rows, InfluxClient};
 use serde_json::{Map, Value};
 
 /// The uid of the provisioned datasource that every panel, variable and rule uses.
@@ -62,6 +64,30 @@ pub const BUILT_IN_VARIABLES: &[&str] = &[
 /// `deploy/grafana` of this repository.
 pub fn grafana_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy").join("grafana")
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
+
+/// The dashboards of `deploy/grafana/dashboards`, by file name, in name order.
+pub fn dashboards() -> Vec<(String, Value)> {
+    let dir = grafana_dir().join("dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let value =
+                serde_json::from_str(&read(&path)).unwrap_or_else(|error| panic!("{name} is not JSON: {error}"));
+            (name, value)
+        })
+        .collect()
 }
 
 /// What a variable is set to for one rendering.
@@ -286,17 +312,21 @@ pub fn all_panels(dashboard: &Value) -> Vec<&Value> {
     panels
 }
 
-/// Runs a rendered query on `db` and returns its rows (tags merged in, times
-/// in nanoseconds); an error when InfluxDB reports one.
-pub async fn run(influx: &Influx1, db: &str, rendered: &str) -> Result<Vec<Map<String, Value>>, String> {
-    let response = influx.client().query(db, rendered).await.map_err(|error| error.to_string())?;
+/// Runs a rendered query on `db` of InfluxDB 1.x or 3.x and returns its rows
+/// (tags merged in, times in nanoseconds); an error when InfluxDB reports one.
+pub async fn run(
+    influx: &impl AsRef<InfluxClient>,
+    db: &str,
+    rendered: &str,
+) -> Result<Vec<Map<String, Value>>, String> {
+    let response = influx.as_ref().query(db, rendered).await.map_err(|error| error.to_string())?;
     flatten_rows(&response).map_err(|error| format!("{error} in {rendered}"))
 }
 
 /// Renders `query` with `substitution`, runs it, and returns its rows; panics
 /// naming `label` on an undefined variable or an InfluxDB error.
 pub async fn rows(
-    influx: &Influx1,
+    influx: &impl AsRef<InfluxClient>,
     db: &str,
     label: &str,
     query: &str,
