@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod logins;
 pub mod pki;
 pub mod responder;
 
