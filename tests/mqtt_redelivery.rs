@@ -45,7 +45,7 @@ use scenario::Scenario;
 const SEED: u64 = 20_261_207;
 /// The backlog's size: enough for a debug build's drain to outlast the last
 /// restart on two busy cores (the test checks that it did).
-const OFFICES: u32 = 60;
+const OFFICES: u32 = 80;
 const CLIENT_ID: &str = "queuewatch-redelivery";
 /// When the broker is restarted, from the daemon's start.
 const RESTARTS: [Duration; 3] = [Duration::from_secs(3), Duration::from_secs(10), Duration::from_secs(30)];

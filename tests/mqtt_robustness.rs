@@ -300,6 +300,7 @@ async fn oversized_payloads_are_journaled_cut_to_the_payload_limit() {
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("journal-"))
         .map(|entry| entry.metadata().unwrap().len())
         .sum();
+    println!("{journal_bytes} bytes of journal for 3 payloads of 200 KiB and 5 events");
     assert!(journal_bytes < 16 * 1024, "{journal_bytes} bytes of journal for 3 payloads of 200 KiB");
     // A start on that state folder replays them as oversized again.
     let (stop, stopped) = oneshot::channel::<()>();
