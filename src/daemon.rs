@@ -316,7 +316,10 @@ pub async fn run_with(
     }
     // What the state folder remembers of the broker's session: whether
     // there was one, and the filters to unsubscribe if the config dropped them.
-    let source = MqttSource::new(&config.mqtt, SessionMemory::load(&config.storage.data_dir, &config.mqtt));
+    let session = durability
+        .as_ref()
+        .map_or_else(SessionMemory::in_memory, |durability| SessionMemory::load(durability.state_path()));
+    let source = MqttSource::new(&config.mqtt, session);
     let mqtt_status = source.connection();
     let ops_publisher = match ops_listener {
         Some(listener) => {

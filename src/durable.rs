@@ -378,6 +378,11 @@ impl Durability {
         self.acks.len()
     }
 
+    /// The state folder (`data_dir/state`), which belongs to one broker session.
+    pub fn state_path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Whether the journal cannot be written (a full disk).
     pub fn failing(&self) -> bool {
         self.journal.failing()

@@ -140,7 +140,7 @@ async fn a_filter_removed_from_mqtt_topics_is_unsubscribed_from_the_persistent_s
     let received = count("queuewatch_events_received_total") - count("queuewatch_mqtt_redeliveries_total");
     assert!(received > 0.0 && received == count(PROBES), "only the probes arrived: {metrics:#?}");
     assert!(daemon.log().contains(unsubscribed), "{}", daemon.log());
-    let remembered = std::fs::read_to_string(data_dir_of(&config_text).join("mqtt-session.toml")).unwrap();
+    let remembered = std::fs::read_to_string(data_dir_of(&config_text).join("state/mqtt-session.toml")).unwrap();
     assert!(remembered.contains("queue/+/events") && !remembered.contains("old/+/events"), "{remembered}");
 }
 

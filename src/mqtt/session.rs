@@ -5,15 +5,17 @@
 //! Owned by the MQTT source ([`super::MqttSource`]). Invariants:
 //! - **Only what the broker confirmed is remembered.** A filter counts as
 //!   subscribed once its SUBACK granted it, and stops counting once its
-//!   UNSUBACK came; the list is kept in `data_dir/mqtt-session.toml` with
-//!   the broker URL and client id it belongs to, written aside and renamed
-//!   into place. So a filter the config no longer names is unsubscribed at
-//!   the next connection whose session is present, across restarts too, and
-//!   no filter is ever believed subscribed that the broker did not grant.
+//!   UNSUBACK came; the list is kept in the state folder
+//!   (`data_dir/state/mqtt-session.toml`), which belongs to one broker
+//!   session (`crate::storage`: set aside or adopted with the rest of the
+//!   state), written aside and renamed into place. So a filter the config no
+//!   longer names is unsubscribed at the next connection whose session is
+//!   present, across restarts too, and no filter is ever believed subscribed
+//!   that the broker did not grant. Without a journal (`storage.journal =
+//!   false`) there is no state folder, and the memory lasts the run.
 //! - **Having had a session is known from that file**: a connection that
 //!   finds no session where one was remembered has lost it, and says so
-//!   ([`SessionLoss::Absent`]). A first start, or a file of another broker or
-//!   client id, knows of no session and loses none.
+//!   ([`SessionLoss::Absent`]). A first start knows of no session and loses none.
 //! - **A takeover shows as a connection the broker closed while staying
 //!   up.** Mosquitto closes an MQTT 3.1.1 client's connection without a word
 //!   when another client logs in with its client id (rumqttc reports
@@ -31,9 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::config::MqttConfig;
-
-/// The file, in `storage.data_dir`.
+/// The file, in the state folder.
 pub const SESSION_FILE: &str = "mqtt-session.toml";
 
 /// Why queuewatch's session is gone: each is counted and logged as an error.
@@ -95,8 +95,6 @@ pub fn judge(had_session: bool, session_present: bool, retry_after_close: bool) 
 /// The file's content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct SessionFile {
-    mqtt_url: String,
-    client_id: String,
     /// Filters the broker confirmed, sorted.
     filters: Vec<String>,
 }
@@ -104,27 +102,19 @@ struct SessionFile {
 /// What queuewatch knows of its session, and where it keeps it.
 #[derive(Debug)]
 pub struct SessionMemory {
-    /// `None`: kept in memory only (the demo's tests, unit tests).
+    /// `None`: kept in memory only (no state folder).
     path: Option<PathBuf>,
-    mqtt_url: String,
-    client_id: String,
     /// `None` while no session is known; the filters the broker confirmed otherwise.
     subscribed: Option<BTreeSet<String>>,
 }
 
 impl SessionMemory {
-    /// What `data_dir` remembers of the session of `config`'s broker and
-    /// client id. A missing file, or one of another broker or client id,
-    /// knows of no session; an unreadable or damaged one is logged and
+    /// What the state folder `state` remembers of its session. A missing
+    /// file knows of no session; an unreadable or damaged one is logged and
     /// treated the same (it is replaced at the next confirmation).
-    pub fn load(data_dir: &Path, config: &MqttConfig) -> SessionMemory {
-        let path = data_dir.join(SESSION_FILE);
-        let mut memory = SessionMemory {
-            path: Some(path.clone()),
-            mqtt_url: config.url.clone(),
-            client_id: config.client_id.clone(),
-            subscribed: None,
-        };
+    pub fn load(state: &Path) -> SessionMemory {
+        let path = state.join(SESSION_FILE);
+        let mut memory = SessionMemory { path: Some(path.clone()), subscribed: None };
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return memory,
@@ -135,11 +125,7 @@ impl SessionMemory {
             }
         };
         match toml::from_str::<SessionFile>(&text) {
-            Ok(file) if file.mqtt_url == memory.mqtt_url && file.client_id == memory.client_id => {
-                memory.subscribed = Some(file.filters.into_iter().collect());
-            }
-            // Another broker or client id: that session is not ours to judge.
-            Ok(_) => {}
+            Ok(file) => memory.subscribed = Some(file.filters.into_iter().collect()),
             Err(error) => warn!(path = %path.display(), error = %error.message(), "What queuewatch remembers of its \
                 MQTT session is damaged; it is replaced at the next subscription."),
         }
@@ -147,13 +133,8 @@ impl SessionMemory {
     }
 
     /// A memory that is never written: nothing known at first.
-    pub fn in_memory(config: &MqttConfig) -> SessionMemory {
-        SessionMemory {
-            path: None,
-            mqtt_url: config.url.clone(),
-            client_id: config.client_id.clone(),
-            subscribed: None,
-        }
+    pub fn in_memory() -> SessionMemory {
+        SessionMemory { path: None, subscribed: None }
     }
 
     /// Whether queuewatch knows it has had a session on this broker.
@@ -208,11 +189,7 @@ impl SessionMemory {
     /// is logged and costs only the memory.
     fn save(&self) {
         let Some(path) = &self.path else { return };
-        let file = SessionFile {
-            mqtt_url: self.mqtt_url.clone(),
-            client_id: self.client_id.clone(),
-            filters: self.subscribed().map(str::to_owned).collect(),
-        };
+        let file = SessionFile { filters: self.subscribed().map(str::to_owned).collect() };
         if let Err(error) = write_replacing(path, &file) {
             warn!(path = %path.display(), %error, "Cannot write what queuewatch remembers of its MQTT session; \
                 filters removed from mqtt.topics may stay subscribed.");
@@ -241,10 +218,6 @@ fn write_replacing(path: &Path, file: &SessionFile) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn config(url: &str, client_id: &str) -> MqttConfig {
-        MqttConfig { url: url.into(), client_id: client_id.into(), ..crate::config::Config::default().mqtt }
-    }
-
     fn filters(list: &[&str]) -> Vec<String> {
         list.iter().map(|filter| filter.to_string()).collect()
     }
@@ -262,39 +235,36 @@ mod tests {
     #[test]
     fn only_confirmed_filters_are_remembered_and_those_no_longer_configured_are_to_be_unsubscribed() {
         let dir = tempfile::tempdir().unwrap();
-        let broker = config("mqtt://broker:1883", "qw");
-        let mut memory = SessionMemory::load(dir.path(), &broker);
+        let mut memory = SessionMemory::load(dir.path());
         assert!(!memory.had_session());
         memory.connected(false);
         assert!(memory.had_session(), "the broker made a session at this CONNACK");
         memory.granted(&filters(&["queue/+/events", "old/+/events"]));
 
-        let mut again = SessionMemory::load(dir.path(), &broker);
+        let mut again = SessionMemory::load(dir.path());
         assert!(again.had_session());
         assert_eq!(again.to_unsubscribe(&filters(&["queue/+/events"])), ["old/+/events"]);
         again.removed(&filters(&["old/+/events"]));
-        let after = SessionMemory::load(dir.path(), &broker);
+        let after = SessionMemory::load(dir.path());
         assert_eq!(after.subscribed().collect::<Vec<_>>(), ["queue/+/events"]);
         assert!(after.to_unsubscribe(&filters(&["queue/+/events"])).is_empty());
 
         // A session found absent holds none of the filters.
-        let mut lost = SessionMemory::load(dir.path(), &broker);
+        let mut lost = SessionMemory::load(dir.path());
         lost.connected(false);
         assert!(lost.had_session() && lost.subscribed().next().is_none());
-        assert!(SessionMemory::load(dir.path(), &broker).subscribed().next().is_none());
+        assert!(SessionMemory::load(dir.path()).subscribed().next().is_none());
     }
 
     #[test]
-    fn another_brokers_or_client_ids_memory_and_a_damaged_file_know_of_no_session() {
+    fn a_damaged_file_knows_of_no_session_and_a_memory_without_a_folder_lasts_the_run() {
         let dir = tempfile::tempdir().unwrap();
-        let mut memory = SessionMemory::load(dir.path(), &config("mqtt://broker:1883", "qw"));
+        std::fs::write(dir.path().join(SESSION_FILE), "filters = [").unwrap();
+        assert!(!SessionMemory::load(dir.path()).had_session());
+        let mut memory = SessionMemory::in_memory();
         memory.connected(true);
         memory.granted(&filters(&["queue/+/events"]));
-        assert!(SessionMemory::load(dir.path(), &config("mqtt://broker:1883", "qw")).had_session());
-        assert!(!SessionMemory::load(dir.path(), &config("mqtt://other:1883", "qw")).had_session());
-        assert!(!SessionMemory::load(dir.path(), &config("mqtt://broker:1883", "qw-2")).had_session());
-        std::fs::write(dir.path().join(SESSION_FILE), "filters = [").unwrap();
-        let damaged = SessionMemory::load(dir.path(), &config("mqtt://broker:1883", "qw"));
-        assert!(!damaged.had_session());
+        assert!(memory.had_session());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing written");
     }
 }
