@@ -45,7 +45,7 @@ use scenario::Scenario;
 const SEED: u64 = 20_261_207;
 /// The backlog's size: enough for a debug build's drain to outlast the last
 /// restart on two busy cores (the test checks that it did).
-const OFFICES: u32 = 80;
+const OFFICES: u32 = 100;
 const CLIENT_ID: &str = "queuewatch-redelivery";
 /// When the broker is restarted, from the daemon's start.
 const RESTARTS: [Duration; 3] = [Duration::from_secs(3), Duration::from_secs(10), Duration::from_secs(30)];
@@ -61,6 +61,9 @@ struct Outcome {
     queue_s: f64,
     /// From the daemon's start until it had taken the whole backlog.
     drain_s: f64,
+    /// The daemon's connections to the broker, and why each earlier one ended.
+    connections: usize,
+    failures: Vec<String>,
 }
 
 impl Outcome {
@@ -81,15 +84,16 @@ async fn a_drain_with_the_broker_restarted_at_3_10_and_30_s_writes_what_a_drain_
     let restarted = tokio::spawn(drain(Arc::clone(&backlog), "restarted", &RESTARTS));
     let (clean, restarted) = (clean.await.unwrap(), restarted.await.unwrap());
 
-    let redelivered = restarted.metric("queuewatch_mqtt_redeliveries_total");
+    let redelivered = restarted.metric(REDELIVERED);
     let count = |outcome: &Outcome, key: &str| outcome.metric(key);
     let expired = |outcome: &Outcome| {
         outcome.points["ticket"].iter().filter(|row| row.tags_and_fields.contains("outcome=\"expired\"")).count()
     };
     println!(
         "{} messages ({} duplicates, {} swapped pairs) queued in {:.1} s and {:.1} s; clean drain {:.1} s, \
-         restarted drain {:.1} s (broker restarted at {RESTARTS:?}); redeliveries recognised {redelivered}; accepted {} and {}; late {} and {}; \
-         late_dropped {} and {}; duplicates {} and {}; expired tickets {} and {}; {:.1} s in all",
+         restarted drain {:.1} s (broker restarted at {RESTARTS:?}); connections {} and {}; redeliveries recognised {} \
+         and {redelivered}; accepted {} and {}; late {} and {}; late_dropped {} and {}; duplicates {} and {}; \
+         expired tickets {} and {}; {:.1} s in all; the clean run's connections ended: {:?}",
         backlog.len(),
         scenario.duplicates,
         scenario.swaps,
@@ -97,6 +101,9 @@ async fn a_drain_with_the_broker_restarted_at_3_10_and_30_s_writes_what_a_drain_
         restarted.queue_s,
         clean.drain_s,
         restarted.drain_s,
+        clean.connections,
+        restarted.connections,
+        count(&clean, REDELIVERED),
         count(&clean, "queuewatch_events_accepted_total"),
         count(&restarted, "queuewatch_events_accepted_total"),
         count(&clean, LATE),
@@ -108,6 +115,7 @@ async fn a_drain_with_the_broker_restarted_at_3_10_and_30_s_writes_what_a_drain_
         expired(&clean),
         expired(&restarted),
         started.elapsed().as_secs_f64(),
+        clean.failures,
     );
 
     let differences: Vec<String> = MEASUREMENTS
@@ -125,17 +133,19 @@ async fn a_drain_with_the_broker_restarted_at_3_10_and_30_s_writes_what_a_drain_
         restarted.logs
     );
     assert!(redelivered > 0.0, "no redelivery after three restarts: the test proves nothing\n{}", restarted.logs);
-    assert_eq!(count(&clean, "queuewatch_mqtt_redeliveries_total"), 0.0);
-    // The tracker saw the same events in both runs: the redeliveries never reached it.
-    let accepted = "queuewatch_events_accepted_total";
-    assert_eq!(count(&restarted, accepted) - redelivered, count(&clean, accepted), "accepted beyond the redeliveries");
-    assert_eq!(count(&restarted, DUPLICATE) - redelivered, count(&clean, DUPLICATE), "duplicates beyond them");
+    // The tracker saw the same events in both runs: the redeliveries never reached it. (The
+    // clean run may reconnect too, on a machine so loaded that a keep-alive answer comes late.)
+    let beyond_redeliveries = |outcome: &Outcome, key: &str| count(outcome, key) - count(outcome, REDELIVERED);
+    for key in ["queuewatch_events_accepted_total", DUPLICATE] {
+        assert_eq!(beyond_redeliveries(&restarted, key), beyond_redeliveries(&clean, key), "{key}");
+    }
     for key in [LATE, LATE_DROPPED, "queuewatch_events_rejected_total{reason=\"unknown_type\"}"] {
         assert_eq!(count(&restarted, key), count(&clean, key), "{key}");
     }
     assert_eq!(expired(&restarted), expired(&clean), "phantom tickets");
 }
 
+const REDELIVERED: &str = "queuewatch_mqtt_redeliveries_total";
 const LATE: &str = "queuewatch_event_remarks_total{remark=\"late\"}";
 const LATE_DROPPED: &str = "queuewatch_event_outcomes_total{outcome=\"late_dropped\"}";
 const DUPLICATE: &str = "queuewatch_event_outcomes_total{outcome=\"duplicate\"}";
@@ -188,10 +198,17 @@ async fn drain(backlog: Arc<Vec<Message>>, name: &'static str, restarts: &'stati
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let drain_s = started.elapsed().as_secs_f64();
+    let log = daemon.current_log();
+    let connections = log.matches("Connected to the MQTT broker.").count();
+    let failures = log
+        .lines()
+        .filter(|line| line.contains("MQTT connection failed"))
+        .filter_map(|line| line.split_once("error=").map(|(_, error)| error.to_string()))
+        .collect();
     daemon.terminate().await;
     let mut points = BTreeMap::new();
     for measurement in MEASUREMENTS {
         points.insert(measurement, points::rows(&influx, "qw", measurement).await);
     }
-    Outcome { points, metrics, logs: daemon.log_tails(40), queue_s, drain_s }
+    Outcome { points, metrics, logs: daemon.log_tails(40), queue_s, drain_s, connections, failures }
 }

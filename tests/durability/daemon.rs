@@ -163,7 +163,8 @@ impl Daemon {
         self.current_log().contains(needle)
     }
 
-    fn current_log(&self) -> String {
+    /// What the running start has logged so far.
+    pub fn current_log(&self) -> String {
         read(&self.log_path(self.starts))
     }
 
