@@ -42,7 +42,7 @@ use crate::alerts::AlertPublisher;
 use crate::config::Config;
 use crate::durable::Durability;
 use crate::ids::Interned;
-use crate::mqtt::{office_from_topic_cached, Incoming, MqttSource};
+use crate::mqtt::{office_from_topic_cached, ConnectionState, Incoming, MqttSource, SessionMemory};
 use crate::ops::{self, OpsPublisher, OpsSnapshot};
 use crate::pipeline::Pipeline;
 use crate::point::{FieldValue, Point};
@@ -72,6 +72,8 @@ const MESSAGE_BATCH: usize = 64;
 pub struct RunReport {
     pub stats: Stats,
     pub sink: SinkReport,
+    /// The MQTT source's counts (sessions lost).
+    pub mqtt: ConnectionState,
 }
 
 /// Inputs of the tracker loop: a closed set.
@@ -312,7 +314,13 @@ pub async fn run_with(
             let _ = tap.try_send(Tapped::Point(point.clone()));
         }));
     }
-    let source = MqttSource::new(&config.mqtt);
+    // What the state folder remembers of the broker's session: whether
+    // there was one, and the filters to unsubscribe if the config dropped them.
+    let session = durability
+        .as_ref()
+        .map_or_else(SessionMemory::in_memory, |durability| SessionMemory::load(durability.state_path()));
+    let source = MqttSource::new(&config.mqtt, session);
+    let mqtt_status = source.connection();
     let ops_publisher = match ops_listener {
         Some(listener) => {
             let stall_limit = config.influxdb.request_timeout + config.influxdb.max_backoff;
@@ -364,10 +372,12 @@ pub async fn run_with(
         sink: sinks.first().map(SinkHandle::progress).unwrap_or_default(),
         open_tickets: pipeline.tracker().open_segments(),
         newest_event: pipeline.newest_event(),
+        mqtt_sessions_lost: mqtt_status.sessions_lost_total(),
     };
     self_report(started_at, &pipeline).to_point().write_line(&mut own_lines);
     own_count += 1;
     let mut next_self_report = next_whole_minute(started_at);
+    let mut sessions_lost_shown = 0;
     let mut self_report_due = std::pin::pin!(tokio::time::sleep_until(until(next_self_report)));
 
     loop {
@@ -407,40 +417,64 @@ pub async fn run_with(
         let send_now = matches!(input, Input::Tick | Input::SelfReport(_));
         match input {
             Input::Messages => {
-                for mut message in batch.drain(..) {
-                    if own_topics_reachable && alerts.is_own_topic(&message.publish.topic) {
-                        // Our own alerts, matched by a broad subscription: not events.
+                for incoming in batch.drain(..) {
+                    let mut publish = match incoming {
+                        Incoming::Message(publish) => publish,
+                        Incoming::Connected { session_present } => {
+                            // What follows may be redeliveries of what is journaled already.
+                            if let Some(durability) = &mut durability {
+                                durability.connected(session_present);
+                            }
+                            // A lost session shows in the daemon's row at once, not a minute later.
+                            if mqtt_status.sessions_lost_total() != sessions_lost_shown {
+                                sessions_lost_shown = mqtt_status.sessions_lost_total();
+                                self_report(Millis::now(), &pipeline).to_point().write_line(&mut own_lines);
+                                own_count += 1;
+                            }
+                            continue;
+                        }
+                    };
+                    let not_an_event = if publish.retain {
+                        // A retained copy, sent again at every subscription: its
+                        // original was taken when it was published.
+                        pipeline.note_retained();
+                        true
+                    } else {
+                        // Our own alerts, matched by a broad subscription.
+                        own_topics_reachable && alerts.is_own_topic(&publish.topic)
+                    };
+                    if not_an_event {
                         match &mut durability {
-                            Some(durability) => durability.ack_in_order(message.publish),
-                            None => acker.ack(&message.publish),
+                            Some(durability) => durability.ack_in_order(publish),
+                            None => acker.ack(&publish),
                         }
                         continue;
                     }
                     // First of all: the journal, the redelivery hash, the decoder,
                     // logs and echoes see only the rewritten payload.
-                    privacy.rewrite_publish(&mut message.publish);
+                    privacy.rewrite_publish(&mut publish);
                     if let Some(durability) = &mut durability {
-                        if durability.is_redelivery(&message.publish) {
-                            // Taken in and journaled before the restart.
+                        if durability.is_redelivery(&publish) {
+                            // Taken in and journaled before the reconnection or restart.
                             pipeline.note_redelivery();
-                            durability.ack_in_order(message.publish);
+                            durability.ack_in_order(publish);
                             continue;
                         }
                     }
                     let topic_office =
-                        office_from_topic_cached(&config.mqtt.topics, &message.publish.topic, &mut topic_offices);
+                        office_from_topic_cached(&config.mqtt.topics, &publish.topic, &mut topic_offices);
                     // A rejection is counted and logged inside; it is still acknowledged,
                     // since redelivering a bad message would only repeat the rejection.
                     let wall_now = Millis::now();
                     let tracker_now = clock.now(wall_now);
-                    let handled = pipeline.handle(topic_office, &message.publish.payload, tracker_now, wall_now);
+                    let handled = pipeline.handle(topic_office, &publish.payload, tracker_now, wall_now);
                     if let Err(rejection) = handled {
                         alerts.rejection(&rejection, std::time::Instant::now());
                     }
                     match &mut durability {
                         // Journaled with the run after the loop (`hand_over`).
-                        Some(durability) => durability.message(message.publish, tracker_now, wall_now),
-                        None => acker.ack(&message.publish),
+                        Some(durability) => durability.message(publish, tracker_now, wall_now),
+                        None => acker.ack(&publish),
                     }
                 }
                 // Those of earlier runs that are durable by now; the rest
@@ -593,7 +627,7 @@ pub async fn run_with(
         acks_waiting = acker.waiting(),
         "queuewatch stopped."
     );
-    Ok(RunReport { stats, sink: sink_report })
+    Ok(RunReport { stats, sink: sink_report, mqtt: mqtt_status })
 }
 
 /// The `queuewatch` measurement: what the daemon has done since it started.
@@ -615,6 +649,8 @@ pub struct SelfReport {
     pub open_tickets: usize,
     /// The newest accepted event's ts over all offices.
     pub newest_event: Option<Millis>,
+    /// MQTT sessions lost or taken over since the start (see `mqtt::session`).
+    pub mqtt_sessions_lost: u64,
 }
 
 impl SelfReport {
@@ -633,6 +669,7 @@ impl SelfReport {
             point.field("newest_event_age_s", seconds(self.at.since(newest)));
         }
         point.field("uptime_s", seconds(self.at.since(self.started)));
+        point.field("mqtt_sessions_lost", count(self.mqtt_sessions_lost));
         point
     }
 }
@@ -775,11 +812,12 @@ mod tests {
             },
             open_tickets: 41,
             newest_event: Some(WALL.minus_ms(2_250)),
+            mqtt_sessions_lost: 1,
         };
         assert_eq!(
             report.to_point().to_line(),
             "queuewatch,instance=qw-1 accepted=1200i,rejected=3i,points_written=8990i,points_refused=2i,\
-             points_dead_letter_dropped=1i,open_tickets=41i,newest_event_age_s=2.25,uptime_s=90.5 1795737600000000000"
+             points_dead_letter_dropped=1i,open_tickets=41i,newest_event_age_s=2.25,uptime_s=90.5,mqtt_sessions_lost=1i 1795737600000000000"
         );
         let before_any_event = SelfReport { newest_event: None, ..report };
         assert!(!before_any_event.to_point().to_line().contains("newest_event_age_s"));

@@ -22,18 +22,29 @@
 //!   backlog the broker kept is not late and no deadline fires for time
 //!   nobody observed. Deadlines that fell in the downtime fire once the
 //!   backlog has moved the clocks past them, as they would have live.
-//! - **A redelivery of a journaled message is not taken twice.** The broker
-//!   redelivers (DUP set) what it sent but had not seen acknowledged when the
-//!   daemon died, and acknowledgements can lag far behind intake while a
-//!   backlog floods in. Those messages are in the journal (or the snapshot):
-//!   taken again, hours or days old in event time, they would be late events
-//!   past the dedup horizon. So recovery collects the hashes of the journal's
-//!   messages after the snapshot and of the last messages before it (kept in
-//!   the snapshot), and a redelivered message matching one is acknowledged
-//!   and counted a duplicate, until the first message that is not a
+//! - **A redelivery of a journaled message is not taken twice**, after a
+//!   restart of the daemon or on any reconnection whose session is present
+//!   (a broker restart, a network failure). The broker redelivers (DUP set)
+//!   what it sent but had not seen acknowledged, and acknowledgements lag
+//!   behind intake (they wait for the journal's sync; those rumqttc had
+//!   queued when the connection dropped are discarded by it). Those messages
+//!   are in the journal (or the snapshot): taken again, hours or days old in
+//!   event time, they would be late events, or reopen tickets closed past
+//!   the dedup horizon. So at each connection whose session is present
+//!   ([`Durability::connected`]) the hashes of the last 65,536 messages
+//!   journaled are counted (after a restart, those of the journal after the
+//!   snapshot and of the last messages before it, kept in the snapshot), and
+//!   a redelivered message matching one is acknowledged and counted a
+//!   redelivery (and a duplicate), until the first message that is not a
 //!   redelivery. A snapshot is committed only once every acknowledgement up
 //!   to it has been handed to the MQTT client, whose queue is smaller than
-//!   the hashes kept.
+//!   the hashes kept; the broker's own window of unacknowledged messages
+//!   (`max_inflight_messages`, 1000 as shipped) is far smaller too.
+//! - **A record is bounded by the payload limit.** An oversized payload is
+//!   rejected on its length alone, so its record keeps only its first
+//!   `mqtt.max_payload_bytes` + 1 bytes: replayed, it is rejected the same
+//!   way, and the journal never holds 256 KiB for one message. Its hash is
+//!   taken over the same bytes, live and in recovery alike.
 //! - **Recovery publishes no alerts.** Alerts of replayed records were
 //!   published before the crash; the points they go with are written again
 //!   (idempotent), alerts are not (each carries a stable id regardless).
@@ -95,9 +106,16 @@ pub struct Durability {
     /// time, so that a flood cannot grow one segment without bound.
     handed_since_roll: u64,
     segment_bytes: u64,
-    /// After a recovery, until the first message that is not a redelivery:
-    /// hashes of journaled messages, with how many copies.
+    /// From a connection whose session is present until the first message
+    /// that is not a redelivery: hashes of journaled messages, with how many
+    /// copies are still expected.
     redeliveries: Option<HashMap<u64, u32>>,
+    /// After a recovery, until the first message journaled: the hashes of
+    /// every message the journal and snapshot hold (more than `recent`
+    /// keeps), for the first connections' redeliveries.
+    recovered: Option<HashMap<u64, u32>>,
+    /// `mqtt.max_payload_bytes`: a record keeps at most one byte more.
+    max_payload_bytes: usize,
 }
 
 /// Messages whose hashes are kept for recognising redeliveries: well above
@@ -109,9 +127,27 @@ const RECENT_MESSAGES: usize = 65_536;
 /// ordinary messages fits; a run of large ones grows it.
 const HAND_OVER_BYTES: usize = 64 * 1024;
 
-/// A message's identity for recognising its redelivery: topic and payload.
-/// Stored in snapshots, so it must not change between builds: the tracker's
-/// FNV hash, not std's, whose algorithm may change with the compiler.
+/// The payload a record keeps: all of it, or for an oversized one (rejected
+/// on its length alone) its first `max_payload_bytes` + 1 bytes, which a
+/// replay rejects the same way.
+fn journaled_payload(payload: &[u8], max_payload_bytes: usize) -> &[u8] {
+    &payload[..payload.len().min(max_payload_bytes.saturating_add(1))]
+}
+
+/// How many of each hash `hashes` holds.
+fn count_copies<'h>(hashes: impl IntoIterator<Item = &'h u64>) -> HashMap<u64, u32> {
+    let hashes = hashes.into_iter();
+    let mut copies: HashMap<u64, u32> = HashMap::with_capacity(hashes.size_hint().0);
+    for hash in hashes {
+        *copies.entry(*hash).or_default() += 1;
+    }
+    copies
+}
+
+/// A message's identity for recognising its redelivery: topic and
+/// (journaled) payload. Stored in snapshots, so it must not change between
+/// builds: the tracker's FNV hash, not std's, whose algorithm may change
+/// with the compiler.
 fn message_hash(topic: &[u8], payload: &[u8]) -> u64 {
     let mut hasher = Fnv::new();
     hasher.write(&(topic.len() as u64).to_le_bytes());
@@ -183,20 +219,18 @@ impl Durability {
                 .ok();
         }
         let topics = config.mqtt.topics.clone();
+        let max_payload_bytes = config.mqtt.max_payload_bytes;
         let mut malformed = 0u64;
         let summary = journal::read(dir.path(), recovery.snapshot, |_, bytes| match Record::decode(bytes) {
             Ok(record) => {
                 if let Record::Message { topic, payload, .. } = &record {
-                    recent.push_back(message_hash(topic.as_bytes(), payload));
+                    recent.push_back(message_hash(topic.as_bytes(), journaled_payload(payload, max_payload_bytes)));
                 }
                 apply(pipeline, &topics, &record);
             }
             Err(_) => malformed += 1,
         })?;
-        let mut redeliveries: HashMap<u64, u32> = HashMap::with_capacity(recent.len());
-        for hash in &recent {
-            *redeliveries.entry(*hash).or_default() += 1;
-        }
+        let recovered = count_copies(&recent);
         while recent.len() > RECENT_MESSAGES {
             recent.pop_front();
         }
@@ -223,7 +257,9 @@ impl Durability {
             recent,
             handed_since_roll: 0,
             segment_bytes: config.storage.journal_segment_bytes,
-            redeliveries: (!redeliveries.is_empty()).then_some(redeliveries),
+            redeliveries: None,
+            recovered: (!recovered.is_empty()).then_some(recovered),
+            max_payload_bytes,
         };
         if summary.last > 0 {
             let resume = Record::Resume { now };
@@ -241,24 +277,40 @@ impl Durability {
         if self.recent.len() == RECENT_MESSAGES {
             self.recent.pop_front();
         }
-        self.recent.push_back(message_hash(publish.topic.as_ref(), &publish.payload));
+        let payload = journaled_payload(&publish.payload, self.max_payload_bytes);
+        self.recent.push_back(message_hash(publish.topic.as_ref(), payload));
+        // From now on `recent` is what was journaled last.
+        self.recovered = None;
         let topic = String::from_utf8_lossy(publish.topic.as_ref());
-        let record = Record::Message { topic, payload: publish.payload.as_ref().into(), tracker_now, wall_now };
+        let record = Record::Message { topic, payload: payload.into(), tracker_now, wall_now };
         self.append(&record);
         self.acks.push_back((self.last, publish));
     }
 
+    /// A connection to the broker, before its first message: with the
+    /// session present, its first messages may be redeliveries of messages
+    /// journaled already (see the module's invariants); without it, nothing
+    /// is redelivered.
+    pub fn connected(&mut self, session_present: bool) {
+        self.redeliveries = match (session_present, &self.recovered) {
+            (false, _) => None,
+            (true, Some(recovered)) => Some(recovered.clone()),
+            (true, None) => Some(count_copies(&self.recent)),
+        };
+    }
+
     /// Whether `publish` is the broker's redelivery of a message already
-    /// journaled before the last restart (see the module's invariants); the
-    /// caller acknowledges it in order and counts it a duplicate.
+    /// journaled (see the module's invariants); the caller acknowledges it
+    /// in order and counts it a redelivery.
     pub fn is_redelivery(&mut self, publish: &Publish) -> bool {
         let Some(redeliveries) = &mut self.redeliveries else { return false };
         if !publish.dup {
-            // Redeliveries come first after a reconnection: they are over.
+            // Redeliveries come first after a connection: they are over.
             self.redeliveries = None;
             return false;
         }
-        match redeliveries.get_mut(&message_hash(publish.topic.as_ref(), &publish.payload)) {
+        let payload = journaled_payload(&publish.payload, self.max_payload_bytes);
+        match redeliveries.get_mut(&message_hash(publish.topic.as_ref(), payload)) {
             Some(copies) if *copies > 0 => {
                 *copies -= 1;
                 true
@@ -324,6 +376,11 @@ impl Durability {
     /// Acknowledgements waiting for the journal.
     pub fn acks_waiting(&self) -> usize {
         self.acks.len()
+    }
+
+    /// The state folder (`data_dir/state`), which belongs to one broker session.
+    pub fn state_path(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Whether the journal cannot be written (a full disk).
@@ -616,6 +673,7 @@ mod tests {
         let mut pipeline = Pipeline::new(&config, Mode::Live);
         let (mut durability, recovery) = Durability::recover(&config, &mut pipeline, last_now).await.unwrap();
         assert!(recovery.snapshot > 0 && recovery.replayed > 0 && recovery.bytes_discarded > 0, "{recovery:?}");
+        durability.connected(true);
         // The broker redelivers (DUP) everything it had sent and not seen
         // acknowledged, here from well before the snapshot (acknowledgements
         // lagging far behind intake), then what it had not sent yet.
@@ -671,6 +729,72 @@ mod tests {
             .filter(|name| name.ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn on_every_connection_with_the_session_present_redeliveries_of_journaled_messages_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut pipeline = Pipeline::new(&config, Mode::Live);
+        let (mut durability, _) = Durability::recover(&config, &mut pipeline, Millis(START)).await.unwrap();
+        let messages = morning();
+        let publish = |index: usize, dup: bool| {
+            let mut publish = Publish::new(messages[index].0.as_str(), QoS::AtLeastOnce, messages[index].1.as_bytes());
+            publish.dup = dup;
+            publish
+        };
+        durability.connected(true);
+        for index in 0..100 {
+            assert!(!durability.is_redelivery(&publish(index, false)));
+            durability.message(publish(index, false), Millis(START), Millis(START));
+        }
+        // The broker restarts (or the network fails) and redelivers the last 20 it sent.
+        for _ in 0..2 {
+            durability.connected(true);
+            let recognised = (80..100).filter(|index| durability.is_redelivery(&publish(*index, true))).count();
+            assert_eq!(recognised, 20, "every time the broker redelivers them");
+        }
+        // A message never journaled is not a redelivery, DUP or not; the first new one ends them.
+        assert!(!durability.is_redelivery(&publish(150, true)));
+        assert!(!durability.is_redelivery(&publish(100, false)));
+        assert!(!durability.is_redelivery(&publish(99, true)), "after a new message, a copy is the tracker's to judge");
+        // Without the session nothing is redelivered: copies are the tracker's to judge.
+        durability.connected(false);
+        assert!(!durability.is_redelivery(&publish(99, true)));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_payload_is_journaled_cut_to_one_byte_over_the_limit_and_replayed_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.mqtt.max_payload_bytes = 1024;
+        let oversized = format!(r#"{{"type":"heartbeat","ts":1,"pad":"{}"}}"#, "x".repeat(200 * 1024));
+        let mut pipeline = Pipeline::new(&config, Mode::Live);
+        let (mut durability, _) = Durability::recover(&config, &mut pipeline, Millis(START)).await.unwrap();
+        let publish = Publish::new("queue/o1/events", QoS::AtLeastOnce, oversized.as_bytes());
+        let rejected = pipeline.handle(
+            office_from_topic(&config.mqtt.topics, "queue/o1/events"),
+            oversized.as_bytes(),
+            Millis(START),
+            Millis(START),
+        );
+        assert_eq!(rejected.unwrap_err().reason, crate::event::RejectReason::Oversized);
+        durability.message(publish.clone(), Millis(START), Millis(START));
+        wait_until_durable(&mut durability).await;
+        let journal_bytes = durability.journal_bytes();
+        assert!(journal_bytes < 2 * 1024, "{journal_bytes} bytes journaled for a 200 KiB payload");
+        let stats_before = pipeline.stats().clone();
+        drop(durability);
+
+        let mut recovered = Pipeline::new(&config, Mode::Live);
+        let (mut durability, recovery) = Durability::recover(&config, &mut recovered, Millis(START)).await.unwrap();
+        assert_eq!(recovery.replayed, 1);
+        assert_eq!(recovered.stats().rejected, stats_before.rejected, "rejected as oversized again");
+        // Its redelivery, whole, is still recognised.
+        durability.connected(true);
+        let mut redelivered = publish;
+        redelivered.dup = true;
+        assert!(durability.is_redelivery(&redelivered));
     }
 
     #[tokio::test]

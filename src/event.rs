@@ -168,10 +168,13 @@ pub enum RejectReason {
     /// One of the `[limits]`: a new office, service, counter, staff id or
     /// open ticket beyond its limit, or more messages than the office's rate.
     CardinalityLimit,
+    /// The topic matches none of `mqtt.topics` (a filter removed from the
+    /// config, still subscribed; a subscription made by hand).
+    UnexpectedTopic,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::MalformedJson,
         RejectReason::NotAnObject,
         RejectReason::UnknownType,
@@ -184,6 +187,7 @@ impl RejectReason {
         RejectReason::Oversized,
         RejectReason::UnknownOffice,
         RejectReason::CardinalityLimit,
+        RejectReason::UnexpectedTopic,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -200,6 +204,7 @@ impl RejectReason {
             RejectReason::Oversized => "oversized",
             RejectReason::UnknownOffice => "unknown_office",
             RejectReason::CardinalityLimit => "cardinality_limit",
+            RejectReason::UnexpectedTopic => "unexpected_topic",
         }
     }
 }

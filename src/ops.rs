@@ -35,7 +35,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
 use crate::event::RejectReason;
-use crate::mqtt::ConnectionState;
+use crate::mqtt::{ConnectionState, SessionLoss};
 use crate::sink::{ProgressReader, SinkProgress};
 use crate::stats::{Stats, MEASUREMENTS};
 use crate::time::Millis;
@@ -431,6 +431,24 @@ impl Collector for Metrics {
             "1 while connected to the MQTT broker, else 0.",
             None,
             u64::from(self.mqtt.is_connected()),
+        )?;
+        out.counter_family(
+            "mqtt_sessions_lost",
+            "Times queuewatch's persistent session was lost, by cause: absent (the broker no longer had it), \
+             taken_over (another client logged in with queuewatch's client id).",
+            "cause",
+            SessionLoss::ALL.iter().map(|cause| (cause.as_str(), self.mqtt.sessions_lost(*cause))),
+        )?;
+        out.counter(
+            "mqtt_redeliveries",
+            "Messages the broker delivered again after a reconnection or restart that the journal already held: \
+             acknowledged, not taken twice (also counted as duplicates).",
+            stats.redelivered,
+        )?;
+        out.counter(
+            "mqtt_retained_skipped",
+            "Retained copies the broker sent because of a subscription: acknowledged, not taken as events.",
+            stats.retained,
         )?;
         if let Some(newest) = snapshot.newest_event {
             out.age(

@@ -144,11 +144,19 @@ impl Pipeline {
         std::mem::take(&mut self.refused)
     }
 
-    /// Counts a message the broker redelivered after a restart that the
-    /// journal already holds: accepted once more, and a duplicate.
+    /// Counts a message the broker redelivered after a reconnection or a
+    /// restart that the journal already holds: accepted once more, a
+    /// duplicate, and a redelivery.
     pub fn note_redelivery(&mut self) {
         self.stats.accepted += 1;
         self.stats.notes.add(crate::tracker::Note::Duplicate);
+        self.stats.redelivered += 1;
+    }
+
+    /// Counts a retained copy the broker sent because of a subscription:
+    /// not an event, so neither accepted nor rejected.
+    pub fn note_retained(&mut self) {
+        self.stats.retained += 1;
     }
 
     /// Lets wall time pass (live runs).

@@ -26,6 +26,12 @@ pub struct Stats {
     /// Closed tickets and dedup keys forgotten before the dedup horizon, their
     /// office being at `limits.max_remembered_per_office`.
     pub forgotten_early: u64,
+    /// Messages the broker delivered again after a reconnection or a
+    /// restart that the journal already held (also accepted, and duplicates).
+    pub redelivered: u64,
+    /// Retained copies the broker sent because of a subscription: not
+    /// events, acknowledged and skipped.
+    pub retained: u64,
 }
 
 /// The measurements the pipeline writes (the daemon's own `queuewatch` row aside).
@@ -102,6 +108,16 @@ impl Stats {
                 "  closed tickets and dedup keys forgotten early (limits.max_remembered_per_office): {}",
                 self.forgotten_early
             );
+        }
+        if self.redelivered > 0 {
+            let _ = writeln!(
+                text,
+                "  of the duplicates, redelivered by the broker and already journaled: {}",
+                self.redelivered
+            );
+        }
+        if self.retained > 0 {
+            let _ = writeln!(text, "retained copies skipped: {}", self.retained);
         }
         let _ = writeln!(text, "events rejected: {}", self.rejected_total());
         for reason in RejectReason::ALL {

@@ -67,6 +67,7 @@ fn alert_provisioning_parses_and_every_rule_is_well_formed() {
         "queuewatch-oldest-wait-twice-target",
         "queuewatch-counter-idle",
         "queuewatch-points-refused",
+        "queuewatch-mqtt-session-lost",
         "queuewatch-stopped",
     ]
     .into_iter()
@@ -76,7 +77,8 @@ fn alert_provisioning_parses_and_every_rule_is_well_formed() {
 }
 
 /// The rules about the daemon as a whole, not one office.
-const DAEMON_RULES: [&str; 3] = ["queuewatch-stopped", "queuewatch-no-events", "queuewatch-points-refused"];
+const DAEMON_RULES: [&str; 4] =
+    ["queuewatch-stopped", "queuewatch-no-events", "queuewatch-points-refused", "queuewatch-mqtt-session-lost"];
 
 #[test]
 fn only_the_heartbeat_rule_alerts_on_no_data_the_others_keep_their_state_and_office_rules_carry_office_and_region() {
@@ -549,6 +551,43 @@ async fn points_refused_by_influxdb_in_the_last_15_minutes_warn_once() {
     assert_eq!(alerting(&influx, &recent, &rule, now).await, BTreeSet::from([Labels::new()]));
     let long_ago = load_line_protocol(&influx, "long_ago", &rows(now - 40 * 60_000)).await;
     assert_eq!(alerting(&influx, &long_ago, &rule, now).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mqtt_session_pages_while_an_office_is_open_for_12_hours_after() {
+    let rule = rule("queuewatch-mqtt-session-lost");
+    let influx = Influx1::start();
+    let now = at(NOW);
+    // Rows over the last 13 h; the cumulative count rises from 0 to 1 at `lost_at`, and goes
+    // back to 0 at `restarted_at`, when the daemon restarts.
+    let rows = |lost_at: i64, restarted_at: i64| -> String {
+        heartbeat_rows(now - 13 * 3_600_000, now)
+            .lines()
+            .map(|line| {
+                let time_ms = line.rsplit(' ').next().unwrap().parse::<i64>().unwrap() / 1_000_000;
+                let lost = i64::from(time_ms >= lost_at && time_ms < restarted_at);
+                format!("{}\n", line.replace("mqtt_sessions_lost=0i", &format!("mqtt_sessions_lost={lost}i")))
+            })
+            .collect()
+    };
+    let office_rows =
+        |open: i64| format!("office,office=a,region=jabar waiting=0i,open={open}i {}\n", (now - 7_200_000) * 1_000_000);
+    let never = i64::MAX;
+    let cases = [
+        ("lost_this_morning", rows(now - 2 * 3_600_000, never), 1, true),
+        // A loss at night pages once an office opens.
+        ("lost_last_night", rows(now - 9 * 3_600_000, never), 1, true),
+        // Lost, then the daemon restarted (its count starts again at 0): still in the window.
+        ("lost_then_restarted", rows(now - 5 * 3_600_000, now - 3_600_000), 1, true),
+        ("lost_while_closed", rows(now - 2 * 3_600_000, never), 0, false),
+        ("lost_long_ago", rows(now - 12 * 3_600_000 - 1_800_000, never), 1, false),
+        ("never_lost", rows(never, never), 1, false),
+    ];
+    for (db, rows, open, pages) in cases {
+        let db = load_line_protocol(&influx, db, &(rows + &office_rows(open))).await;
+        let expected = if pages { BTreeSet::from([Labels::new()]) } else { BTreeSet::new() };
+        assert_eq!(alerting(&influx, &db, &rule, now).await, expected, "{db}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

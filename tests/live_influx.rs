@@ -270,6 +270,7 @@ async fn a_live_run_raises_a_wait_alert_resolves_it_on_call_and_echoes_rejection
             ("points_dead_letter_dropped", 0.into()),
             ("open_tickets", 0.into()),
             ("uptime_s", 0.into()),
+            ("mqtt_sessions_lost", 0.into()),
         ],
     );
 

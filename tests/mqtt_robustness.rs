@@ -224,3 +224,91 @@ async fn the_daemon_reconnects_and_resubscribes_after_the_broker_restarts() {
     assert_eq!(report.stats.notes.get(Note::ClockSkew), 0);
     assert!(report.sink.points_written >= 1);
 }
+
+/// Issue 21, item 9: a topic that matches none of `mqtt.topics` (here a
+/// filter the session holds that the config does not name) took its office
+/// from the payload. It is rejected as `unexpected_topic` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_matching_no_configured_filter_is_rejected_and_its_payload_never_names_the_office() {
+    let mqtt = Mosquitto::start();
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    common::create_session(&mqtt, "robust", "queue/+/events").await;
+    // A subscription made by hand (or by an older config) in the same session.
+    common::create_session(&mqtt, "robust", "legacy/#").await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let daemon = tokio::spawn(queuewatch::daemon::run(config(&mqtt, &influx, ""), async {
+        let _ = stopped.await;
+    }));
+    let publisher = Publisher::connect(&mqtt).await;
+    wait_until_the_daemon_listens(&mqtt, &publisher).await;
+    publisher
+        .send(
+            "legacy/feed",
+            r#"{"type":"issued","ts":"2026-11-20T08:00:00+07:00","ticket":"L1","service":"ktp","office":"o2"}"#,
+        )
+        .await;
+    for event in ticket_events("o1", "A1", "2026-11-20T08:00") {
+        publisher.send("queue/o1/events", event).await;
+    }
+    publisher.send("queue/o1/events", r#"{"type":"heartbeat","ts":"2026-11-20T08:05:00+07:00"}"#).await;
+    let rows = influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
+    assert_eq!(rows[0]["ticket"], "A1");
+    stop.send(()).unwrap();
+    let stats = tokio::time::timeout(GENEROUS, daemon).await.unwrap().unwrap().unwrap().stats;
+    assert_eq!(stats.accepted, 4, "A1's three events and the heartbeat, not L1");
+    let unexpected_topic = RejectReason::ALL.into_iter().find(|reason| reason.as_str() == "unexpected_topic");
+    assert_eq!(unexpected_topic.map(|reason| stats.rejected(reason)), Some(1), "{}", stats.summary());
+    let offices = influx.rows("qw", "SELECT * FROM \"office\" WHERE \"office\" = 'o2'").await;
+    assert!(offices.is_empty(), "{offices:?}");
+}
+
+/// Issue 21, item 9: an oversized payload (rejected on its length alone) was
+/// journaled whole, up to the broker's 256 KiB each. Its record keeps only
+/// `max_payload_bytes` + 1 bytes, which a recovery rejects the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_payloads_are_journaled_cut_to_the_payload_limit() {
+    let mqtt = Mosquitto::start();
+    let influx = Influx1::start();
+    influx.create_database("qw").await;
+    common::create_session(&mqtt, "robust", "queue/+/events").await;
+    // No snapshot during the test: it would remove the journal it measures.
+    let mut config = config(&mqtt, &influx, "max_payload_bytes = 1024");
+    config.storage.checkpoint_interval = Duration::from_secs(3600);
+    let state = config.storage.data_dir.join("state");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let daemon = tokio::spawn(queuewatch::daemon::run(config.clone(), async {
+        let _ = stopped.await;
+    }));
+    let publisher = Publisher::connect(&mqtt).await;
+    let oversized = format!(r#"{{"type":"heartbeat","ts":1,"pad":"{}"}}"#, "x".repeat(200 * 1024));
+    for _ in 0..3 {
+        publisher.send("queue/o1/events", oversized.clone()).await;
+    }
+    for event in ticket_events("o1", "A1", "2026-11-20T08:00") {
+        publisher.send("queue/o1/events", event).await;
+    }
+    publisher.send("queue/o1/events", r#"{"type":"heartbeat","ts":"2026-11-20T08:05:00+07:00"}"#).await;
+    influx.wait_for_rows("qw", "ticket", 1, GENEROUS).await;
+    stop.send(()).unwrap();
+    let report = tokio::time::timeout(GENEROUS, daemon).await.unwrap().unwrap().unwrap();
+    assert_eq!(report.stats.rejected(RejectReason::Oversized), 3);
+
+    let journal_bytes: u64 = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("journal-"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum();
+    println!("{journal_bytes} bytes of journal for 3 payloads of 200 KiB and 5 events");
+    assert!(journal_bytes < 16 * 1024, "{journal_bytes} bytes of journal for 3 payloads of 200 KiB");
+    // A start on that state folder replays them as oversized again.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let daemon = tokio::spawn(queuewatch::daemon::run(config, async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).unwrap();
+    let recovered = tokio::time::timeout(GENEROUS, daemon).await.unwrap().unwrap().unwrap();
+    assert_eq!(recovered.stats.rejected(RejectReason::Oversized), 3, "{}", recovered.stats.summary());
+}

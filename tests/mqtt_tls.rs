@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::client::{publish_ticket, wait_until_queuewatch_listens, Client};
 use common::pki::{certificate_authority, set_mode, write_server_certificate};
-use common::{queuewatch_bin, write_config, Daemon, Influx1, Mosquitto};
+use common::{logins, queuewatch_bin, write_config, Daemon, Influx1, Mosquitto};
 use queuewatch::config::{ClientAuthFiles, MqttTlsConfig};
 use queuewatch_servers::{mosquitto_passwd, TlsListener};
 use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair};
@@ -30,10 +30,8 @@ const INFLUX_PASSWORD: &str = "planted-Influx-5c8e21";
 const WRONG_INFLUX_PASSWORD: &str = "planted-InfluxWrong-d4a7f0";
 const WRONG_MQTT_PASSWORD: &str = "planted-Wrong-0b1d2e";
 const PLANTED: [&str; 4] = [QUEUEWATCH_PASSWORD, INFLUX_PASSWORD, WRONG_INFLUX_PASSWORD, WRONG_MQTT_PASSWORD];
-const MACHINE_PASSWORD: &str = "password-of-a";
 const OFFICE: &str = "mpp-a";
 const OTHER_OFFICE: &str = "mpp-b";
-const OTHER_MACHINE_PASSWORD: &str = "password-of-b";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queuewatch_logs_in_over_tls_and_writes_the_tickets_published_over_tls() {
@@ -363,6 +361,9 @@ struct Pki {
     dir: tempfile::TempDir,
     own_ca: CertifiedIssuer<'static, KeyPair>,
     other_ca: CertifiedIssuer<'static, KeyPair>,
+    /// The ticket machines' logins, made with the deploy kit's `device-login`
+    /// (in the password file and the shipped ACL): user name and password.
+    machines: [(String, String); 2],
 }
 
 impl Pki {
@@ -372,7 +373,16 @@ impl Pki {
         set_mode(dir.path(), 0o755);
         let own_ca = certificate_authority("queuewatch test CA");
         let other_ca = certificate_authority("another CA");
-        let pki = Pki { dir, own_ca, other_ca };
+        let broker_passwords = dir.path().join("passwd");
+        std::fs::write(&broker_passwords, "").unwrap();
+        mosquitto_passwd(&broker_passwords, "queuewatch", QUEUEWATCH_PASSWORD);
+        let acl_file = dir.path().join("acl");
+        std::fs::write(&acl_file, include_str!("../deploy/mosquitto/acl")).unwrap();
+        let machines =
+            [OFFICE, OTHER_OFFICE].map(|office| logins::add_device(&broker_passwords, &acl_file, office, "kiosk-1"));
+        set_mode(&broker_passwords, 0o644);
+        set_mode(&acl_file, 0o644);
+        let pki = Pki { dir, own_ca, other_ca, machines };
         std::fs::write(pki.ca_file(), pki.own_ca.pem()).unwrap();
         pki.install_broker_certificate(Trust::OwnCa);
         let client_key = KeyPair::generate().unwrap();
@@ -382,12 +392,6 @@ impl Pki {
         std::fs::write(pki.path("client.pem"), client.pem()).unwrap();
         std::fs::write(pki.path("client.key"), client_key.serialize_pem()).unwrap();
         set_mode(&pki.path("client.key"), 0o600);
-        let broker_passwords = pki.path("passwd");
-        std::fs::write(&broker_passwords, "").unwrap();
-        mosquitto_passwd(&broker_passwords, "queuewatch", QUEUEWATCH_PASSWORD);
-        mosquitto_passwd(&broker_passwords, OFFICE, MACHINE_PASSWORD);
-        mosquitto_passwd(&broker_passwords, OTHER_OFFICE, OTHER_MACHINE_PASSWORD);
-        set_mode(&broker_passwords, 0o644);
         pki
     }
 
@@ -416,12 +420,9 @@ impl Pki {
     }
 
     /// A broker with a TLS listener, the password file and the deploy kit's
-    /// ACL (`deploy/mosquitto/acl`) as shipped.
+    /// ACL (`deploy/mosquitto/acl`) as shipped, with the machines' blocks.
     fn broker_with_shipped_acl(&self) -> Mosquitto {
-        let acl_file = self.path("acl");
-        std::fs::write(&acl_file, include_str!("../deploy/mosquitto/acl")).unwrap();
-        set_mode(&acl_file, 0o644);
-        self.start_broker(Trust::OwnCa, ClientCertificate::Optional, Some(acl_file))
+        self.start_broker(Trust::OwnCa, ClientCertificate::Optional, Some(self.path("acl")))
     }
 
     fn start_broker(
@@ -487,7 +488,7 @@ impl Pki {
     }
 }
 
-/// A ticket machine over TLS, logged in as `login`'s office, that trusts
+/// A ticket machine over TLS, logged in with `login`, a device of its office, that trusts
 /// the test CA through queuewatch's own TLS setup.
 async fn tls_client(
     pki: &Pki,
@@ -503,7 +504,8 @@ async fn tls_client(
     };
     let config = queuewatch::mqtt::tls::client_config(&tls).unwrap();
     let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
-    options.set_credentials(login.office(), login.password());
+    let (user, password) = &pki.machines[login as usize];
+    options.set_credentials(user, password);
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     match Client::connect(options).await {
         Ok(client) => client,
@@ -511,25 +513,9 @@ async fn tls_client(
     }
 }
 
-/// The ticket machines' logins: one per office, named after it.
+/// The ticket machines' logins (`Pki::machines`): one device of each office.
 #[derive(Clone, Copy, PartialEq)]
 enum Login {
-    OfficeA,
-    OfficeB,
-}
-
-impl Login {
-    fn office(self) -> &'static str {
-        match self {
-            Login::OfficeA => OFFICE,
-            Login::OfficeB => OTHER_OFFICE,
-        }
-    }
-
-    fn password(self) -> &'static str {
-        match self {
-            Login::OfficeA => MACHINE_PASSWORD,
-            Login::OfficeB => OTHER_MACHINE_PASSWORD,
-        }
-    }
+    OfficeA = 0,
+    OfficeB = 1,
 }

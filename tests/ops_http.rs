@@ -52,31 +52,7 @@ type Samples = BTreeMap<String, f64>;
 /// Scrapes `/metrics` and parses it with a Prometheus text parser; fails
 /// unless every sample line parses.
 async fn scrape(base: &str) -> Samples {
-    let (status, body) = common::http_get(&format!("{base}/metrics")).await;
-    assert_eq!(status, 200, "{body}");
-    let lines = body.lines().map(|line| Ok(line.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("the metrics parse");
-    let sample_lines = body.lines().filter(|line| !line.is_empty() && !line.starts_with('#')).count();
-    assert_eq!(scrape.samples.len(), sample_lines, "every sample line parses:\n{body}");
-    assert!(body.ends_with("# EOF\n"), "{body}");
-    scrape
-        .samples
-        .into_iter()
-        .map(|sample| {
-            let mut labels: Vec<String> =
-                sample.labels.iter().map(|(key, value)| format!("{key}=\"{value}\"")).collect();
-            labels.sort();
-            let key =
-                if labels.is_empty() { sample.metric } else { format!("{}{{{}}}", sample.metric, labels.join(",")) };
-            let value = match sample.value {
-                prometheus_parse::Value::Counter(value)
-                | prometheus_parse::Value::Gauge(value)
-                | prometheus_parse::Value::Untyped(value) => value,
-                other => panic!("{key}: unexpected {other:?}"),
-            };
-            (key, value)
-        })
-        .collect()
+    common::scrape_metrics(base).await
 }
 
 /// The counts of a `queuewatch replay` summary as the metrics name them.

@@ -1,6 +1,7 @@
 //! Mosquitto 2.x.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::process::{find_binary, start_on_free_ports, tcp_accepts, ServerProcess};
 use crate::{or_panic, temp_dir, try_free_port, write_file, Error, TempDir};
@@ -78,6 +79,14 @@ impl Mosquitto {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)
             .map_err(|source| Error::Io { what: format!("create {}", data.display()), source })?;
+        // Mosquitto started by root runs as the `mosquitto` user: it must
+        // reach its folder and write its database there (else a persistent
+        // broker saves nothing, and comes back from a restart empty).
+        for (path, mode) in [(dir.path(), 0o755), (data.as_path(), 0o777)] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|source| Error::Io { what: format!("chmod {}", path.display()), source })?;
+        }
         let config_path = dir.path().join("mosquitto.conf");
         let log_path = dir.path().join("mosquitto.log");
         let (process, port) = start_on_free_ports(
@@ -105,6 +114,23 @@ impl Mosquitto {
     pub fn restart(&mut self) {
         let port = self.port;
         self.process.restart(|| tcp_accepts(port));
+    }
+
+    /// Stops the broker gracefully (SIGTERM: a persistent broker saves its
+    /// sessions and queues, and closes every connection), then starts it
+    /// again on the same port with the same configuration. Panics if it does
+    /// not exit within 30 s or does not start again.
+    pub fn restart_gracefully(&mut self) {
+        let port = self.port;
+        assert!(self.process.terminate(Duration::from_secs(30)), "mosquitto did not stop on SIGTERM:\n{}", self.log());
+        self.process.start_again(|| tcp_accepts(port));
+    }
+
+    /// Asks the broker to reread its password and ACL files (SIGHUP).
+    pub fn reload(&self) {
+        let pid = self.process.pid().expect("a running broker to reload");
+        let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+        assert!(status.is_ok_and(|status| status.success()), "kill -HUP {pid}");
     }
 
     /// The broker's process id while it runs.

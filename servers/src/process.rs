@@ -118,11 +118,36 @@ impl ServerProcess {
     /// command and waits until `is_ready`. Panics if it does not start.
     pub fn restart(&mut self, is_ready: impl FnMut() -> bool) {
         self.stop();
+        self.start_again(is_ready);
+    }
+
+    /// Spawns the stopped process again and waits until `is_ready`. Panics
+    /// if it does not start.
+    pub fn start_again(&mut self, is_ready: impl FnMut() -> bool) {
         crate::or_panic(self.spawn());
         let outcome = self.wait_until_ready(is_ready);
         if outcome != Readiness::Ready {
             panic!("{}", self.startup_error(outcome));
         }
+    }
+
+    /// Asks the process to stop (SIGTERM, through `kill`) and waits up to
+    /// `grace` for it to exit, then kills it; reaps it either way. True if it
+    /// exited by itself.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else { return true };
+        let signalled = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + grace;
+        let mut exited = false;
+        while signalled.as_ref().is_ok_and(ExitStatus::success) && Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        self.stop();
+        exited
     }
 
     /// Kills the process (no clean shutdown) and reaps it, if it runs.

@@ -728,6 +728,7 @@ mod tests {
                 stats: crate::stats::Stats { accepted: 12, points: 10, ..Default::default() },
                 // The sum of both sinks, plus one point handed to the file only.
                 sink: SinkReport { points_written: 14, points_unwritten_at_shutdown: 6, ..SinkReport::default() },
+                mqtt: Default::default(),
             },
             sinks: vec![
                 ("demo.lp".into(), Some(file)),

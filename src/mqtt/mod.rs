@@ -25,19 +25,34 @@
 //!   before every connection attempt too; a handshake that fails says why in
 //!   the operator's words (untrusted broker certificate, client certificate
 //!   required or refused) and is retried like any other failure.
+//! - **Connections are marked in the stream.** Every CONNACK goes to the
+//!   consumer as [`Incoming::Connected`], after everything received on the
+//!   connection before (rumqttc keeps packets read before a failure and
+//!   yields them after the next CONNACK; they are handed over at the failure
+//!   instead). So the consumer knows which messages may be the broker's
+//!   redeliveries: those right after a marker whose session is present.
+//! - **The session is watched** ([`session`]): every configured filter is
+//!   subscribed on every CONNACK (a session tampered with is mended; the
+//!   retained copies this brings are not events, and the consumer skips
+//!   them), the filters the config no longer names are unsubscribed when the
+//!   session is present, and a session found lost or taken over is counted
+//!   ([`ConnectionState`]) and logged as an error.
 
+pub mod session;
 pub mod tls;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Packet, Publish, QoS,
-    TlsConfiguration, Transport,
+    StateError, SubAck, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
+
+pub use session::{SessionLoss, SessionMemory};
 
 use crate::config::{MqttConfig, MqttTlsConfig};
 use crate::event::{RejectReason, Rejection};
@@ -49,10 +64,18 @@ use crate::stats::LogLimiter;
 /// with the number of attempts in between.
 const REPEATED_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// One message received, with what is needed to acknowledge it.
+/// A session lost or taken over is logged again only this often, with the
+/// number of losses in between (all are counted).
+const SESSION_LOSS_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the source hands to its consumer, in the order it happened.
 #[derive(Debug)]
-pub struct Incoming {
-    pub publish: Publish,
+pub enum Incoming {
+    /// One message received, with what is needed to acknowledge it.
+    Message(Publish),
+    /// The broker accepted a connection; what follows came on it. Whatever
+    /// the previous connection received was handed over before.
+    Connected { session_present: bool },
 }
 
 /// Acknowledges processed messages, in order, without ever waiting on the
@@ -103,23 +126,47 @@ pub struct MqttSource {
     client: AsyncClient,
     event_loop: EventLoop,
     topics: Vec<String>,
+    client_id: String,
     credentials: CredentialSource,
     tls: Option<MqttTlsConfig>,
     connected: ConnectionState,
+    session: SessionMemory,
 }
 
-/// Whether the source is connected to the broker now: written by the poll
-/// loop alone, read by anyone (the operations endpoint).
+/// Whether the source is connected to the broker now, and how often its
+/// session was lost: written by the poll loop alone, read by anyone (the
+/// operations endpoint, the daemon's own row).
 #[derive(Debug, Clone, Default)]
-pub struct ConnectionState(Arc<AtomicBool>);
+pub struct ConnectionState(Arc<Status>);
+
+#[derive(Debug, Default)]
+struct Status {
+    connected: AtomicBool,
+    /// By [`SessionLoss`], in the order of [`SessionLoss::ALL`].
+    sessions_lost: [AtomicU64; SessionLoss::ALL.len()],
+}
 
 impl ConnectionState {
     pub fn is_connected(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.connected.load(Ordering::Relaxed)
     }
 
     fn set(&self, connected: bool) {
-        self.0.store(connected, Ordering::Relaxed);
+        self.0.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Sessions lost for `cause` since the start.
+    pub fn sessions_lost(&self, cause: SessionLoss) -> u64 {
+        self.0.sessions_lost[cause as usize].load(Ordering::Relaxed)
+    }
+
+    /// Sessions lost for any cause since the start.
+    pub fn sessions_lost_total(&self) -> u64 {
+        SessionLoss::ALL.iter().map(|cause| self.sessions_lost(*cause)).sum()
+    }
+
+    fn count_loss(&self, cause: SessionLoss) {
+        self.0.sessions_lost[cause as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -174,6 +221,19 @@ impl ConnectError {
     /// failures are also expected while a broker restarts.
     fn needs_an_operator(&self) -> bool {
         !matches!(self, ConnectError::Connection(_))
+    }
+
+    /// The broker ended the connection (end of stream, reset): as it does
+    /// when it stops, and when another client logs in with our client id.
+    fn closed_by_broker(&self) -> bool {
+        let ConnectError::Connection(error) = self else { return false };
+        if matches!(**error, ConnectionError::MqttState(StateError::ConnectionAborted)) {
+            return true;
+        }
+        crate::tls::find_cause::<std::io::Error>(error.as_ref()).is_some_and(|io| {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+            matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof)
+        })
     }
 }
 
@@ -243,7 +303,8 @@ pub fn incoming_packet_limit(max_payload_bytes: usize) -> usize {
 }
 
 impl MqttSource {
-    pub fn new(config: &MqttConfig) -> MqttSource {
+    /// A source for `config`'s broker that knows what `session` remembers.
+    pub fn new(config: &MqttConfig, session: SessionMemory) -> MqttSource {
         let mut options = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
         options
             .set_keep_alive(config.keep_alive)
@@ -259,9 +320,11 @@ impl MqttSource {
             client,
             event_loop,
             topics: config.topics.clone(),
+            client_id: config.client_id.clone(),
             credentials,
             tls: config.tls.clone(),
             connected: Default::default(),
+            session,
         }
     }
 
@@ -293,12 +356,12 @@ impl MqttSource {
     }
 
     /// Polls until `shutdown` resolves or the receiver is gone. Each message
-    /// goes to `messages`; waiting on it is the back-pressure.
+    /// and each connection goes to `messages`; waiting on it is the
+    /// back-pressure.
     pub async fn run(mut self, messages: mpsc::Sender<Incoming>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let mut failure_log = LogLimiter::new(REPEATED_FAILURE_LOG_INTERVAL);
-        loop {
+        let mut link = Link::new();
+        'polling: loop {
             // rumqttc connects on the next poll when it has no connection.
             let connecting = self.event_loop.network.is_none();
             let polled = match connecting.then(|| self.prepare_connection()) {
@@ -311,55 +374,164 @@ impl MqttSource {
                     }),
                 },
             };
+            let mut handed = Vec::new();
+            let mut retry_in = None;
             match polled {
-                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
-                    let incoming = Incoming { publish };
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        sent = messages.send(incoming) => if sent.is_err() { break },
-                    }
-                }
+                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => handed.push(Incoming::Message(publish)),
                 Ok(MqttEvent::Incoming(Packet::ConnAck(connack))) => {
-                    info!(session_present = connack.session_present, "Connected to the MQTT broker.");
-                    self.connected.set(true);
-                    backoff.reset();
-                    failure_log = LogLimiter::new(REPEATED_FAILURE_LOG_INTERVAL);
-                    // Subscribing again when the session survived is harmless,
-                    // and covers a broker that lost it or a changed topic list.
-                    for topic in &self.topics {
-                        if let Err(error) = self.client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                            warn!(%error, topic, "Could not queue the subscription.");
-                        }
-                    }
+                    self.on_connack(connack.session_present, &mut link);
+                    handed.push(Incoming::Connected { session_present: connack.session_present });
                 }
-                Ok(MqttEvent::Incoming(Packet::SubAck(suback))) => {
-                    debug!(?suback.return_codes, "Subscribed.");
-                }
+                Ok(MqttEvent::Incoming(Packet::SubAck(suback))) => self.on_suback(&suback, &mut link),
+                Ok(MqttEvent::Incoming(Packet::UnsubAck(_))) => self.on_unsuback(&mut link),
                 Ok(_) => {}
                 Err(error) => {
-                    self.connected.set(false);
-                    let delay = backoff.next_delay();
-                    if let Some(repeats_not_logged) = failure_log.allow(&error.to_string(), Instant::now()) {
-                        let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                        let username = self.credentials.username.as_deref().unwrap_or("(anonymous)");
-                        if error.needs_an_operator() {
-                            error!(%error, username, retry_in_ms, repeats_not_logged, "MQTT connection failed; retrying.");
-                        } else {
-                            warn!(%error, retry_in_ms, repeats_not_logged, "MQTT connection failed; retrying.");
-                        }
-                    }
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
+                    // What the lost connection received goes before the next
+                    // connection's marker (rumqttc would yield it after).
+                    handed.extend(self.take_received().into_iter().map(Incoming::Message));
+                    retry_in = Some(self.on_failure(error, &mut link));
+                }
+            }
+            for incoming in handed {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break 'polling,
+                    sent = messages.send(incoming) => if sent.is_err() { break 'polling },
+                }
+            }
+            if let Some(delay) = retry_in {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }
+        self.disconnect().await;
+    }
+
+    /// A CONNACK: judges the session, and subscribes every configured
+    /// filter and unsubscribes those no longer configured.
+    fn on_connack(&mut self, session_present: bool, link: &mut Link) {
+        info!(session_present, "Connected to the MQTT broker.");
+        let retry_after_close = std::mem::take(&mut link.retry_after_close);
+        if let Some(loss) = session::judge(self.session.had_session(), session_present, retry_after_close) {
+            self.session_lost(loss, link);
+        }
+        self.session.connected(session_present);
+        self.connected.set(true);
+        link.up = true;
+        link.backoff.reset();
+        link.failure_log = LogLimiter::new(REPEATED_FAILURE_LOG_INTERVAL);
+        // Subscribing again when the session survived mends one a takeover
+        // or an operator changed; the broker then sends the retained
+        // messages again, which the consumer skips.
+        let filters = self.topics.iter().map(|topic| SubscribeFilter::new(topic.clone(), QoS::AtLeastOnce));
+        match self.client.try_subscribe_many(filters) {
+            Ok(()) => link.subscribing = Some(self.topics.clone()),
+            Err(error) => warn!(%error, topics = ?self.topics, "Could not queue the subscription."),
+        }
+        link.unsubscribing = Vec::new();
+        link.unsubacks_due = 0;
+        if session_present {
+            for filter in self.session.to_unsubscribe(&self.topics) {
+                match self.client.try_unsubscribe(filter.clone()) {
+                    Ok(()) => link.unsubscribing.push(filter),
+                    Err(error) => warn!(%error, filter, "Could not queue the removal of a filter."),
+                }
+            }
+            link.unsubacks_due = link.unsubscribing.len();
+        }
+    }
+
+    /// The one place a lost session is counted and logged.
+    fn session_lost(&self, loss: SessionLoss, link: &mut Link) {
+        self.connected.count_loss(loss);
+        if let Some(repeats_not_logged) = link.loss_log.allow(loss.as_str(), Instant::now()) {
+            let lost = self.connected.sessions_lost(loss);
+            error!(client_id = %self.client_id, cause = loss.as_str(), lost, repeats_not_logged, "{}", loss.explanation());
+        }
+    }
+
+    /// The SUBACK of the filters subscribed on this connection: the broker
+    /// granted some (remembered), and may have refused others (its ACL).
+    fn on_suback(&mut self, suback: &SubAck, link: &mut Link) {
+        let Some(filters) = link.subscribing.take_if(|filters| filters.len() == suback.return_codes.len()) else {
+            debug!(?suback.return_codes, "Subscribed.");
+            return;
+        };
+        let mut granted = Vec::new();
+        for (filter, code) in filters.into_iter().zip(&suback.return_codes) {
+            match code {
+                SubscribeReasonCode::Success(_) => granted.push(filter),
+                SubscribeReasonCode::Failure => error!(
+                    filter,
+                    username = self.credentials.username.as_deref().unwrap_or("(anonymous)"),
+                    "The broker refused the subscription: nothing published on it reaches queuewatch \
+                     (check the broker's ACL for mqtt.username)."
+                ),
+            }
+        }
+        debug!(?granted, "Subscribed.");
+        self.session.granted(&granted);
+    }
+
+    /// One UNSUBACK: once every filter removed on this connection is
+    /// confirmed, they are forgotten.
+    fn on_unsuback(&mut self, link: &mut Link) {
+        if link.unsubacks_due == 0 {
+            return;
+        }
+        link.unsubacks_due -= 1;
+        if link.unsubacks_due == 0 {
+            let removed = std::mem::take(&mut link.unsubscribing);
+            info!(filters = ?removed, "Unsubscribed from filters no longer in mqtt.topics.");
+            self.session.removed(&removed);
+        }
+    }
+
+    /// The publishes rumqttc read before the connection failed and has not
+    /// yielded yet. The rest of what it buffered belongs to the dead
+    /// connection and is dropped.
+    fn take_received(&mut self) -> Vec<Publish> {
+        self.event_loop
+            .state
+            .events
+            .drain(..)
+            .filter_map(|event| match event {
+                MqttEvent::Incoming(Packet::Publish(publish)) => Some(publish),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A failed poll: logs it (once per distinct failure and interval) and
+    /// says how long to wait before the next attempt. When the broker
+    /// closed a connection that was up, the next attempt comes at once:
+    /// a broker that stops refuses it, one that closed us for another
+    /// login with our client id accepts it (a takeover, judged at its CONNACK).
+    fn on_failure(&mut self, error: ConnectError, link: &mut Link) -> Duration {
         self.connected.set(false);
-        // Best effort: a clean DISCONNECT. Unacknowledged messages stay with
-        // the broker's session either way.
+        let was_up = std::mem::take(&mut link.up);
+        link.retry_after_close = was_up && error.closed_by_broker();
+        let delay = if link.retry_after_close { Duration::ZERO } else { link.backoff.next_delay() };
+        link.subscribing = None;
+        if let Some(repeats_not_logged) = link.failure_log.allow(&error.to_string(), Instant::now()) {
+            let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            let username = self.credentials.username.as_deref().unwrap_or("(anonymous)");
+            if error.needs_an_operator() {
+                error!(%error, username, retry_in_ms, repeats_not_logged, "MQTT connection failed; retrying.");
+            } else {
+                warn!(%error, retry_in_ms, repeats_not_logged, "MQTT connection failed; retrying.");
+            }
+        }
+        delay
+    }
+
+    /// Best effort: a clean DISCONNECT. Unacknowledged messages stay with
+    /// the broker's session either way.
+    async fn disconnect(mut self) {
+        self.connected.set(false);
         let _ = self.client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             while let Ok(event) = self.event_loop.poll().await {
@@ -369,6 +541,38 @@ impl MqttSource {
             }
         })
         .await;
+    }
+}
+
+/// The poll loop's knowledge of the connection between two events.
+struct Link {
+    backoff: Backoff,
+    failure_log: LogLimiter,
+    loss_log: LogLimiter,
+    /// A CONNACK came and no failure since.
+    up: bool,
+    /// The next attempt is the one made at once after the broker closed a
+    /// connection that was up.
+    retry_after_close: bool,
+    /// The filters of the SUBSCRIBE sent on this connection, until its SUBACK.
+    subscribing: Option<Vec<String>>,
+    /// The filters unsubscribed on this connection, and their UNSUBACKs still due.
+    unsubscribing: Vec<String>,
+    unsubacks_due: usize,
+}
+
+impl Link {
+    fn new() -> Link {
+        Link {
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+            failure_log: LogLimiter::new(REPEATED_FAILURE_LOG_INTERVAL),
+            loss_log: LogLimiter::new(SESSION_LOSS_LOG_INTERVAL),
+            up: false,
+            retry_after_close: false,
+            subscribing: None,
+            unsubscribing: Vec::new(),
+            unsubacks_due: 0,
+        }
     }
 }
 
@@ -398,7 +602,10 @@ impl Backoff {
 
 /// Which office a topic names under the configured filters: the level matched
 /// by the first `+` of the first filter that matches. `Ok(None)` when the
-/// matching filter has no `+` (the payload must then name the office).
+/// matching filter has no `+` (the payload must then name the office). A
+/// topic that matches no filter (one removed from the config and still
+/// subscribed, or a broader subscription made by hand) is rejected as
+/// `unexpected_topic`: its office is never taken from the payload.
 pub fn office_from_topic(filters: &[String], topic: &str) -> Result<Option<OfficeId>, Rejection> {
     office_from_topic_with(filters, topic, OfficeId::parse)
 }
@@ -432,7 +639,12 @@ fn office_from_topic_with(
             };
         }
     }
-    Ok(None)
+    Err(Rejection {
+        reason: RejectReason::UnexpectedTopic,
+        detail: format!("topic {topic:?} matches none of mqtt.topics"),
+        office: None,
+        id: None,
+    })
 }
 
 /// `Some(office level)` if `topic` matches `filter`.
@@ -480,6 +692,27 @@ mod tests {
     fn a_filter_without_plus_leaves_the_office_to_the_payload() {
         assert_eq!(office_from_topic(&filters(&["queue/all/events"]), "queue/all/events").unwrap(), None);
         assert_eq!(office_from_topic(&filters(&["queue/#"]), "queue/x/events").unwrap(), None);
+    }
+
+    #[test]
+    fn a_topic_that_matches_no_filter_is_rejected_rather_than_read_from_the_payload() {
+        let rejection = office_from_topic(&filters(&["queue/+/events"]), "old/mpp-1/events").unwrap_err();
+        assert_eq!(rejection.reason, RejectReason::UnexpectedTopic);
+        assert_eq!(rejection.detail, r#"topic "old/mpp-1/events" matches none of mqtt.topics"#);
+        assert!(office_from_topic(&filters(&["queue/+/events"]), "queue/mpp-1/events/extra").is_err());
+    }
+
+    #[test]
+    fn only_an_end_of_the_stream_or_a_reset_is_the_broker_closing_the_connection() {
+        let closed = |error: ConnectionError| ConnectError::Connection(Box::new(error)).closed_by_broker();
+        assert!(closed(ConnectionError::MqttState(StateError::ConnectionAborted)));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(closed(ConnectionError::MqttState(StateError::Io(reset))));
+        assert!(closed(ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))));
+        assert!(!closed(ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))));
+        assert!(!closed(ConnectionError::NetworkTimeout));
+        assert!(!closed(ConnectionError::MqttState(StateError::AwaitPingResp)));
+        assert!(!ConnectError::Refused(ConnectReturnCode::NotAuthorized).closed_by_broker());
     }
 
     #[test]

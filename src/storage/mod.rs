@@ -8,6 +8,7 @@
 //!     SESSION            the MQTT session the state belongs to (broker URL, client id)
 //!     snapshot-<n>.qws   the tracker's state after journal record n (the newest only)
 //!     journal-<f>.qwj    journal segments, records f, f+1, …
+//!     mqtt-session.toml  the filters the broker confirmed in the session (`crate::mqtt::session`)
 //! ```
 //!
 //! Durability in one sentence: a message is acknowledged to the broker only

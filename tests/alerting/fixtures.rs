@@ -46,7 +46,7 @@ pub fn heartbeat_rows(from_ms: i64, to_ms: i64) -> String {
             let uptime_s = (minute - start_ms) / 1000;
             format!(
                 "queuewatch,instance=queuewatch accepted={uptime_s}i,rejected=0i,points_written={uptime_s}i,\
-                 points_refused=0i,open_tickets=3i,newest_event_age_s=1.5,uptime_s={uptime_s} {}\n",
+                 points_refused=0i,open_tickets=3i,newest_event_age_s=1.5,uptime_s={uptime_s},mqtt_sessions_lost=0i {}\n",
                 minute * 1_000_000
             )
         })

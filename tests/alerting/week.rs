@@ -504,7 +504,7 @@ async fn every_rule_over_a_simulated_week_pages_exactly_the_true_conditions_with
             let age_s = (minute - newest).max(0) as f64 / 1000.0;
             heartbeats.push_str(&format!(
                 "queuewatch,instance=queuewatch accepted=0i,rejected=0i,points_written=0i,points_refused=0i,\
-                 open_tickets=0i,newest_event_age_s={age_s},uptime_s=60 {}\n",
+                 open_tickets=0i,newest_event_age_s={age_s},uptime_s=60,mqtt_sessions_lost=0i {}\n",
                 minute * 1_000_000
             ));
         }

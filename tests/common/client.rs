@@ -66,6 +66,13 @@ impl Client {
         self.wait_acknowledged().await;
     }
 
+    /// Publishes with QoS 1 and the retain flag, and waits for the PUBACK.
+    pub async fn publish_retained(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, QoS::AtLeastOnce, true, payload.into()).await.unwrap();
+        self.sent.0 += 1;
+        self.wait_acknowledged().await;
+    }
+
     async fn wait_acknowledged(&mut self) {
         let sent = self.sent;
         let waited = tokio::time::timeout(
@@ -101,6 +108,11 @@ impl Client {
     /// The next message within `wait`, if any.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Publish> {
         tokio::time::timeout(wait, self.received.recv()).await.ok().flatten()
+    }
+
+    /// Whether the connection is still up (the broker has not closed it).
+    pub fn is_connected(&self) -> bool {
+        !self.pump.is_finished()
     }
 
     /// What has arrived so far and not been taken yet.

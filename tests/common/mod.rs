@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod logins;
 pub mod pki;
 pub mod responder;
 
@@ -158,6 +159,37 @@ impl Subscriber {
     }
 }
 
+/// The daemon's `/metrics` at `base` (`http://127.0.0.1:PORT`), each sample
+/// keyed `name{label="value",…}` (labels sorted). Fails the test unless every
+/// sample line parses and the body ends as OpenMetrics requires.
+pub async fn scrape_metrics(base: &str) -> std::collections::BTreeMap<String, f64> {
+    let (status, body) = http_get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|line| Ok(line.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the metrics parse");
+    let sample_lines = body.lines().filter(|line| !line.is_empty() && !line.starts_with('#')).count();
+    assert_eq!(scrape.samples.len(), sample_lines, "every sample line parses:\n{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    scrape
+        .samples
+        .into_iter()
+        .map(|sample| {
+            let mut labels: Vec<String> =
+                sample.labels.iter().map(|(key, value)| format!("{key}=\"{value}\"")).collect();
+            labels.sort();
+            let key =
+                if labels.is_empty() { sample.metric } else { format!("{}{{{}}}", sample.metric, labels.join(",")) };
+            let value = match sample.value {
+                prometheus_parse::Value::Counter(value)
+                | prometheus_parse::Value::Gauge(value)
+                | prometheus_parse::Value::Untyped(value) => value,
+                other => panic!("{key}: unexpected {other:?}"),
+            };
+            (key, value)
+        })
+        .collect()
+}
+
 /// A GET (the daemon's operations endpoint): status and body.
 #[allow(dead_code)]
 pub async fn http_get(url: &str) -> (u16, String) {
@@ -223,6 +255,24 @@ impl Daemon {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("the daemon's status").is_none()
     }
+
+    /// The operations endpoint's base URL (`http://127.0.0.1:<port>`), as
+    /// the daemon logged it; waits for the line.
+    pub async fn ops_url(&mut self) -> String {
+        self.wait_for_log(OPS_LISTENING).await;
+        ops_url_in(&self.log())
+    }
+}
+
+/// What the daemon logs once its operations endpoint listens.
+pub const OPS_LISTENING: &str = "Operations endpoint listening.";
+
+/// The operations endpoint's base URL (`http://127.0.0.1:<port>`) in a
+/// daemon's log, which holds [`OPS_LISTENING`].
+pub fn ops_url_in(log: &str) -> String {
+    let line = log.lines().find(|line| line.contains(OPS_LISTENING)).unwrap_or_default();
+    let address = line.split_once("address=").map(|(_, rest)| rest.split_whitespace().next().unwrap_or(""));
+    format!("http://{}", address.unwrap_or_else(|| panic!("no address in {line:?}")))
 }
 
 impl Drop for Daemon {

@@ -109,12 +109,8 @@ impl Daemon {
     /// The operations endpoint's base URL (`http://127.0.0.1:<port>`), as the
     /// running start logged it; waits for the line.
     pub async fn ops_url(&mut self) -> String {
-        const LISTENING: &str = "Operations endpoint listening.";
-        self.wait_for_log(LISTENING).await;
-        let log = self.current_log();
-        let line = log.lines().find(|line| line.contains(LISTENING)).unwrap_or_default();
-        let address = line.split_once("address=").map(|(_, rest)| rest.split_whitespace().next().unwrap_or(""));
-        format!("http://{}", address.unwrap_or_else(|| panic!("no address in {line:?}")))
+        self.wait_for_log(crate::common::OPS_LISTENING).await;
+        crate::common::ops_url_in(&self.current_log())
     }
 
     async fn wait_for_exit(&mut self) -> ExitStatus {
@@ -167,7 +163,8 @@ impl Daemon {
         self.current_log().contains(needle)
     }
 
-    fn current_log(&self) -> String {
+    /// What the running start has logged so far.
+    pub fn current_log(&self) -> String {
         read(&self.log_path(self.starts))
     }
 
