@@ -191,6 +191,13 @@ struct OverTarget {
 }
 
 impl ServiceGauge {
+    /// The first instant at which the oldest waiting ticket has waited more
+    /// than twice `wait_ms` (its issue + 2 × target + 1 ms), if anyone waits.
+    fn oldest_passes_twice_target(&self, wait_ms: i64) -> Option<Millis> {
+        let (issue, _) = self.waiting_since.first()?;
+        Some(issue.plus_ms(wait_ms.saturating_mul(2)).plus_ms(1))
+    }
+
     /// Waiting tickets issued before `before`, and the issue time of the
     /// first one issued at or after it: counted on from the last bound.
     fn over_target(&mut self, before: Millis) -> (i64, Option<Millis>) {
@@ -572,7 +579,12 @@ impl OfficeLive {
     /// writes: a `queue` row when its `waiting`, `in_service` or
     /// `over_target` differ from the series' last written row, when tickets
     /// were issued or called in the interval, or when someone waits and T is
-    /// a multiple of `gauge_keepalive` (keeping `oldest_wait_s` fresh).
+    /// a multiple of `gauge_keepalive` (keeping `oldest_wait_s` fresh), or
+    /// when the oldest waiting ticket passed twice its wait target in the
+    /// interval: the row then says so at once rather than at the next
+    /// keepalive, so that a rule comparing `oldest_wait_s` with twice the
+    /// target fires when the wait does (`over_target` does the same at the
+    /// target itself).
     pub(super) fn snapshot(
         &mut self,
         ctx: &OfficeContext,
@@ -630,7 +642,8 @@ impl OfficeLive {
             let due = gauge.last_row != Some(row)
                 || gauge.issued > 0
                 || gauge.called > 0
-                || (row.waiting > 0 && keepalive_due);
+                || (row.waiting > 0 && keepalive_due)
+                || gauge.oldest_passes_twice_target(wait_ms).is_some_and(|pass| pass > at.minus_ms(interval) && pass <= at);
             if !due {
                 continue;
             }
@@ -676,7 +689,8 @@ impl OfficeLive {
     /// After the snapshot at `at`, every series' state equals its last
     /// written row and no counts are pending. Until the office's state
     /// changes (`facts.next_change`), a later snapshot can only carry news
-    /// when `over_target` grows (a waiting ticket passes its target), when a
+    /// when `over_target` grows (a waiting ticket passes its target), when
+    /// the oldest waiting ticket passes twice its target, when a
     /// keepalive is due while someone waits, or when it is `quiet_for_long`
     /// (a rule of its own). The snapshots before the first of these would
     /// write nothing and only drop idle services, so they are taken in one
@@ -710,6 +724,9 @@ impl OfficeLive {
             let wait_ms = *gauge.wait_ms.get_or_insert_with(|| ctx.targets(settings, *service).wait_ms);
             if let (_, Some(issue)) = gauge.over_target(at.minus_ms(wait_ms)) {
                 bound = bound.min(issue.plus_ms(wait_ms).plus_ms(1));
+            }
+            if let Some(pass) = gauge.oldest_passes_twice_target(wait_ms).filter(|pass| *pass > at) {
+                bound = bound.min(pass);
             }
         }
         // Snapshots at `at + k * interval < bound`, k >= 1, are skipped.

@@ -218,6 +218,21 @@ fn a_customer_crossing_the_target_is_news() {
 }
 
 #[test]
+fn the_oldest_wait_passing_twice_the_target_is_news() {
+    // ktp's wait target is 10 min: A1 passes it at 08:10 and twice it at
+    // 08:20; the first snapshot after each says so, with no keepalive between.
+    let mut config = live_config("");
+    config.tracking.gauge_keepalive = std::time::Duration::from_secs(3600);
+    let points = points_of(&config, "08:00 issued A1 service=ktp\n08:20:21 heartbeat", "queue");
+    let times: Vec<&str> = points.iter().map(|p| p.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(times, ["@08:00:00", "@08:10:10", "@08:20:10"]);
+    assert!(points[2].ends_with("over_target=1 issued=0 called=0 oldest_wait_s=1210"), "{points:?}");
+    // Once called, nobody waits: no row at 08:20:10.
+    let called = points_of(&config, "08:00 issued A1 service=ktp\n08:19 called A1 counter=1\n08:20:21 heartbeat", "queue");
+    assert!(called.iter().all(|p| !p.contains("@08:20:10")), "{called:?}");
+}
+
+#[test]
 fn waiting_past_the_target_counts_as_over_target() {
     let points = points_of(&live_config(""), "08:00 issued A1 service=ktp\n08:10:21 heartbeat", "queue");
     assert!(points.iter().any(|p| p.starts_with("queue service=ktp @08:10:00 waiting=1 in_service=0 over_target=0")));
