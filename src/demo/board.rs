@@ -27,9 +27,16 @@ use std::fmt::Write as _;
 use chrono::TimeZone as _;
 use chrono_tz::Tz;
 
-use crate::daemon::Tapped;
 use crate::point::{FieldValue, Point};
 use crate::tracker::{Alert, AlertState};
+
+/// What the daemon shows the board: a copy of every point and alert
+/// ([`crate::daemon::Outputs`]'s observers send them).
+#[derive(Debug, Clone)]
+pub enum Tapped {
+    Point(Point),
+    Alert(Alert),
+}
 
 /// An office the board shows from the start, in display order.
 #[derive(Debug, Clone, PartialEq)]

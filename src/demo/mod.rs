@@ -43,12 +43,12 @@ use chrono_tz::Tz;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use self::board::{Board, BoardOffice, Phase, Status};
+pub use self::board::{Board, BoardOffice, Phase, Status, Tapped};
 pub use self::broker::{broker_config, EmbeddedBroker};
 use crate::config::{
     ClockMode, Config, HttpConfig, InfluxApi, InfluxConfig, MqttConfig, OfficeConfig, ServiceSla, SlaConfig,
 };
-use crate::daemon::{self, Outputs, RunReport, Tapped};
+use crate::daemon::{self, Outputs, RunReport};
 use crate::ids::{validate_ident, OfficeId, ServiceId};
 use crate::mqtt::incoming_packet_limit;
 pub use crate::simulate::display_name;
@@ -220,7 +220,19 @@ pub async fn run(
     let (tap_sender, mut tap) = mpsc::channel(TAP_CAPACITY);
     let (stop_daemon, daemon_stop) = oneshot::channel::<()>();
     let mut stop_daemon = Some(stop_daemon);
-    let daemon = tokio::spawn(daemon::run_with(config, Outputs { sinks, tap: Some(tap_sender) }, async move {
+    // The board sees what the daemon writes and publishes; `try_send`: a slow
+    // board misses updates, the daemon never waits.
+    let points_tap = tap_sender.clone();
+    let outputs = Outputs {
+        sinks,
+        on_point: Some(Box::new(move |point| {
+            let _ = points_tap.try_send(Tapped::Point(point.clone()));
+        })),
+        on_alert: Some(Box::new(move |alert| {
+            let _ = tap_sender.try_send(Tapped::Alert(alert.clone()));
+        })),
+    };
+    let daemon = tokio::spawn(daemon::run_with(config, outputs, async move {
         let _ = daemon_stop.await;
     }));
 
