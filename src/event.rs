@@ -54,21 +54,34 @@ impl EventType {
         EventType::Heartbeat,
     ];
 
+    /// What the type requires and means: the one table the decoder
+    /// ([`decode`]), the tracker's snapshot reader and the tracker read.
+    /// Adding a variant fails to compile here first.
+    pub const fn shape(self) -> Shape {
+        use Field::{Counter, Rating, Service, Ticket, ToService};
+        // Ranks: `issued` < `called` < `recalled` < `started` < closing
+        // events at equal timestamps; a counter opens before and closes after
+        // the tickets it handles at the same millisecond.
+        let (name, requires, reads_ticket, closes_segment, rank): (_, &'static [Field], _, _, _) = match self {
+            EventType::Issued => ("issued", &[Ticket, Service], true, false, 1),
+            EventType::Called => ("called", &[Ticket, Counter], true, false, 2),
+            EventType::Recalled => ("recalled", &[Ticket, Counter], true, false, 3),
+            EventType::Started => ("started", &[Ticket, Counter], true, false, 4),
+            EventType::Finished => ("finished", &[Ticket, Counter], true, true, 5),
+            EventType::NoShow => ("no_show", &[Ticket, Counter], true, true, 5),
+            EventType::Cancelled => ("cancelled", &[Ticket], true, true, 5),
+            EventType::Transferred => ("transferred", &[Ticket, Counter, ToService], true, true, 5),
+            EventType::CounterOpened => ("counter_opened", &[Counter], false, false, 0),
+            EventType::CounterClosed => ("counter_closed", &[Counter], false, false, 7),
+            // Feedback may name the ticket it rates, without requiring it.
+            EventType::Feedback => ("feedback", &[Rating], true, false, 6),
+            EventType::Heartbeat => ("heartbeat", &[], false, false, 6),
+        };
+        Shape { name, requires, reads_ticket, closes_segment, rank }
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Issued => "issued",
-            EventType::Called => "called",
-            EventType::Recalled => "recalled",
-            EventType::Started => "started",
-            EventType::Finished => "finished",
-            EventType::NoShow => "no_show",
-            EventType::Cancelled => "cancelled",
-            EventType::Transferred => "transferred",
-            EventType::CounterOpened => "counter_opened",
-            EventType::CounterClosed => "counter_closed",
-            EventType::Feedback => "feedback",
-            EventType::Heartbeat => "heartbeat",
-        }
+        self.shape().name
     }
 
     pub fn parse(text: &str) -> Option<EventType> {
@@ -77,53 +90,85 @@ impl EventType {
 
     /// Events that belong to a ticket and so require `ticket`.
     pub fn needs_ticket(self) -> bool {
-        matches!(
-            self,
-            EventType::Issued
-                | EventType::Called
-                | EventType::Recalled
-                | EventType::Started
-                | EventType::Finished
-                | EventType::NoShow
-                | EventType::Cancelled
-                | EventType::Transferred
-        )
+        self.requires(Field::Ticket)
     }
 
     pub fn needs_counter(self) -> bool {
-        matches!(
-            self,
-            EventType::Called
-                | EventType::Recalled
-                | EventType::Started
-                | EventType::Finished
-                | EventType::NoShow
-                | EventType::Transferred
-                | EventType::CounterOpened
-                | EventType::CounterClosed
-        )
+        self.requires(Field::Counter)
+    }
+
+    fn requires(self, field: Field) -> bool {
+        let requires = self.shape().requires;
+        requires.iter().any(|required| *required == field)
     }
 
     /// Events that end a ticket's segment.
     pub fn is_closing(self) -> bool {
-        matches!(self, EventType::Finished | EventType::NoShow | EventType::Cancelled | EventType::Transferred)
+        self.shape().closes_segment
     }
 
-    /// Position among events of equal timestamp: `issued` < `called` <
-    /// `recalled` < `started` < closing events. Counter and office events are
-    /// placed so that a counter opens before and closes after the tickets it
-    /// handles at the same millisecond.
+    /// Position among events of equal timestamp (see [`EventType::shape`]).
     pub fn rank(self) -> u8 {
+        self.shape().rank
+    }
+}
+
+/// What one event type requires and means ([`EventType::shape`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// The type's name on the wire.
+    pub name: &'static str,
+    /// The fields a message of this type must carry, in the order a missing
+    /// one is named.
+    pub requires: &'static [Field],
+    /// Whether `ticket` means something for this type (ticket events and
+    /// feedback); for the others it is ignored like an unknown field.
+    pub reads_ticket: bool,
+    /// Whether the event ends its ticket's segment.
+    pub closes_segment: bool,
+    /// Position among events of equal timestamp.
+    pub rank: u8,
+}
+
+/// An optional field of [`Event`] that a type may require.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Ticket,
+    Service,
+    Counter,
+    ToService,
+    Rating,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
         match self {
-            EventType::CounterOpened => 0,
-            EventType::Issued => 1,
-            EventType::Called => 2,
-            EventType::Recalled => 3,
-            EventType::Started => 4,
-            EventType::Finished | EventType::NoShow | EventType::Cancelled | EventType::Transferred => 5,
-            EventType::Feedback | EventType::Heartbeat => 6,
-            EventType::CounterClosed => 7,
+            Field::Ticket => "ticket",
+            Field::Service => "service",
+            Field::Counter => "counter",
+            Field::ToService => "to_service",
+            Field::Rating => "rating",
         }
+    }
+}
+
+impl Shape {
+    /// The first required field that `present` says is absent.
+    pub fn first_missing(&self, present: impl Fn(Field) -> bool) -> Option<Field> {
+        self.requires.iter().copied().find(|field| !present(*field))
+    }
+}
+
+impl Event {
+    /// The first field its type requires that it lacks.
+    pub fn missing_field(&self) -> Option<Field> {
+        self.kind.shape().first_missing(|field| match field {
+            Field::Ticket => self.ticket.is_some(),
+            Field::Service => self.service.is_some(),
+            Field::Counter => self.counter.is_some(),
+            Field::ToService => self.to_service.is_some(),
+            Field::Rating => self.rating.is_some(),
+        })
     }
 }
 
@@ -438,7 +483,7 @@ fn decode_ids(
     // Only ticket events and feedback use `ticket`; for the others (a
     // vendor that fills every field) it is ignored like any unknown field,
     // even when malformed, so that their own meaning is not lost.
-    let ticket = match raw.ticket.filter(|_| kind.needs_ticket() || kind == EventType::Feedback) {
+    let ticket = match raw.ticket.filter(|_| kind.shape().reads_ticket) {
         Some(AnyValue::Text(text)) => Some(TicketNo::parse(&text).map_err(|e| ident_error("ticket", e))?),
         Some(AnyValue::Other(what)) => {
             return Err(reject(RejectReason::InvalidValue, format!("ticket: expected a string, found {what}")))
@@ -462,21 +507,15 @@ fn decode_ids(
         Some(value) => return Err(reject(RejectReason::InvalidValue, format!("rating {value}: not 1-5"))),
     };
 
-    let missing = |field: &str| reject(RejectReason::MissingField, format!("{field}: required for {kind}"));
-    if kind.needs_ticket() && ticket.is_none() {
-        return Err(missing("ticket"));
-    }
-    if kind == EventType::Issued && service.is_none() {
-        return Err(missing("service"));
-    }
-    if kind.needs_counter() && counter.is_none() {
-        return Err(missing("counter"));
-    }
-    if kind == EventType::Transferred && to_service.is_none() {
-        return Err(missing("to_service"));
-    }
-    if kind == EventType::Feedback && rating.is_none() {
-        return Err(missing("rating"));
+    let present = |field: Field| match field {
+        Field::Ticket => ticket.is_some(),
+        Field::Service => service.is_some(),
+        Field::Counter => counter.is_some(),
+        Field::ToService => to_service.is_some(),
+        Field::Rating => rating.is_some(),
+    };
+    if let Some(field) = kind.shape().first_missing(present) {
+        return Err(reject(RejectReason::MissingField, format!("{}: required for {kind}", field.name())));
     }
 
     Ok(Event {
@@ -698,6 +737,34 @@ mod tests {
 
     fn reason(text: &str) -> RejectReason {
         decode_text(text).expect_err("should be rejected").reason
+    }
+
+    #[test]
+    fn every_type_is_accepted_with_what_its_shape_requires_and_refused_without_each_of_it() {
+        let value = |field: Field| match field {
+            Field::Ticket => r#""ticket":"A1""#,
+            Field::Service => r#""service":"ktp""#,
+            Field::Counter => r#""counter":"c1""#,
+            Field::ToService => r#""to_service":"kk""#,
+            Field::Rating => r#""rating":4"#,
+        };
+        for kind in EventType::ALL {
+            let shape = kind.shape();
+            assert_eq!(EventType::parse(shape.name), Some(kind));
+            let with = |fields: &[Field]| {
+                let mut text = format!(r#"{{"type":"{}","ts":1"#, shape.name);
+                fields.iter().for_each(|field| text.push_str(&format!(",{}", value(*field))));
+                text + "}"
+            };
+            let event = decode_text(&with(shape.requires)).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(event.missing_field(), None, "{kind}");
+            for dropped in shape.requires {
+                let rest: Vec<Field> = shape.requires.iter().copied().filter(|field| field != dropped).collect();
+                let rejection = decode_text(&with(&rest)).expect_err("a required field is missing");
+                assert_eq!(rejection.reason, RejectReason::MissingField, "{kind} without {}", dropped.name());
+                assert!(rejection.detail.starts_with(dropped.name()), "{kind}: {}", rejection.detail);
+            }
+        }
     }
 
     #[test]

@@ -278,15 +278,8 @@ impl<'a> HeldEvent<'a> {
             staff: self.staff.map(Cow::into_owned),
             rating: self.rating,
         };
-        let missing = [
-            ("ticket", kind.needs_ticket() && event.ticket.is_none()),
-            ("service", kind == EventType::Issued && event.service.is_none()),
-            ("counter", kind.needs_counter() && event.counter.is_none()),
-            ("to_service", kind == EventType::Transferred && event.to_service.is_none()),
-            ("rating", kind == EventType::Feedback && event.rating.is_none()),
-        ];
-        if let Some((field, _)) = missing.iter().find(|(_, is_missing)| *is_missing) {
-            return Err(format!("held {kind} event without its {field}"));
+        if let Some(field) = event.missing_field() {
+            return Err(format!("held {kind} event without its {}", field.name()));
         }
         if event.rating.is_some_and(|rating| !(1..=5).contains(&rating)) {
             return Err(format!("held {kind} event with a rating out of 1-5"));
