@@ -99,7 +99,7 @@ impl EventType {
 
     fn requires(self, field: Field) -> bool {
         let requires = self.shape().requires;
-        requires.iter().any(|required| *required == field)
+        requires.contains(&field)
     }
 
     /// Events that end a ticket's segment.

@@ -334,7 +334,14 @@ impl Outcome {
             EventType::NoShow => Some(Outcome::NoShow),
             EventType::Cancelled => Some(Outcome::Cancelled),
             EventType::Transferred => Some(Outcome::Transferred),
-            _ => None,
+            EventType::Issued
+            | EventType::Called
+            | EventType::Recalled
+            | EventType::Started
+            | EventType::CounterOpened
+            | EventType::CounterClosed
+            | EventType::Feedback
+            | EventType::Heartbeat => None,
         }
     }
 }
@@ -1361,7 +1368,17 @@ impl OfficeState {
                         let service = self.ticket_service(event.ticket.as_ref());
                         self.live.apply_feedback(&self.ctx, &event, service, out)
                     }
-                    _ => {}
+                    EventType::Heartbeat => {}
+                    // Ticket events always carry their ticket (`event::decode`
+                    // and the snapshot reader see to it): never here.
+                    EventType::Issued
+                    | EventType::Called
+                    | EventType::Recalled
+                    | EventType::Started
+                    | EventType::Finished
+                    | EventType::NoShow
+                    | EventType::Cancelled
+                    | EventType::Transferred => {}
                 }
                 self.update_idle(settings, event.ts, out);
                 if arrival == Arrival::Late {
@@ -1419,9 +1436,9 @@ impl OfficeState {
                 self.tag_keys(slot, keys);
                 out.notes.add(Note::Applied);
             }
-            kind => {
+            kind @ (EventType::Finished | EventType::NoShow | EventType::Cancelled | EventType::Transferred) => {
                 let Some(outcome) = Outcome::of(kind) else {
-                    // Unreachable: every other type that needs a ticket closes a segment.
+                    // Unreachable: every closing type has an outcome.
                     self.retire_keys(settings, keys, event.ts, out);
                     out.notes.add(Note::Applied);
                     return;
@@ -1461,6 +1478,12 @@ impl OfficeState {
                     None => out.notes.add(Note::OrphanClose),
                 }
                 self.retire_keys(settings, keys, event.ts, out);
+                return;
+            }
+            // Taken above, with no ticket: never here.
+            EventType::CounterOpened | EventType::CounterClosed | EventType::Feedback | EventType::Heartbeat => {
+                self.retire_keys(settings, keys, event.ts, out);
+                out.notes.add(Note::Applied);
                 return;
             }
         }
@@ -1866,7 +1889,15 @@ fn update_segment(segment: &mut Segment, event: &Event, counter: Option<NameId>,
         }
         // A start with no earlier call is the first call too.
         EventType::Started => segment.first_call.is_none(),
-        _ => false,
+        EventType::Issued
+        | EventType::Finished
+        | EventType::NoShow
+        | EventType::Cancelled
+        | EventType::Transferred
+        | EventType::CounterOpened
+        | EventType::CounterClosed
+        | EventType::Feedback
+        | EventType::Heartbeat => false,
     };
     if is_call {
         let first = segment.first_call().map_or(event.ts, |first| first.min(event.ts));
