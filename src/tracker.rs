@@ -171,6 +171,14 @@ pub enum Note {
     ClockAhead,
 }
 
+/// The dedup keys an open segment keeps for its whole life: its first
+/// events' (16 with an `id`: the issue, the calls, a dozen recalls, the
+/// start and the close). Keys of its later events are remembered like those
+/// of events that belong to no segment: for `dedup_horizon` after their own
+/// time, counted in `limits.max_remembered_per_office`, so a ticket that
+/// never closes cannot collect keys without bound.
+pub const SEGMENT_KEYS_KEPT: usize = 32;
+
 /// How far ahead of its arrival an event may be stamped before it counts as
 /// `clock_ahead` (NTP-synchronised devices and the broker's delivery stay well within it).
 pub const CLOCK_AHEAD_TOLERANCE_MS: i64 = 1000;
