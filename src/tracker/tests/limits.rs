@@ -362,7 +362,7 @@ fn recalls_to_a_ticket_that_never_closes_are_remembered_within_the_offices_limit
         out.points.iter().filter(|point| point.measurement == "ticket").map(render_point).collect();
     assert_eq!(
         tickets,
-        ["o1 served ktp c1 @13:40:00 ticket=A1 recalls=255 wait_s=1 service_s=0 total_s=20400 visit_s=20400 \
+        ["o1 served ktp c1 @13:40:00 ticket=A1 recalls=255 wait_s=1 service_s=400 total_s=20400 visit_s=20400 \
           wait_within_target=1 service_within_target=1"]
     );
 }
@@ -376,4 +376,32 @@ fn without_the_limit_the_keys_of_a_long_open_segment_go_after_the_dedup_horizon(
     let keys = tracker.dedup_keys() as i64;
     assert!(keys <= 2 * (horizon_s + horizon_s / 4) + 2 * SEGMENT_KEYS_KEPT as i64 + 64, "{keys} dedup keys");
     assert_eq!(forgotten_early(&out), 0);
+}
+
+/// A segment past the keys it keeps, stored and restored, goes on as the
+/// original: the same keys remembered, the same copies recognised.
+#[test]
+fn a_segment_past_the_keys_it_keeps_resumes_from_a_state_as_it_was() {
+    let settings = limited(|limits| limits.max_remembered_per_office = 50);
+    let mut tracker = Tracker::new(settings.clone());
+    let mut script = String::from("08:00 issued A1 service=ktp id=i1\n");
+    for n in 0..100 {
+        script.push_str(&format!("08:{:02}:{:02} recalled A1 counter=c1 id=r{n}\n", 1 + n / 60, n % 60));
+    }
+    feed(&mut tracker, &script);
+    let restored = decode(settings, &encode(&tracker)).unwrap();
+    let mut outcomes = Vec::new();
+    for mut copy in [tracker, restored] {
+        let mut more = feed(&mut copy, &script);
+        more.points.extend(feed(&mut copy, "08:30 finished A1 counter=c1 id=f1").points);
+        copy.drain(Millis(0), &mut more);
+        let tickets: Vec<String> =
+            more.points.iter().filter(|point| point.measurement == "ticket").map(render_point).collect();
+        outcomes.push((copy.dedup_keys(), remembered(&copy), render_notes(&more.notes), tickets));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    // Copies of the segment's own keys (its first 8 events) and of the
+    // latest recalls are duplicates; those of recalls forgotten early are
+    // applied late to the open segment.
+    assert_eq!(outcomes[0].2, "duplicate=44 late=57", "{:?}", outcomes[0]);
 }
