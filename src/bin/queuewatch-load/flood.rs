@@ -351,9 +351,12 @@ struct Sample {
 #[derive(Default)]
 struct Counts {
     accepted: f64,
+    /// Rejected on arrival as `cardinality_limit`: over the office's rate.
     over_rate: f64,
     rejected: f64,
     duplicates: f64,
+    /// Accepted, then refused when applied: a new ticket or name beyond the office's limits.
+    over_limits: f64,
     snapshot_age_s: Option<f64>,
 }
 
@@ -379,16 +382,18 @@ impl Counts {
             over_rate: value(r#"queuewatch_events_rejected_total{reason="cardinality_limit"}"#),
             rejected,
             duplicates: value(r#"queuewatch_event_outcomes_total{outcome="duplicate"}"#),
+            over_limits: value(r#"queuewatch_event_outcomes_total{outcome="cardinality_limit"}"#),
             snapshot_age_s: metric(&text, "queuewatch_last_snapshot_age_seconds"),
         }
     }
 
     fn text(&self) -> String {
         format!(
-            "{:.0} accepted ({:.0} duplicates), {:.0} rejected ({:.0} of them cardinality_limit: over the rate or \
-             the office's limits), newest snapshot {}",
+            "{:.0} accepted ({:.0} duplicates, {:.0} refused when applied: a new ticket or name over the office's \
+             limits), {:.0} rejected ({:.0} of them over the rate), newest snapshot {}",
             self.accepted,
             self.duplicates,
+            self.over_limits,
             self.rejected,
             self.over_rate,
             self.snapshot_age_s.map_or("none".into(), |age| format!("{age:.0} s old"))
