@@ -5,8 +5,11 @@
 # written to target/load-report.txt.
 #
 # Usage: bash scripts/load.sh [SCENARIO...]
-#   replay memory e2e latency drain office-day (the default: all of them), and the diagnostic
-#   e2e-hourly-gauges (e2e with gauges every hour instead of every 10 s).
+#   replay memory e2e latency drain office-day (the default: all of them), the diagnostic
+#   e2e-hourly-gauges (e2e with gauges every hour instead of every 10 s), and flood (not in
+#   the default: it lasts 30 min; one office flooding at its rate limit with copies, malformed
+#   and over-rate messages, its memory and journal sampled, then SIGKILL and the restart's
+#   recovery timed; light on CPU).
 #   office-day measures this build's replay of a simulated week at offices with hours;
 #   QUEUEWATCH_BEFORE=path/to/queuewatch adds the same measurement of another build.
 # The daemon's, Mosquitto's and InfluxDB's logs of each run are kept in
@@ -83,6 +86,7 @@ for scenario in "${scenarios[@]}"; do
             run e2e-hourly-gauges 1200 "$load" e2e --events 500000 --offices 50 \
                 --set 'tracking.snapshot_interval="1h"' --keep-logs "$logs/e2e-hourly-gauges"
             ;;
+        flood) run flood 2700 "$load" flood --duration 30m --keep-logs "$logs/flood" ;;
         office-day)
             run office-day 600 "$load" office-day --offices 12 --days 7 --seed 19
             # The same week replayed by another build, for a before/after comparison:
@@ -92,7 +96,7 @@ for scenario in "${scenarios[@]}"; do
             fi
             ;;
         *)
-            echo "unknown scenario: $scenario (replay, memory, e2e, latency, drain, e2e-hourly-gauges, office-day)" >&2
+            echo "unknown scenario: $scenario (replay, memory, e2e, latency, drain, e2e-hourly-gauges, office-day, flood)" >&2
             exit 2
             ;;
     esac

@@ -164,7 +164,8 @@ pub struct LimitsConfig {
     pub max_staff_per_office: usize,
     pub max_open_tickets_per_office: usize,
     /// Closed tickets and dedup keys of closed segments (and of events that
-    /// belong to no open segment) remembered for `tracking.dedup_horizon`;
+    /// belong to no open segment, or come after an open segment's first
+    /// `tracker::SEGMENT_KEYS_KEPT` keys) remembered for `tracking.dedup_horizon`;
     /// beyond it the least recently closed are forgotten early.
     pub max_remembered_per_office: usize,
     /// Sustained messages per second of the office's clock.

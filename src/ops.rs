@@ -350,7 +350,7 @@ impl Collector for Metrics {
         out.counter(
             "remembered_forgotten_early",
             "Closed tickets and dedup keys forgotten before tracking.dedup_horizon because their office \
-             reached limits.max_remembered_per_office (least recently closed first).",
+             reached limits.max_remembered_per_office (least recently closed or touched first).",
             stats.forgotten_early,
         )?;
         out.counter_family(

@@ -17,10 +17,12 @@
 //! - `released_upto` only grows; every event with `ts < released_upto` has
 //!   been applied, and an arrival below it is `late`.
 //! - A dedup key stays known until `dedup_horizon` after the segment it
-//!   belongs to closed (keys of open segments are never forgotten), or
-//!   less when its office's closed tickets and keys reach
+//!   belongs to closed (the keys an open segment keeps, its first
+//!   [`SEGMENT_KEYS_KEPT`], are never forgotten; its later events' keys, and
+//!   those of events that belong to no segment, count as closed at the
+//!   event's time), or less when its office's closed tickets and keys reach
 //!   `limits.max_remembered_per_office`: then the least recently closed go
-//!   first, decided as segments close in the ordered loop.
+//!   first, decided as events are applied in the ordered loop.
 //! - Points are a pure function of the applied events: writing one twice is
 //!   harmless. Every time-driven output (breach deadlines, expiries,
 //!   snapshots) fires from the same ordered loop as the events, once the
@@ -170,6 +172,14 @@ pub enum Note {
     /// at arrival (`tracking.clock = "wall"`): held without moving the office clock.
     ClockAhead,
 }
+
+/// The dedup keys an open segment keeps for its whole life: its first
+/// events' (8 with an `id`: the issue, the call, four recalls, the start and
+/// the close; a simulated day's segments have at most six). Keys of its later events are remembered like those
+/// of events that belong to no segment: for `dedup_horizon` after their own
+/// time, counted in `limits.max_remembered_per_office`, so a ticket that
+/// never closes cannot collect keys without bound.
+pub const SEGMENT_KEYS_KEPT: usize = 16;
 
 /// How far ahead of its arrival an event may be stamped before it counts as
 /// `clock_ahead` (NTP-synchronised devices and the broker's delivery stay well within it).
@@ -1416,7 +1426,7 @@ impl OfficeState {
         match event.kind {
             EventType::Issued => {
                 let slot = self.apply_issued(settings, &ticket, &event, out);
-                self.tag_keys(slot, keys);
+                self.tag_keys(settings, slot, keys, event.ts, out);
                 out.notes.add(Note::Applied);
             }
             EventType::Called | EventType::Recalled | EventType::Started => {
@@ -1433,7 +1443,7 @@ impl OfficeState {
                     }
                 };
                 self.apply_progress(settings, slot, &event, out);
-                self.tag_keys(slot, keys);
+                self.tag_keys(settings, slot, keys, event.ts, out);
                 out.notes.add(Note::Applied);
             }
             kind @ (EventType::Finished | EventType::NoShow | EventType::Cancelled | EventType::Transferred) => {
@@ -1457,7 +1467,7 @@ impl OfficeState {
                             let share_after = segment.queue_share();
                             self.move_share(share_before, share_after, slot);
                         }
-                        self.tag_keys(slot, keys);
+                        self.tag_keys(settings, slot, keys, event.ts, out);
                         self.close(settings, slot, Closing { outcome, at: event.ts, event: Some(&event) }, out);
                         if outcome == Outcome::Transferred {
                             let to_service = self.ctx.services.intern_opt(event.to_service.as_ref());
@@ -1507,16 +1517,25 @@ impl OfficeState {
         self.key_counts[index] = count;
     }
 
-    /// Tags dedup keys with the generation of the segment they now belong to.
-    fn tag_keys(&mut self, slot: SlotId, keys: EventKeys) {
-        if let Some(generation) = self.segment(slot).map(|segment| segment.generation) {
-            let mut added = 0;
-            for key in keys.iter() {
-                added += u16::from(self.seen.insert(key, generation));
-            }
-            if let Some(count) = self.key_counts.get_mut(slot as usize) {
-                *count = count.saturating_add(added);
-            }
+    /// Tags an event's dedup keys with the generation of the segment they
+    /// now belong to, while the segment has fewer than [`SEGMENT_KEYS_KEPT`];
+    /// beyond them they are retired as the keys of an event that belongs to
+    /// no segment (remembered for the horizon after `at`, counted in the
+    /// office's limit), so that a segment that never closes holds a bounded
+    /// number. Decided as events are applied, in event-time order.
+    fn tag_keys(&mut self, settings: &TrackerSettings, slot: SlotId, keys: EventKeys, at: Millis, out: &mut Output) {
+        let Some(generation) = self.segment(slot).map(|segment| segment.generation) else { return };
+        let held = self.key_counts.get(slot as usize).copied().map_or(0, usize::from);
+        if held + keys.len() > SEGMENT_KEYS_KEPT {
+            self.retire_keys(settings, keys, at, out);
+            return;
+        }
+        let mut added = 0;
+        for key in keys.iter() {
+            added += u16::from(self.seen.insert(key, generation));
+        }
+        if let Some(count) = self.key_counts.get_mut(slot as usize) {
+            *count = count.saturating_add(added);
         }
     }
 
@@ -1943,6 +1962,10 @@ impl EventKeys {
 
     fn iter(self) -> impl Iterator<Item = u64> {
         self.id.into_iter().chain([self.content])
+    }
+
+    fn len(self) -> usize {
+        1 + usize::from(self.id.is_some())
     }
 }
 

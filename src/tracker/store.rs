@@ -12,7 +12,9 @@
 //!   segment they belong to. A key is forgotten only once its generation has
 //!   been closed for the dedup horizon, found by an occasional sweep rather
 //!   than by a list of keys per segment, or earlier, least recently closed
-//!   first, when the office's `limits.max_remembered_per_office` bites.
+//!   first, when the office's `limits.max_remembered_per_office` bites. (An
+//!   open segment's keys beyond its first few are given a one-off tag closed
+//!   at once, by the tracker, so no generation holds keys without bound.)
 
 use hashbrown::{HashMap, HashSet};
 use std::cmp::Reverse;

@@ -15,6 +15,10 @@
 //! - `drain`: a backlog queued in a real Mosquitto while the daemon is away,
 //!   timed from the daemon's start until its points are in InfluxDB 1.x and
 //!   checked point for point;
+//! - `flood`: offices flooding at their message rate limit for 30 min
+//!   (valid events, copies, malformed and over-rate messages) through real
+//!   servers: the daemon's memory and journal over time, then its recovery
+//!   after a SIGKILL at the flood's end;
 //! - `office-day`: a simulated week at offices with opening hours, replayed
 //!   by a `queuewatch` binary (this build's or another), and what its output
 //!   says about the day (rows outside hours, people waiting at 20:00,
@@ -32,8 +36,8 @@
 //! The global allocator counts allocations while counting is switched on,
 //! which the timed passes never do, so counting costs them one relaxed load.
 //!
-//! Layout: one module per scenario (`replay`, `memory`, `e2e`, `latency`,
-//! `drain`); `input` (the simulated input and the points the pipeline makes
+//! Layout: one module per scenario (`replay`, `memory`, `office_memory`,
+//! `e2e`, `latency`, `drain`, `baseline`, `flood`, `office_day`); `input` (the simulated input and the points the pipeline makes
 //! of it),
 //! `servers` (Mosquitto and InfluxDB from `queuewatch-servers`, and the daemon
 //! run against them), `publisher` (a QoS 1 publisher counting PUBACKs),
@@ -45,6 +49,7 @@ mod alloc;
 mod baseline;
 mod drain;
 mod e2e;
+mod flood;
 mod input;
 mod latency;
 mod measure;
@@ -92,6 +97,8 @@ enum Scenario {
     Drain(drain::DrainArgs),
     /// The drain's backlog through a plain MQTT-to-InfluxDB consumer: the floor the broker and InfluxDB set.
     Baseline(baseline::BaselineArgs),
+    /// Offices flooding at their rate limit for 30 min: memory and journal over time, recovery after SIGKILL.
+    Flood(flood::FloodArgs),
     /// A simulated week at offices with opening hours, replayed by a queuewatch binary: rows outside
     /// hours, people waiting at 20:00, abandoned points against the ground truth.
     OfficeDay(office_day::OfficeDayArgs),
@@ -108,6 +115,7 @@ fn main() -> ExitCode {
         Scenario::Latency(args) => servers::with_servers(latency::latency(args)),
         Scenario::Drain(args) => servers::with_servers(drain::drain(args)),
         Scenario::Baseline(args) => servers::with_servers(baseline::baseline(args)),
+        Scenario::Flood(args) => servers::with_servers(flood::flood(args)),
         Scenario::OfficeDay(args) => office_day::office_day(&args),
         Scenario::OfficeMemory(args) => office_memory::office_memory(&args),
     };

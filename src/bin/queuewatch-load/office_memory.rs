@@ -1,13 +1,19 @@
 //! `office-memory`: the most one office can make the tracker hold. Each
 //! office sends at its message rate limit (`limits.max_messages_per_second_per_office`)
-//! for longer than the dedup horizon, inventing a ticket with every other
-//! message and closing the oldest open one with the rest, so that it keeps
-//! `limits.max_open_tickets_per_office` open while remembering every closed
-//! ticket and dedup key the limits let it. The figure is the tracker's live
-//! heap at its peak, per office; `max_offices` offices cost that many times it.
+//! for longer than the dedup horizon, every event with an `id`, in one of two
+//! patterns (`--flood`):
+//! - `invent`: a new ticket with every other message and the oldest open one
+//!   closed with the rest, so that it keeps `limits.max_open_tickets_per_office`
+//!   open while remembering every closed ticket and dedup key the limits let it;
+//! - `recalls`: `--tickets` tickets issued, then recalled in turn and never
+//!   closed, so that their open segments collect events.
+//!
+//! The figure is the tracker's live heap at its peak, per office, and how fast
+//! it still grew over the second half; `max_offices` offices cost that many
+//! times it.
 
 use anyhow::ensure;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::fmt::Write as _;
 
 use queuewatch::config::Config;
@@ -31,6 +37,42 @@ pub struct OfficeMemoryArgs {
     /// How long each office sends, as a multiple of `tracking.dedup_horizon`.
     #[arg(long, default_value_t = 1.5)]
     horizons: f64,
+    /// What each office sends.
+    #[arg(long, value_enum, default_value_t = Flood::Invent)]
+    flood: Flood,
+    /// `--flood recalls`: the tickets issued and then recalled in turn.
+    #[arg(long, default_value_t = 100)]
+    tickets: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Flood {
+    /// New tickets, the oldest open one finished in turn, up to the open tickets' limit.
+    Invent,
+    /// `--tickets` tickets issued, then recalled in turn, never closed.
+    Recalls,
+}
+
+impl Flood {
+    /// The event type and ticket number of message `index`, with `open` tickets kept open.
+    fn event(self, index: usize, open: usize) -> (&'static str, usize) {
+        match (self, index.checked_sub(open)) {
+            (_, None) => ("issued", index),
+            // Issues the next ticket and finishes the oldest open one in turn.
+            (Flood::Invent, Some(after)) if after % 2 == 0 => ("issued", open + after / 2),
+            (Flood::Invent, Some(after)) => ("finished", after / 2),
+            (Flood::Recalls, Some(after)) => ("recalled", after % open),
+        }
+    }
+
+    fn text(self, open: usize) -> String {
+        match self {
+            Flood::Invent => format!(
+                "{open} tickets kept open, then a new ticket issued and the oldest finished in turn, every event with an id"
+            ),
+            Flood::Recalls => format!("{open} tickets issued, then recalled in turn and never closed, every event with an id"),
+        }
+    }
 }
 
 pub fn office_memory(args: &OfficeMemoryArgs) -> anyhow::Result<()> {
@@ -46,7 +88,10 @@ pub fn office_memory(args: &OfficeMemoryArgs) -> anyhow::Result<()> {
     let spacing_ms = (1000 / rate as i64).max(1);
     let messages = ((horizon_ms as f64 * args.horizons) / spacing_ms as f64) as usize;
     // Keeps one below the limit open: every issue opens a ticket, none is refused.
-    let open = limits.max_open_tickets_per_office - 1;
+    let open = match args.flood {
+        Flood::Invent => limits.max_open_tickets_per_office - 1,
+        Flood::Recalls => args.tickets.clamp(1, limits.max_open_tickets_per_office),
+    };
     let offices: Vec<String> = (1..=args.offices).map(|index| format!("flood-{index:04}")).collect();
     let decode_limits = DecodeLimits::default();
     let mut tracker = Tracker::new(TrackerSettings::new(&config, Mode::Replay));
@@ -56,15 +101,10 @@ pub fn office_memory(args: &OfficeMemoryArgs) -> anyhow::Result<()> {
 
     let heap_before = AllocCounts::start();
     let (mut peak, mut peak_at, mut refused, mut forgotten) = (0i64, 0usize, 0u64, 0u64);
+    let mut live_at_half = 0i64;
     for index in 0..messages {
         let ts = first_ts.plus_ms(index as i64 * spacing_ms);
-        // Issues ticket n for the first `open` messages, then alternately
-        // issues the next and finishes the oldest open one.
-        let (kind, number) = match index.checked_sub(open) {
-            None => ("issued", index),
-            Some(after) if after % 2 == 0 => ("issued", open + after / 2),
-            Some(after) => ("finished", after / 2),
-        };
+        let (kind, number) = args.flood.event(index, open);
         for office in &offices {
             payload.clear();
             let _ = write!(
@@ -80,14 +120,19 @@ pub fn office_memory(args: &OfficeMemoryArgs) -> anyhow::Result<()> {
         out.points.clear();
         out.alerts.clear();
         out.rejections.clear();
-        if index % 4096 == 0 {
+        if index % 4096 == 0 || index == messages / 2 {
             let live = heap_before.so_far().live_bytes();
             if live > peak {
                 (peak, peak_at) = (live, index);
             }
+            if index == messages / 2 {
+                live_at_half = live;
+            }
         }
     }
     let heap = heap_before.stop();
+    let second_half_s = (messages - messages / 2) as f64 * spacing_ms as f64 / 1000.0;
+    let growth_per_s = (heap.live_bytes() - live_at_half) as f64 / second_half_s / args.offices as f64;
     ensure!(refused == 0, "{refused} messages refused: the flood must stay within the rate limit");
     let per_office = peak as f64 / args.offices as f64;
     let max_offices = limits.max_offices as f64;
@@ -95,12 +140,12 @@ pub fn office_memory(args: &OfficeMemoryArgs) -> anyhow::Result<()> {
     report.line(
         "input",
         format!(
-            "{} office(s), each {messages} messages at {rate}/s of event time ({:.1} h, {} x dedup_horizon {} s): \
-             {open} tickets kept open, then a new ticket issued and the oldest finished in turn, every event with an id",
+            "{} office(s), each {messages} messages at {rate}/s of event time ({:.1} h, {} x dedup_horizon {} s): {}",
             args.offices,
             messages as f64 * spacing_ms as f64 / 3.6e6,
             args.horizons,
-            horizon_ms / 1000
+            horizon_ms / 1000,
+            args.flood.text(open)
         ),
     );
     report.line(
@@ -128,6 +173,14 @@ pub fn office_memory(args: &OfficeMemoryArgs) -> anyhow::Result<()> {
             "{:.1} MB (peak after message {peak_at} of {messages}; {:.1} MB live at the end over all offices)",
             mb(per_office as u64),
             mb(heap.live_bytes().max(0) as u64)
+        ),
+    );
+    report.line(
+        "heap growth per office over the second half",
+        format!(
+            "{:.2} KB per second of event time ({:.1} MB an hour)",
+            growth_per_s / 1e3,
+            growth_per_s * 3600.0 / 1e6
         ),
     );
     report.line(

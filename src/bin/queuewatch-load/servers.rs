@@ -158,6 +158,11 @@ impl Drop for Servers {
         for (dir, name) in kept {
             let _ = fs::copy(dir.join(name), keep.join(name));
         }
+        // Each start after a kill logs to a file of its own.
+        for restart in 1..=self.starts {
+            let name = format!("queuewatch-restart-{restart}.log");
+            let _ = fs::copy(self.dir.path().join(&name), keep.join(name));
+        }
     }
 }
 
@@ -209,9 +214,6 @@ impl Servers {
         self.spawn_daemon(options).await
     }
 
-    /// Starts `queuewatch run` on the session created before (which must not
-    /// be touched again: a client resuming it would be sent its queue) and
-    /// waits until it is connected.
     /// Kills the daemon with SIGKILL (no shutdown at all) and returns the CPU
     /// seconds it had used, which a later sample no longer sees.
     pub fn kill_daemon(&mut self) -> f64 {
@@ -230,7 +232,17 @@ impl Servers {
         Some(line.split_once("State recovered.").map_or(line, |(_, rest)| rest).trim().to_string())
     }
 
+    /// Starts `queuewatch run` on the session created before (which must not
+    /// be touched again: a client resuming it would be sent its queue) and
+    /// waits until it is connected.
     pub async fn spawn_daemon(&mut self, options: &DaemonArgs) -> anyhow::Result<()> {
+        self.launch_daemon(options)?;
+        self.wait_until_connected().await
+    }
+
+    /// Starts `queuewatch run` on the session created before and returns at
+    /// once (its recovery and connection still to come).
+    pub fn launch_daemon(&mut self, options: &DaemonArgs) -> anyhow::Result<()> {
         let binary = match &options.queuewatch {
             Some(path) => path.clone(),
             None => std::env::current_exe().context("locate this binary")?.with_file_name("queuewatch"),
@@ -243,7 +255,7 @@ impl Servers {
         let config_path = self.dir.path().join("queuewatch.toml");
         fs::write(
             &config_path,
-            daemon_config_text(&self.mosquitto.url, &self.influxd.url, &self.dir.path().join("state"), &options.set)?,
+            daemon_config_text(&self.mosquitto.url, &self.influxd.url, &self.daemon_data_dir(), &options.set)?,
         )?;
         // A start after a kill logs to a file of its own, so that its lines are not the killed one's.
         let log_name = match self.starts {
@@ -254,16 +266,34 @@ impl Servers {
             .args(["run".to_string(), "--config".to_string(), config_path.display().to_string()])
             .env("QUEUEWATCH_LOG", "info");
         daemon.spawn()?;
+        self.daemon = Some(daemon);
+        Ok(())
+    }
+
+    /// Waits until the running daemon is connected to the broker.
+    pub async fn wait_until_connected(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while !daemon.log().contains("Connected to the MQTT broker.") {
+        loop {
+            let daemon = self.daemon.as_mut().context("no daemon running")?;
+            if daemon.log().contains("Connected to the MQTT broker.") {
+                return Ok(());
+            }
             if let Some(status) = daemon.exited() {
                 bail!("queuewatch exited during startup ({status}):\n{}", daemon.log());
             }
             ensure!(Instant::now() < deadline, "queuewatch did not connect in {STARTUP_TIMEOUT:?}:\n{}", daemon.log());
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        self.daemon = Some(daemon);
-        Ok(())
+    }
+
+    /// What the running daemon has logged so far.
+    pub fn daemon_log(&self) -> Option<String> {
+        self.daemon.as_ref().map(ServerProcess::log)
+    }
+
+    /// The daemon's `storage.data_dir`.
+    pub fn daemon_data_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// The messages Mosquitto holds in its store (`$SYS/broker/store/messages/count`:

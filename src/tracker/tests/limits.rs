@@ -315,3 +315,93 @@ fn forgetting_early_is_the_same_whatever_the_arrival_order_within_the_window() {
     assert!(results[0].1 > 0, "the limit bites");
     assert!(results.iter().all(|result| *result == results[0]), "{results:#?}");
 }
+
+/// Recalls with an `id` every second for 5.5 hours, to ticket A1 that stays
+/// open throughout (each recall keeps it alive): the tracker's output and
+/// what it remembers.
+fn recall_flood(settings: TrackerSettings) -> (Tracker, Output) {
+    let mut tracker = Tracker::new(settings);
+    let mut out = feed(&mut tracker, "08:00 issued A1 service=ktp id=i1");
+    let first = parse_time("08:00:01").0;
+    for n in 0..20_000 {
+        let (mut event, _) = script_event(&format!("{} recalled A1 counter=c1", render_time(first + n * 1000)));
+        event.id = Some(format!("r{n}").into());
+        tracker.ingest(event, Millis(0), &mut out);
+    }
+    (tracker, out)
+}
+
+#[test]
+fn recalls_to_a_ticket_that_never_closes_are_remembered_within_the_offices_limit() {
+    let settings = limited(|limits| limits.max_remembered_per_office = 1_000);
+    let (mut tracker, mut out) = recall_flood(settings);
+    // A segment's first keys, the keys of the events held for reordering,
+    // and at most the limit of the rest.
+    let keys = tracker.dedup_keys();
+    assert!(keys <= 1_000 + 2 * SEGMENT_KEYS_KEPT + 64, "{keys} dedup keys for 40,002 events' keys");
+    assert!(forgotten_early(&out) >= 30_000, "{}", forgotten_early(&out));
+    // The least recently touched are forgotten first: copies of the issue
+    // (among the segment's first keys) and of the last recall are still
+    // recognised; one of the first recalls is not, and applied late to the
+    // open segment.
+    let copies = feed(
+        &mut tracker,
+        "08:00 issued A1 service=ktp id=i1
+         13:33:20 recalled A1 counter=c1 id=r19999
+         08:00:30 recalled A1 counter=c1 id=r29",
+    );
+    assert_eq!(
+        (copies.notes.get(Note::Duplicate), copies.notes.get(Note::Late), copies.notes.get(Note::Applied)),
+        (2, 1, 1)
+    );
+    out.points.extend(copies.points);
+    let closing = feed(&mut tracker, "13:40 finished A1 counter=c1 id=f1");
+    out.points.extend(closing.points);
+    tracker.drain(Millis(0), &mut out);
+    let tickets: Vec<String> =
+        out.points.iter().filter(|point| point.measurement == "ticket").map(render_point).collect();
+    assert_eq!(
+        tickets,
+        ["o1 served ktp c1 @13:40:00 ticket=A1 recalls=255 wait_s=1 service_s=400 total_s=20400 visit_s=20400 \
+          wait_within_target=1 service_within_target=1"]
+    );
+}
+
+#[test]
+fn without_the_limit_the_keys_of_a_long_open_segment_go_after_the_dedup_horizon() {
+    let settings = limited(|limits| limits.max_remembered_per_office = 0);
+    let horizon_s = settings.dedup_horizon_ms / 1000;
+    let (tracker, out) = recall_flood(settings);
+    // Two keys a second for the horizon, and a quarter more between sweeps.
+    let keys = tracker.dedup_keys() as i64;
+    assert!(keys <= 2 * (horizon_s + horizon_s / 4) + 2 * SEGMENT_KEYS_KEPT as i64 + 64, "{keys} dedup keys");
+    assert_eq!(forgotten_early(&out), 0);
+}
+
+/// A segment past the keys it keeps, stored and restored, goes on as the
+/// original: the same keys remembered, the same copies recognised.
+#[test]
+fn a_segment_past_the_keys_it_keeps_resumes_from_a_state_as_it_was() {
+    let settings = limited(|limits| limits.max_remembered_per_office = 50);
+    let mut tracker = Tracker::new(settings.clone());
+    let mut script = String::from("08:00 issued A1 service=ktp id=i1\n");
+    for n in 0..100 {
+        script.push_str(&format!("08:{:02}:{:02} recalled A1 counter=c1 id=r{n}\n", 1 + n / 60, n % 60));
+    }
+    feed(&mut tracker, &script);
+    let restored = decode(settings, &encode(&tracker)).unwrap();
+    let mut outcomes = Vec::new();
+    for mut copy in [tracker, restored] {
+        let mut more = feed(&mut copy, &script);
+        more.points.extend(feed(&mut copy, "08:30 finished A1 counter=c1 id=f1").points);
+        copy.drain(Millis(0), &mut more);
+        let tickets: Vec<String> =
+            more.points.iter().filter(|point| point.measurement == "ticket").map(render_point).collect();
+        outcomes.push((copy.dedup_keys(), remembered(&copy), render_notes(&more.notes), tickets));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    // Copies of the segment's own keys (its first 8 events) and of the
+    // latest recalls are duplicates; those of recalls forgotten early are
+    // applied late to the open segment.
+    assert_eq!(outcomes[0].2, "duplicate=44 late=57", "{:?}", outcomes[0]);
+}
