@@ -25,6 +25,7 @@
 //! - [`secret`]: reading secret files (passwords, keys), refusing those others may write.
 //! - [`tls`]: certificate files, the platform's trust store and TLS errors, for MQTT and InfluxDB.
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
+//! - [`throttle`]: rate-limited logging of what can repeat per message.
 
 pub mod alerts;
 pub mod config;
@@ -46,6 +47,7 @@ pub mod simulate;
 pub mod sink;
 pub mod stats;
 pub mod storage;
+pub mod throttle;
 pub mod time;
 pub mod tls;
 pub mod tracker;

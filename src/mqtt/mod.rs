@@ -58,7 +58,7 @@ use crate::config::{MqttConfig, MqttTlsConfig};
 use crate::event::{RejectReason, Rejection};
 use crate::ids::{Interned, InvalidId, OfficeId};
 use crate::secret::SecretFileError;
-use crate::stats::LogLimiter;
+use crate::throttle::LogLimiter;
 
 /// A failure that repeats on every attempt is logged again only this often,
 /// with the number of attempts in between.
