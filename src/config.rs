@@ -784,7 +784,7 @@ impl Config {
                 }
             }
             if let Some(text) = section.string("min_timestamp", &mut problems) {
-                match crate::event::parse_rfc3339(&text) {
+                match crate::time::parse_rfc3339(&text) {
                     Some(at) if at < UNIX_EPOCH => problems
                         .push(format!("tracking.min_timestamp: {text:?} must not be before 1970-01-01T00:00:00Z")),
                     Some(at) => tracking.min_timestamp = at,
