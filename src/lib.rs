@@ -10,7 +10,8 @@
 //! - [`tracker`]: the pure core. Events and a time in, points and counts out. No IO.
 //! - [`pipeline`]: decode + track + encode, shared by `run`, `replay` and benchmarks.
 //! - [`point`]: InfluxDB points and their line-protocol encoding.
-//! - [`config`]: the TOML configuration, validated all at once.
+//! - [`config`]: the TOML configuration's values, validated all at once (imports no adapter).
+//! - [`preflight`]: loading a config file for a command: its values, then the files they name.
 //! - [`sink`]: batching writer to InfluxDB (v1 `/write`, v2 `/api/v2/write`).
 //! - [`mqtt`]: the MQTT adapter (subscribe, manual acknowledgement, reconnect).
 //! - [`alerts`]: breach alerts and rejection echoes over MQTT (`run` only).
@@ -39,6 +40,7 @@ pub mod mqtt;
 pub mod ops;
 pub mod pipeline;
 pub mod point;
+pub mod preflight;
 pub mod privacy;
 pub mod replay;
 pub mod secret;
