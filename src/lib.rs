@@ -28,6 +28,9 @@
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
 //! - [`throttle`]: rate-limited logging of what can repeat per message.
 
+// No module needs it: a need for it would be a decision to write down, not a default.
+#![forbid(unsafe_code)]
+
 pub mod alerts;
 pub mod config;
 pub mod daemon;
