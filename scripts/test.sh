@@ -62,6 +62,21 @@ if [[ -n $leaked ]]; then
     exit 1
 fi
 
+# The MQTT client is the vendored, patched rumqttc (vendor/rumqttc/PATCH.md:
+# queued acknowledgements leave in one write), in the production build as in
+# the tests: a [patch] that stops applying (a version bump) would fall back to
+# crates.io's copy without a word.
+vendored="rumqttc v* ($(pwd -P)/vendor/rumqttc)"
+for features in --no-default-features --all-features; do
+    rumqttc=$(cargo tree -p queuewatch "$features" -e normal -i rumqttc --prefix none --depth 0 2>&1) || true
+    # shellcheck disable=SC2053 # $vendored is a pattern
+    if [[ $rumqttc != $vendored ]]; then
+        echo "scripts/test.sh: the build ($features) does not use the vendored rumqttc in vendor/rumqttc:" >&2
+        echo "$rumqttc" >&2
+        exit 1
+    fi
+done
+
 if [[ -n $influxdb3 ]]; then
     echo "scripts/test.sh: InfluxDB 3 Core build found ($influxdb3): its tests run" >&2
     if cargo nextest --version >/dev/null 2>&1; then

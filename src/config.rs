@@ -1,9 +1,16 @@
 //! The TOML configuration.
 //!
-//! Owns every key operators write. [`Config::load`] reads a file and reports
-//! every problem at once, each naming the file and the dotted key, so an
-//! operator fixes a config in one pass. Unknown keys are errors: a typo must
-//! never silently fall back to a default.
+//! Owns every key operators write. [`Config::parse`] reports every problem
+//! at once, each naming the dotted key, so an operator fixes a config in one
+//! pass. Unknown keys are errors: a typo must never silently fall back to a
+//! default.
+//!
+//! What must stay true: this module reads values only, and imports nothing of
+//! the adapters (a leaf that they read). The files a config names (TLS PEM,
+//! the staff key, secret files' modes) are checked by `crate::preflight`, which
+//! loads a config file for the commands: [`Config::parse_values`] hands it
+//! each [`FileCheck`] at its place among the problems, so that all of them are
+//! reported at once, in the order of the file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -561,6 +568,35 @@ impl Default for InfluxConfig {
     }
 }
 
+/// A check of a file the config names, which needs the file system and is
+/// left to `crate::preflight`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCheck {
+    /// A secret file, named by `key`, if it is there yet: it must not be one
+    /// that others may write.
+    SecretIfPresent { key: String, path: PathBuf },
+    /// The files of `mqtt.tls` (`mqtt.ca_file`, `mqtt.client_cert_file`,
+    /// `mqtt.client_key_file`): there, PEM of their kind, the key fitting the
+    /// certificate and a private file.
+    MqttTls,
+    /// `influxdb.ca_file`: there, and PEM CA certificates.
+    InfluxCaFile { path: PathBuf },
+    /// The key of `privacy.staff = "hash"` (from `privacy`): there, at least
+    /// 16 bytes, and if a file, a private one.
+    StaffKey,
+}
+
+/// A config's values as far as they parse, every problem found in them, and
+/// the file checks they call for.
+#[derive(Debug)]
+pub struct Parsed {
+    pub config: Config,
+    pub problems: Vec<String>,
+    /// Each check with the number of `problems` found before it: its own
+    /// problems belong there, so that all read in the order of the file.
+    pub file_checks: Vec<(usize, FileCheck)>,
+}
+
 /// Every problem found in a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -571,15 +607,10 @@ pub enum ConfigError {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-        Config::parse(&text).map_err(|problems| ConfigError::Invalid { file, problems })
-    }
-
-    /// What the config allows but an operator should know weakens it, each
-    /// prefixed by its key: topic filters that let a publisher name any
-    /// office, secret files any user may read (each file once per process).
+    /// What the config's values allow but an operator should know weakens
+    /// it, each prefixed by its key: topic filters that let a publisher name
+    /// any office. (`crate::preflight::warnings` adds the secret files any
+    /// user may read.)
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for filter in &self.mqtt.topics {
@@ -591,30 +622,43 @@ impl Config {
                 ));
             }
         }
+        warnings
+    }
+
+    /// The secret files the config names, each with its key: those any user
+    /// may read are warned about.
+    pub fn secret_files(&self) -> [(&'static str, Option<&Path>); 5] {
         let key_file = self.mqtt.tls.as_ref().and_then(|tls| tls.client_auth.as_ref()).map(|files| &files.key_file);
-        let secret_files = [
+        [
             ("mqtt.password_file", self.mqtt.password_file.as_deref().map(Path::new)),
             ("mqtt.client_key_file", key_file.map(PathBuf::as_path)),
             ("influxdb.password_file", self.influxdb.password_file.as_deref().map(Path::new)),
             ("influxdb.token_file", self.influxdb.token_file.as_deref().map(Path::new)),
             ("privacy.staff_key_file", self.privacy.staff_key_file.as_deref()),
-        ];
-        for (key, path) in secret_files {
-            let Some(path) = path else { continue };
-            if matches!(crate::secret::inspect(key, path), Ok(crate::secret::Readers::Anyone)) {
-                warnings.extend(crate::secret::readable_by_anyone_warning_once(key, path));
-            }
-        }
-        warnings
+        ]
     }
 
-    /// Parses TOML text; on failure returns every problem, each prefixed by its key.
+    /// Parses TOML text, its values only (`crate::preflight::parse` checks
+    /// the files it names too); on failure returns every problem, each
+    /// prefixed by its key.
     pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let parsed = Config::parse_values(text)?;
+        if parsed.problems.is_empty() {
+            Ok(parsed.config)
+        } else {
+            Err(parsed.problems)
+        }
+    }
+
+    /// The values of TOML text as far as they parse, with every problem and
+    /// the file checks due; `Err` only for text that is not TOML.
+    pub fn parse_values(text: &str) -> Result<Parsed, Vec<String>> {
         let root: toml::Table = match text.parse() {
             Ok(root) => root,
             Err(error) => return Err(vec![format!("invalid TOML: {}", error.to_string().trim())]),
         };
         let mut problems = Vec::new();
+        let mut file_checks = Vec::new();
         let mut config = Config::default();
         let mut top = Section::new(&root, "");
 
@@ -660,7 +704,7 @@ impl Config {
                 }
             }
             parse_mqtt_credentials(&mut section, defaults, &mut problems);
-            parse_mqtt_tls(&mut section, defaults, &mut problems);
+            parse_mqtt_tls(&mut section, defaults, &mut problems, &mut file_checks);
             section.finish(&mut problems);
         }
 
@@ -701,12 +745,11 @@ impl Config {
                 match value.as_deref() {
                     Some("") => problems.push(format!("influxdb.{key}: must not be empty")),
                     // A file others may write is refused now rather than at the first write.
-                    Some(path) if Path::new(path).exists() => {
-                        if let Err(error) = crate::secret::inspect(&format!("influxdb.{key}"), Path::new(path)) {
-                            problems.push(error.to_string());
-                        }
-                    }
-                    _ => {}
+                    Some(path) => file_checks.push((
+                        problems.len(),
+                        FileCheck::SecretIfPresent { key: format!("influxdb.{key}"), path: path.into() },
+                    )),
+                    None => {}
                 }
             }
             if influx.password_env.is_some() && influx.password_file.is_some() {
@@ -724,7 +767,7 @@ impl Config {
             if influx.token_env.is_some() && influx.token_file.is_some() {
                 problems.push("influxdb.token_file: give token_env or token_file, not both".into());
             }
-            parse_influx_ca_file(&mut section, influx, &mut problems);
+            parse_influx_ca_file(&mut section, influx, &mut problems, &mut file_checks);
             if let Some(compression) = section.string("compression", &mut problems) {
                 match Compression::ALL.into_iter().find(|known| known.name() == compression) {
                     Some(known) => influx.compression = known,
@@ -785,7 +828,7 @@ impl Config {
                 }
             }
             if let Some(text) = section.string("min_timestamp", &mut problems) {
-                match crate::event::parse_rfc3339(&text) {
+                match crate::time::parse_rfc3339(&text) {
                     Some(at) if at < UNIX_EPOCH => problems
                         .push(format!("tracking.min_timestamp: {text:?} must not be before 1970-01-01T00:00:00Z")),
                     Some(at) => tracking.min_timestamp = at,
@@ -929,7 +972,7 @@ impl Config {
 
         if let Some(table) = top.table("privacy", &mut problems) {
             let mut section = Section::new(table, "privacy");
-            parse_privacy(&mut section, &mut config.privacy, &mut problems);
+            parse_privacy(&mut section, &mut config.privacy, &mut problems, &mut file_checks);
             section.finish(&mut problems);
         }
 
@@ -941,11 +984,7 @@ impl Config {
         }
 
         top.finish(&mut problems);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
-        }
+        Ok(Parsed { config, problems, file_checks })
     }
 }
 
@@ -1016,11 +1055,17 @@ fn parse_mqtt_credentials(section: &mut Section<'_>, mqtt: &mut MqttConfig, prob
 }
 
 /// `privacy.staff`, `privacy.staff_key_env`, `privacy.staff_key_file`. With
-/// `hash` the key is read now, so that a missing or short key is a config
-/// error, and forgotten (`privacy::StaffPrivacy` reads it again at start). A
-/// key given with `keep` or `drop` is an error too: it says the operator
-/// meant to hash, and the staff would be kept or dropped without a word.
-fn parse_privacy(section: &mut Section<'_>, privacy: &mut PrivacyConfig, problems: &mut Vec<String>) {
+/// `hash` the key is to be read at load ([`FileCheck::StaffKey`]), so that a
+/// missing or short key is a config error, and forgotten
+/// (`privacy::StaffPrivacy` reads it again at start). A key given with `keep`
+/// or `drop` is an error too: it says the operator meant to hash, and the
+/// staff would be kept or dropped without a word.
+fn parse_privacy(
+    section: &mut Section<'_>,
+    privacy: &mut PrivacyConfig,
+    problems: &mut Vec<String>,
+    file_checks: &mut Vec<(usize, FileCheck)>,
+) {
     if let Some(mode) = section.string("staff", problems) {
         match mode.as_str() {
             "keep" => privacy.staff = StaffMode::Keep,
@@ -1059,11 +1104,7 @@ fn parse_privacy(section: &mut Section<'_>, privacy: &mut PrivacyConfig, problem
             "privacy.staff: \"hash\" needs a key of at least 16 bytes: set privacy.staff_key_env or privacy.staff_key_file"
                 .into(),
         ),
-        StaffMode::Hash => {
-            if let Err(problem) = crate::privacy::read_key(privacy) {
-                problems.push(problem);
-            }
-        }
+        StaffMode::Hash => file_checks.push((problems.len(), FileCheck::StaffKey)),
         StaffMode::Keep | StaffMode::Drop if given => {
             let mode = if privacy.staff == StaffMode::Keep { "keep" } else { "drop" };
             let key = if section.has("staff_key_env") { "staff_key_env" } else { "staff_key_file" };
@@ -1079,9 +1120,15 @@ fn parse_privacy(section: &mut Section<'_>, privacy: &mut PrivacyConfig, problem
 /// The bounds of the `[tracking]` durations and how they relate.
 /// `mqtt.ca_file`, `mqtt.client_cert_file`, `mqtt.client_key_file`: only
 /// with an `mqtts://` URL; the client certificate and key both or neither.
-/// The files must exist and hold PEM of their kind now, and the key must be
-/// a private file; the password file too, if it is there yet.
-fn parse_mqtt_tls(section: &mut Section<'_>, mqtt: &mut MqttConfig, problems: &mut Vec<String>) {
+/// The files must exist and hold PEM of their kind at load, and the key must
+/// be a private file; the password file too, if it is there yet
+/// ([`FileCheck`]).
+fn parse_mqtt_tls(
+    section: &mut Section<'_>,
+    mqtt: &mut MqttConfig,
+    problems: &mut Vec<String>,
+    file_checks: &mut Vec<(usize, FileCheck)>,
+) {
     let mut path = |key: &str| {
         let text = section.string(key, problems)?;
         if text.is_empty() {
@@ -1094,12 +1141,8 @@ fn parse_mqtt_tls(section: &mut Section<'_>, mqtt: &mut MqttConfig, problems: &m
     let cert_file = path("client_cert_file");
     let key_file = path("client_key_file");
     if let Some(path) = &mqtt.password_file {
-        let path = Path::new(path);
-        if path.exists() {
-            if let Err(error) = crate::secret::inspect("mqtt.password_file", path) {
-                problems.push(error.to_string());
-            }
-        }
+        let check = FileCheck::SecretIfPresent { key: "mqtt.password_file".into(), path: path.into() };
+        file_checks.push((problems.len(), check));
     }
     let Some(tls) = &mut mqtt.tls else {
         for (key, given) in [
@@ -1124,7 +1167,7 @@ fn parse_mqtt_tls(section: &mut Section<'_>, mqtt: &mut MqttConfig, problems: &m
         }
         (None, None) => {}
     }
-    problems.extend(crate::mqtt::tls::check(tls));
+    file_checks.push((problems.len(), FileCheck::MqttTls));
 }
 
 /// `influxdb.url`: an `http://` or `https://` URL with a host, and without a
@@ -1154,14 +1197,19 @@ pub fn check_influx_url(url: &str) -> Result<reqwest::Url, String> {
 }
 
 /// `influxdb.ca_file`: only with an `https://` URL, a file of PEM CA certificates.
-fn parse_influx_ca_file(section: &mut Section<'_>, influx: &mut InfluxConfig, problems: &mut Vec<String>) {
+fn parse_influx_ca_file(
+    section: &mut Section<'_>,
+    influx: &mut InfluxConfig,
+    problems: &mut Vec<String>,
+    file_checks: &mut Vec<(usize, FileCheck)>,
+) {
     let Some(path) = section.string("ca_file", problems) else { return };
     if path.is_empty() {
         problems.push("influxdb.ca_file: must not be empty".into());
     } else if !influx.url.starts_with("https://") {
         problems.push(format!("influxdb.ca_file: needs an https:// influxdb.url, not {:?}", influx.url));
-    } else if let Some(problem) = crate::sink::tls::check(Path::new(&path)) {
-        problems.push(problem);
+    } else {
+        file_checks.push((problems.len(), FileCheck::InfluxCaFile { path: PathBuf::from(&path) }));
     }
     influx.ca_file = Some(PathBuf::from(path));
 }
@@ -1552,7 +1600,7 @@ impl<'a> Section<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1637,123 +1685,6 @@ wait_target = "1m"
             parse_broker_url("mqtt://broker").unwrap(),
             BrokerUrl { host: "broker".into(), port: 1883, tls: false }
         );
-    }
-
-    /// A folder with `ca.pem`, `client.pem` and `client.key` (mode 0600) made
-    /// by rcgen, and `other.key`, a key that does not fit `client.pem`.
-    fn tls_files() -> tempfile::TempDir {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
-        let client_key = rcgen::KeyPair::generate().unwrap();
-        let client = rcgen::CertificateParams::new(vec!["queuewatch".to_string()]).unwrap();
-        let client = client.signed_by(&client_key, &ca).unwrap();
-        let write = |name: &str, text: String| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        };
-        write("ca.pem", ca.pem());
-        write("client.pem", client.pem());
-        write("client.key", client_key.serialize_pem());
-        write("other.key", rcgen::KeyPair::generate().unwrap().serialize_pem());
-        dir
-    }
-
-    fn tls_config(dir: &Path, url: &str, files: &[(&str, &str)]) -> String {
-        let mut text = format!("[mqtt]\nurl = \"{url}\"\n");
-        for (key, name) in files {
-            text.push_str(&format!("{key} = \"{}\"\n", dir.join(name).display()));
-        }
-        text
-    }
-
-    #[test]
-    fn mqtts_takes_a_ca_file_and_a_client_certificate_with_its_key() {
-        let dir = tls_files();
-        let files = [("ca_file", "ca.pem"), ("client_cert_file", "client.pem"), ("client_key_file", "client.key")];
-        let config = Config::parse(&tls_config(dir.path(), "mqtts://broker", &files)).unwrap();
-        assert_eq!((config.mqtt.host.as_str(), config.mqtt.port), ("broker", 8883));
-        let tls = config.mqtt.tls.unwrap();
-        assert_eq!(tls.ca_file, Some(dir.path().join("ca.pem")));
-        let client_auth = tls.client_auth.unwrap();
-        assert_eq!(
-            (client_auth.cert_file, client_auth.key_file),
-            (dir.path().join("client.pem"), dir.path().join("client.key"))
-        );
-        let system_roots = Config::parse("[mqtt]\nurl = \"mqtts://broker:8884\"\n").unwrap();
-        assert_eq!(system_roots.mqtt.tls, Some(MqttTlsConfig::default()), "mqtts:// alone trusts the platform's roots");
-        assert_eq!(Config::parse("").unwrap().mqtt.tls, None);
-    }
-
-    #[test]
-    fn tls_files_are_checked_now_and_each_problem_names_its_key() {
-        let dir = tls_files();
-        let plain = problems_of(&tls_config(
-            dir.path(),
-            "mqtt://broker",
-            &[("ca_file", "ca.pem"), ("client_key_file", "client.key")],
-        ));
-        assert_reported(
-            &plain,
-            &[
-                "mqtt.ca_file: TLS files need an mqtts:// mqtt.url, not \"mqtt://broker\"",
-                "mqtt.client_key_file: TLS files need an mqtts:// mqtt.url",
-            ],
-        );
-        let missing = problems_of(&tls_config(dir.path(), "mqtts://broker", &[("ca_file", "absent.pem")]));
-        assert!(missing.starts_with("mqtt.ca_file: cannot read"), "{missing}");
-        let half = problems_of(&tls_config(dir.path(), "mqtts://broker", &[("client_cert_file", "client.pem")]));
-        assert_reported(&half, &["mqtt.client_key_file: needed with mqtt.client_cert_file (both or neither)"]);
-        let swapped = [("ca_file", "client.key"), ("client_cert_file", "client.pem"), ("client_key_file", "ca.pem")];
-        let swapped = problems_of(&tls_config(dir.path(), "mqtts://broker", &swapped));
-        assert_reported(
-            &swapped,
-            &["mqtt.ca_file: ", "holds no PEM certificate", "mqtt.client_key_file: ", "holds no PEM private key"],
-        );
-        let unfit = [("client_cert_file", "client.pem"), ("client_key_file", "other.key")];
-        let unfit = problems_of(&tls_config(dir.path(), "mqtts://broker", &unfit));
-        assert_reported(&unfit, &["mqtt.client_key_file: ", "does not fit the certificate in mqtt.client_cert_file"]);
-        assert!(!unfit.contains("PRIVATE KEY"), "{unfit}");
-    }
-
-    #[test]
-    fn secret_files_others_may_write_are_refused_and_those_anyone_may_read_are_warned_about() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tls_files();
-        let password = dir.path().join("password");
-        std::fs::write(&password, "planted-secret\n").unwrap();
-        let chmod = |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-        let mut text = tls_config(
-            dir.path(),
-            "mqtts://broker",
-            &[("client_cert_file", "client.pem"), ("client_key_file", "client.key")],
-        );
-        text.push_str(&format!("username = \"queuewatch\"\npassword_file = \"{}\"\n", password.display()));
-        let token = dir.path().join("token");
-        std::fs::write(&token, "planted-token\n").unwrap();
-        text.push_str(&format!("\n[influxdb]\napi = \"v2\"\ntoken_file = \"{}\"\n", token.display()));
-        chmod(&password, 0o666);
-        chmod(&dir.path().join("client.key"), 0o660);
-        chmod(&token, 0o602);
-        let problems = problems_of(&text);
-        assert_reported(
-            &problems,
-            &["mqtt.password_file: ", "(mode 0666)", "mqtt.client_key_file: ", "(mode 0660)", "influxdb.token_file: "],
-        );
-        assert!(!problems.contains("planted-token"), "{problems}");
-        chmod(&token, 0o600);
-        assert!(!problems.contains("planted-secret") && !problems.contains("PRIVATE KEY"), "{problems}");
-
-        chmod(&password, 0o644);
-        chmod(&dir.path().join("client.key"), 0o444);
-        let config = Config::parse(&text).unwrap();
-        let warnings = config.warnings().join("\n");
-        assert_reported(&warnings, &["mqtt.password_file: ", "mqtt.client_key_file: ", "may be read by any user"]);
-        assert!(config.warnings().is_empty(), "each file is warned about once: {:?}", config.warnings());
     }
 
     #[test]
@@ -1937,90 +1868,10 @@ topic = "queue/+/alerts"
     }
 
     #[track_caller]
-    fn assert_reported(problems: &str, expected: &[&str]) {
+    pub(crate) fn assert_reported(problems: &str, expected: &[&str]) {
         for expected in expected {
             assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
         }
-    }
-
-    #[test]
-    fn staff_are_kept_by_default_and_hashing_needs_a_key_of_16_bytes_that_is_never_shown() {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(Config::default().privacy, PrivacyConfig::default());
-        assert_eq!(Config::parse("").unwrap().privacy.staff, StaffMode::Keep);
-        assert_eq!(Config::parse("[privacy]\nstaff = \"drop\"").unwrap().privacy.staff, StaffMode::Drop);
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("staff.key");
-        let chmod = |mode| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
-        let hash_with_file = format!("[privacy]\nstaff = \"hash\"\nstaff_key_file = \"{}\"\n", key.display());
-
-        std::fs::write(&key, "planted-key-0123456789\n").unwrap();
-        chmod(0o600);
-        let config = Config::parse(&hash_with_file).unwrap();
-        assert_eq!(config.privacy.staff, StaffMode::Hash);
-        assert_eq!(config.privacy.staff_key_file.as_deref(), Some(key.as_path()));
-        assert!(!format!("{config:?}").contains("planted"), "the config holds where the key is, not the key");
-        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
-
-        // 15 bytes once the newline is taken off.
-        std::fs::write(&key, "planted-key-15b\n").unwrap();
-        let problems = problems_of(&hash_with_file);
-        assert_reported(&problems, &["privacy.staff_key_file: ", "is 15 bytes; at least 16"]);
-        assert!(!problems.contains("planted"), "{problems}");
-        std::fs::write(&key, "planted-key-0123456789\n").unwrap();
-        chmod(0o620);
-        let problems = problems_of(&hash_with_file);
-        assert_reported(&problems, &["privacy.staff_key_file: ", "(mode 0620)"]);
-        assert!(!problems.contains("planted"), "{problems}");
-        chmod(0o644);
-        let warnings = Config::parse(&hash_with_file).unwrap().warnings().join("\n");
-        assert_reported(&warnings, &["privacy.staff_key_file: ", "may be read by any user"]);
-        std::fs::remove_file(&key).unwrap();
-        assert_reported(&problems_of(&hash_with_file), &["privacy.staff_key_file: cannot read"]);
-
-        let variable = "QUEUEWATCH_TEST_STAFF_KEY_CONFIG";
-        let hash_with_env = format!("[privacy]\nstaff = \"hash\"\nstaff_key_env = \"{variable}\"\n");
-        assert_reported(
-            &problems_of(&hash_with_env),
-            &[&format!("privacy.staff_key_env: the environment variable \"{variable}\" is not set")],
-        );
-        std::env::set_var(variable, "planted-short");
-        let problems = problems_of(&hash_with_env);
-        assert_reported(&problems, &["privacy.staff_key_env: the key in the environment variable", "is 13 bytes"]);
-        assert!(!problems.contains("planted"), "{problems}");
-        std::env::set_var(variable, "planted-key-0123456789");
-        assert!(Config::parse(&hash_with_env).is_ok());
-        std::env::remove_var(variable);
-
-        assert_reported(
-            &problems_of("[privacy]\nstaff = \"hash\""),
-            &["privacy.staff: \"hash\" needs a key of at least 16 bytes: set privacy.staff_key_env or privacy.staff_key_file"],
-        );
-        assert_reported(
-            &problems_of(&format!("[privacy]\nstaff_key_env = \"{variable}\"")),
-            &["privacy.staff_key_env: a key is used only with privacy.staff = \"hash\", and staff is \"keep\""],
-        );
-        assert_reported(
-            &problems_of("[privacy]\nstaff = \"drop\"\nstaff_key_file = \"/k\""),
-            &["privacy.staff_key_file: a key is used only with privacy.staff = \"hash\", and staff is \"drop\""],
-        );
-        let problems = problems_of(
-            "[privacy]\nstaff = \"hide\"\nstaff_key = \"planted\"\nstaff_key_env = \"A\"\nstaff_key_file = \"\"\nsalt = 1",
-        );
-        assert_reported(
-            &problems,
-            &[
-                "privacy.staff: \"hide\" is not \"keep\", \"hash\" or \"drop\"",
-                "privacy.staff_key: secrets are never read from the config file",
-                "privacy.staff_key_file: must not be empty",
-                "privacy.salt: unknown key",
-            ],
-        );
-        assert!(!problems.contains("planted"), "{problems}");
-        assert_reported(
-            &problems_of("[privacy]\nstaff = \"hash\"\nstaff_key_env = \"A\"\nstaff_key_file = \"/k\""),
-            &["privacy.staff_key_file: give staff_key_env or staff_key_file, not both"],
-        );
     }
 
     #[test]

@@ -14,12 +14,11 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::ids::{CounterId, IdCache, InvalidId, OfficeId, ServiceId, StaffId, TicketNo};
-use crate::time::Millis;
+use crate::time::{parse_rfc3339, Millis};
 
 mod scan;
 
 pub(crate) use scan::members as object_members;
-pub use scan::parse_rfc3339;
 
 /// The closed set of event types ticket machines publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

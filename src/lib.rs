@@ -10,7 +10,8 @@
 //! - [`tracker`]: the pure core. Events and a time in, points and counts out. No IO.
 //! - [`pipeline`]: decode + track + encode, shared by `run`, `replay` and benchmarks.
 //! - [`point`]: InfluxDB points and their line-protocol encoding.
-//! - [`config`]: the TOML configuration, validated all at once.
+//! - [`config`]: the TOML configuration's values, validated all at once (imports no adapter).
+//! - [`preflight`]: loading a config file for a command: its values, then the files they name.
 //! - [`sink`]: batching writer to InfluxDB (v1 `/write`, v2 `/api/v2/write`).
 //! - [`mqtt`]: the MQTT adapter (subscribe, manual acknowledgement, reconnect).
 //! - [`alerts`]: breach alerts and rejection echoes over MQTT (`run` only).
@@ -25,6 +26,10 @@
 //! - [`secret`]: reading secret files (passwords, keys), refusing those others may write.
 //! - [`tls`]: certificate files, the platform's trust store and TLS errors, for MQTT and InfluxDB.
 //! - [`stats`]: counts of accepted, rejected and otherwise noted events.
+//! - [`throttle`]: rate-limited logging of what can repeat per message.
+
+// No module needs it: a need for it would be a decision to write down, not a default.
+#![forbid(unsafe_code)]
 
 pub mod alerts;
 pub mod config;
@@ -38,6 +43,7 @@ pub mod mqtt;
 pub mod ops;
 pub mod pipeline;
 pub mod point;
+pub mod preflight;
 pub mod privacy;
 pub mod replay;
 pub mod secret;
@@ -46,6 +52,7 @@ pub mod simulate;
 pub mod sink;
 pub mod stats;
 pub mod storage;
+pub mod throttle;
 pub mod time;
 pub mod tls;
 pub mod tracker;

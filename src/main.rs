@@ -446,11 +446,13 @@ fn main() -> ExitCode {
 
 /// The config, or the exit code for a config that has problems (printed, all of them).
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
-    let config = Config::load(path).map_err(|error| {
+    let config = queuewatch::preflight::load(path).map_err(|error| {
         eprintln!("{error}");
         ExitCode::from(2)
     })?;
-    config.warnings().iter().for_each(|warning| eprintln!("{}: warning: {warning}", path.display()));
+    queuewatch::preflight::warnings(&config)
+        .iter()
+        .for_each(|warning| eprintln!("{}: warning: {warning}", path.display()));
     Ok(config)
 }
 

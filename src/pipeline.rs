@@ -14,7 +14,8 @@ use crate::event::{decode_with, DecodeLimits, Rejection};
 use crate::ids::IdCache;
 use crate::ids::OfficeId;
 use crate::point::Point;
-use crate::stats::{LogLimiter, Stats};
+use crate::stats::Stats;
+use crate::throttle::LogLimiter;
 use crate::time::{duration_ms, Millis};
 use crate::tracker::{Alert, Mode, Output, Tracker, TrackerSettings};
 

@@ -1,10 +1,8 @@
-//! Counts of what happened to incoming messages, and a log that does not flood.
+//! Counts of what happened to incoming messages.
 //!
 //! Owned by the task that owns the tracker; nothing else writes it.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
 
 use crate::event::RejectReason;
 use crate::point::Point;
@@ -146,58 +144,9 @@ impl Stats {
     }
 }
 
-/// Decides whether a repeating log line (per key) may be written now: the
-/// first occurrence always, then at most once per `every`, reporting how many
-/// were suppressed in between.
-#[derive(Debug)]
-pub struct LogLimiter {
-    every: Duration,
-    last: HashMap<String, (Instant, u64)>,
-}
-
-impl LogLimiter {
-    pub fn new(every: Duration) -> LogLimiter {
-        LogLimiter { every, last: HashMap::new() }
-    }
-
-    /// `Some(suppressed_since_last)` when the caller should log now.
-    pub fn allow(&mut self, key: &str, now: Instant) -> Option<u64> {
-        match self.last.get_mut(key) {
-            None => {
-                if self.last.len() > 10_000 {
-                    self.last.clear(); // keys come from input; keep the map bounded
-                }
-                self.last.insert(key.to_string(), (now, 0));
-                Some(0)
-            }
-            Some((last, suppressed)) if now.duration_since(*last) >= self.every => {
-                let count = *suppressed;
-                *last = now;
-                *suppressed = 0;
-                Some(count)
-            }
-            Some((_, suppressed)) => {
-                *suppressed += 1;
-                None
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limiter_logs_the_first_then_once_per_interval_with_the_suppressed_count() {
-        let mut limiter = LogLimiter::new(Duration::from_secs(10));
-        let start = Instant::now();
-        assert_eq!(limiter.allow("a", start), Some(0));
-        assert_eq!(limiter.allow("a", start + Duration::from_secs(1)), None);
-        assert_eq!(limiter.allow("a", start + Duration::from_secs(2)), None);
-        assert_eq!(limiter.allow("b", start + Duration::from_secs(2)), Some(0));
-        assert_eq!(limiter.allow("a", start + Duration::from_secs(11)), Some(2));
-    }
 
     #[test]
     fn summary_lists_non_zero_reasons() {

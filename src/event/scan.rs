@@ -9,15 +9,12 @@
 //! serde_json, which then gives the result and the rejection details. So
 //! what must hold is one way only: every `Some` here equals what serde_json
 //! gives; a `None` merely costs time. The tests check this against serde_json
-//! over random and mutated payloads.
-//!
-//! [`parse_rfc3339`] does the same for timestamps: the common form by hand,
-//! everything else through chrono.
+//! over random and mutated payloads. (Timestamps are read the same way, the
+//! common form by hand and everything else by chrono: `crate::time::parse_rfc3339`.)
 
 use std::borrow::Cow;
 
 use super::{AnyValue, RawEvent, RawTs, MAX_EPOCH_MS};
-use crate::time::Millis;
 
 /// The payload's fields, or `None` to let serde_json decide.
 pub(super) fn scan(payload: &[u8]) -> Option<RawEvent<'_>> {
@@ -426,110 +423,6 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Parses RFC 3339 with an offset, truncating below the millisecond.
-pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-    match parse_common_rfc3339(text.as_bytes()) {
-        Some(millis) => Some(millis),
-        None => parse_rfc3339_chrono(text),
-    }
-}
-
-/// Every form RFC 3339 allows (and a few more, as chrono reads it).
-#[cold]
-fn parse_rfc3339_chrono(text: &str) -> Option<Millis> {
-    let datetime = chrono::DateTime::parse_from_rfc3339(text).ok()?;
-    // timestamp_millis floors, which truncates for instants after 1970; for
-    // earlier ones flooring is the consistent choice too.
-    Some(Millis(datetime.timestamp_millis()))
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` with a valid date, a second
-/// below 60 and an offset below 24 hours: what devices send. `None` leaves
-/// the text to chrono (which also rejects what is invalid).
-fn parse_common_rfc3339(text: &[u8]) -> Option<Millis> {
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        text.get(range)?
-            .iter()
-            .try_fold(0i64, |value, &digit| digit.is_ascii_digit().then(|| value * 10 + i64::from(digit - b'0')))
-    };
-    let byte_at = |index: usize| text.get(index).copied();
-    if byte_at(4)? != b'-' || byte_at(7)? != b'-' || !matches!(byte_at(10)?, b'T' | b't' | b' ') {
-        return None;
-    }
-    if byte_at(13)? != b':' || byte_at(16)? != b':' {
-        return None;
-    }
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    if hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    let mut position = 19;
-    let mut millis = 0;
-    if byte_at(position) == Some(b'.') {
-        position += 1;
-        let start = position;
-        while byte_at(position).is_some_and(|byte| byte.is_ascii_digit()) {
-            if position - start < 3 {
-                millis = millis * 10 + i64::from(text[position] - b'0');
-            }
-            position += 1;
-        }
-        match position - start {
-            0 => return None,
-            1 => millis *= 100,
-            2 => millis *= 10,
-            _ => {}
-        }
-    }
-    let offset_s = match byte_at(position)? {
-        b'Z' | b'z' if position + 1 == text.len() => 0,
-        sign @ (b'+' | b'-') if position + 6 == text.len() && byte_at(position + 3) == Some(b':') => {
-            let (hours, minutes) = (number(position + 1..position + 3)?, number(position + 4..position + 6)?);
-            if hours > 23 || minutes > 59 {
-                return None;
-            }
-            let offset_s = hours * 3600 + minutes * 60;
-            if sign == b'-' {
-                -offset_s
-            } else {
-                offset_s
-            }
-        }
-        _ => return None,
-    };
-    let local_s = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(Millis((local_s - offset_s) * 1000 + millis))
-}
-
-fn is_leap_year(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
-/// (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -736,25 +629,6 @@ mod tests {
         ) {
             check(&payload)?;
         }
-
-        #[test]
-        fn timestamps_read_by_hand_are_what_chrono_reads(
-            year in 0i64..10_000, month in 0i64..14, day in 0i64..33, hour in 0i64..25, minute in 0i64..61,
-            second in 0i64..61,
-            fraction in prop::option::of("[0-9]{0,12}"),
-            separator in prop::sample::select(vec!["T", "t", " ", "x"]),
-            offset in prop::sample::select(vec!["Z", "z", "+07:00", "-05:30", "+23:59", "-00:00", "+24:00", "+07:60",
-                "+0700", "+07", "", "\u{2212}05:30", "Zx", "+07:00 "]),
-        ) {
-            let fraction = fraction.map(|digits| format!(".{digits}")).unwrap_or_default();
-            let text = format!("{year:04}-{month:02}-{day:02}{separator}{hour:02}:{minute:02}:{second:02}{fraction}{offset}");
-            prop_assert_eq!(parse_rfc3339(&text), parse_rfc3339_chrono(&text), "{}", text);
-        }
-
-        #[test]
-        fn timestamps_of_any_text_are_what_chrono_reads(text in "[0-9T:.Z+ -]{0,30}") {
-            prop_assert_eq!(parse_rfc3339(&text), parse_rfc3339_chrono(&text), "{}", text);
-        }
     }
 
     #[test]
@@ -768,12 +642,6 @@ mod tests {
             let scanned = scan(payload.as_bytes()).unwrap_or_else(|| panic!("left to serde_json: {payload}"));
             assert_eq!(scanned, serde_json_raw(payload.as_bytes()).unwrap());
         }
-        assert_eq!(
-            parse_common_rfc3339(b"2026-11-16T07:30:00.000+09:00"),
-            parse_rfc3339_chrono("2026-11-16T07:30:00.000+09:00")
-        );
-        assert!(parse_common_rfc3339(b"1969-12-31T23:59:59.999Z").is_some());
-        assert_eq!(parse_rfc3339("1969-12-31T23:59:59.999Z"), Some(Millis(-1)));
     }
 
     #[test]

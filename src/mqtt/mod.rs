@@ -58,7 +58,7 @@ use crate::config::{MqttConfig, MqttTlsConfig};
 use crate::event::{RejectReason, Rejection};
 use crate::ids::{Interned, InvalidId, OfficeId};
 use crate::secret::SecretFileError;
-use crate::stats::LogLimiter;
+use crate::throttle::LogLimiter;
 
 /// A failure that repeats on every attempt is logged again only this often,
 /// with the number of attempts in between.
@@ -834,5 +834,79 @@ mod tests {
         assert_eq!(delays, vec![100, 200, 350, 350]);
         backoff.reset();
         assert_eq!(backoff.next_delay().as_millis(), 100);
+    }
+
+    /// What the vendored rumqttc adds (vendor/rumqttc/PATCH.md), which the
+    /// acknowledgements after a group commit rely on: the requests queued while
+    /// the event loop was busy leave with its next turn, in one write, not one
+    /// turn and one write each. A broker of a few lines on loopback: it
+    /// delivers publishes, the client queues an acknowledgement for each, one
+    /// turn of the event loop runs, and a single read finds every one.
+    #[tokio::test]
+    async fn queued_acknowledgements_leave_in_one_write() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const PUBLISHES: u16 = 50;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut options = MqttOptions::new("batching", "127.0.0.1", listener.local_addr().unwrap().port());
+        options.set_manual_acks(true).set_keep_alive(Duration::from_secs(60));
+        let (client, mut eventloop) = AsyncClient::new(options, usize::from(PUBLISHES));
+        let broker = async {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            read_packet(&mut socket).await; // CONNECT
+            socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap(); // CONNACK, accepted
+            for packet_id in 1..=PUBLISHES {
+                let [high, low] = packet_id.to_be_bytes();
+                // PUBLISH, QoS 1, topic "t", payload "x"
+                socket.write_all(&[0x32, 0x06, 0x00, 0x01, b't', high, low, b'x']).await.unwrap();
+            }
+            socket
+        };
+        let (connected, mut socket) = tokio::join!(eventloop.poll(), broker);
+        assert!(matches!(connected, Ok(MqttEvent::Incoming(Packet::ConnAck(_)))), "{connected:?}");
+        let mut publishes = Vec::new();
+        while publishes.len() < usize::from(PUBLISHES) {
+            if let MqttEvent::Incoming(Packet::Publish(publish)) = eventloop.poll().await.unwrap() {
+                publishes.push(publish);
+            }
+        }
+        for publish in &publishes {
+            client.try_ack(publish).unwrap();
+        }
+
+        let turn = eventloop.poll().await.unwrap();
+        assert!(matches!(turn, MqttEvent::Outgoing(rumqttc::Outgoing::PubAck(1))), "{turn:?}");
+        // The turn has flushed what it wrote: it is all on this side of the socket now.
+        let expected: Vec<u8> =
+            (1..=PUBLISHES).flat_map(|packet_id| [[0x40, 0x02], packet_id.to_be_bytes()].concat()).collect();
+        let mut received = vec![0; expected.len() * 2];
+        let length = socket.read(&mut received).await.unwrap();
+        assert_eq!(
+            received[..length],
+            expected,
+            "one turn of the event loop sent {} of {PUBLISHES} queued acknowledgements: \
+             is this rumqttc the vendored copy (vendor/rumqttc/PATCH.md)?",
+            length / 4
+        );
+    }
+
+    /// One MQTT packet, whole: its fixed header, its remaining length, the rest.
+    async fn read_packet(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut packet = vec![socket.read_u8().await.unwrap()];
+        let (mut remaining, mut shift) = (0usize, 0);
+        loop {
+            let byte = socket.read_u8().await.unwrap();
+            packet.push(byte);
+            remaining |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let start = packet.len();
+        packet.resize(start + remaining, 0);
+        socket.read_exact(&mut packet[start..]).await.unwrap();
+        packet
     }
 }

@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn rows_outside_the_open_day_and_the_evening_queue_are_counted() {
         // 2026-12-07, Jakarta (+07:00): 08:00 local is 01:00Z, 15:50 local 08:50Z, 19:00 local 12:00Z.
-        let ns = |text: &str| crate::event::parse_rfc3339(text).unwrap().0 * 1_000_000;
+        let ns = |text: &str| crate::time::parse_rfc3339(text).unwrap().0 * 1_000_000;
         let lines = [
             format!("office,office=o1 waiting=3i,in_service=1i,name=\"a b\" {}", ns("2026-12-07T01:00:00Z")),
             format!("office,office=o1 waiting=2i,in_service=0i {}", ns("2026-12-07T08:50:00Z")),

@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use super::backoff::backoff_delay;
 use super::refusal::{verdict, Verdict};
-use super::task::backoff_delay;
 use super::{influx_writer, Secrets, SinkError, WriteError, Writer};
 use crate::config::Config;
 use crate::storage::{sync_dir, StorageError};

@@ -67,6 +67,7 @@
 //! their HTTP client's trust (HTTPS) and TLS failures,
 //! `spool.rs` the disk spool, `dead_letter.rs` the refused lines.
 
+mod backoff;
 mod batch;
 pub mod dead_letter;
 mod refusal;

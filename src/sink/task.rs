@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{error, info, warn};
 
+use super::backoff::backoff_delay;
 use super::batch::{count_lines, Batch, Pending, Watermark};
 use super::dead_letter::{Appended, DeadLetters, Refused};
 use super::refusal::{verdict, Verdict};
@@ -53,8 +54,6 @@ pub(crate) struct Settings {
     pub max_in_flight: usize,
 }
 
-/// The first retry waits this long; each further one twice as long, up to `max_backoff`.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Transient failures are logged at most once per this period.
 const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -836,13 +835,6 @@ impl WriterTask {
     }
 }
 
-/// The wait before retry number `failures_in_a_row + 1`: 100 ms doubling,
-/// raised to the server's `Retry-After` when it asks for longer, never more
-/// than `max_backoff`.
-pub(crate) fn backoff_delay(failures_in_a_row: u32, retry_after: Option<Duration>, max_backoff: Duration) -> Duration {
-    let exponential = FIRST_BACKOFF.saturating_mul(2u32.saturating_pow(failures_in_a_row.min(31)));
-    exponential.max(retry_after.unwrap_or_default()).min(max_backoff)
-}
 /// Rate limit for transient-failure logs: the first failure of a streak is
 /// logged, then at most one line per [`FAILURE_LOG_PERIOD`] carrying how many
 /// failures it stands for.
@@ -880,26 +872,6 @@ impl FailureLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn backoff_starts_at_100ms_doubles_and_is_capped() {
-        let cap = Duration::from_secs(30);
-        let delays: Vec<_> = (0..5).map(|failures| backoff_delay(failures, None, cap)).collect();
-        assert_eq!(delays, [100 * MS, 200 * MS, 400 * MS, 800 * MS, 1600 * MS]);
-        assert_eq!(backoff_delay(20, None, cap), cap);
-        assert_eq!(backoff_delay(u32::MAX, None, cap), cap);
-    }
-
-    #[test]
-    fn retry_after_raises_the_delay_but_never_above_the_cap() {
-        let cap = Duration::from_secs(30);
-        assert_eq!(backoff_delay(0, Some(Duration::from_secs(5)), cap), Duration::from_secs(5));
-        assert_eq!(backoff_delay(9, Some(Duration::from_secs(1)), cap), backoff_delay(9, None, cap));
-        assert_eq!(backoff_delay(0, Some(Duration::from_secs(120)), cap), cap);
-        assert_eq!(backoff_delay(0, Some(Duration::from_secs(1)), 5 * MS), 5 * MS);
-    }
 
     #[test]
     fn failures_are_logged_first_then_once_per_period_with_a_count() {

@@ -181,7 +181,7 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
         let config = |url: &str, ca_file: &Path| {
-            crate::config::Config::parse(&format!("[influxdb]\nurl = \"{url}\"\nca_file = \"{}\"\n", ca_file.display()))
+            crate::preflight::parse(&format!("[influxdb]\nurl = \"{url}\"\nca_file = \"{}\"\n", ca_file.display()))
         };
         let problems = config("http://influx:8086", &empty).unwrap_err();
         assert_eq!(problems, ["influxdb.ca_file: needs an https:// influxdb.url, not \"http://influx:8086\""]);

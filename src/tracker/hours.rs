@@ -205,7 +205,7 @@ mod tests {
     }
 
     fn at(text: &str) -> Millis {
-        crate::event::parse_rfc3339(text).unwrap()
+        crate::time::parse_rfc3339(text).unwrap()
     }
 
     #[test]
