@@ -175,7 +175,8 @@ pub struct LimitsConfig {
 }
 
 impl Default for LimitsConfig {
-    /// Room for 1,000 offices of 1,000 tickets a day many times over (see the README).
+    /// Room for 1,000 offices of 1,000 tickets a day many times over (see
+    /// docs/configuration.md, "Limits").
     fn default() -> Self {
         LimitsConfig {
             max_offices: 5_000,
@@ -184,7 +185,7 @@ impl Default for LimitsConfig {
             max_staff_per_office: 2_000,
             max_open_tickets_per_office: 10_000,
             // A busy hall's whole day, ten times: 1,000 tickets and ~6
-            // events of 2 keys each, 13,000 a day (see the README).
+            // events of 2 keys each, 13,000 a day (docs/configuration.md, "Limits").
             max_remembered_per_office: 130_000,
             max_messages_per_second_per_office: 200,
             max_burst_per_office: 20_000,
