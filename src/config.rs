@@ -824,6 +824,8 @@ impl Config {
                 let path = format!("offices.{name}");
                 // The one setting among the office tables: a boolean, where an office is a table.
                 if name == "only_configured" && !value.is_table() {
+                    #[cfg(test)]
+                    reference_tests::asked(&path);
                     match value.as_bool() {
                         Some(only) => config.only_configured = only,
                         None => problems.push(format!("{path}: expected true or false")),
@@ -1467,6 +1469,8 @@ impl<'a> Section<'a> {
     }
 
     fn get(&mut self, key: &str) -> Option<&'a toml::Value> {
+        #[cfg(test)]
+        reference_tests::asked(&self.key(key));
         self.seen.insert(key.to_string());
         self.table.get(key)
     }
@@ -1551,6 +1555,10 @@ impl<'a> Section<'a> {
         }
     }
 }
+
+/// docs/configuration.md against the keys the parser asks for.
+#[cfg(test)]
+mod reference_tests;
 
 #[cfg(test)]
 mod tests {
