@@ -182,7 +182,8 @@ pub struct LimitsConfig {
 }
 
 impl Default for LimitsConfig {
-    /// Room for 1,000 offices of 1,000 tickets a day many times over (see the README).
+    /// Room for 1,000 offices of 1,000 tickets a day many times over (see
+    /// docs/configuration.md, "Limits").
     fn default() -> Self {
         LimitsConfig {
             max_offices: 5_000,
@@ -191,7 +192,7 @@ impl Default for LimitsConfig {
             max_staff_per_office: 2_000,
             max_open_tickets_per_office: 10_000,
             // A busy hall's whole day, ten times: 1,000 tickets and ~6
-            // events of 2 keys each, 13,000 a day (see the README).
+            // events of 2 keys each, 13,000 a day (docs/configuration.md, "Limits").
             max_remembered_per_office: 130_000,
             max_messages_per_second_per_office: 200,
             max_burst_per_office: 20_000,
@@ -866,6 +867,8 @@ impl Config {
                 let path = format!("offices.{name}");
                 // The one setting among the office tables: a boolean, where an office is a table.
                 if name == "only_configured" && !value.is_table() {
+                    #[cfg(test)]
+                    reference_tests::asked(&path);
                     match value.as_bool() {
                         Some(only) => config.only_configured = only,
                         None => problems.push(format!("{path}: expected true or false")),
@@ -1514,6 +1517,8 @@ impl<'a> Section<'a> {
     }
 
     fn get(&mut self, key: &str) -> Option<&'a toml::Value> {
+        #[cfg(test)]
+        reference_tests::asked(&self.key(key));
         self.seen.insert(key.to_string());
         self.table.get(key)
     }
@@ -1598,6 +1603,10 @@ impl<'a> Section<'a> {
         }
     }
 }
+
+/// docs/configuration.md against the keys the parser asks for.
+#[cfg(test)]
+mod reference_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -908,7 +908,7 @@ impl SimWeek {
             .collect()
     }
 
-    /// Waits (issue or transfer to first call or start), in ms, by the README's rules.
+    /// Waits (issue or transfer to first call or start), in ms, by the rules of docs/tracking.md.
     fn waits_ms(&self, office: &str) -> Vec<i64> {
         let rank = |kind: &str| match kind {
             "issued" => 0,

@@ -36,7 +36,8 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
     digest(&SHA256, &[pad(0x5c), inner.as_ref().to_vec()].concat()).as_ref().to_vec()
 }
 
-/// The README's computation: `s-` + the first 16 hex digits of HMAC-SHA256(key, staff).
+/// The computation of docs/security.md ("Staff privacy"): `s-` + the first 16 hex digits of
+/// HMAC-SHA256(key, staff).
 fn documented_hash(staff: &str) -> String {
     let tag = hmac_sha256(KEY.as_bytes(), staff.as_bytes());
     format!("s-{}", tag[..8].iter().map(|byte| format!("{byte:02x}")).collect::<String>())

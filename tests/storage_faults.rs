@@ -1,6 +1,7 @@
 //! Faults injected into what `queuewatch run` keeps on disk, between runs or
 //! while it runs, and what becomes of the points. Each test is a row of the
-//! README's "Faults injected" table: the fault, then the result it checks.
+//! "Faults injected" table of docs/guarantees.md: the fault, then the result it
+//! checks.
 //!
 //! InfluxDB is the scripted local responder of `tests/common/responder.rs`
 //! here: it records every line it is sent, so that "every line that reads

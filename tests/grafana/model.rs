@@ -1,5 +1,5 @@
 //! The fixture day's figures computed from its events alone, by the rules of
-//! the README ("How tickets are followed", "Metrics schema"), without
+//! docs/tracking.md ("How tickets are followed") and docs/metrics.md, without
 //! queuewatch or InfluxDB: what the dashboards must show.
 //!
 //! The fixture keeps to what these rules need: every ticket is issued, then

@@ -32,7 +32,7 @@ fn main() {
 }
 
 fn check_accepted(data: &[u8], topic_office: Option<&OfficeId>, event: &Event) {
-    // A payload that is not UTF-8 is `malformed_json` (README, "Rejections"), even where the
+    // A payload that is not UTF-8 is `malformed_json` (docs/wire-format.md, "Rejections"), even where the
     // invalid bytes lie inside a field the decoder ignores (found here once:
     // fuzz/findings/decode_event/, now tests/fuzz_regressions.rs).
     assert!(std::str::from_utf8(data).is_ok(), "accepted, but not UTF-8");

@@ -575,8 +575,8 @@ async fn compare(
     Ok(comparison)
 }
 
-/// Fields that count arrivals, not events in event time (README, "Metrics
-/// schema"): a live run and a replay may put an event's arrival on
+/// Fields that count arrivals, not events in event time (docs/metrics.md,
+/// "Measurements `queue` and `office`"): a live run and a replay may put an event's arrival on
 /// neighbouring rows, so they are compared apart.
 const ARRIVAL_FIELDS: [(&str, &str); 3] = [("office", "accepted"), ("office", "rejected"), ("office", "clock_ahead")];
 
