@@ -710,7 +710,6 @@ async fn durable_changed(durability: &mut Option<Durability>) {
     }
 }
 
-
 /// Resolves once the stop was asked for.
 async fn stopped(mut receiver: watch::Receiver<Option<tokio::time::Instant>>) {
     while receiver.borrow_and_update().is_none() {

@@ -78,7 +78,14 @@ impl OfficeState {
     }
 
     /// A resolved wait alert (its deadline is the issue plus the target).
-    pub(super) fn push_resolved(&self, settings: &TrackerSettings, slot: SlotId, kind: AlertKind, at: Millis, out: &mut Output) {
+    pub(super) fn push_resolved(
+        &self,
+        settings: &TrackerSettings,
+        slot: SlotId,
+        kind: AlertKind,
+        at: Millis,
+        out: &mut Output,
+    ) {
         let Some(segment) = self.segment(slot) else { return };
         let targets = self.ctx.targets(settings, segment.service);
         let Some(since) = segment.issue().map(|issue| issue.plus_ms(targets.wait_ms)) else { return };

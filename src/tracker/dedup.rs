@@ -29,7 +29,14 @@ impl OfficeState {
     /// no segment (remembered for the horizon after `at`, counted in the
     /// office's limit), so that a segment that never closes holds a bounded
     /// number. Decided as events are applied, in event-time order.
-    pub(super) fn tag_keys(&mut self, settings: &TrackerSettings, slot: SlotId, keys: EventKeys, at: Millis, out: &mut Output) {
+    pub(super) fn tag_keys(
+        &mut self,
+        settings: &TrackerSettings,
+        slot: SlotId,
+        keys: EventKeys,
+        at: Millis,
+        out: &mut Output,
+    ) {
         let Some(generation) = self.segment(slot).map(|segment| segment.generation) else { return };
         let held = self.key_counts.get(slot as usize).copied().map_or(0, usize::from);
         if held + keys.len() > SEGMENT_KEYS_KEPT {

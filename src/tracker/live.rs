@@ -643,7 +643,9 @@ impl OfficeLive {
                 || gauge.issued > 0
                 || gauge.called > 0
                 || (row.waiting > 0 && keepalive_due)
-                || gauge.oldest_passes_twice_target(wait_ms).is_some_and(|pass| pass > at.minus_ms(interval) && pass <= at);
+                || gauge
+                    .oldest_passes_twice_target(wait_ms)
+                    .is_some_and(|pass| pass > at.minus_ms(interval) && pass <= at);
             if !due {
                 continue;
             }

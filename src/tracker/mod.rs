@@ -77,9 +77,9 @@ pub use live::{Alert, AlertKind, AlertState};
 use breach::*;
 use closing::*;
 use dedup::*;
+use live::{QueueShare, GAUGE_SPAN_AFTER_LAST_EVENT_MS};
 use office::*;
 use ticket::*;
-use live::{QueueShare, GAUGE_SPAN_AFTER_LAST_EVENT_MS};
 
 /// Whether wall time means anything: a live daemon, or a replay of history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

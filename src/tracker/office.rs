@@ -183,7 +183,14 @@ impl OfficeState {
         self.live.update_idle(&self.ctx, settings, self.waiting, at, out);
     }
 
-    pub(super) fn ingest(&mut self, settings: &TrackerSettings, event: Event, now: Millis, wall: Millis, out: &mut Output) {
+    pub(super) fn ingest(
+        &mut self,
+        settings: &TrackerSettings,
+        event: Event,
+        now: Millis,
+        wall: Millis,
+        out: &mut Output,
+    ) {
         self.live.note_accepted();
         self.live.heard_at(&self.ctx, settings, now, out);
         let keys = EventKeys::of(&event);
@@ -316,7 +323,14 @@ impl OfficeState {
     /// Applies one event in its place (or late), unless it would break one
     /// of the office's `[limits]`: then it changes nothing but is counted,
     /// noted against the office and echoed.
-    pub(super) fn apply(&mut self, settings: &TrackerSettings, event: Event, keys: EventKeys, arrival: Arrival, out: &mut Output) {
+    pub(super) fn apply(
+        &mut self,
+        settings: &TrackerSettings,
+        event: Event,
+        keys: EventKeys,
+        arrival: Arrival,
+        out: &mut Output,
+    ) {
         if let Some(detail) = self.check_names(settings, &event) {
             self.retire_keys(settings, keys, event.ts, out);
             self.live.note_rejection();

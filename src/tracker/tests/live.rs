@@ -228,7 +228,8 @@ fn the_oldest_wait_passing_twice_the_target_is_news() {
     assert_eq!(times, ["@08:00:00", "@08:10:10", "@08:20:10"]);
     assert!(points[2].ends_with("over_target=1 issued=0 called=0 oldest_wait_s=1210"), "{points:?}");
     // Once called, nobody waits: no row at 08:20:10.
-    let called = points_of(&config, "08:00 issued A1 service=ktp\n08:19 called A1 counter=1\n08:20:21 heartbeat", "queue");
+    let called =
+        points_of(&config, "08:00 issued A1 service=ktp\n08:19 called A1 counter=1\n08:20:21 heartbeat", "queue");
     assert!(called.iter().all(|p| !p.contains("@08:20:10")), "{called:?}");
 }
 
