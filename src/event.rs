@@ -362,30 +362,80 @@ fn decode_ids(
     limits: &DecodeLimits,
     mut ids: Ids<'_>,
 ) -> Result<Event, Rejection> {
-    let office_hint = topic_office.cloned();
-    let reject = |reason: RejectReason, detail: String, id: Option<String>| Rejection {
-        reason,
-        detail,
-        office: office_hint.clone(),
-        id,
-    };
+    let from_topic = Known { office: topic_office, id: None };
+    let raw = read_raw(payload, limits).map_err(|refusal| from_topic.reject(refusal))?;
+    // The id is checked first so that every later rejection can echo it.
+    let id = checked_id(raw.id.as_deref()).map_err(|refusal| from_topic.reject(refusal))?;
+    let with_id = Known { office: topic_office, id };
+    let office =
+        decode_office(raw.office.as_deref(), topic_office, &mut ids).map_err(|refusal| with_id.reject(refusal))?;
+    let known = Known { office: Some(&office), id };
+    let kind = decode_kind(raw.kind.as_deref()).map_err(|refusal| known.reject(refusal))?;
+    let ts = decode_ts(raw.ts.as_ref(), wall_now, limits).map_err(|refusal| known.reject(refusal))?;
+    let fields = decode_fields(&raw, kind, &mut ids).map_err(|refusal| known.reject(refusal))?;
+    fields.check_required(kind).map_err(|refusal| known.reject(refusal))?;
+    let Fields { ticket, service, counter, to_service, staff, rating } = fields;
+    Ok(Event { office, kind, ts, id: id.map(CompactString::new), ticket, service, counter, to_service, staff, rating })
+}
 
+/// Why a payload is refused, before the office and id known by then are added.
+type Refusal = (RejectReason, String);
+
+/// What a rejection tells of its message besides the reason: the office and
+/// the id, as far as they were decoded.
+struct Known<'a> {
+    office: Option<&'a OfficeId>,
+    id: Option<&'a str>,
+}
+
+impl Known<'_> {
+    fn reject(&self, (reason, detail): Refusal) -> Rejection {
+        Rejection { reason, detail, office: self.office.cloned(), id: self.id.map(str::to_owned) }
+    }
+}
+
+/// The fields whose use depends on the event type, decoded.
+struct Fields {
+    ticket: Option<TicketNo>,
+    service: Option<ServiceId>,
+    counter: Option<CounterId>,
+    to_service: Option<ServiceId>,
+    staff: Option<StaffId>,
+    rating: Option<u8>,
+}
+
+impl Fields {
+    /// Every field the event type requires is present.
+    fn check_required(&self, kind: EventType) -> Result<(), Refusal> {
+        let present = |field: Field| match field {
+            Field::Ticket => self.ticket.is_some(),
+            Field::Service => self.service.is_some(),
+            Field::Counter => self.counter.is_some(),
+            Field::ToService => self.to_service.is_some(),
+            Field::Rating => self.rating.is_some(),
+        };
+        match kind.shape().first_missing(present) {
+            Some(field) => Err((RejectReason::MissingField, format!("{}: required for {kind}", field.name()))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The payload's fields as JSON gives them: within the size limit, a JSON
+/// object, read by the scanner or else by serde_json.
+fn read_raw<'a>(payload: &'a [u8], limits: &DecodeLimits) -> Result<RawEvent<'a>, Refusal> {
     if payload.len() > limits.max_payload_bytes {
-        return Err(reject(
-            RejectReason::Oversized,
-            format!("{} bytes, limit {}", payload.len(), limits.max_payload_bytes),
-            None,
-        ));
+        return Err((RejectReason::Oversized, format!("{} bytes, limit {}", payload.len(), limits.max_payload_bytes)));
     }
     let first_byte = payload.iter().find(|b| !b.is_ascii_whitespace());
     if first_byte != Some(&b'{') {
         if let Err(error) = std::str::from_utf8(payload) {
-            return Err(reject(RejectReason::MalformedJson, not_utf8(error), None));
+            return Err((RejectReason::MalformedJson, not_utf8(error)));
         }
         // A valid JSON document that is not an object, or no JSON at all.
         return Err(match serde_json::from_slice::<de::IgnoredAny>(payload) {
-            Ok(_) => reject(RejectReason::NotAnObject, "payload is not a JSON object".into(), None),
-            Err(error) => reject(RejectReason::MalformedJson, error.to_string(), None),
+            Ok(_) => (RejectReason::NotAnObject, "payload is not a JSON object".into()),
+            Err(error) => (RejectReason::MalformedJson, error.to_string()),
         });
     }
     // The scanner takes what publishers send; serde_json decides the rest,
@@ -396,68 +446,67 @@ fn decode_ids(
             // serde_json does not check the strings it ignores, and the wire
             // format is UTF-8 throughout (the scanner checked it already).
             if let Err(error) = std::str::from_utf8(payload) {
-                return Err(reject(RejectReason::MalformedJson, not_utf8(error), None));
+                return Err((RejectReason::MalformedJson, not_utf8(error)));
             }
             serde_json::from_slice::<RawEvent>(payload)
         }
     };
-    let raw = match scanned {
-        Ok(raw) => raw,
-        Err(error) => {
-            let reason = match error.classify() {
-                serde_json::error::Category::Data => RejectReason::InvalidValue,
-                _ => RejectReason::MalformedJson,
-            };
-            return Err(reject(reason, error.to_string(), None));
-        }
-    };
+    scanned.map_err(|error| {
+        let reason = match error.classify() {
+            serde_json::error::Category::Data => RejectReason::InvalidValue,
+            _ => RejectReason::MalformedJson,
+        };
+        (reason, error.to_string())
+    })
+}
 
-    // The id is checked first so that every later rejection can echo it.
-    let id = match raw.id {
+/// The event's id, if any, within its length limit.
+fn checked_id(id: Option<&str>) -> Result<Option<&str>, Refusal> {
+    match id {
         Some(id) if id.len() > MAX_EVENT_ID_CHARS && id.chars().count() > MAX_EVENT_ID_CHARS => {
-            return Err(reject(
-                RejectReason::InvalidValue,
-                format!("id: longer than {MAX_EVENT_ID_CHARS} characters"),
-                None,
-            ));
+            Err((RejectReason::InvalidValue, format!("id: longer than {MAX_EVENT_ID_CHARS} characters")))
         }
-        id => id,
-    };
-    let reject = |reason: RejectReason, detail: String| reject(reason, detail, id.as_deref().map(str::to_owned));
+        id => Ok(id),
+    }
+}
 
-    let office = match (raw.office.as_deref(), topic_office) {
+/// The payload's office, which must be the topic's when both name one.
+fn decode_office(
+    payload_office: Option<&str>,
+    topic_office: Option<&OfficeId>,
+    ids: &mut Ids<'_>,
+) -> Result<OfficeId, Refusal> {
+    match (payload_office, topic_office) {
         (Some(text), topic) => {
-            let office =
-                ids.office(text).map_err(|e| reject(RejectReason::InvalidIdentifier, format!("office: {e}")))?;
+            let office = ids.office(text).map_err(|e| (RejectReason::InvalidIdentifier, format!("office: {e}")))?;
             if let Some(topic) = topic {
                 if *topic != office {
-                    return Err(reject(
+                    return Err((
                         RejectReason::OfficeMismatch,
                         format!("payload office {office:?} differs from topic office {topic:?}"),
                     ));
                 }
             }
-            office
+            Ok(office)
         }
-        (None, Some(topic)) => topic.clone(),
-        (None, None) => return Err(reject(RejectReason::MissingField, "office: required by this topic".into())),
-    };
-    let reject = |reason: RejectReason, detail: String| {
-        let mut rejection = reject(reason, detail);
-        rejection.office = Some(office.clone());
-        rejection
-    };
+        (None, Some(topic)) => Ok(topic.clone()),
+        (None, None) => Err((RejectReason::MissingField, "office: required by this topic".into())),
+    }
+}
 
-    let kind_text = raw.kind.ok_or_else(|| reject(RejectReason::MissingField, "type".into()))?;
-    let kind =
-        EventType::parse(&kind_text).ok_or_else(|| reject(RejectReason::UnknownType, format!("type {kind_text:?}")))?;
+fn decode_kind(kind_text: Option<&str>) -> Result<EventType, Refusal> {
+    let kind_text = kind_text.ok_or_else(|| (RejectReason::MissingField, "type".into()))?;
+    EventType::parse(kind_text).ok_or_else(|| (RejectReason::UnknownType, format!("type {kind_text:?}")))
+}
 
-    let ts = match raw.ts {
-        None => return Err(reject(RejectReason::MissingField, "ts".into())),
-        Some(RawTs::Invalid(detail)) => return Err(reject(RejectReason::InvalidTimestamp, detail)),
-        Some(RawTs::Millis(ms)) => Millis(ms),
+/// The event's time, within the accepted range and not too far ahead of `wall_now`.
+fn decode_ts(ts: Option<&RawTs<'_>>, wall_now: Millis, limits: &DecodeLimits) -> Result<Millis, Refusal> {
+    let ts = match ts {
+        None => return Err((RejectReason::MissingField, "ts".into())),
+        Some(RawTs::Invalid(detail)) => return Err((RejectReason::InvalidTimestamp, detail.clone())),
+        Some(RawTs::Millis(ms)) => Millis(*ms),
         Some(RawTs::Text(text)) => {
-            parse_rfc3339(&text).ok_or_else(|| reject(RejectReason::InvalidTimestamp, format!("ts {text:?}")))?
+            parse_rfc3339(text).ok_or_else(|| (RejectReason::InvalidTimestamp, format!("ts {text:?}")))?
         }
     };
     // One accepted range for text and integer timestamps: a device whose
@@ -465,27 +514,30 @@ fn decode_ids(
     // computed from such a ts (deadlines, expiries) would fall outside what
     // InfluxDB can store.
     if ts <= limits.min_timestamp {
-        return Err(reject(
+        return Err((
             RejectReason::InvalidTimestamp,
             format!("ts {ts} is not after tracking.min_timestamp {}", limits.min_timestamp),
         ));
     }
     if ts.since(wall_now) > limits.max_future_skew_ms {
-        return Err(reject(
+        return Err((
             RejectReason::FutureTimestamp,
             format!("ts {ts} is more than {} ms ahead of {wall_now}", limits.max_future_skew_ms),
         ));
     }
+    Ok(ts)
+}
 
-    let ident_error =
-        |field: &str, error: InvalidId| reject(RejectReason::InvalidIdentifier, format!("{field}: {error}"));
+/// The identifiers, the ticket and the rating, each checked as far as it is present.
+fn decode_fields(raw: &RawEvent<'_>, kind: EventType, ids: &mut Ids<'_>) -> Result<Fields, Refusal> {
+    let ident_error = |field: &str, error: InvalidId| (RejectReason::InvalidIdentifier, format!("{field}: {error}"));
     // Only ticket events and feedback use `ticket`; for the others (a
     // vendor that fills every field) it is ignored like any unknown field,
     // even when malformed, so that their own meaning is not lost.
-    let ticket = match raw.ticket.filter(|_| kind.shape().reads_ticket) {
-        Some(AnyValue::Text(text)) => Some(TicketNo::parse(&text).map_err(|e| ident_error("ticket", e))?),
+    let ticket = match raw.ticket.as_ref().filter(|_| kind.shape().reads_ticket) {
+        Some(AnyValue::Text(text)) => Some(TicketNo::parse(text).map_err(|e| ident_error("ticket", e))?),
         Some(AnyValue::Other(what)) => {
-            return Err(reject(RejectReason::InvalidValue, format!("ticket: expected a string, found {what}")))
+            return Err((RejectReason::InvalidValue, format!("ticket: expected a string, found {what}")))
         }
         None => None,
     };
@@ -503,32 +555,9 @@ fn decode_ids(
     let rating = match raw.rating {
         None => None,
         Some(value) if (1..=5).contains(&value) => Some(value as u8),
-        Some(value) => return Err(reject(RejectReason::InvalidValue, format!("rating {value}: not 1-5"))),
+        Some(value) => return Err((RejectReason::InvalidValue, format!("rating {value}: not 1-5"))),
     };
-
-    let present = |field: Field| match field {
-        Field::Ticket => ticket.is_some(),
-        Field::Service => service.is_some(),
-        Field::Counter => counter.is_some(),
-        Field::ToService => to_service.is_some(),
-        Field::Rating => rating.is_some(),
-    };
-    if let Some(field) = kind.shape().first_missing(present) {
-        return Err(reject(RejectReason::MissingField, format!("{}: required for {kind}", field.name())));
-    }
-
-    Ok(Event {
-        office,
-        kind,
-        ts,
-        id: id.as_deref().map(CompactString::new),
-        ticket,
-        service,
-        counter,
-        to_service,
-        staff,
-        rating,
-    })
+    Ok(Fields { ticket, service, counter, to_service, staff, rating })
 }
 
 /// The payload as JSON gives it, borrowing strings where it can. Unknown

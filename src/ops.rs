@@ -316,116 +316,18 @@ struct Metrics {
 impl Collector for Metrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.live.current();
-        let stats = &snapshot.stats;
         let mut out = Out(&mut encoder);
-
-        out.counter(
-            "events_received",
-            "Messages taken in: accepted as events or rejected.",
-            stats.accepted + stats.rejected_total(),
-        )?;
-        out.counter(
-            "events_accepted",
-            "Messages accepted as events (redelivered duplicates included).",
-            stats.accepted,
-        )?;
-        out.counter_family(
-            "events_rejected",
-            "Messages rejected, by reason.",
-            "reason",
-            RejectReason::ALL.iter().map(|reason| (reason.as_str(), stats.rejected(*reason))),
-        )?;
-        out.counter_family(
-            "event_outcomes",
-            "Accepted events by what became of them once out of the reorder buffer.",
-            "outcome",
-            Note::OUTCOMES.iter().map(|note| (note.as_str(), stats.notes.get(*note))),
-        )?;
-        out.counter_family(
-            "event_remarks",
-            "Remarks on applied or held events: late, clock_skew, clock_ahead.",
-            "remark",
-            Note::REMARKS.iter().map(|note| (note.as_str(), stats.notes.get(*note))),
-        )?;
-        out.counter(
-            "remembered_forgotten_early",
-            "Closed tickets and dedup keys forgotten before tracking.dedup_horizon because their office \
-             reached limits.max_remembered_per_office (least recently closed or touched first).",
-            stats.forgotten_early,
-        )?;
-        out.counter_family(
-            "points_produced",
-            "Points handed to the InfluxDB writer, by measurement.",
-            "measurement",
-            MEASUREMENTS.iter().map(|measurement| (*measurement, stats.points_of(measurement))),
-        )?;
-        out.counter("points_written", "Points InfluxDB accepted.", snapshot.sink.points_written)?;
-        out.counter(
-            "points_refused",
-            "Points InfluxDB refused for their content (single lines, after halving).",
-            snapshot.sink.points_rejected,
-        )?;
-        out.counter(
-            "points_dead_lettered",
-            "Refused points written to the dead-letter file (data_dir/dead-letters.lp).",
-            snapshot.sink.points_dead_lettered,
-        )?;
-        out.counter(
-            "points_dead_letter_dropped",
-            "Refused points not kept: the dead-letter file had reached storage.dead_letter_max_bytes.",
-            snapshot.sink.points_dead_letter_dropped,
-        )?;
-        out.counter(
-            "points_spooled",
-            "Points put in the disk spool while InfluxDB was unavailable.",
-            snapshot.sink.points_spooled,
-        )?;
-        let errors = snapshot.sink.write_errors;
-        out.counter_family(
-            "write_errors",
-            "Failed write requests, by kind: transport (no answer), unauthorized (401, 403), \
-             not_found (404), too_large (413), refused (400, 422), throttled (429), \
-             server (5xx), tls (a failed TLS handshake: untrusted certificate, wrong host), \
-             unexpected (a redirect, never followed, 405, 408, other 4xx: a URL or proxy to correct).",
-            "kind",
-            [
-                ("transport", errors.transport),
-                ("unauthorized", errors.unauthorized),
-                ("not_found", errors.not_found),
-                ("too_large", errors.too_large),
-                ("refused", errors.refused),
-                ("throttled", errors.throttled),
-                ("server", errors.server),
-                ("tls", errors.tls),
-                ("unexpected", errors.unexpected),
-            ]
-            .into_iter(),
-        )?;
-        out.counter("write_requests", "Write requests made to InfluxDB.", snapshot.sink.requests)?;
-        out.counter("write_retries", "Write requests made again after a transient failure.", snapshot.sink.retries)?;
-        out.gauge("spool", "Bytes in the disk spool.", Some(Unit::Bytes), snapshot.sink.spool_bytes)?;
-        out.gauge("spool_points", "Points waiting in the disk spool.", None, snapshot.sink.spool_points)?;
-        out.gauge(
-            "spool_full",
-            "1 while the spool is full: no more messages are taken or acknowledged.",
-            None,
-            u64::from(snapshot.sink.spool_full),
-        )?;
-        out.counter(
-            "spool_segments_quarantined",
-            "Damaged spool segments set aside in data_dir/spool/quarantine (kept, not sent).",
-            snapshot.sink.spool_segments_quarantined,
-        )?;
-        if let Some(oldest) = snapshot.sink.spool_oldest {
-            out.age("spool_oldest_point_age", "Wall time since the oldest batch in the spool was spooled.", oldest)?;
-        }
-        out.gauge(
-            "points_unsettled",
-            "Points handed to the writer and not yet written, refused or spooled.",
-            None,
-            snapshot.sink.points_handed.saturating_sub(snapshot.sink.points_settled),
-        )?;
+        encode_events(&mut out, &snapshot.stats)?;
+        encode_sink(&mut out, &snapshot.sink)?;
         out.gauge("open_tickets", "Tickets with an open segment.", None, snapshot.open_tickets)?;
+        self.encode_mqtt(&mut out, &snapshot.stats)?;
+        encode_state(&mut out, &snapshot)
+    }
+}
+
+impl Metrics {
+    /// The connection and session to the broker, and what the daemon skipped of its deliveries.
+    fn encode_mqtt(&self, out: &mut Out<'_, '_>, stats: &Stats) -> Result<(), std::fmt::Error> {
         out.gauge(
             "mqtt_connected",
             "1 while connected to the MQTT broker, else 0.",
@@ -450,27 +352,140 @@ impl Collector for Metrics {
             "Retained copies the broker sent because of a subscription: acknowledged, not taken as events.",
             stats.retained,
         )?;
-        if let Some(newest) = snapshot.newest_event {
-            out.age(
-                "newest_event_age",
-                "Wall time since the newest accepted event's timestamp, over all offices.",
-                newest,
-            )?;
-        }
-        if let Some(bytes) = snapshot.journal_bytes {
-            out.gauge("journal", "Bytes of the journal's segment files.", Some(Unit::Bytes), bytes)?;
-        }
-        if let Some(at) = snapshot.last_snapshot_at {
-            let age = SystemTime::now().duration_since(at).unwrap_or_default();
-            out.gauge(
-                "last_snapshot_age",
-                "Time since the newest state snapshot was committed.",
-                Some(Unit::Seconds),
-                age.as_secs_f64(),
-            )?;
-        }
         Ok(())
     }
+}
+
+/// The messages taken in and what became of them, up to the points produced.
+fn encode_events(out: &mut Out<'_, '_>, stats: &Stats) -> Result<(), std::fmt::Error> {
+    out.counter(
+        "events_received",
+        "Messages taken in: accepted as events or rejected.",
+        stats.accepted + stats.rejected_total(),
+    )?;
+    out.counter("events_accepted", "Messages accepted as events (redelivered duplicates included).", stats.accepted)?;
+    out.counter_family(
+        "events_rejected",
+        "Messages rejected, by reason.",
+        "reason",
+        RejectReason::ALL.iter().map(|reason| (reason.as_str(), stats.rejected(*reason))),
+    )?;
+    out.counter_family(
+        "event_outcomes",
+        "Accepted events by what became of them once out of the reorder buffer.",
+        "outcome",
+        Note::OUTCOMES.iter().map(|note| (note.as_str(), stats.notes.get(*note))),
+    )?;
+    out.counter_family(
+        "event_remarks",
+        "Remarks on applied or held events: late, clock_skew, clock_ahead.",
+        "remark",
+        Note::REMARKS.iter().map(|note| (note.as_str(), stats.notes.get(*note))),
+    )?;
+    out.counter(
+        "remembered_forgotten_early",
+        "Closed tickets and dedup keys forgotten before tracking.dedup_horizon because their office \
+         reached limits.max_remembered_per_office (least recently closed or touched first).",
+        stats.forgotten_early,
+    )?;
+    out.counter_family(
+        "points_produced",
+        "Points handed to the InfluxDB writer, by measurement.",
+        "measurement",
+        MEASUREMENTS.iter().map(|measurement| (*measurement, stats.points_of(measurement))),
+    )?;
+    Ok(())
+}
+
+/// The writer's counts: points written, refused, dead-lettered and spooled, and its requests.
+fn encode_sink(out: &mut Out<'_, '_>, sink: &SinkProgress) -> Result<(), std::fmt::Error> {
+    out.counter("points_written", "Points InfluxDB accepted.", sink.points_written)?;
+    out.counter(
+        "points_refused",
+        "Points InfluxDB refused for their content (single lines, after halving).",
+        sink.points_rejected,
+    )?;
+    out.counter(
+        "points_dead_lettered",
+        "Refused points written to the dead-letter file (data_dir/dead-letters.lp).",
+        sink.points_dead_lettered,
+    )?;
+    out.counter(
+        "points_dead_letter_dropped",
+        "Refused points not kept: the dead-letter file had reached storage.dead_letter_max_bytes.",
+        sink.points_dead_letter_dropped,
+    )?;
+    out.counter("points_spooled", "Points put in the disk spool while InfluxDB was unavailable.", sink.points_spooled)?;
+    let errors = sink.write_errors;
+    out.counter_family(
+        "write_errors",
+        "Failed write requests, by kind: transport (no answer), unauthorized (401, 403), \
+         not_found (404), too_large (413), refused (400, 422), throttled (429), \
+         server (5xx), tls (a failed TLS handshake: untrusted certificate, wrong host), \
+         unexpected (a redirect, never followed, 405, 408, other 4xx: a URL or proxy to correct).",
+        "kind",
+        [
+            ("transport", errors.transport),
+            ("unauthorized", errors.unauthorized),
+            ("not_found", errors.not_found),
+            ("too_large", errors.too_large),
+            ("refused", errors.refused),
+            ("throttled", errors.throttled),
+            ("server", errors.server),
+            ("tls", errors.tls),
+            ("unexpected", errors.unexpected),
+        ]
+        .into_iter(),
+    )?;
+    out.counter("write_requests", "Write requests made to InfluxDB.", sink.requests)?;
+    out.counter("write_retries", "Write requests made again after a transient failure.", sink.retries)?;
+    out.gauge("spool", "Bytes in the disk spool.", Some(Unit::Bytes), sink.spool_bytes)?;
+    out.gauge("spool_points", "Points waiting in the disk spool.", None, sink.spool_points)?;
+    out.gauge(
+        "spool_full",
+        "1 while the spool is full: no more messages are taken or acknowledged.",
+        None,
+        u64::from(sink.spool_full),
+    )?;
+    out.counter(
+        "spool_segments_quarantined",
+        "Damaged spool segments set aside in data_dir/spool/quarantine (kept, not sent).",
+        sink.spool_segments_quarantined,
+    )?;
+    if let Some(oldest) = sink.spool_oldest {
+        out.age("spool_oldest_point_age", "Wall time since the oldest batch in the spool was spooled.", oldest)?;
+    }
+    out.gauge(
+        "points_unsettled",
+        "Points handed to the writer and not yet written, refused or spooled.",
+        None,
+        sink.points_handed.saturating_sub(sink.points_settled),
+    )?;
+    Ok(())
+}
+
+/// Ages and sizes of the daemon's state: the newest event, the journal, the last snapshot.
+fn encode_state(out: &mut Out<'_, '_>, snapshot: &OpsSnapshot) -> Result<(), std::fmt::Error> {
+    if let Some(newest) = snapshot.newest_event {
+        out.age(
+            "newest_event_age",
+            "Wall time since the newest accepted event's timestamp, over all offices.",
+            newest,
+        )?;
+    }
+    if let Some(bytes) = snapshot.journal_bytes {
+        out.gauge("journal", "Bytes of the journal's segment files.", Some(Unit::Bytes), bytes)?;
+    }
+    if let Some(at) = snapshot.last_snapshot_at {
+        let age = SystemTime::now().duration_since(at).unwrap_or_default();
+        out.gauge(
+            "last_snapshot_age",
+            "Time since the newest state snapshot was committed.",
+            Some(Unit::Seconds),
+            age.as_secs_f64(),
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes one metric at a time through a descriptor encoder.

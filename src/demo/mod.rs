@@ -181,70 +181,7 @@ pub async fn run(
     });
     let deadline = options.duration.map(|duration| tokio::time::Instant::now() + duration);
 
-    // Everything that can be refused, before anything starts.
-    let probe = SimOptions {
-        offices: options.offices,
-        counters: options.counters,
-        seed: options.seed,
-        speed: options.speed,
-        days: options.days,
-        realism: options.realism,
-        ..SimOptions::new(Millis::now())
-    };
-    probe.validate()?;
-    let offices = simulated_offices(&probe);
-    let first_zone = offices.first().map_or(chrono_tz::Asia::Jakarta, |office| office.zone);
-    let influx = options.influx.as_ref().map(|influx| influx_config(influx, std::env::var_os(TOKEN_ENV).is_some()));
-
-    let OpenedSinks { sinks, reports: sink_reports, file_written } = open_sinks(&options.out, influx.as_ref())?;
-
-    let max_packet_bytes = incoming_packet_limit(MqttConfig::default().max_payload_bytes);
-    let mqtt_port = options.mqtt_port;
-    let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(mqtt_port, max_packet_bytes))
-        .await
-        .context("the embedded MQTT broker's start failed")??;
-    let mut config = demo_config(broker.port, &offices, influx);
-    // The embedded broker keeps nothing across runs, so neither does the daemon.
-    let state_dir =
-        tempfile::Builder::new().prefix("queuewatch-demo-").tempdir().context("a temporary state folder")?;
-    config.storage.data_dir = state_dir.path().to_path_buf();
-    broker::create_session(broker.port, CLIENT_ID, &config.mqtt.topics).await?;
-    let monitor =
-        broker::Monitor::start(broker.port, "queuewatch-demo-monitor", &config.mqtt.topics[0], max_packet_bytes)
-            .await?;
-
-    let mut board = Board::new(
-        offices.iter().map(|office| office.board_office()).collect(),
-        format!("broker {} · line protocol appended to {}", broker.url(), options.out.display()),
-    );
-    let (tap_sender, mut tap) = mpsc::channel(TAP_CAPACITY);
-    let (stop_daemon, daemon_stop) = oneshot::channel::<()>();
-    let mut stop_daemon = Some(stop_daemon);
-    // The board sees what the daemon writes and publishes; `try_send`: a slow
-    // board misses updates, the daemon never waits.
-    let points_tap = tap_sender.clone();
-    let outputs = Outputs {
-        sinks,
-        on_point: Some(Box::new(move |point| {
-            let _ = points_tap.try_send(Tapped::Point(point.clone()));
-        })),
-        on_alert: Some(Box::new(move |alert| {
-            let _ = tap_sender.try_send(Tapped::Alert(alert.clone()));
-        })),
-    };
-    let daemon = tokio::spawn(daemon::run_with(config, outputs, async move {
-        let _ = daemon_stop.await;
-    }));
-
-    let sim_options = SimOptions { url: broker.url(), start: opening_today(first_zone, Millis::now()), ..probe };
-    let (stop_simulator, simulator_stop) = oneshot::channel::<()>();
-    let mut stop_simulator = Some(stop_simulator);
-    let mut simulator = tokio::spawn(async move {
-        simulate::publish(&sim_options, async move {
-            let _ = simulator_stop.await;
-        })
-        .await
-    });
+    let mut demo = Demo::start(&options).await?;
 
     let stop_asked = async move {
         match deadline {
@@ -257,65 +194,186 @@ pub async fn run(
             }
         }
     };
-    tokio::pin!(stop_asked);
     let mut screen = Screen::for_stdout();
-    let mut redraw = tokio::time::interval(screen.redraw_every());
-    redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut phase = Phase::Running;
-    let mut simulation: Option<anyhow::Result<SimReport>> = None;
+    let simulation = demo.show_until_stopped(&mut screen, stop_asked).await;
+    demo.stop(&mut screen, simulation).await
+}
 
-    loop {
-        let input = tokio::select! {
-            biased;
-            () = &mut stop_asked, if phase != Phase::Stopping => Input::Stop,
-            joined = &mut simulator, if simulation.is_none() => {
-                Input::SimulationEnded(joined.context("the simulator task failed").and_then(|result| result))
-            }
-            _ = redraw.tick() => Input::Redraw,
-            tapped = tap.recv() => match tapped {
-                Some(tapped) => Input::Tapped(tapped),
-                None => Input::TapClosed,
-            },
+/// A running demo: the daemon and the simulator tasks with their stop
+/// signals, and what the board shows.
+struct Demo {
+    /// The daemon's state folder, removed when the demo is over.
+    _state_dir: tempfile::TempDir,
+    monitor: broker::Monitor,
+    board: Board,
+    /// What the daemon writes and publishes, for the board.
+    tap: mpsc::Receiver<Tapped>,
+    /// Lines the file writer has written so far.
+    file_written: Arc<AtomicU64>,
+    sink_reports: Vec<(String, oneshot::Receiver<SinkReport>)>,
+    daemon: JoinHandle<anyhow::Result<RunReport>>,
+    stop_daemon: Option<oneshot::Sender<()>>,
+    simulator: JoinHandle<anyhow::Result<SimReport>>,
+    stop_simulator: Option<oneshot::Sender<()>>,
+}
+
+impl Demo {
+    /// Checks the options, then starts the writers, the embedded broker, the
+    /// daemon and the simulator.
+    async fn start(options: &DemoOptions) -> anyhow::Result<Demo> {
+        // Everything that can be refused, before anything starts.
+        let probe = SimOptions {
+            offices: options.offices,
+            counters: options.counters,
+            seed: options.seed,
+            speed: options.speed,
+            days: options.days,
+            realism: options.realism,
+            ..SimOptions::new(Millis::now())
         };
-        match input {
-            Input::Stop => {
-                phase = Phase::Stopping;
-                send(&mut stop_simulator);
-                if simulation.is_some() {
-                    send(&mut stop_daemon);
-                }
-            }
-            Input::SimulationEnded(result) => {
-                // The daemon keeps running after the last simulated day, until stopped.
-                if phase == Phase::Stopping || result.is_err() {
-                    phase = Phase::Stopping;
-                    send(&mut stop_daemon);
-                } else {
-                    phase = Phase::SimulationEnded;
-                }
-                simulation = Some(result);
-            }
-            Input::Redraw => screen.show(&board.render(&status(&monitor, &file_written, phase))),
-            Input::Tapped(tapped) => board.apply(&tapped),
-            // The daemon has finished (asked to, or on its own).
-            Input::TapClosed => break,
-        }
+        probe.validate()?;
+        let offices = simulated_offices(&probe);
+        let first_zone = offices.first().map_or(chrono_tz::Asia::Jakarta, |office| office.zone);
+        let influx = options.influx.as_ref().map(|influx| influx_config(influx, std::env::var_os(TOKEN_ENV).is_some()));
+
+        let OpenedSinks { sinks, reports: sink_reports, file_written } = open_sinks(&options.out, influx.as_ref())?;
+
+        let max_packet_bytes = incoming_packet_limit(MqttConfig::default().max_payload_bytes);
+        let mqtt_port = options.mqtt_port;
+        let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(mqtt_port, max_packet_bytes))
+            .await
+            .context("the embedded MQTT broker's start failed")??;
+        let mut config = demo_config(broker.port, &offices, influx);
+        // The embedded broker keeps nothing across runs, so neither does the daemon.
+        let state_dir =
+            tempfile::Builder::new().prefix("queuewatch-demo-").tempdir().context("a temporary state folder")?;
+        config.storage.data_dir = state_dir.path().to_path_buf();
+        broker::create_session(broker.port, CLIENT_ID, &config.mqtt.topics).await?;
+        let monitor =
+            broker::Monitor::start(broker.port, "queuewatch-demo-monitor", &config.mqtt.topics[0], max_packet_bytes)
+                .await?;
+
+        let board = Board::new(
+            offices.iter().map(|office| office.board_office()).collect(),
+            format!("broker {} · line protocol appended to {}", broker.url(), options.out.display()),
+        );
+        let (tap_sender, tap) = mpsc::channel(TAP_CAPACITY);
+        let (stop_daemon, daemon_stop) = oneshot::channel::<()>();
+        let stop_daemon = Some(stop_daemon);
+        // The board sees what the daemon writes and publishes; `try_send`: a slow
+        // board misses updates, the daemon never waits.
+        let points_tap = tap_sender.clone();
+        let outputs = Outputs {
+            sinks,
+            on_point: Some(Box::new(move |point| {
+                let _ = points_tap.try_send(Tapped::Point(point.clone()));
+            })),
+            on_alert: Some(Box::new(move |alert| {
+                let _ = tap_sender.try_send(Tapped::Alert(alert.clone()));
+            })),
+        };
+        let daemon = tokio::spawn(daemon::run_with(config, outputs, async move {
+            let _ = daemon_stop.await;
+        }));
+
+        let sim_options = SimOptions { url: broker.url(), start: opening_today(first_zone, Millis::now()), ..probe };
+        let (stop_simulator, simulator_stop) = oneshot::channel::<()>();
+        let stop_simulator = Some(stop_simulator);
+        let simulator = tokio::spawn(async move {
+            simulate::publish(&sim_options, async move {
+                let _ = simulator_stop.await;
+            })
+            .await
+        });
+        Ok(Demo {
+            _state_dir: state_dir,
+            monitor,
+            board,
+            tap,
+            file_written,
+            sink_reports,
+            daemon,
+            stop_daemon,
+            simulator,
+            stop_simulator,
+        })
     }
 
-    send(&mut stop_simulator);
-    let simulation = match simulation {
-        Some(result) => result,
-        None => simulator.await.context("the simulator task failed").and_then(|result| result),
-    };
-    send(&mut stop_daemon);
-    let run = daemon.await.context("the daemon task failed")??;
-    screen.show(&board.render(&status(&monitor, &file_written, Phase::Stopped)));
-    let simulation = simulation?;
-    let mut sinks = Vec::with_capacity(sink_reports.len());
-    for (description, report) in sink_reports {
-        sinks.push((description, report.await.ok()));
+    /// Redraws the board and takes in what the daemon writes until it has
+    /// finished: asked to (by `stop_asked`, or at the end of an unsuccessful
+    /// simulation) or on its own. Returns how the simulation ended, if it did.
+    async fn show_until_stopped(
+        &mut self,
+        screen: &mut Screen,
+        stop_asked: impl Future<Output = ()>,
+    ) -> Option<anyhow::Result<SimReport>> {
+        tokio::pin!(stop_asked);
+        let mut redraw = tokio::time::interval(screen.redraw_every());
+        redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut phase = Phase::Running;
+        let mut simulation: Option<anyhow::Result<SimReport>> = None;
+
+        loop {
+            let input = tokio::select! {
+                biased;
+                () = &mut stop_asked, if phase != Phase::Stopping => Input::Stop,
+                joined = &mut self.simulator, if simulation.is_none() => {
+                    Input::SimulationEnded(joined.context("the simulator task failed").and_then(|result| result))
+                }
+                _ = redraw.tick() => Input::Redraw,
+                tapped = self.tap.recv() => match tapped {
+                    Some(tapped) => Input::Tapped(tapped),
+                    None => Input::TapClosed,
+                },
+            };
+            match input {
+                Input::Stop => {
+                    phase = Phase::Stopping;
+                    send(&mut self.stop_simulator);
+                    if simulation.is_some() {
+                        send(&mut self.stop_daemon);
+                    }
+                }
+                Input::SimulationEnded(result) => {
+                    // The daemon keeps running after the last simulated day, until stopped.
+                    if phase == Phase::Stopping || result.is_err() {
+                        phase = Phase::Stopping;
+                        send(&mut self.stop_daemon);
+                    } else {
+                        phase = Phase::SimulationEnded;
+                    }
+                    simulation = Some(result);
+                }
+                Input::Redraw => screen.show(&self.board.render(&status(&self.monitor, &self.file_written, phase))),
+                Input::Tapped(tapped) => self.board.apply(&tapped),
+                // The daemon has finished (asked to, or on its own).
+                Input::TapClosed => break,
+            }
+        }
+        simulation
     }
-    Ok(DemoReport { simulation, run, sinks })
+
+    /// Stops the simulator, then the daemon, and gathers their reports and the writers'.
+    async fn stop(
+        mut self,
+        screen: &mut Screen,
+        simulation: Option<anyhow::Result<SimReport>>,
+    ) -> anyhow::Result<DemoReport> {
+        send(&mut self.stop_simulator);
+        let simulation = match simulation {
+            Some(result) => result,
+            None => self.simulator.await.context("the simulator task failed").and_then(|result| result),
+        };
+        send(&mut self.stop_daemon);
+        let run = self.daemon.await.context("the daemon task failed")??;
+        screen.show(&self.board.render(&status(&self.monitor, &self.file_written, Phase::Stopped)));
+        let simulation = simulation?;
+        let mut sinks = Vec::with_capacity(self.sink_reports.len());
+        for (description, report) in self.sink_reports {
+            sinks.push((description, report.await.ok()));
+        }
+        Ok(DemoReport { simulation, run, sinks })
+    }
 }
 
 /// The writers, each with a copy of its report for the summary.

@@ -1,6 +1,6 @@
 //! The model's parameters: which offices exist, what they offer, how long
 //! things take and how busy a day is. Plain data and pure functions; the
-//! office simulation in `office.rs` draws from these.
+//! office simulation in `office/` draws from these.
 
 use chrono_tz::Tz;
 

@@ -36,7 +36,7 @@
 //! what each ticket event does to them); `breach.rs` a segment's deadlines and
 //! alerts; `closing.rs` closing a segment and its `ticket` point; `limits.rs`
 //! the rate, name and memory limits and forgetting; `dedup.rs` dedup keys and
-//! hashing; `live.rs` the per-office gauges, counter sessions, feedback, idle
+//! hashing; `live/` the per-office gauges, counter sessions, feedback, idle
 //! counters and silence (the live side, its own state behind a narrow
 //! interface); `held.rs` the reorder buffer; `store.rs` the compact storage;
 //! `state.rs` snapshots. Both sides read the office's identity and interned
