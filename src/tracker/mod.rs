@@ -497,7 +497,11 @@ impl Tracker {
     /// then writes what is due by each office's final clock. Open segments
     /// stay open and unwritten.
     pub fn drain(&mut self, now: Millis, out: &mut Output) {
-        for office in self.offices.values_mut() {
+        // In office order, so that a replay's last points come out in the
+        // same order on every run (a hash map's order changes per process).
+        let mut offices: Vec<(&OfficeId, &mut OfficeState)> = self.offices.iter_mut().collect();
+        offices.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        for (_, office) in offices {
             if let Some(clock) = office.clock(&self.settings, now) {
                 let watermark = clock.minus_ms(self.settings.reorder_window_ms);
                 office.release(&self.settings, Millis(i64::MAX), watermark, now, out);

@@ -32,7 +32,6 @@ mod gauges;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::store::{renumber, NameId};
@@ -70,7 +69,9 @@ pub(super) struct OfficeLive {
     /// What the last written `office` row said, to write the next only when it carries news.
     last_office_row: Option<OfficeRow>,
     /// By interned service; `None` is the `unknown` service of orphans.
-    services: HashMap<Option<NameId>, ServiceGauge>,
+    /// Ordered, so that the rows of one snapshot come out in the same order
+    /// on every run (a hash map's order changes from process to process).
+    services: BTreeMap<Option<NameId>, ServiceGauge>,
     /// By interned counter, in first-seen order.
     counters: BTreeMap<NameId, CounterState>,
     sends_counter_events: bool,
