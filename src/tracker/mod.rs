@@ -500,7 +500,7 @@ impl Tracker {
         // In office order, so that a replay's last points come out in the
         // same order on every run (a hash map's order changes per process).
         let mut offices: Vec<(&OfficeId, &mut OfficeState)> = self.offices.iter_mut().collect();
-        offices.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        offices.sort_unstable_by_key(|(office, _)| *office);
         for (_, office) in offices {
             if let Some(clock) = office.clock(&self.settings, now) {
                 let watermark = clock.minus_ms(self.settings.reorder_window_ms);
