@@ -32,7 +32,7 @@ use queuewatch::point::{FieldValue, Point};
 use queuewatch::time::Millis;
 
 use crate::input::{replay_points, simulated, InputEnd, SimulatedInput};
-use crate::measure::CpuSample;
+use crate::measure::{rss_of, CpuSample};
 use crate::publisher::Publisher;
 use crate::report::{rate_text, verdict, Report};
 use crate::servers::{
@@ -111,78 +111,26 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     eprintln!("drain: {events} events queued in {queued_s:.1} s; the broker holds {stored} messages");
 
     // The drain, timed from the daemon's start.
-    let cpu_before = servers.cpu();
+    let goal = Goal {
+        expected: &expected,
+        last_at_by_office: &last_at_by_office,
+        window_ms,
+        timeout_s: args.backlog.timeout_s,
+        poll_ms: args.backlog.poll_ms,
+        kill_after_s: args.kill_after_s,
+    };
+    let CatchUp {
+        cpu_before,
+        connected_s,
+        milestones,
+        comparison,
+        last_ticket_count,
+        killed,
+        end_sample,
+        summary,
+        ..
+    } = catch_up(&mut servers, &args.daemon, &goal).await?;
     let started = cpu_before.at;
-    servers.spawn_daemon(&args.daemon).await?;
-    let connected_s = started.elapsed().as_secs_f64();
-    let deadline = started + Duration::from_secs(args.backlog.timeout_s);
-    let counted = expected.counted_fields()?;
-    let ticket_index = counted.iter().position(|(measurement, _)| measurement == "ticket").context("no ticket")?;
-    let mut milestones = Milestones::default();
-    let mut comparison = None;
-    let mut next_check = started;
-    let mut next_progress = started + PROGRESS_EVERY;
-    let mut last_counts = vec![0; counted.len()];
-    let mut killed: Option<(f64, f64, String)> = None;
-    loop {
-        if let Some(kill_after_s) = args.kill_after_s.filter(|_| killed.is_none()) {
-            if started.elapsed().as_secs_f64() >= kill_after_s {
-                let used = servers.kill_daemon();
-                let restarted = Instant::now();
-                servers.spawn_daemon(&args.daemon).await?;
-                let recovery = servers.daemon_recovery_line().unwrap_or_else(|| "(no recovery line)".into());
-                eprintln!("drain: killed after {kill_after_s} s; restarted: {recovery}");
-                killed = Some((used, restarted.elapsed().as_secs_f64(), recovery));
-            }
-        }
-        match servers.influx.counts(&counted).await {
-            Ok(counts) => last_counts = counts,
-            Err(error) => eprintln!("drain: count query failed: {error:#}"),
-        }
-        let now = Instant::now();
-        let tickets = last_counts[ticket_index];
-        if milestones.most_tickets.is_none() && tickets >= most_ticket_points {
-            milestones.most_tickets = Some(servers.cpu());
-        }
-        if milestones.all_tickets.is_none() && tickets >= ticket_keys {
-            milestones.all_tickets = Some(now);
-        }
-        let every_count_reached =
-            counted.iter().zip(&last_counts).all(|((measurement, _), count)| *count >= expected.count(measurement));
-        if every_count_reached && now >= next_check {
-            // Reached at `at`, if the check finds nothing missing.
-            let at = servers.cpu();
-            let outcome = compare(&servers.influx, &expected, &last_at_by_office, window_ms).await?;
-            if outcome.missing_total() == 0 {
-                milestones.everything = Some(at);
-                comparison = Some(outcome);
-                break;
-            }
-            eprintln!("drain: {} expected points still missing; checking again", outcome.missing_total());
-            next_check = Instant::now() + RECHECK_AFTER;
-            comparison = Some(outcome);
-        }
-        if now >= next_progress {
-            eprintln!(
-                "drain: {:.1} s: {tickets} of {ticket_keys} ticket points queryable; {} of {} points",
-                now.duration_since(started).as_secs_f64(),
-                last_counts.iter().sum::<u64>(),
-                expected.distinct
-            );
-            next_progress = now + PROGRESS_EVERY;
-        }
-        if now >= deadline {
-            if comparison.is_none() {
-                comparison = Some(compare(&servers.influx, &expected, &last_at_by_office, window_ms).await?);
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(args.backlog.poll_ms)).await;
-    }
-    let end_sample = milestones.everything.as_ref().map_or_else(|| servers.cpu(), clone_sample);
-    servers.ensure_daemon_alive()?;
-    let summary = servers.stop_daemon().await?;
-    let comparison = comparison.context("no comparison was made")?;
 
     let mut report = Report::new("drain");
     report.line(
@@ -253,7 +201,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
                 rate_text(events as f64 / seconds(at)),
                 window_ms
             ),
-            None => format!("not reached within {} s: {} queryable", args.backlog.timeout_s, last_counts[ticket_index]),
+            None => format!("not reached within {} s: {last_ticket_count} queryable", args.backlog.timeout_s),
         },
     );
     report.line(
@@ -308,6 +256,137 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the daemon's catch-up must reach, and how it is watched.
+pub struct Goal<'a> {
+    pub expected: &'a Expected,
+    pub last_at_by_office: &'a BTreeMap<String, Millis>,
+    pub window_ms: i64,
+    pub timeout_s: u64,
+    pub poll_ms: u64,
+    /// Kills the daemon this many seconds after its start and starts it again.
+    pub kill_after_s: Option<f64>,
+}
+
+/// What one catch-up by `queuewatch run` measured.
+pub struct CatchUp {
+    /// CPU of every process at the daemon's start: the clock starts here.
+    pub cpu_before: CpuSample,
+    pub connected_s: f64,
+    pub milestones: Milestones,
+    pub comparison: Comparison,
+    pub last_ticket_count: u64,
+    /// (CPU seconds the killed daemon had used, seconds to reconnect, its recovery line).
+    pub killed: Option<(f64, f64, String)>,
+    /// At everything written, or at the end of the watch.
+    pub end_sample: CpuSample,
+    /// The daemon's peak resident memory (VmHWM), read before it was stopped.
+    pub rss_peak_bytes: Option<u64>,
+    /// The daemon's exit and closing summary.
+    pub summary: String,
+}
+
+/// Starts the daemon on the backlog queued before and watches InfluxDB
+/// until every expected point is there (checked point for point) or the
+/// timeout passes; then stops the daemon.
+pub async fn catch_up(servers: &mut Servers, daemon: &DaemonArgs, goal: &Goal<'_>) -> anyhow::Result<CatchUp> {
+    let expected = goal.expected;
+    let ticket_keys = expected.count("ticket");
+    let most_ticket_points = (MOST_TICKET_POINTS * ticket_keys as f64).ceil() as u64;
+    let cpu_before = servers.cpu();
+    let started = cpu_before.at;
+    servers.spawn_daemon(daemon).await?;
+    let connected_s = started.elapsed().as_secs_f64();
+    let deadline = started + Duration::from_secs(goal.timeout_s);
+    let counted = expected.counted_fields()?;
+    let ticket_index = counted.iter().position(|(measurement, _)| measurement == "ticket").context("no ticket")?;
+    let mut milestones = Milestones::default();
+    let mut comparison = None;
+    let mut next_check = started;
+    let mut next_progress = started + PROGRESS_EVERY;
+    let mut last_counts = vec![0; counted.len()];
+    let mut killed: Option<(f64, f64, String)> = None;
+    let mut rss_peak_bytes = None;
+    loop {
+        if let Some(kill_after_s) = goal.kill_after_s.filter(|_| killed.is_none()) {
+            if started.elapsed().as_secs_f64() >= kill_after_s {
+                let used = servers.kill_daemon();
+                let restarted = Instant::now();
+                servers.spawn_daemon(daemon).await?;
+                let recovery = servers.daemon_recovery_line().unwrap_or_else(|| "(no recovery line)".into());
+                eprintln!("drain: killed after {kill_after_s} s; restarted: {recovery}");
+                killed = Some((used, restarted.elapsed().as_secs_f64(), recovery));
+            }
+        }
+        match servers.influx.counts(&counted).await {
+            Ok(counts) => last_counts = counts,
+            Err(error) => eprintln!("drain: count query failed: {error:#}"),
+        }
+        let now = Instant::now();
+        let tickets = last_counts[ticket_index];
+        if milestones.first_ticket.is_none() && tickets > 0 {
+            milestones.first_ticket = Some(now);
+        }
+        if milestones.most_tickets.is_none() && tickets >= most_ticket_points {
+            milestones.most_tickets = Some(servers.cpu());
+        }
+        if milestones.all_tickets.is_none() && tickets >= ticket_keys {
+            milestones.all_tickets = Some(now);
+        }
+        let every_count_reached =
+            counted.iter().zip(&last_counts).all(|((measurement, _), count)| *count >= expected.count(measurement));
+        if every_count_reached && now >= next_check {
+            // Reached at `at`, if the check finds nothing missing.
+            let at = servers.cpu();
+            let outcome = compare(&servers.influx, expected, goal.last_at_by_office, goal.window_ms).await?;
+            if outcome.missing_total() == 0 {
+                milestones.everything = Some(at);
+                comparison = Some(outcome);
+                break;
+            }
+            eprintln!("drain: {} expected points still missing; checking again", outcome.missing_total());
+            next_check = Instant::now() + RECHECK_AFTER;
+            comparison = Some(outcome);
+        }
+        if now >= next_progress {
+            eprintln!(
+                "drain: {:.1} s: {tickets} of {ticket_keys} ticket points queryable; {} of {} points",
+                now.duration_since(started).as_secs_f64(),
+                last_counts.iter().sum::<u64>(),
+                expected.distinct
+            );
+            next_progress = now + PROGRESS_EVERY;
+        }
+        if now >= deadline {
+            if comparison.is_none() {
+                comparison = Some(compare(&servers.influx, expected, goal.last_at_by_office, goal.window_ms).await?);
+            }
+            break;
+        }
+        if let Some(pid) = servers.daemon_pid() {
+            rss_peak_bytes = rss_of(&pid.to_string()).ok().map(|(_, peak)| peak).or(rss_peak_bytes);
+        }
+        tokio::time::sleep(Duration::from_millis(goal.poll_ms)).await;
+    }
+    let end_sample = milestones.everything.as_ref().map_or_else(|| servers.cpu(), clone_sample);
+    servers.ensure_daemon_alive()?;
+    if let Some(pid) = servers.daemon_pid() {
+        rss_peak_bytes = rss_of(&pid.to_string()).ok().map(|(_, peak)| peak).or(rss_peak_bytes);
+    }
+    let summary = servers.stop_daemon().await?;
+    let comparison = comparison.context("no comparison was made")?;
+    Ok(CatchUp {
+        cpu_before,
+        connected_s,
+        milestones,
+        comparison,
+        last_ticket_count: last_counts[ticket_index],
+        killed,
+        end_sample,
+        rss_peak_bytes,
+        summary,
+    })
+}
+
 /// Creates the daemon's session, publishes `messages` into it with the
 /// consumer away, and waits until the broker acknowledged and stored them
 /// all: the seconds that took and the broker's store count.
@@ -353,10 +432,12 @@ fn clone_sample(sample: &CpuSample) -> CpuSample {
 
 /// When each milestone was reached, with the CPU used by then.
 #[derive(Default)]
-struct Milestones {
-    most_tickets: Option<CpuSample>,
-    all_tickets: Option<Instant>,
-    everything: Option<CpuSample>,
+pub struct Milestones {
+    /// The first ticket point queryable.
+    pub first_ticket: Option<Instant>,
+    pub most_tickets: Option<CpuSample>,
+    pub all_tickets: Option<Instant>,
+    pub everything: Option<CpuSample>,
 }
 
 /// A point's identity in InfluxDB: measurement, tags, time.
@@ -364,7 +445,7 @@ type PointKey = (String, BTreeMap<String, String>, i64);
 
 /// The expected points, by identity; a later point with the same identity
 /// replaces an earlier one, as in InfluxDB.
-struct Expected {
+pub struct Expected {
     points: usize,
     distinct: usize,
     by_key: HashMap<PointKey, Vec<(&'static str, FieldValue)>>,
@@ -374,7 +455,7 @@ struct Expected {
 }
 
 impl Expected {
-    fn new(points: Vec<Point>) -> anyhow::Result<Expected> {
+    pub fn new(points: Vec<Point>) -> anyhow::Result<Expected> {
         let count = points.len();
         let mut by_key = HashMap::with_capacity(count);
         for point in points {
@@ -403,8 +484,19 @@ impl Expected {
         Ok(Expected { points: count, distinct: by_key.len(), by_key, by_measurement, accepted })
     }
 
+    /// The expected points of `measurement`: tags (empty ones left out), time, fields.
+    pub fn points_of<'a>(
+        &'a self,
+        measurement: &'a str,
+    ) -> impl Iterator<Item = (&'a BTreeMap<String, String>, i64, &'a [(&'static str, FieldValue)])> + 'a {
+        self.by_key
+            .iter()
+            .filter(move |((name, _, _), _)| name == measurement)
+            .map(|((_, tags, time_ns), fields)| (tags, *time_ns, fields.as_slice()))
+    }
+
     /// Distinct expected points of `measurement`.
-    fn count(&self, measurement: &str) -> u64 {
+    pub fn count(&self, measurement: &str) -> u64 {
         self.by_measurement.get(measurement).copied().unwrap_or(0)
     }
 
@@ -455,9 +547,9 @@ impl Expected {
 
 /// What InfluxDB holds against what was expected, per measurement.
 #[derive(Default)]
-struct Comparison {
+pub struct Comparison {
     /// Expected and present with equal fields.
-    equal: BTreeMap<String, u64>,
+    pub equal: BTreeMap<String, u64>,
     missing: BTreeMap<String, u64>,
     /// Present with other fields than expected; the first one, for the report.
     differing: BTreeMap<String, u64>,
@@ -480,11 +572,11 @@ impl Comparison {
         self.missing.values().sum()
     }
 
-    fn is_exact(&self) -> bool {
+    pub fn is_exact(&self) -> bool {
         self.missing_total() == 0 && self.differing.is_empty() && self.unexpected.is_empty()
     }
 
-    fn text(&self, expected: &Expected) -> String {
+    pub fn text(&self, expected: &Expected) -> String {
         let listed = |counts: &BTreeMap<String, u64>| {
             if counts.is_empty() {
                 "none".to_string()

@@ -19,6 +19,9 @@
 //!   (valid events, copies, malformed and over-rate messages) through real
 //!   servers: the daemon's memory and journal over time, then its recovery
 //!   after a SIGKILL at the flood's end;
+//! - `peer`: the drain's backlog caught up by `queuewatch run` and by a
+//!   Node-RED flow, each in turn on fresh servers: times to the first ticket
+//!   point, 99.5 % and 100 % of them, memory, CPU and exactness side by side;
 //! - `office-day`: a simulated week at offices with opening hours, replayed
 //!   by a `queuewatch` binary (this build's or another), and what its output
 //!   says about the day (rows outside hours, people waiting at 20:00,
@@ -37,7 +40,7 @@
 //! which the timed passes never do, so counting costs them one relaxed load.
 //!
 //! Layout: one module per scenario (`replay`, `memory`, `office_memory`,
-//! `e2e`, `latency`, `drain`, `baseline`, `flood`, `office_day`); `input` (the simulated input and the points the pipeline makes
+//! `e2e`, `latency`, `drain`, `baseline`, `flood`, `office_day`, `peer` with its Node-RED flow in `node_red`); `input` (the simulated input and the points the pipeline makes
 //! of it),
 //! `servers` (Mosquitto and InfluxDB from `queuewatch-servers`, and the daemon
 //! run against them), `publisher` (a QoS 1 publisher counting PUBACKs),
@@ -54,9 +57,11 @@ mod input;
 mod latency;
 mod measure;
 mod memory;
+mod node_red;
 mod office_day;
 mod office_memory;
 mod open_tickets;
+mod peer;
 mod publisher;
 mod replay;
 mod report;
@@ -99,6 +104,8 @@ enum Scenario {
     Baseline(baseline::BaselineArgs),
     /// Offices flooding at their rate limit for 30 min: memory and journal over time, recovery after SIGKILL.
     Flood(flood::FloodArgs),
+    /// One backlog caught up side by side: queuewatch run, then a Node-RED flow, each on fresh servers.
+    Peer(peer::PeerArgs),
     /// A simulated week at offices with opening hours, replayed by a queuewatch binary: rows outside
     /// hours, people waiting at 20:00, abandoned points against the ground truth.
     OfficeDay(office_day::OfficeDayArgs),
@@ -116,6 +123,7 @@ fn main() -> ExitCode {
         Scenario::Drain(args) => servers::with_servers(drain::drain(args)),
         Scenario::Baseline(args) => servers::with_servers(baseline::baseline(args)),
         Scenario::Flood(args) => servers::with_servers(flood::flood(args)),
+        Scenario::Peer(args) => servers::with_servers(peer::peer(args)),
         Scenario::OfficeDay(args) => office_day::office_day(&args),
         Scenario::OfficeMemory(args) => office_memory::office_memory(&args),
     };

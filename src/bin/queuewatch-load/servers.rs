@@ -199,6 +199,16 @@ impl Servers {
         self.mosquitto.port
     }
 
+    /// The scenario's own temporary folder (removed when the servers drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where `--keep-logs` asked for the logs to be copied, if it did.
+    pub fn keep_logs(&self) -> Option<&Path> {
+        self.keep_logs.as_deref()
+    }
+
     /// Creates the daemon's persistent session: from now on the broker
     /// queues what is published for the daemon, running or not.
     pub async fn create_daemon_session(&self) -> anyhow::Result<()> {
