@@ -120,15 +120,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
         kill_after_s: args.kill_after_s,
     };
     let CatchUp {
-        cpu_before,
-        connected_s,
-        milestones,
-        comparison,
-        last_ticket_count,
-        killed,
-        end_sample,
-        summary,
-        ..
+        cpu_before, connected_s, milestones, comparison, last_ticket_count, killed, end_sample, summary, ..
     } = catch_up(&mut servers, &args.daemon, &goal).await?;
     let started = cpu_before.at;
 

@@ -169,10 +169,7 @@ fn queuewatch_run(caught_up: &CatchUp, expected: &Expected, ticket_points: u64) 
     let exact = caught_up.comparison.equal.get("ticket").copied().unwrap_or(0);
     let stalled = match milestones.all_tickets {
         Some(_) => None,
-        None => Some(format!(
-            "stalls at {:.1} %",
-            caught_up.last_ticket_count as f64 * 100.0 / ticket_points as f64
-        )),
+        None => Some(format!("stalls at {:.1} %", caught_up.last_ticket_count as f64 * 100.0 / ticket_points as f64)),
     };
     let mut notes = vec![
         format!("connected after {:.2} s", caught_up.connected_s),
@@ -244,7 +241,7 @@ async fn node_red_run(
         if most_at.is_none() && tickets >= most {
             most_at = Some(elapsed_s);
         }
-        if let Some((_, peak)) = rss_of(&pid).ok() {
+        if let Ok((_, peak)) = rss_of(&pid) {
             rss_peak_bytes = Some(peak);
         }
         if let Some(used) = cpu_seconds_of(&pid) {
@@ -326,11 +323,13 @@ fn percent(count: u64, of: u64) -> f64 {
     count as f64 * 100.0 / of.max(1) as f64
 }
 
+/// A ticket point of the ground truth: its tags and fields.
+type GroundTruth<'a> = (&'a BTreeMap<String, String>, &'a [(&'static str, FieldValue)]);
+
 /// (ticket points stored, of them exact, the others) for a peer's points:
 /// matched to the ground truth by office, ticket and millisecond.
 async fn compare_tickets(servers: &Servers, expected: &Expected) -> anyhow::Result<(u64, u64, u64)> {
-    let mut truth: HashMap<(String, String, i64), (&BTreeMap<String, String>, &[(&'static str, FieldValue)])> =
-        HashMap::new();
+    let mut truth: HashMap<(String, String, i64), GroundTruth<'_>> = HashMap::new();
     for (tags, time_ns, fields) in expected.points_of("ticket") {
         let ticket = fields.iter().find_map(|(name, value)| match (*name, value) {
             ("ticket", FieldValue::Str(ticket)) => Some(ticket.to_string()),
@@ -352,7 +351,8 @@ async fn compare_tickets(servers: &Servers, expected: &Expected) -> anyhow::Resu
             let ticket = point.fields.get("ticket").and_then(Value::as_str).unwrap_or_default().to_string();
             let key = (office.clone(), ticket, point.time_ns.div_euclid(1_000_000));
             let Some((tags, fields)) = truth.get(&key) else { continue };
-            let tags_equal = ["service", "outcome", "counter"].iter().all(|name| tags.get(*name) == point.tags.get(*name));
+            let tags_equal =
+                ["service", "outcome", "counter"].iter().all(|name| tags.get(*name) == point.tags.get(*name));
             let field_equal = |name: &str| {
                 let truth = fields.iter().find_map(|(field, value)| match value {
                     FieldValue::Float(value) if *field == name => Some(*value),
