@@ -528,5 +528,8 @@ async fn a_flood_is_checkpointed_by_journal_size_and_the_journal_stays_short() {
         .map(|entry| entry.metadata().unwrap().len())
         .sum();
     assert!(snapshots >= 3, "{snapshots} snapshots during the flood\n{}", daemon.log_tails(30));
-    assert!(journal_bytes < 2 * segment_bytes, "{journal_bytes} journal bytes left\n{}", daemon.log_tails(30));
+    // Without checkpoints by size all 5 MiB would be left. What is left is at most the segment
+    // that triggered the last checkpoint plus what came while that snapshot was written (with
+    // 10,000 tickets open, half a second on a quiet machine, more on a busy one): under 3.
+    assert!(journal_bytes < 3 * segment_bytes, "{journal_bytes} journal bytes left\n{}", daemon.log_tails(30));
 }
