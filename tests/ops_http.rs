@@ -292,6 +292,11 @@ async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
         || {
             let base = base.clone();
             async move {
+                // The endpoint frees the idle connections' places as it sees them close; until
+                // then a scrape is itself refused (and counted), so it is tried again.
+                if let Err(error) = reqwest::get(format!("{base}/metrics")).await {
+                    return Err(format!("not served yet: {error}"));
+                }
                 let scraped = scrape(&base).await;
                 match scraped.get("queuewatch_http_connections_refused_total") {
                     Some(count) if *count >= extra as f64 => Ok(*count),
