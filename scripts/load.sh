@@ -9,7 +9,9 @@
 #   e2e-hourly-gauges (e2e with gauges every hour instead of every 10 s), and flood (not in
 #   the default: it lasts 30 min; one office flooding at its rate limit with copies, malformed
 #   and over-rate messages, its memory and journal sampled, then SIGKILL and the restart's
-#   recovery timed; light on CPU).
+#   recovery timed; light on CPU), and peer (not in the default: it installs Node-RED with npm
+#   into target/peer-node-red; the same backlog caught up by queuewatch and by a Node-RED flow,
+#   side by side, at 60k and 400k events).
 #   office-day measures this build's replay of a simulated week at offices with hours;
 #   QUEUEWATCH_BEFORE=path/to/queuewatch adds the same measurement of another build.
 # The daemon's, Mosquitto's and InfluxDB's logs of each run are kept in
@@ -87,6 +89,10 @@ for scenario in "${scenarios[@]}"; do
                 --set 'tracking.snapshot_interval="1h"' --keep-logs "$logs/e2e-hourly-gauges"
             ;;
         flood) run flood 2700 "$load" flood --duration 30m --keep-logs "$logs/flood" ;;
+        peer)
+            run peer 1200 "$load" peer --events 62368 --offices 40
+            run peer 1800 "$load" peer --events 413368 --offices 40
+            ;;
         office-day)
             run office-day 600 "$load" office-day --offices 12 --days 7 --seed 19
             # The same week replayed by another build, for a before/after comparison:
@@ -96,7 +102,7 @@ for scenario in "${scenarios[@]}"; do
             fi
             ;;
         *)
-            echo "unknown scenario: $scenario (replay, memory, e2e, latency, drain, e2e-hourly-gauges, office-day, flood)" >&2
+            echo "unknown scenario: $scenario (replay, memory, e2e, latency, drain, e2e-hourly-gauges, office-day, flood, peer)" >&2
             exit 2
             ;;
     esac
